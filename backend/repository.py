@@ -1,0 +1,555 @@
+"""A lamina repository on any storage backend: config, piece index, packs and restore points.
+
+Object layout (docs/format.md has the details):
+
+    config                      JSON: format version, id, grid size, codec, encryption
+    packs/<aa>/<pack-id>        pieces, then a sealed header listing them
+    index/<segment-id>          piece id -> (pack, offset, size) for the packs of one backup
+    maps/<point-id>             the extents one restore point wrote
+    manifests/<point-id>        the restore point itself; written last
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import secrets
+import threading
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import zstandard
+
+from . import format as fmt
+from .crypto import ID_SIZE, Keys, Sealer, new_keys, unwrap_keys, wrap_keys
+from .errors import (
+    CorruptObject,
+    LaminaError,
+    MissingObject,
+    PasswordRequired,
+    PointNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+    UsageError,
+)
+from .extents import image_digest, resolve_chain
+from .format import Extent, PieceEntry
+from .storage import ObjectNotFound, Storage, StorageError
+from .storage.wrappers import CountingStorage, RetryingStorage
+
+CONFIG_KEY = "config"
+DEFAULT_GRID = 4 * 1024 * 1024
+MIN_GRID = 64 * 1024
+MAX_GRID = 64 * 1024 * 1024
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+DEFAULT_ZSTD_LEVEL = 3
+
+
+def pack_key(pack_id: bytes) -> str:
+    h = pack_id.hex()
+    return f"packs/{h[:2]}/{h}"
+
+
+def new_point_id() -> str:
+    return secrets.token_hex(8)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PieceIndex:
+    """Sorted, compact map of piece id -> location: about 50 bytes a piece in memory."""
+
+    def __init__(self) -> None:
+        self._ids = bytearray()
+        self._pack_no = array("I")
+        self._offset = array("I")
+        self._stored = array("I")
+        self._raw = array("I")
+        self._codec = array("B")
+        self._packs: list[bytes] = []
+        self._recent: dict[bytes, PieceEntry] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pack_no) + len(self._recent)
+
+    def build(self, entries: Iterable[PieceEntry]) -> None:
+        pack_numbers: dict[bytes, int] = {}
+        rows = sorted(
+            (e.piece_id, pack_numbers.setdefault(e.pack_id, len(pack_numbers)), e.offset, e.stored_size, e.raw_size, e.codec)
+            for e in entries
+        )
+        self._packs = [b""] * len(pack_numbers)
+        for pack_id, no in pack_numbers.items():
+            self._packs[no] = pack_id
+        last = b""
+        for piece_id, no, offset, stored, raw, codec in rows:
+            if piece_id == last:
+                continue  # the same piece in two packs: either copy will do
+            last = piece_id
+            self._ids += piece_id
+            self._pack_no.append(no)
+            self._offset.append(offset)
+            self._stored.append(stored)
+            self._raw.append(raw)
+            self._codec.append(codec)
+
+    def add(self, entry: PieceEntry) -> None:
+        with self._lock:
+            self._recent[entry.piece_id] = entry
+
+    def get(self, piece_id: bytes) -> PieceEntry | None:
+        recent = self._recent.get(piece_id)
+        if recent is not None:
+            return recent
+        n = len(self._pack_no)
+        i = bisect.bisect_left(_IdView(self._ids), piece_id, 0, n)
+        if i < n and self._ids[i * ID_SIZE : (i + 1) * ID_SIZE] == piece_id:
+            return PieceEntry(
+                piece_id,
+                self._packs[self._pack_no[i]],
+                self._offset[i],
+                self._stored[i],
+                self._raw[i],
+                self._codec[i],
+            )
+        return None
+
+    def __contains__(self, piece_id: bytes) -> bool:
+        return self.get(piece_id) is not None
+
+    def pack_ids(self) -> set[bytes]:
+        return set(self._packs) | {e.pack_id for e in self._recent.values()}
+
+
+class _IdView:
+    def __init__(self, ids: bytearray) -> None:
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids) // ID_SIZE
+
+    def __getitem__(self, i: int) -> bytes:
+        return bytes(self._ids[i * ID_SIZE : (i + 1) * ID_SIZE])
+
+
+@dataclass
+class Point:
+    """A restore point as its manifest describes it."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["id"])
+
+    @property
+    def parent(self) -> str | None:
+        parent = self.manifest.get("parent")
+        return str(parent) if parent else None
+
+    @property
+    def created(self) -> str:
+        return str(self.manifest["created"])
+
+    @property
+    def capacity(self) -> int:
+        return int(self.manifest["capacity"])
+
+    @property
+    def volume(self) -> dict[str, str]:
+        return dict(self.manifest["volume"])
+
+    @property
+    def volume_key(self) -> str:
+        v = self.manifest["volume"]
+        return f"{v['cluster']}/{v['namespace']}/{v['name']}"
+
+
+class Repository:
+    def __init__(self, storage: Storage, config: dict[str, Any], keys: Keys | None) -> None:
+        self.raw_storage = storage
+        self.counter = CountingStorage(RetryingStorage(storage))
+        self.storage: Storage = self.counter
+        self.config = config
+        self.sealer = Sealer(keys)
+        self.grid_size = int(config["grid_size"])
+        self.pack_size = int(config.get("pack_size", DEFAULT_PACK_SIZE))
+        self.zstd_level = int(config.get("compression", {}).get("level", DEFAULT_ZSTD_LEVEL))
+        self.index = PieceIndex()
+        self._index_loaded = False
+        self._index_lock = threading.Lock()
+        self._tls = threading.local()
+        self.io_threads = 8
+
+    # ------------------------------------------------------------------ open and init
+
+    @property
+    def url(self) -> str:
+        return self.raw_storage.url
+
+    @property
+    def id(self) -> str:
+        return str(self.config["id"])
+
+    @property
+    def encrypted(self) -> bool:
+        return self.sealer.encrypted
+
+    @classmethod
+    def init(
+        cls,
+        storage: Storage,
+        *,
+        grid_size: int = DEFAULT_GRID,
+        password: bytes | None = None,
+        zstd_level: int = DEFAULT_ZSTD_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> Repository:
+        if grid_size < MIN_GRID or grid_size > MAX_GRID or grid_size & (grid_size - 1):
+            raise UsageError(
+                f"grid size must be a power of two between {MIN_GRID // 1024} KiB and "
+                f"{MAX_GRID // 1024 // 1024} MiB, not {grid_size}"
+            )
+        if not 1 <= zstd_level <= 19:
+            raise UsageError("zstd level must be between 1 and 19")
+        if storage.head(CONFIG_KEY) is not None:
+            raise RepositoryExists(f"a repository already exists at {storage.url}")
+        repo_id = secrets.token_hex(16)
+        config: dict[str, Any] = {
+            "format": "lamina-repository",
+            "version": fmt.FORMAT_VERSION,
+            "id": repo_id,
+            "created": utc_now(),
+            "grid_size": grid_size,
+            "pack_size": pack_size,
+            "hash": "blake3-keyed" if password else "blake3",
+            "compression": {"codec": "zstd", "level": zstd_level},
+            "encryption": None,
+        }
+        keys = None
+        if password is not None:
+            if not password:
+                raise UsageError("the password is empty")
+            keys = new_keys()
+            config["encryption"] = wrap_keys(keys, password, repo_id)
+        blob = json.dumps(config, indent=2).encode() + b"\n"
+        if not storage.put(CONFIG_KEY, blob, if_absent=True):
+            raise RepositoryExists(f"a repository already exists at {storage.url}")
+        return cls(storage, config, keys)
+
+    @classmethod
+    def open(cls, storage: Storage, *, password: bytes | None = None) -> Repository:
+        try:
+            blob = storage.get(CONFIG_KEY)
+        except ObjectNotFound:
+            raise RepositoryNotFound(f"no lamina repository at {storage.url} (run 'lamina repo init')") from None
+        try:
+            config = json.loads(blob)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptObject(f"the repository config at {storage.url} is not valid JSON") from None
+        if not isinstance(config, dict) or config.get("format") != "lamina-repository":
+            raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
+        if config.get("version") != fmt.FORMAT_VERSION:
+            raise UnsupportedFormat(
+                f"repository format version {config.get('version')} is not supported by this "
+                f"lamina (it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
+            )
+        keys = None
+        if config.get("encryption"):
+            if password is None:
+                raise PasswordRequired(
+                    "this repository is encrypted: give --password-file or set LAMINA_PASSWORD_FILE"
+                )
+            keys = unwrap_keys(config["encryption"], password, config["id"])
+        return cls(storage, config, keys)
+
+    def close(self) -> None:
+        self.raw_storage.close()
+
+    # ------------------------------------------------------------------ piece index
+
+    def load_index(self) -> None:
+        with self._index_lock:
+            if self._index_loaded:
+                return
+            keys = [info.key for info in self.storage.list("index/")]
+            segments = self._parallel(lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys)
+            self.index.build(e for seg in segments for e in seg)
+            self._index_loaded = True
+
+    def write_index_segment(self, entries: Sequence[PieceEntry]) -> str | None:
+        if not entries:
+            return None
+        key = f"index/{secrets.token_hex(16)}"
+        self.storage.put(key, fmt.encode_index(self.sealer, entries), if_absent=True)
+        return key
+
+    # ------------------------------------------------------------------ pieces
+
+    def piece_id(self, data: bytes | memoryview) -> bytes:
+        return self.sealer.piece_id(data)
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._tls, "compressor", None)
+        if c is None:
+            c = self._tls.compressor = zstandard.ZstdCompressor(level=self.zstd_level)
+        return c
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._tls, "decompressor", None)
+        if d is None:
+            d = self._tls.decompressor = zstandard.ZstdDecompressor()
+        return d
+
+    def encode_piece(self, piece_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
+        """Compress (when it shrinks) and seal a piece. Returns the blob and its codec."""
+        compressed = self._compressor().compress(data)
+        if len(compressed) < len(data):
+            payload, codec = compressed, fmt.PIECE_ZSTD
+        else:
+            payload, codec = bytes(data), fmt.PIECE_RAW
+        return self.sealer.seal(payload, fmt.piece_aad(piece_id)), codec
+
+    def decode_piece(self, entry: PieceEntry, blob: bytes) -> bytes:
+        what = f"piece {entry.piece_id.hex()[:16]} in pack {entry.pack_id.hex()[:16]}"
+        payload = self.sealer.open(blob, fmt.piece_aad(entry.piece_id), what)
+        if entry.codec == fmt.PIECE_ZSTD:
+            try:
+                data = self._decompressor().decompress(payload, max_output_size=entry.raw_size)
+            except zstandard.ZstdError:
+                raise CorruptObject(f"{what} does not decompress (corrupt)") from None
+        else:
+            data = payload
+        if len(data) != entry.raw_size or self.piece_id(data) != entry.piece_id:
+            raise CorruptObject(f"{what} fails its hash check (corrupt)")
+        return data
+
+    def read_piece(self, entry: PieceEntry) -> bytes:
+        try:
+            blob = self.storage.get_range(pack_key(entry.pack_id), entry.offset, entry.stored_size)
+        except ObjectNotFound:
+            raise MissingObject(f"pack {entry.pack_id.hex()} is missing") from None
+        except StorageError as e:
+            if "short read" in str(e):
+                raise CorruptObject(f"pack {entry.pack_id.hex()} is truncated") from None
+            raise
+        return self.decode_piece(entry, blob)
+
+    def read_pack_run(self, entries: Sequence[PieceEntry]) -> list[bytes | LaminaError]:
+        """Read pieces that sit back to back in one pack with a single ranged GET."""
+        first, last = entries[0], entries[-1]
+        start, end = first.offset, last.offset + last.stored_size
+        try:
+            blob = self.storage.get_range(pack_key(first.pack_id), start, end - start)
+        except ObjectNotFound:
+            return [MissingObject(f"pack {first.pack_id.hex()} is missing")] * len(entries)
+        except StorageError as e:
+            if "short read" not in str(e):
+                raise
+            return [CorruptObject(f"pack {first.pack_id.hex()} is truncated")] * len(entries)
+        out: list[bytes | LaminaError] = []
+        for e in entries:
+            try:
+                out.append(self.decode_piece(e, blob[e.offset - start : e.offset - start + e.stored_size]))
+            except LaminaError as err:
+                out.append(err)
+        return out
+
+    def new_pack_writer(self, pool: ThreadPoolExecutor, max_in_flight: int) -> PackWriter:
+        return PackWriter(self, pool, max_in_flight)
+
+    def list_packs(self) -> Iterator[tuple[bytes, int]]:
+        for info in self.storage.list("packs/"):
+            name = info.key.rsplit("/", 1)[-1]
+            try:
+                yield bytes.fromhex(name), info.size
+            except ValueError:
+                continue
+
+    def read_pack_header(self, pack_id: bytes) -> list[PieceEntry]:
+        key = pack_key(pack_id)
+        info = self.storage.head(key)
+        if info is None:
+            raise MissingObject(f"pack {pack_id.hex()} is missing")
+        tail_len = min(info.size, 256 * 1024)
+        tail = self.storage.get_range(key, info.size - tail_len, tail_len)
+        try:
+            return fmt.parse_pack_header(self.sealer, pack_id, tail, f"pack {pack_id.hex()}")
+        except CorruptObject:
+            if tail_len == info.size:
+                raise
+            return fmt.parse_pack_header(self.sealer, pack_id, self.storage.get(key), f"pack {pack_id.hex()}")
+
+    # ------------------------------------------------------------------ restore points
+
+    def list_points(self) -> list[Point]:
+        keys = [info.key for info in self.storage.list("manifests/")]
+        manifests = self._parallel(lambda k: fmt.decode_manifest(self.sealer, self.storage.get(k), k), keys)
+        points = [Point(m) for m in manifests]
+        points.sort(key=lambda p: (p.created, p.id))
+        return points
+
+    def load_point(self, point_id: str) -> Point:
+        key = f"manifests/{point_id}"
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            raise PointNotFound(f"no restore point {point_id}") from None
+        return Point(fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}"))
+
+    def find_point(self, ref: str, points: Sequence[Point] | None = None) -> Point:
+        """A point by id or unique id prefix (at least 4 characters)."""
+        ref = ref.strip()
+        if len(ref) >= 16:
+            return self.load_point(ref)
+        if len(ref) < 4:
+            raise UsageError(f"point reference {ref!r} is too short (give at least 4 characters)")
+        candidates = [p for p in (points or self.list_points()) if p.id.startswith(ref)]
+        if not candidates:
+            raise PointNotFound(f"no restore point matches {ref!r}")
+        if len(candidates) > 1:
+            raise UsageError(f"{ref!r} matches {len(candidates)} points; give more characters")
+        return candidates[0]
+
+    def save_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
+        """Write a point's extent map, then its manifest. The manifest makes the point exist."""
+        point_id = str(manifest["id"])
+        map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
+        self.storage.put(f"maps/{point_id}", map_blob, if_absent=True)
+        if not self.storage.put(f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=True):
+            raise LaminaError(f"restore point {point_id} already exists")
+        return Point(manifest)
+
+    def load_map(self, point_id: str) -> tuple[int, list[Extent]]:
+        key = f"maps/{point_id}"
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            raise MissingObject(f"the extent map of point {point_id} is missing") from None
+        return fmt.decode_map(self.sealer, blob, f"extent map of point {point_id}")
+
+    def chain(self, point: Point) -> list[Point]:
+        """The point, its parent, and so on down to the full point, newest first."""
+        chain = [point]
+        seen = {point.id}
+        while chain[-1].parent:
+            parent_id = chain[-1].parent
+            assert parent_id is not None
+            if parent_id in seen:
+                raise CorruptObject(f"the chain of point {point.id} loops at {parent_id}")
+            try:
+                chain.append(self.load_point(parent_id))
+            except PointNotFound:
+                raise MissingObject(
+                    f"the chain of point {point.id} is broken: parent {parent_id} is missing"
+                ) from None
+            seen.add(parent_id)
+        return chain
+
+    def resolve(self, point: Point) -> list[Extent]:
+        """The merged extent map of a point: which piece every byte comes from."""
+        chain = self.chain(point)
+        maps = self._parallel(lambda p: self.load_map(p.id)[1], chain)
+        return resolve_chain(maps)
+
+    def resolve_with(self, parent: Point, newest: Sequence[Extent]) -> list[Extent]:
+        """The merged map of a point not yet written: ``newest`` on top of ``parent``'s chain."""
+        chain = self.chain(parent)
+        maps = self._parallel(lambda p: self.load_map(p.id)[1], chain)
+        return resolve_chain([newest, *maps])
+
+    def image_digest(self, point: Point, resolved: Sequence[Extent] | None = None) -> str:
+        return image_digest(point.capacity, resolved if resolved is not None else self.resolve(point))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(min(self.io_threads, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
+class PackWriter:
+    """Collects sealed pieces into packs of about ``pack_size`` and uploads them in the background.
+
+    At most ``max_in_flight`` packs are buffered or uploading at once, so memory is bounded.
+    """
+
+    def __init__(self, repo: Repository, pool: ThreadPoolExecutor, max_in_flight: int) -> None:
+        self.repo = repo
+        self.pool = pool
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._buffer = bytearray()
+        self._entries: list[PieceEntry] = []
+        self._pack_id = os.urandom(16)
+        self._futures: list[Future[list[PieceEntry]]] = []
+        self.written: list[PieceEntry] = []
+        self.packs_written = 0
+        self.bytes_written = 0
+
+    def add(self, piece_id: bytes, blob: bytes, raw_size: int, codec: int) -> PieceEntry:
+        entry = PieceEntry(piece_id, self._pack_id, len(self._buffer), len(blob), raw_size, codec)
+        self._buffer += blob
+        self._entries.append(entry)
+        if len(self._buffer) >= self.repo.pack_size:
+            self._flush()
+        return entry
+
+    def _flush(self) -> None:
+        if not self._entries:
+            return
+        self._raise_failures()
+        data = bytes(self._buffer) + fmt.pack_header(self.repo.sealer, self._entries)
+        entries, pack_id = self._entries, self._pack_id
+        self._buffer = bytearray()
+        self._entries = []
+        self._pack_id = os.urandom(16)
+        self._slots.acquire()
+        self._futures.append(self.pool.submit(self._upload, pack_id, data, entries))
+
+    def _upload(self, pack_id: bytes, data: bytes, entries: list[PieceEntry]) -> list[PieceEntry]:
+        try:
+            self.repo.storage.put(pack_key(pack_id), data, if_absent=True)
+            self.packs_written += 1
+            self.bytes_written += len(data)
+            return entries
+        finally:
+            self._slots.release()
+
+    def _raise_failures(self) -> None:
+        pending = []
+        for f in self._futures:
+            if f.done():
+                self.written.extend(f.result())  # re-raises an upload failure
+            else:
+                pending.append(f)
+        self._futures = pending
+
+    def finish(self) -> list[PieceEntry]:
+        """Upload what is left and wait for every pack. Returns every entry written."""
+        self._flush()
+        for f in self._futures:
+            self.written.extend(f.result())
+        self._futures = []
+        return self.written
+
+    def abort(self) -> None:
+        for f in self._futures:
+            f.cancel()
+        for f in self._futures:
+            if not f.cancelled():
+                try:
+                    f.result()
+                except Exception:
+                    pass
+        self._futures = []

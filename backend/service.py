@@ -1,0 +1,414 @@
+"""The service layer: the one door to the engine for the CLI, the TUI, FUSE and the gRPC API.
+
+Front ends call this module and get plain dataclasses back. They never see storage
+backends, the repository format or boto3; long operations run as Jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import engine
+from .engine import BackupRequest, VerifyReport, VolumeRef
+from .errors import Cancelled, LaminaError, UsageError
+from .extents import Range
+from .progress import Progress
+from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
+from .storage import open_storage
+
+__all__ = [
+    "Job",
+    "JobState",
+    "LaminaError",
+    "PointInfo",
+    "Progress",
+    "RepositoryInfo",
+    "Service",
+    "VerifyReport",
+    "VolumeInfo",
+    "VolumeRef",
+    "init_repository",
+    "read_password_file",
+]
+
+
+def read_password_file(path: str | None) -> bytes | None:
+    """The password from ``path`` or $LAMINA_PASSWORD_FILE (one trailing newline dropped)."""
+    path = path or os.environ.get("LAMINA_PASSWORD_FILE")
+    if not path:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        raise UsageError(f"password file {path} is empty")
+    return data
+
+
+@dataclass(frozen=True)
+class RepositoryInfo:
+    url: str
+    id: str
+    version: int
+    grid_size: int
+    encrypted: bool
+    compression: str
+    created: str
+
+
+@dataclass(frozen=True)
+class PointInfo:
+    id: str
+    parent: str | None
+    kind: str
+    volume: VolumeRef
+    created: str
+    capacity: int
+    snapshot_handle: str | None
+    image_digest: str
+    stats: dict[str, Any]
+    notes: list[str]
+    manifest: dict[str, Any]
+
+    @classmethod
+    def of(cls, p: Point) -> PointInfo:
+        m = p.manifest
+        v = m["volume"]
+        return cls(
+            id=p.id,
+            parent=p.parent,
+            kind=str(m.get("kind", "incremental" if p.parent else "full")),
+            volume=VolumeRef(v["cluster"], v["namespace"], v["name"]),
+            created=p.created,
+            capacity=p.capacity,
+            snapshot_handle=m.get("snapshot_handle"),
+            image_digest=str(m.get("image_digest", "")),
+            stats=dict(m.get("stats", {})),
+            notes=list(m.get("notes", [])),
+            manifest=m,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent": self.parent,
+            "kind": self.kind,
+            "volume": self.volume.as_dict(),
+            "created": self.created,
+            "capacity": self.capacity,
+            "snapshot_handle": self.snapshot_handle,
+            "image_digest": self.image_digest,
+            "stats": self.stats,
+            "notes": self.notes,
+        }
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    volume: VolumeRef
+    points: int
+    last_point: PointInfo
+    capacity: int
+    stored_bytes: int  # bytes uploaded by this volume's points (new pieces only)
+
+
+class JobState:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+@dataclass
+class Job:
+    """A long operation running in a thread: progress events, a result or an error, cancel()."""
+
+    kind: str
+    description: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: str = JobState.QUEUED
+    progress: Progress | None = None
+    result: Any = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    log: list[str] = field(default_factory=list)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _listeners: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._log("cancel requested")
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def subscribe(self, listener: Callable[[Job], None]) -> Callable[[], None]:
+        """Call ``listener(job)`` on every change. Returns a function that unsubscribes."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(self)
+            except Exception:  # a broken listener must not break the job
+                pass
+
+    def _log(self, line: str) -> None:
+        self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def _on_progress(self, p: Progress) -> None:
+        self.progress = p
+        if p.message:
+            self._log(p.message)
+        self._notify()
+
+    def _run(self, fn: Callable[[Job], Any]) -> None:
+        self.state = JobState.RUNNING
+        self._log(f"started: {self.description}")
+        self._notify()
+        try:
+            self.result = fn(self)
+            self.state = JobState.SUCCEEDED
+            self._log("succeeded")
+        except Cancelled as e:
+            self.state = JobState.CANCELLED
+            self.error = str(e)
+            self._log(str(e))
+        except LaminaError as e:
+            self.state = JobState.FAILED
+            self.error = str(e)
+            self._log(f"failed: {e}")
+        except Exception as e:  # an engine bug: keep the trace in the job log, not on the screen
+            self.state = JobState.FAILED
+            self.error = f"internal error: {type(e).__name__}: {e}"
+            self._log(traceback.format_exc())
+        finally:
+            self.finished = time.time()
+            self._done.set()
+            self._notify()
+
+
+def init_repository(
+    url: str,
+    *,
+    grid_size: int = DEFAULT_GRID,
+    password: bytes | None = None,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+) -> RepositoryInfo:
+    storage = open_storage(url, create=True)
+    repo = Repository.init(storage, grid_size=grid_size, password=password, zstd_level=zstd_level)
+    return _repo_info(repo)
+
+
+def _repo_info(repo: Repository) -> RepositoryInfo:
+    c = repo.config
+    return RepositoryInfo(
+        url=repo.url,
+        id=repo.id,
+        version=int(c["version"]),
+        grid_size=repo.grid_size,
+        encrypted=repo.encrypted,
+        compression=f"zstd level {repo.zstd_level}",
+        created=str(c["created"]),
+    )
+
+
+class Service:
+    """One repository, opened once, shared by every front end in this process."""
+
+    def __init__(self, repo_url: str, *, password: bytes | None = None) -> None:
+        self.repo_url = repo_url
+        self._password = password
+        self._repo: Repository | None = None
+        self._open_lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ repository
+
+    @property
+    def repo(self) -> Repository:
+        with self._open_lock:
+            if self._repo is None:
+                self._repo = Repository.open(open_storage(self.repo_url), password=self._password)
+            return self._repo
+
+    def info(self) -> RepositoryInfo:
+        return _repo_info(self.repo)
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+
+    # ------------------------------------------------------------------ queries
+
+    def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
+        points = [PointInfo.of(p) for p in self.repo.list_points()]
+        if volume is not None:
+            ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+            points = [p for p in points if p.volume == ref]
+        return points
+
+    def get_point(self, ref: str) -> PointInfo:
+        return PointInfo.of(self.repo.find_point(ref))
+
+    def chain(self, ref: str) -> list[PointInfo]:
+        """The point and its ancestors, newest first."""
+        return [PointInfo.of(p) for p in self.repo.chain(self.repo.find_point(ref))]
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        by_volume: dict[VolumeRef, list[PointInfo]] = {}
+        for p in self.list_points():
+            by_volume.setdefault(p.volume, []).append(p)
+        out = []
+        for ref, points in sorted(by_volume.items(), key=lambda kv: str(kv[0])):
+            out.append(
+                VolumeInfo(
+                    volume=ref,
+                    points=len(points),
+                    last_point=points[-1],
+                    capacity=points[-1].capacity,
+                    stored_bytes=sum(int(p.stats.get("bytes_uploaded", 0)) for p in points),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ jobs
+
+    def jobs(self) -> list[Job]:
+        with self._jobs_lock:
+            return sorted(self._jobs.values(), key=lambda j: j.created)
+
+    def job(self, job_id: str) -> Job:
+        with self._jobs_lock:
+            try:
+                return self._jobs[job_id]
+            except KeyError:
+                raise UsageError(f"no job {job_id}") from None
+
+    def _start(self, kind: str, description: str, fn: Callable[[Job], Any]) -> Job:
+        job = Job(kind=kind, description=description)
+        with self._jobs_lock:
+            self._jobs[job.id] = job
+        threading.Thread(target=job._run, args=(fn,), name=f"lamina-job-{job.id}", daemon=True).start()
+        return job
+
+    def start_backup(
+        self,
+        source: str,
+        volume: str | VolumeRef,
+        *,
+        parent: str = "auto",
+        changed_ranges: Iterable[Range] | Callable[[], Iterable[Range]] | None = None,
+        changed_ranges_origin: str = "",
+        allocated_ranges: Callable[[], Iterable[Range]] | None = None,
+        allocated_ranges_origin: str = "",
+        capacity: int | None = None,
+        snapshot_handle: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Job:
+        ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+        changed: Callable[[], Iterable[Range]] | None
+        if changed_ranges is None or callable(changed_ranges):
+            changed = changed_ranges
+        else:
+            fixed = list(changed_ranges)
+            changed = lambda: fixed  # noqa: E731
+        request = BackupRequest(
+            source=source,
+            volume=ref,
+            parent=parent,
+            changed_ranges=changed,
+            changed_ranges_origin=changed_ranges_origin,
+            allocated_ranges=allocated_ranges,
+            allocated_ranges_origin=allocated_ranges_origin,
+            capacity=capacity,
+            snapshot_handle=snapshot_handle,
+            labels=labels or {},
+        )
+
+        def run(job: Job) -> PointInfo:
+            point = engine.backup(
+                self.repo, request, progress=job._on_progress, cancelled=lambda: job.cancel_requested
+            )
+            return PointInfo.of(point)
+
+        return self._start("backup", f"back up {source} as {ref}", run)
+
+    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
+        def run(job: Job) -> dict[str, Any]:
+            point = self.repo.find_point(point_ref)
+            return engine.restore(
+                self.repo,
+                point,
+                target,
+                overwrite=overwrite,
+                progress=job._on_progress,
+                cancelled=lambda: job.cancel_requested,
+            )
+
+        return self._start("restore", f"restore {point_ref} to {target}", run)
+
+    def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
+        def run(job: Job) -> VerifyReport:
+            if point_ref:
+                points = [self.repo.find_point(point_ref)]
+            else:
+                points = self.repo.list_points()
+            return engine.verify(
+                self.repo, points, deep=deep, progress=job._on_progress, cancelled=lambda: job.cancel_requested
+            )
+
+        what = f"point {point_ref}" if point_ref else "every point"
+        return self._start("verify", f"verify {what}{' (deep)' if deep else ''}", run)
+
+
+def ranges_from_json_file(path: str) -> list[Range]:
+    """A changed-ranges file: a JSON list of {"byte_offset": N, "size_bytes": N}."""
+    try:
+        with open(path, "rb") as f:
+            items = json.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read changed ranges file {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"changed ranges file {path} is not valid JSON: {e}") from None
+    if not isinstance(items, list):
+        raise UsageError(f"changed ranges file {path} must hold a JSON list")
+    return list(engine.iter_ranges_json(items, f"changed ranges file {path}"))

@@ -1,0 +1,76 @@
+"""The small storage interface: put (optionally if absent), get, ranged get, head, list, delete."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import LaminaError
+
+
+class StorageError(LaminaError):
+    """A storage operation failed for a reason other than a missing object."""
+
+
+class ObjectNotFound(StorageError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object not found: {key}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+
+
+class Storage(ABC):
+    """One place that holds objects. Keys are relative, slash-separated, never start with '/'."""
+
+    #: A URL that names this storage, for messages.
+    url: str = ""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Store ``data`` under ``key`` atomically.
+
+        With ``if_absent``, an existing object is left alone and False is returned.
+        """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object. Raises ObjectNotFound."""
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``. Raises ObjectNotFound; a short object is an error."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and time of an object, or None when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``; the order is unspecified."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object. Deleting a missing object is not an error."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def check_key(key: str) -> None:
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
+        raise StorageError(f"invalid object key: {key!r}")
+
+
+def check_range(key: str, data: bytes, offset: int, length: int) -> bytes:
+    if len(data) != length:
+        raise StorageError(
+            f"short read of {key}: wanted {length} bytes at offset {offset}, got {len(data)}"
+        )
+    return data

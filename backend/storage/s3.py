@@ -1,0 +1,167 @@
+"""S3 and S3-compatible object stores, through boto3.
+
+The standard AWS configuration applies: environment variables, profiles and
+``AWS_ENDPOINT_URL``. Every write is a single PUT, so objects appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .base import ObjectInfo, ObjectNotFound, Storage, StorageError, check_key, check_range
+from ..errors import StorageUnavailable
+
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Storage(Storage):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        max_connections: int = 32,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        if client is None:
+            config = botocore.config.Config(
+                max_pool_connections=max_connections,
+                retries={"max_attempts": 5, "mode": "adaptive"},
+                connect_timeout=10,
+                read_timeout=60,
+                # Checksums on every PUT/GET cost CPU; pieces carry their own hashes.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            session = boto3.session.Session()
+            client = session.client(
+                "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), config=config
+            )
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return self.prefix + key
+
+    def _fail(self, e: Exception, what: str, key: str) -> Exception:
+        if isinstance(e, botocore.exceptions.ClientError):
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND_CODES:
+                return ObjectNotFound(key)
+            if code == "NoSuchBucket":
+                return StorageError(f"bucket {self.bucket!r} does not exist at {self._endpoint()}")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                return StorageError(f"S3 refused {what} {key}: {code} (check the credentials)")
+            return StorageError(f"S3 {what} {key} failed: {code} {e}")
+        if isinstance(
+            e,
+            (
+                botocore.exceptions.EndpointConnectionError,
+                botocore.exceptions.ConnectTimeoutError,
+                botocore.exceptions.ReadTimeoutError,
+                botocore.exceptions.ConnectionClosedError,
+            ),
+        ):
+            return StorageUnavailable(f"S3 endpoint {self._endpoint()} is unreachable")
+        if isinstance(e, botocore.exceptions.NoCredentialsError):
+            return StorageError("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+        if isinstance(e, botocore.exceptions.BotoCoreError):
+            return StorageError(f"S3 {what} {key} failed: {e}")
+        return e
+
+    def _endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        try:
+            self.client.put_object(**args)
+            return True
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if if_absent and code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self._fail(e, "put", key) from e
+        except Exception as e:
+            raise self._fail(e, "put", key) from e
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(response["Body"].read())
+        except Exception as e:
+            raise self._fail(e, "get", key) from e
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            data = bytes(response["Body"].read())
+        except Exception as e:
+            raise self._fail(e, "get", key) from e
+        return check_range(key, data, offset, length)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as e:
+            err = self._fail(e, "head", key)
+            if isinstance(err, ObjectNotFound):
+                return None
+            raise err from e
+        return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp())
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        obj["Key"][len(self.prefix) :], int(obj["Size"]), obj["LastModified"].timestamp()
+                    )
+        except Exception as e:
+            raise self._fail(e, "list", prefix or "/") from e
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as e:
+            err = self._fail(e, "delete", key)
+            if not isinstance(err, ObjectNotFound):
+                raise err from e
+
+    def create_bucket(self) -> None:
+        """Create the bucket if it does not exist (used by `repo init`)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except botocore.exceptions.ClientError:
+            pass
+        except Exception as e:
+            raise self._fail(e, "head bucket", self.bucket) from e
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._fail(e, "create bucket", self.bucket) from e
+        except Exception as e:
+            raise self._fail(e, "create bucket", self.bucket) from e
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,107 @@
+"""Wrappers that add behaviour to any backend: retries and request counting."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from ..errors import StorageUnavailable
+from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
+
+T = TypeVar("T")
+
+
+class RetryingStorage(Storage):
+    """Retries transient failures with exponential backoff and jitter.
+
+    A missing object is an answer, not a failure, and is never retried.
+    """
+
+    def __init__(self, inner: Storage, *, attempts: int = 4, base_delay: float = 0.2) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.attempts = attempts
+        self.base_delay = base_delay
+
+    def _retry(self, op: Callable[[], T]) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return op()
+            except ObjectNotFound:
+                raise
+            except (StorageError, StorageUnavailable):
+                if attempt == self.attempts - 1:
+                    raise
+                time.sleep(self.base_delay * (2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        return self._retry(lambda: self.inner.put(key, data, if_absent=if_absent))
+
+    def get(self, key: str) -> bytes:
+        return self._retry(lambda: self.inner.get(key))
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return self._retry(lambda: self.inner.get_range(key, offset, length))
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self._retry(lambda: self.inner.head(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._retry(lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._retry(lambda: self.inner.delete(key))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class CountingStorage(Storage):
+    """Counts requests and bytes, for the statistics of every job."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def _count(self, up: int = 0, down: int = 0) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes_up += up
+            self.bytes_down += down
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+        self._count(up=len(data))
+        return self.inner.put(key, data, if_absent=if_absent)
+
+    def get(self, key: str) -> bytes:
+        data = self.inner.get(key)
+        self._count(down=len(data))
+        return data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        data = self.inner.get_range(key, offset, length)
+        self._count(down=len(data))
+        return data
+
+    def head(self, key: str) -> ObjectInfo | None:
+        self._count()
+        return self.inner.head(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._count()
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._count()
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
