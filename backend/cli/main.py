@@ -1,2 +1,57 @@
-def main() -> int:
-    return 0
+"""The `lamina` command. Each commands_* module registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import LaminaError
+
+# Modules that register subcommands; a missing optional module is skipped.
+COMMAND_MODULES = [
+    "lamina.backend.cli.commands_core",
+    "lamina.backend.cli.commands_cbt",
+    "lamina.backend.cli.commands_kube",
+    "lamina.backend.cli.commands_files",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lamina",
+        description="Incremental-forever, block-level backups of volumes to S3 or a local folder.",
+    )
+    parser.add_argument("--version", action="version", version=f"lamina {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lamina: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

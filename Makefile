@@ -1,0 +1,56 @@
+# The two commands of the README: `make demo` and `make test`. Both set up everything they need
+# on a fresh Debian machine: system packages (when missing), a virtualenv, pinned Python packages.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages: e2fsprogs (mkfs.ext4, debugfs) for demo and tests.
+SYSTEM_PACKAGES := e2fsprogs
+BENCH_PACKAGES := restic borgbackup
+PYTEST_ARGS ?=
+
+.PHONY: test demo lint proto bench screenshots system-packages clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lamina needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV) || { $(MAKE) apt PKGS=python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+system-packages:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory apt PKGS="$$missing"; fi
+
+apt:
+	@echo "installing Debian packages:$(PKGS)"
+	@SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PKGS) >/dev/null
+
+test: system-packages $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: system-packages $(STAMP)
+	$(VENV)/bin/lamina demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+proto: $(STAMP)
+	$(PY) protos/generate.py
+
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(SYSTEM_PACKAGES) $(BENCH_PACKAGES)"
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+screenshots: $(STAMP)
+	$(PY) tui/screenshots.py
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

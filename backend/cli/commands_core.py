@@ -1,0 +1,251 @@
+"""Core commands: repo init, backup, points, chain, restore, verify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import UsageError
+from ..service import PointInfo, VerifyReport, init_repository, ranges_from_json_file, read_password_file
+from ..units import format_rate, format_size, parse_size
+from .common import add_repo_args, elapsed, open_service, print_json, run_job
+
+
+def register(sub: Any) -> None:
+    repo = sub.add_parser("repo", help="create and inspect repositories")
+    repo_sub = repo.add_subparsers(dest="repo_command", metavar="ACTION")
+    repo_sub.required = True
+    p = repo_sub.add_parser("init", help="create a new repository")
+    p.add_argument("repo", metavar="REPO", help="a path, file:///path or s3://bucket/prefix")
+    p.add_argument("--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)")
+    p.add_argument("--compression-level", type=int, default=3, help="zstd level, 1-19 (default 3)")
+    p.add_argument("--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)")
+    p.add_argument("--password-file", help="file holding the password (or LAMINA_PASSWORD_FILE)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_repo_init)
+    p = repo_sub.add_parser("info", help="show a repository's settings")
+    add_repo_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_repo_info)
+
+    p = sub.add_parser("backup", help="back up a volume image or block device")
+    add_repo_args(p)
+    p.add_argument("--volume", required=True, help="volume name: NAME, NS/NAME or CLUSTER/NS/NAME")
+    p.add_argument("source", metavar="SOURCE", help="image file or block device to read")
+    p.add_argument(
+        "--parent", default="auto", help="auto (newest point of the volume), none (full) or a point id"
+    )
+    p.add_argument(
+        "--changed-ranges",
+        metavar="FILE.json",
+        help='byte ranges changed since the parent: [{"byte_offset": N, "size_bytes": N}, ...]',
+    )
+    p.add_argument("--snapshot-handle", help="record the handle of the snapshot being backed up")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
+    p.add_argument("--json", action="store_true", help="print the new point as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("points", help="list restore points")
+    add_repo_args(p)
+    p.add_argument("--volume", help="only this volume")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_points)
+
+    p = sub.add_parser("chain", help="show a point and its ancestors down to the full backup")
+    add_repo_args(p)
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_chain)
+
+    p = sub.add_parser("restore", help="restore a point to an image file or block device")
+    add_repo_args(p)
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("target", metavar="TARGET", help="new image file, or a block device")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing image file")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("verify", help="check that points are complete (--deep: re-read every piece)")
+    add_repo_args(p)
+    p.add_argument("point", metavar="POINT", nargs="?", help="one point (default: all)")
+    p.add_argument("--deep", action="store_true", help="download and re-hash every piece")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="build a volume, back up a chain, restore and check every point")
+    p.add_argument("--dir", default="demo", help="working folder (default ./demo)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_repo_init(args: argparse.Namespace) -> int:
+    password = read_password_file(args.password_file)
+    if args.encrypt and password is None:
+        raise UsageError("--encrypt needs --password-file (or LAMINA_PASSWORD_FILE)")
+    if password is not None and not args.encrypt:
+        raise UsageError("a password was given without --encrypt; add --encrypt to encrypt the repository")
+    info = init_repository(
+        args.repo,
+        grid_size=parse_size(args.grid_size),
+        password=password if args.encrypt else None,
+        zstd_level=args.compression_level,
+    )
+    if args.json:
+        print_json(info.__dict__)
+    else:
+        print(
+            f"created repository {info.id[:8]} at {info.url} "
+            f"(grid {format_size(info.grid_size)}, {info.compression}, "
+            f"{'encrypted' if info.encrypted else 'not encrypted'})"
+        )
+    return 0
+
+
+def cmd_repo_info(args: argparse.Namespace) -> int:
+    info = open_service(args).info()
+    if args.json:
+        print_json(info.__dict__)
+    else:
+        for k, v in info.__dict__.items():
+            print(f"{k:12} {format_size(v) if k == 'grid_size' else v}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    service = open_service(args)
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"label {item!r} is not KEY=VALUE")
+        labels[key] = value
+    extra = backup_range_options(args)
+    if args.changed_ranges:
+        extra["changed_ranges"] = ranges_from_json_file(args.changed_ranges)
+        extra["changed_ranges_origin"] = f"file {args.changed_ranges}"
+    job = service.start_backup(
+        args.source,
+        args.volume,
+        parent=args.parent,
+        snapshot_handle=args.snapshot_handle,
+        labels=labels,
+        **extra,
+    )
+    point: PointInfo = run_job(job, quiet=args.quiet)
+    if args.json:
+        print_json(point.as_json())
+        return 0
+    s = point.stats
+    print(f"{point.kind} point {point.id} of {point.volume} ({format_size(point.capacity)})")
+    for note in point.notes:
+        print(f"  note: {note}")
+    rate = s["bytes_read"] / s["duration_seconds"] if s.get("duration_seconds") else 0
+    print(
+        f"  read {format_size(s['bytes_read'])} in {elapsed(s['duration_seconds'])} ({format_rate(rate)}); "
+        f"new {format_size(s['bytes_new'])} stored as {format_size(s['bytes_stored'])}; "
+        f"deduplicated {format_size(s['bytes_deduplicated'])}; zero {format_size(s['bytes_zero'])}; "
+        f"{s['requests']} requests"
+    )
+    return 0
+
+
+def backup_range_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Hook for range sources added by other command modules (CBT); none by default."""
+    hook = getattr(args, "range_options_hook", None)
+    return dict(hook(args)) if hook else {}
+
+
+def _point_row(p: PointInfo) -> str:
+    s = p.stats
+    return (
+        f"{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11}  {str(p.volume):<30}  "
+        f"{format_size(p.capacity):>10}  {format_size(s.get('bytes_stored', 0)):>10}  "
+        f"{(p.parent or '-'):<16}"
+    )
+
+
+_POINT_HEADER = (
+    f"{'ID':<16}  {'CREATED (UTC)':<19}  {'KIND':<11}  {'VOLUME':<30}  {'CAPACITY':>10}  "
+    f"{'STORED':>10}  {'PARENT':<16}"
+)
+
+
+def cmd_points(args: argparse.Namespace) -> int:
+    points = open_service(args).list_points(args.volume)
+    if args.json:
+        print_json([p.as_json() for p in points])
+        return 0
+    if not points:
+        print("no restore points" + (f" for volume {args.volume}" if args.volume else ""))
+        return 0
+    print(_POINT_HEADER)
+    for p in points:
+        print(_point_row(p))
+    return 0
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    chain = open_service(args).chain(args.point)
+    if args.json:
+        print_json([p.as_json() for p in chain])
+        return 0
+    print(f"chain of {chain[0].id} ({chain[0].volume}), newest first, {len(chain)} points:")
+    for depth, p in enumerate(chain):
+        s = p.stats
+        changed = s.get("bytes_read", 0) / p.capacity * 100 if p.capacity else 0
+        print(
+            f"  {'└─ ' if depth else ''}{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11} "
+            f"read {format_size(s.get('bytes_read', 0))} ({changed:.2f}% of volume), "
+            f"stored {format_size(s.get('bytes_stored', 0))}"
+        )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    job = open_service(args).start_restore(args.point, args.target, overwrite=args.overwrite)
+    result = run_job(job, quiet=args.quiet)
+    if args.json:
+        print_json(result)
+        return 0
+    rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
+    print(
+        f"restored point {result['point']} to {result['target']}: {format_size(result['capacity'])} volume, "
+        f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
+        f"({format_rate(rate)}); every piece and the image digest checked"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    job = open_service(args).start_verify(args.point, deep=args.deep)
+    report: VerifyReport = run_job(job, quiet=args.quiet)
+    if args.json:
+        print_json(
+            {
+                "ok": report.ok,
+                "points": report.points,
+                "pieces": report.pieces,
+                "deep": report.deep,
+                "bytes_checked": report.bytes_checked,
+                "problems": report.problems,
+            }
+        )
+    else:
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        what = f"{report.points} points, {report.pieces} pieces"
+        if report.deep:
+            what += f", {format_size(report.bytes_checked)} re-read and re-hashed"
+        print(("verify clean: " if report.ok else f"verify found {len(report.problems)} problems: ") + what)
+    if not report.ok:
+        print(f"lamina: error: verify found {len(report.problems)} problems", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    return run_demo(args.dir)

@@ -1,0 +1,96 @@
+"""What every command shares: opening the service, JSON output, progress on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from ..errors import LaminaError
+from ..progress import Progress
+from ..service import Job, JobState, Service, read_password_file
+from ..units import format_rate, format_size
+
+
+def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--repo", required=required, help="repository URL: a path, file:///path or s3://bucket/prefix")
+    p.add_argument(
+        "--password-file",
+        help="file holding the password of an encrypted repository (or set LAMINA_PASSWORD_FILE)",
+    )
+
+
+def open_service(args: argparse.Namespace) -> Service:
+    return Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
+
+
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    json.dump(data, out or sys.stdout, indent=2, sort_keys=True)
+    (out or sys.stdout).write("\n")
+
+
+def _bar(p: Progress, width: int = 28) -> str:
+    frac = p.fraction
+    if frac is None:
+        return f"{p.phase:<16} {format_size(p.done):>10}  {format_rate(p.rate):>12}"
+    filled = int(frac * width)
+    eta = f"ETA {int(p.eta // 60):d}:{int(p.eta % 60):02d}" if p.eta is not None else ""
+    return (
+        f"{p.phase:<16} [{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
+        f"{format_size(p.done):>10} {format_rate(p.rate):>12} {eta}"
+    )
+
+
+def run_job(job: Job, *, quiet: bool = False) -> Any:
+    """Wait for a job, drawing a progress line on a terminal. Ctrl-C cancels the job cleanly."""
+    tty = sys.stderr.isatty() and not quiet
+    last_len = 0
+
+    def draw(j: Job) -> None:
+        nonlocal last_len
+        if j.progress is None or j.done:
+            return
+        line = _bar(j.progress)
+        sys.stderr.write("\r" + line + " " * max(0, last_len - len(line)))
+        sys.stderr.flush()
+        last_len = len(line)
+
+    unsubscribe = job.subscribe(draw) if tty else (lambda: None)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        job.cancel()
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        while not job.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        job.cancel()
+        job.wait()
+    finally:
+        unsubscribe()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if tty and last_len:
+            sys.stderr.write("\r" + " " * last_len + "\r")
+            sys.stderr.flush()
+    if job.state == JobState.SUCCEEDED:
+        return job.result
+    if job.state == JobState.CANCELLED:
+        from ..errors import Cancelled
+
+        raise Cancelled(job.error or "cancelled")
+    raise LaminaError(job.error or "failed")
+
+
+def elapsed(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return time.strftime("%H:%M:%S", time.gmtime(seconds))

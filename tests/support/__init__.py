@@ -1,0 +1,1 @@
+"""Building blocks for the test suites: real servers started on loopback, and their helpers."""
