@@ -68,7 +68,9 @@ def wrap_keys(keys: Keys, password: bytes, repo_id: str) -> dict[str, Any]:
 
 def unwrap_keys(section: dict[str, Any], password: bytes, repo_id: str) -> Keys:
     if section.get("cipher") != "aes-256-gcm" or section.get("kdf", {}).get("name") != "scrypt":
-        raise UnsupportedFormat(f"unsupported encryption in repository config: {section.get('cipher')}")
+        raise UnsupportedFormat(
+            f"unsupported encryption in repository config: {section.get('cipher')}"
+        )
     kdf = section["kdf"]
     kek = _derive(password, _unb64(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
     blob = _unb64(section["wrapped_key"])
@@ -108,7 +110,9 @@ class Sealer:
         try:
             return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
         except InvalidTag:
-            raise CorruptObject(f"{what} fails its authentication check (corrupt or tampered)") from None
+            raise CorruptObject(
+                f"{what} fails its authentication check (corrupt or tampered)"
+            ) from None
 
     def piece_id(self, data: bytes | memoryview) -> bytes:
         if self.keys is None:

@@ -35,7 +35,9 @@ def _tool(name: str) -> str:
 def _run(*cmd: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise LaminaError(f"{cmd[0]} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+        raise LaminaError(
+            f"{cmd[0]} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
+        )
 
 
 def _seed_files(root: Path) -> None:
@@ -45,7 +47,10 @@ def _seed_files(root: Path) -> None:
     docs.mkdir()
     for i in range(40):
         (docs / f"note-{i:03d}.txt").write_text(
-            "".join(f"line {j} of note {i}: the quick brown fox jumps over the lazy dog\n" for j in range(200))
+            "".join(
+                f"line {j} of note {i}: the quick brown fox jumps over the lazy dog\n"
+                for j in range(200)
+            )
         )
     data = root / "data"
     data.mkdir()
@@ -62,7 +67,20 @@ def _seed_files(root: Path) -> None:
 def _make_image(path: Path, content: Path) -> None:
     with open(path, "wb") as f:
         f.truncate(CAPACITY)
-    _run(_tool("mkfs.ext4"), "-q", "-F", "-b", "4096", "-L", "demo", "-E", "root_owner=0:0", "-d", str(content), str(path))
+    _run(
+        _tool("mkfs.ext4"),
+        "-q",
+        "-F",
+        "-b",
+        "4096",
+        "-L",
+        "demo",
+        "-E",
+        "root_owner=0:0",
+        "-d",
+        str(content),
+        str(path),
+    )
 
 
 def _debugfs_write(image: Path, files: dict[str, bytes], work: Path) -> None:
@@ -108,8 +126,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-
-
 def run_demo(directory: str) -> int:
     work = Path(directory).absolute()
     if work.exists():
@@ -125,7 +141,9 @@ def run_demo(directory: str) -> int:
     content = work / "content"
     _seed_files(content)
     _make_image(volume_image, content)
-    print(f"1. built an ext4 volume of {format_size(CAPACITY)} with real files ({volume_image.name})")
+    print(
+        f"1. built an ext4 volume of {format_size(CAPACITY)} with real files ({volume_image.name})"
+    )
     info = init_repository(repo_url)
     print(f"   created repository at {info.url}")
     service = Service(repo_url)
@@ -156,14 +174,19 @@ def run_demo(directory: str) -> int:
     backup(0, None)
     edits: list[dict[str, bytes]] = [
         {"/etc/app.conf": b"listen = 0.0.0.0:9090\nworkers = 8\nlog_level = debug\n"},
-        {f"/docs/note-{i:03d}.txt": f"note {i} rewritten\n".encode() * 500 for i in range(0, 40, 7)},
+        {
+            f"/docs/note-{i:03d}.txt": f"note {i} rewritten\n".encode() * 500
+            for i in range(0, 40, 7)
+        },
         {"/data/table.db": _patched_table(volume_image)},
     ]
     for step, files in enumerate(edits, start=1):
         _debugfs_write(volume_image, files, work)
         ranges = changed_blocks(points[-1][1], volume_image)
         changed = sum(n for _, n in ranges)
-        print(f"{step + 1}. changed {len(files)} file(s): {len(ranges)} ranges, {format_size(changed)} differ")
+        print(
+            f"{step + 1}. changed {len(files)} file(s): {len(ranges)} ranges, {format_size(changed)} differ"
+        )
         backup(step, ranges)
 
     newest = points[-1][0]

@@ -192,7 +192,9 @@ def backup(
         os.close(fd)
 
 
-def _choose_parent(repo: Repository, request: BackupRequest, capacity: int) -> tuple[Point | None, list[str]]:
+def _choose_parent(
+    repo: Repository, request: BackupRequest, capacity: int
+) -> tuple[Point | None, list[str]]:
     notes: list[str] = []
     if request.parent == "none":
         return None, notes
@@ -221,13 +223,20 @@ def _plan(
 ) -> tuple[str, Iterable[Range], str]:
     """Which ranges to read: (mode, ranges, where the ranges came from)."""
     if parent is not None and request.changed_ranges is not None:
-        return "changed-ranges", checked_ranges(request.changed_ranges(), capacity), request.changed_ranges_origin or "changed ranges"
-    if parent is None and request.changed_ranges is not None and request.allocated_ranges is None:
-        if not notes:
-            notes.append("full backup: no parent point to apply the changed ranges to")
+        return (
+            "changed-ranges",
+            checked_ranges(request.changed_ranges(), capacity),
+            request.changed_ranges_origin or "changed ranges",
+        )
+    if parent is None and request.changed_ranges is not None and not notes:
+        notes.append("full backup: no parent point to apply the changed ranges to")
     if request.allocated_ranges is not None:
         mode = "full" if parent is None else "scan-incremental"
-        return mode, checked_ranges(request.allocated_ranges(), capacity, "allocated ranges"), request.allocated_ranges_origin or "allocated ranges"
+        return (
+            mode,
+            checked_ranges(request.allocated_ranges(), capacity, "allocated ranges"),
+            request.allocated_ranges_origin or "allocated ranges",
+        )
     ranges = list(allocated_ranges(fd, capacity))
     if parent is None:
         return "full", ranges, "allocated (SEEK_DATA/SEEK_HOLE)"
@@ -283,7 +292,9 @@ def _run_pipeline(
     def work(offset: int, length: int) -> _PieceResult:
         data = os.pread(fd, length, offset)
         if len(data) != length:
-            raise SourceError(f"short read from the source at offset {offset}: it shrank during the backup")
+            raise SourceError(
+                f"short read from the source at offset {offset}: it shrank during the backup"
+            )
         zero = zero_cache.get(length)
         if zero is None:
             zero = zero_cache.setdefault(length, bytes(length))
@@ -300,9 +311,12 @@ def _run_pipeline(
 
     extents: list[Extent] = []
     max_ahead = workers * 2
-    with ThreadPoolExecutor(workers, thread_name_prefix="lamina-piece") as pool, ThreadPoolExecutor(
-        max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
-    ) as upload_pool:
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="lamina-piece") as pool,
+        ThreadPoolExecutor(
+            max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
+        ) as upload_pool,
+    ):
         writer = repo.new_pack_writer(upload_pool, max_in_flight=4)
         pending: deque[Future[_PieceResult]] = deque()
         try:
@@ -377,7 +391,10 @@ class _Run:
 
 
 def _plan_reads(
-    repo: Repository, resolved: Sequence[Extent], max_run: int = 8 * 1024 * 1024, max_gap: int = 256 * 1024
+    repo: Repository,
+    resolved: Sequence[Extent],
+    max_run: int = 8 * 1024 * 1024,
+    max_gap: int = 256 * 1024,
 ) -> tuple[list[_Run], dict[bytes, list[Extent]]]:
     """Group the pieces a map needs into runs of nearby pieces in one pack (one GET each)."""
     users: dict[bytes, list[Extent]] = {}
@@ -446,7 +463,9 @@ def restore(
         size = os.lseek(fd, 0, os.SEEK_END)
         if size < point.capacity:
             os.close(fd)
-            raise UsageError(f"device {target} has {size} bytes, less than the volume's {point.capacity}")
+            raise UsageError(
+                f"device {target} has {size} bytes, less than the volume's {point.capacity}"
+            )
     else:
         if os.path.exists(target) and not overwrite:
             raise UsageError(f"{target} exists; choose a new file, or pass --overwrite")
@@ -562,9 +581,9 @@ def verify(
             continue
         if image_digest(point.capacity, resolved) != point.manifest.get("image_digest"):
             report.problems.append(f"point {point.id}: image digest does not match its extent maps")
-        for e in resolved:
-            if e.kind == EXTENT_DATA:
-                needed.setdefault(e.piece_id, []).append((point.id, e.offset))
+        for extent in resolved:
+            if extent.kind == EXTENT_DATA:
+                needed.setdefault(extent.piece_id, []).append((point.id, extent.offset))
         tracker.add(1)
     entries: list[PieceEntry] = []
     for piece_id, where in needed.items():
@@ -612,11 +631,17 @@ def verify(
     return report
 
 
-def _plan_reads_from_entries(entries: list[PieceEntry], max_run: int = 8 * 1024 * 1024) -> tuple[list[list[PieceEntry]], None]:
+def _plan_reads_from_entries(
+    entries: list[PieceEntry], max_run: int = 8 * 1024 * 1024
+) -> tuple[list[list[PieceEntry]], None]:
     entries = sorted(entries, key=lambda en: (en.pack_id, en.offset))
     runs: list[list[PieceEntry]] = []
     for en in entries:
-        if runs and runs[-1][-1].pack_id == en.pack_id and en.offset + en.stored_size - runs[-1][0].offset <= max_run:
+        if (
+            runs
+            and runs[-1][-1].pack_id == en.pack_id
+            and en.offset + en.stored_size - runs[-1][0].offset <= max_run
+        ):
             runs[-1].append(en)
         else:
             runs.append([en])
@@ -630,6 +655,11 @@ def iter_ranges_json(items: Iterable[Any], what: str) -> Iterator[Range]:
             offset, size = item["byte_offset"], item["size_bytes"]
         except (TypeError, KeyError):
             raise UsageError(f"{what}: entry {i} needs byte_offset and size_bytes") from None
-        if isinstance(offset, bool) or isinstance(size, bool) or not isinstance(offset, int) or not isinstance(size, int):
+        if (
+            isinstance(offset, bool)
+            or isinstance(size, bool)
+            or not isinstance(offset, int)
+            or not isinstance(size, int)
+        ):
             raise UsageError(f"{what}: entry {i} has non-integer byte_offset or size_bytes")
         yield offset, size

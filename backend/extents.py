@@ -14,7 +14,9 @@ from .format import EXTENT_DATA, Extent
 Range = tuple[int, int]  # (offset, length)
 
 
-def checked_ranges(ranges: Iterable[Range], capacity: int, what: str = "changed ranges") -> Iterator[Range]:
+def checked_ranges(
+    ranges: Iterable[Range], capacity: int, what: str = "changed ranges"
+) -> Iterator[Range]:
     """Pass ranges through, failing loudly on anything a backup must not trust.
 
     Ranges must be strictly increasing, never overlapping, of positive size, and inside the

@@ -65,7 +65,10 @@ def unwrap(sealer: Sealer, kind: int, blob: bytes, what: str) -> bytes:
     else:
         if sealer.encrypted:
             raise CorruptObject(f"{what} is not encrypted in an encrypted repository (tampered?)")
-        if len(blob) < _HEADER.size + _CHECKSUM_SIZE or checksum(blob[:-_CHECKSUM_SIZE]) != blob[-_CHECKSUM_SIZE:]:
+        if (
+            len(blob) < _HEADER.size + _CHECKSUM_SIZE
+            or checksum(blob[:-_CHECKSUM_SIZE]) != blob[-_CHECKSUM_SIZE:]
+        ):
             raise CorruptObject(f"{what} fails its checksum (corrupt)")
         body = blob[_HEADER.size : -_CHECKSUM_SIZE]
     if flags & FLAG_ZSTD:

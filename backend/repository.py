@@ -40,7 +40,7 @@ from .errors import (
 )
 from .extents import image_digest, resolve_chain
 from .format import Extent, PieceEntry
-from .storage import ObjectNotFound, Storage, StorageError
+from .storage import ObjectNotFound, ShortRead, Storage
 from .storage.wrappers import CountingStorage, RetryingStorage
 
 CONFIG_KEY = "config"
@@ -84,7 +84,14 @@ class PieceIndex:
     def build(self, entries: Iterable[PieceEntry]) -> None:
         pack_numbers: dict[bytes, int] = {}
         rows = sorted(
-            (e.piece_id, pack_numbers.setdefault(e.pack_id, len(pack_numbers)), e.offset, e.stored_size, e.raw_size, e.codec)
+            (
+                e.piece_id,
+                pack_numbers.setdefault(e.pack_id, len(pack_numbers)),
+                e.offset,
+                e.stored_size,
+                e.raw_size,
+                e.codec,
+            )
             for e in entries
         )
         self._packs = [b""] * len(pack_numbers)
@@ -251,11 +258,15 @@ class Repository:
         try:
             blob = storage.get(CONFIG_KEY)
         except ObjectNotFound:
-            raise RepositoryNotFound(f"no lamina repository at {storage.url} (run 'lamina repo init')") from None
+            raise RepositoryNotFound(
+                f"no lamina repository at {storage.url} (run 'lamina repo init')"
+            ) from None
         try:
             config = json.loads(blob)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CorruptObject(f"the repository config at {storage.url} is not valid JSON") from None
+            raise CorruptObject(
+                f"the repository config at {storage.url} is not valid JSON"
+            ) from None
         if not isinstance(config, dict) or config.get("format") != "lamina-repository":
             raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
         if config.get("version") != fmt.FORMAT_VERSION:
@@ -282,7 +293,9 @@ class Repository:
             if self._index_loaded:
                 return
             keys = [info.key for info in self.storage.list("index/")]
-            segments = self._parallel(lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys)
+            segments = self._parallel(
+                lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys
+            )
             self.index.build(e for seg in segments for e in seg)
             self._index_loaded = True
 
@@ -338,10 +351,8 @@ class Repository:
             blob = self.storage.get_range(pack_key(entry.pack_id), entry.offset, entry.stored_size)
         except ObjectNotFound:
             raise MissingObject(f"pack {entry.pack_id.hex()} is missing") from None
-        except StorageError as e:
-            if "short read" in str(e):
-                raise CorruptObject(f"pack {entry.pack_id.hex()} is truncated") from None
-            raise
+        except ShortRead:
+            raise CorruptObject(f"pack {entry.pack_id.hex()} is truncated") from None
         return self.decode_piece(entry, blob)
 
     def read_pack_run(self, entries: Sequence[PieceEntry]) -> list[bytes | LaminaError]:
@@ -352,14 +363,15 @@ class Repository:
             blob = self.storage.get_range(pack_key(first.pack_id), start, end - start)
         except ObjectNotFound:
             return [MissingObject(f"pack {first.pack_id.hex()} is missing")] * len(entries)
-        except StorageError as e:
-            if "short read" not in str(e):
-                raise
+        except ShortRead:
             return [CorruptObject(f"pack {first.pack_id.hex()} is truncated")] * len(entries)
         out: list[bytes | LaminaError] = []
-        for e in entries:
+        for entry in entries:
             try:
-                out.append(self.decode_piece(e, blob[e.offset - start : e.offset - start + e.stored_size]))
+                piece_start = entry.offset - start
+                out.append(
+                    self.decode_piece(entry, blob[piece_start : piece_start + entry.stored_size])
+                )
             except LaminaError as err:
                 out.append(err)
         return out
@@ -387,13 +399,17 @@ class Repository:
         except CorruptObject:
             if tail_len == info.size:
                 raise
-            return fmt.parse_pack_header(self.sealer, pack_id, self.storage.get(key), f"pack {pack_id.hex()}")
+            return fmt.parse_pack_header(
+                self.sealer, pack_id, self.storage.get(key), f"pack {pack_id.hex()}"
+            )
 
     # ------------------------------------------------------------------ restore points
 
     def list_points(self) -> list[Point]:
         keys = [info.key for info in self.storage.list("manifests/")]
-        manifests = self._parallel(lambda k: fmt.decode_manifest(self.sealer, self.storage.get(k), k), keys)
+        manifests = self._parallel(
+            lambda k: fmt.decode_manifest(self.sealer, self.storage.get(k), k), keys
+        )
         points = [Point(m) for m in manifests]
         points.sort(key=lambda p: (p.created, p.id))
         return points
@@ -425,7 +441,9 @@ class Repository:
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.storage.put(f"maps/{point_id}", map_blob, if_absent=True)
-        if not self.storage.put(f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=True):
+        if not self.storage.put(
+            f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=True
+        ):
             raise LaminaError(f"restore point {point_id} already exists")
         return Point(manifest)
 
@@ -468,7 +486,9 @@ class Repository:
         return resolve_chain([newest, *maps])
 
     def image_digest(self, point: Point, resolved: Sequence[Extent] | None = None) -> str:
-        return image_digest(point.capacity, resolved if resolved is not None else self.resolve(point))
+        return image_digest(
+            point.capacity, resolved if resolved is not None else self.resolve(point)
+        )
 
     # ------------------------------------------------------------------ helpers
 

@@ -327,7 +327,9 @@ class Service:
         job = Job(kind=kind, description=description)
         with self._jobs_lock:
             self._jobs[job.id] = job
-        threading.Thread(target=job._run, args=(fn,), name=f"lamina-job-{job.id}", daemon=True).start()
+        threading.Thread(
+            target=job._run, args=(fn,), name=f"lamina-job-{job.id}", daemon=True
+        ).start()
         return job
 
     def start_backup(
@@ -366,7 +368,10 @@ class Service:
 
         def run(job: Job) -> PointInfo:
             point = engine.backup(
-                self.repo, request, progress=job._on_progress, cancelled=lambda: job.cancel_requested
+                self.repo,
+                request,
+                progress=job._on_progress,
+                cancelled=lambda: job.cancel_requested,
             )
             return PointInfo.of(point)
 
@@ -393,7 +398,11 @@ class Service:
             else:
                 points = self.repo.list_points()
             return engine.verify(
-                self.repo, points, deep=deep, progress=job._on_progress, cancelled=lambda: job.cancel_requested
+                self.repo,
+                points,
+                deep=deep,
+                progress=job._on_progress,
+                cancelled=lambda: job.cancel_requested,
             )
 
         what = f"point {point_ref}" if point_ref else "every point"

@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from ..errors import UsageError
-from ..service import PointInfo, VerifyReport, init_repository, ranges_from_json_file, read_password_file
+from ..service import (
+    PointInfo,
+    VerifyReport,
+    init_repository,
+    ranges_from_json_file,
+    read_password_file,
+)
 from ..units import format_rate, format_size, parse_size
 from .common import add_repo_args, elapsed, open_service, print_json, run_job
 
@@ -18,9 +24,13 @@ def register(sub: Any) -> None:
     repo_sub.required = True
     p = repo_sub.add_parser("init", help="create a new repository")
     p.add_argument("repo", metavar="REPO", help="a path, file:///path or s3://bucket/prefix")
-    p.add_argument("--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)")
+    p.add_argument(
+        "--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)"
+    )
     p.add_argument("--compression-level", type=int, default=3, help="zstd level, 1-19 (default 3)")
-    p.add_argument("--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)")
+    p.add_argument(
+        "--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)"
+    )
     p.add_argument("--password-file", help="file holding the password (or LAMINA_PASSWORD_FILE)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_repo_init)
@@ -34,7 +44,9 @@ def register(sub: Any) -> None:
     p.add_argument("--volume", required=True, help="volume name: NAME, NS/NAME or CLUSTER/NS/NAME")
     p.add_argument("source", metavar="SOURCE", help="image file or block device to read")
     p.add_argument(
-        "--parent", default="auto", help="auto (newest point of the volume), none (full) or a point id"
+        "--parent",
+        default="auto",
+        help="auto (newest point of the volume), none (full) or a point id",
     )
     p.add_argument(
         "--changed-ranges",
@@ -42,7 +54,9 @@ def register(sub: Any) -> None:
         help='byte ranges changed since the parent: [{"byte_offset": N, "size_bytes": N}, ...]',
     )
     p.add_argument("--snapshot-handle", help="record the handle of the snapshot being backed up")
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label")
+    p.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="attach a label"
+    )
     p.add_argument("--json", action="store_true", help="print the new point as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_backup)
@@ -68,7 +82,9 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_restore)
 
-    p = sub.add_parser("verify", help="check that points are complete (--deep: re-read every piece)")
+    p = sub.add_parser(
+        "verify", help="check that points are complete (--deep: re-read every piece)"
+    )
     add_repo_args(p)
     p.add_argument("point", metavar="POINT", nargs="?", help="one point (default: all)")
     p.add_argument("--deep", action="store_true", help="download and re-hash every piece")
@@ -76,7 +92,9 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo", help="build a volume, back up a chain, restore and check every point")
+    p = sub.add_parser(
+        "demo", help="build a volume, back up a chain, restore and check every point"
+    )
     p.add_argument("--dir", default="demo", help="working folder (default ./demo)")
     p.set_defaults(func=cmd_demo)
 
@@ -86,7 +104,9 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
     if args.encrypt and password is None:
         raise UsageError("--encrypt needs --password-file (or LAMINA_PASSWORD_FILE)")
     if password is not None and not args.encrypt:
-        raise UsageError("a password was given without --encrypt; add --encrypt to encrypt the repository")
+        raise UsageError(
+            "a password was given without --encrypt; add --encrypt to encrypt the repository"
+        )
     info = init_repository(
         args.repo,
         grid_size=parse_size(args.grid_size),
@@ -161,7 +181,7 @@ def backup_range_options(args: argparse.Namespace) -> dict[str, Any]:
 def _point_row(p: PointInfo) -> str:
     s = p.stats
     return (
-        f"{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11}  {str(p.volume):<30}  "
+        f"{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11}  {p.volume!s:<30}  "
         f"{format_size(p.capacity):>10}  {format_size(s.get('bytes_stored', 0)):>10}  "
         f"{(p.parent or '-'):<16}"
     )
@@ -239,7 +259,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         what = f"{report.points} points, {report.pieces} pieces"
         if report.deep:
             what += f", {format_size(report.bytes_checked)} re-read and re-hashed"
-        print(("verify clean: " if report.ok else f"verify found {len(report.problems)} problems: ") + what)
+        print(
+            ("verify clean: " if report.ok else f"verify found {len(report.problems)} problems: ")
+            + what
+        )
     if not report.ok:
         print(f"lamina: error: verify found {len(report.problems)} problems", file=sys.stderr)
     return 0 if report.ok else 1

@@ -16,7 +16,11 @@ from ..units import format_rate, format_size
 
 
 def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--repo", required=required, help="repository URL: a path, file:///path or s3://bucket/prefix")
+    p.add_argument(
+        "--repo",
+        required=required,
+        help="repository URL: a path, file:///path or s3://bucket/prefix",
+    )
     p.add_argument(
         "--password-file",
         help="file holding the password of an encrypted repository (or set LAMINA_PASSWORD_FILE)",

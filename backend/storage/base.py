@@ -13,10 +13,18 @@ class StorageError(LaminaError):
     """A storage operation failed for a reason other than a missing object."""
 
 
+class InvalidRequest(StorageError):
+    """The request itself is wrong (a bad key or range): asking again cannot help."""
+
+
 class ObjectNotFound(StorageError):
     def __init__(self, key: str) -> None:
         super().__init__(f"object not found: {key}")
         self.key = key
+
+
+class ShortRead(StorageError):
+    """An object ended before the requested range did: it is truncated."""
 
 
 @dataclass(frozen=True)
@@ -64,13 +72,36 @@ class Storage(ABC):
 
 
 def check_key(key: str) -> None:
-    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in key.split("/")):
-        raise StorageError(f"invalid object key: {key!r}")
+    """Keys are relative, slash-separated paths without empty, '.' or '..' parts."""
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
+    ):
+        raise InvalidRequest(f"invalid object key: {key!r}")
+
+
+def check_prefix(prefix: str) -> None:
+    """A list prefix: its complete parts (before the last slash) must be valid key parts."""
+    folder, slash, _ = prefix.rpartition("/")
+    try:
+        if slash:
+            check_key(folder)
+        if "\\" in prefix:
+            raise InvalidRequest("backslash")
+    except InvalidRequest:
+        raise InvalidRequest(f"invalid list prefix: {prefix!r}") from None
+
+
+def check_span(key: str, offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise InvalidRequest(f"invalid range of {key}: offset {offset}, length {length}")
 
 
 def check_range(key: str, data: bytes, offset: int, length: int) -> bytes:
     if len(data) != length:
-        raise StorageError(
+        raise ShortRead(
             f"short read of {key}: wanted {length} bytes at offset {offset}, got {len(data)}"
         )
     return data

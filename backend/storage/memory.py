@@ -6,7 +6,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import ObjectInfo, ObjectNotFound, Storage, check_key, check_range
+from .base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    check_key,
+    check_prefix,
+    check_range,
+    check_span,
+)
 
 
 class MemoryStorage(Storage):
@@ -24,6 +32,7 @@ class MemoryStorage(Storage):
             return True
 
     def get(self, key: str) -> bytes:
+        check_key(key)
         with self._lock:
             try:
                 return self._objects[key][0]
@@ -31,20 +40,24 @@ class MemoryStorage(Storage):
                 raise ObjectNotFound(key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_span(key, offset, length)
         data = self.get(key)
         return check_range(key, data[offset : offset + length], offset, length)
 
     def head(self, key: str) -> ObjectInfo | None:
+        check_key(key)
         with self._lock:
             entry = self._objects.get(key)
         return None if entry is None else ObjectInfo(key, len(entry[0]), entry[1])
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
         with self._lock:
             items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
         for key, (data, mtime) in items:
             yield ObjectInfo(key, len(data), mtime)
 
     def delete(self, key: str) -> None:
+        check_key(key)
         with self._lock:
             self._objects.pop(key, None)

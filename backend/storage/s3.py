@@ -14,8 +14,17 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .base import ObjectInfo, ObjectNotFound, Storage, StorageError, check_key, check_range
 from ..errors import StorageUnavailable
+from .base import (
+    ObjectInfo,
+    ObjectNotFound,
+    Storage,
+    StorageError,
+    check_key,
+    check_prefix,
+    check_range,
+    check_span,
+)
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -28,17 +37,21 @@ class S3Storage(Storage):
         *,
         endpoint_url: str | None = None,
         max_connections: int = 32,
+        max_attempts: int = 5,
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
         client: Any = None,
     ) -> None:
+        """``max_attempts`` counts the first try; botocore retries within it, with backoff."""
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         if client is None:
             config = botocore.config.Config(
                 max_pool_connections=max_connections,
-                retries={"max_attempts": 5, "mode": "adaptive"},
-                connect_timeout=10,
-                read_timeout=60,
+                retries={"max_attempts": max_attempts, "mode": "adaptive"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 # Checksums on every PUT/GET cost CPU; pieces carry their own hashes.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
@@ -48,6 +61,9 @@ class S3Storage(Storage):
                 "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), config=config
             )
         self.client = client
+        # A HEAD answer has no body, so a missing bucket looks like a missing object; the
+        # first such answer is checked against the bucket once.
+        self._bucket_seen = False
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -61,7 +77,10 @@ class S3Storage(Storage):
             if code == "NoSuchBucket":
                 return StorageError(f"bucket {self.bucket!r} does not exist at {self._endpoint()}")
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-                return StorageError(f"S3 refused {what} {key}: {code} (check the credentials)")
+                return StorageError(
+                    f"S3 at {self._endpoint()} refused {what} {key}: {code}"
+                    " (check the credentials and their permissions)"
+                )
             return StorageError(f"S3 {what} {key} failed: {code} {e}")
         if isinstance(
             e,
@@ -74,7 +93,9 @@ class S3Storage(Storage):
         ):
             return StorageUnavailable(f"S3 endpoint {self._endpoint()} is unreachable")
         if isinstance(e, botocore.exceptions.NoCredentialsError):
-            return StorageError("no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+            return StorageError(
+                "no S3 credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+            )
         if isinstance(e, botocore.exceptions.BotoCoreError):
             return StorageError(f"S3 {what} {key} failed: {e}")
         return e
@@ -83,7 +104,8 @@ class S3Storage(Storage):
         return str(self.client.meta.endpoint_url)
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        s3_key = self._key(key)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": s3_key, "Body": data}
         if if_absent:
             args["IfNoneMatch"] = "*"
         try:
@@ -98,48 +120,86 @@ class S3Storage(Storage):
             raise self._fail(e, "put", key) from e
 
     def get(self, key: str) -> bytes:
+        s3_key = self._key(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=s3_key)
             return bytes(response["Body"].read())
         except Exception as e:
             raise self._fail(e, "get", key) from e
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        s3_key = self._key(key)
+        check_span(key, offset, length)
         if length == 0:
-            return b""
+            # An empty Range header is not valid HTTP; still say whether the object exists.
+            info = self.head(key)
+            if info is None:
+                raise ObjectNotFound(key)
+            return check_range(key, b"", offset, length)
         try:
             response = self.client.get_object(
-                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{offset + length - 1}"
+                Bucket=self.bucket,
+                Key=s3_key,
+                Range=f"bytes={offset}-{offset + length - 1}",
             )
             data = bytes(response["Body"].read())
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidRange":
+                raise StorageError(
+                    f"short read of {key}: wanted {length} bytes at offset {offset},"
+                    " which is past its end"
+                ) from None
+            raise self._fail(e, "get", key) from e
         except Exception as e:
             raise self._fail(e, "get", key) from e
         return check_range(key, data, offset, length)
 
     def head(self, key: str) -> ObjectInfo | None:
+        s3_key = self._key(key)
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            r = self.client.head_object(Bucket=self.bucket, Key=s3_key)
         except Exception as e:
             err = self._fail(e, "head", key)
-            if isinstance(err, ObjectNotFound):
-                return None
-            raise err from e
+            if not isinstance(err, ObjectNotFound):
+                raise err from e
+            if not self._bucket_seen:
+                self._check_bucket()
+            return None
+        self._bucket_seen = True
         return ObjectInfo(key, int(r["ContentLength"]), r["LastModified"].timestamp())
 
+    def _check_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"bucket {self.bucket!r} does not exist at {self._endpoint()}"
+                ) from None
+            raise self._fail(e, "head bucket", self.bucket) from e
+        except Exception as e:
+            raise self._fail(e, "head bucket", self.bucket) from e
+        self._bucket_seen = True
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        check_prefix(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(
-                        obj["Key"][len(self.prefix) :], int(obj["Size"]), obj["LastModified"].timestamp()
+                        obj["Key"][len(self.prefix) :],
+                        int(obj["Size"]),
+                        obj["LastModified"].timestamp(),
                     )
         except Exception as e:
             raise self._fail(e, "list", prefix or "/") from e
 
     def delete(self, key: str) -> None:
+        s3_key = self._key(key)
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=s3_key)
         except Exception as e:
             err = self._fail(e, "delete", key)
             if not isinstance(err, ObjectNotFound):

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from lamina.backend.errors import (
     ChangedRangesError,
     CorruptObject,
@@ -16,6 +15,7 @@ from lamina.backend.errors import (
     WrongPassword,
 )
 from lamina.backend.service import JobState, PointInfo, Service, init_repository
+
 from tests.support.volumes import make_volume, scribble, sha256_file, sparse_copy
 
 MiB = 1024 * 1024
@@ -50,7 +50,9 @@ def repo(tmp_path: Path) -> Service:
     return Service(str(tmp_path / "repo"))
 
 
-def test_chain_restores_byte_identical_and_incremental_stores_only_changes(repo: Service, tmp_path: Path) -> None:
+def test_chain_restores_byte_identical_and_incremental_stores_only_changes(
+    repo: Service, tmp_path: Path
+) -> None:
     vol = make_volume(tmp_path / "vol.img", 32 * MiB)
     snaps = []
     full = _backup(repo, vol)
@@ -90,7 +92,9 @@ def test_restored_image_is_sparse_where_the_volume_was_empty(repo: Service, tmp_
     assert os.stat(out).st_blocks * 512 < 4 * MiB
 
 
-def test_zeroed_blocks_in_an_incremental_hide_the_parent_data(repo: Service, tmp_path: Path) -> None:
+def test_zeroed_blocks_in_an_incremental_hide_the_parent_data(
+    repo: Service, tmp_path: Path
+) -> None:
     vol = tmp_path / "vol.img"
     with open(vol, "wb") as f:
         f.write(os.urandom(4 * MiB))
@@ -103,7 +107,9 @@ def test_zeroed_blocks_in_an_incremental_hide_the_parent_data(repo: Service, tmp
     assert sha256_file(out) == sha256_file(vol)
 
 
-def test_backup_without_ranges_after_a_parent_uploads_only_changed_cells(repo: Service, tmp_path: Path) -> None:
+def test_backup_without_ranges_after_a_parent_uploads_only_changed_cells(
+    repo: Service, tmp_path: Path
+) -> None:
     vol = tmp_path / "vol.img"
     with open(vol, "wb") as f:
         f.write(os.urandom(8 * MiB))
@@ -166,7 +172,13 @@ def test_cancelled_backup_leaves_no_point(repo: Service, tmp_path: Path) -> None
     seen = []
 
     job = repo.start_backup(str(vol), "db", parent="none")
-    job.subscribe(lambda j: seen.append(j.progress) if j.progress and j.progress.done > 0 and not j.cancel_requested and j.cancel() is None else None)
+    job.subscribe(
+        lambda j: (
+            seen.append(j.progress)
+            if j.progress and j.progress.done > 0 and not j.cancel_requested and j.cancel() is None
+            else None
+        )
+    )
     assert job.wait(120)
     assert job.state == JobState.CANCELLED
     assert seen, "the job never reported progress"
@@ -250,7 +262,9 @@ def test_corrupt_manifest_and_map_are_reported(tmp_path: Path) -> None:
     blob = bytearray(map_file.read_bytes())
     blob[20] ^= 1
     map_file.write_bytes(bytes(blob))
-    assert "checksum" in _fail(Service(str(tmp_path / "repo")).start_restore(point.id, str(tmp_path / "o.img")))
+    assert "checksum" in _fail(
+        Service(str(tmp_path / "repo")).start_restore(point.id, str(tmp_path / "o.img"))
+    )
     (tmp_path / "repo" / "manifests" / point.id).write_text("{not json")
     with pytest.raises(CorruptObject):
         Service(str(tmp_path / "repo")).list_points()

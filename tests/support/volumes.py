@@ -36,7 +36,9 @@ def make_volume(path: Path, capacity: int, *, seed: int = 0, extents: int = 12) 
     return path
 
 
-def scribble(path: Path, count: int, size: int, *, seed: int = 1, zero: bool = False) -> list[tuple[int, int]]:
+def scribble(
+    path: Path, count: int, size: int, *, seed: int = 1, zero: bool = False
+) -> list[tuple[int, int]]:
     """Overwrite ``count`` scattered, non-overlapping ``size``-byte blocks; return the ranges."""
     rng = random.Random(seed)
     capacity = os.path.getsize(path)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from lamina.backend.errors import ChangedRangesError
-from lamina.backend.extents import checked_ranges, image_digest, resolve_chain, split_on_grid, subtract
+from lamina.backend.extents import (
+    checked_ranges,
+    image_digest,
+    resolve_chain,
+    split_on_grid,
+    subtract,
+)
 from lamina.backend.format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent
 
 CAPACITY = 256
@@ -40,12 +47,20 @@ def _resolved_bytes(resolved: list[Extent]) -> list[tuple[int, bytes, int] | Non
 def extent_maps(draw: st.DrawFn) -> list[Extent]:
     cuts = sorted(set(draw(st.lists(st.integers(0, CAPACITY), max_size=12))))
     extents = []
-    for start, end in zip(cuts, cuts[1:], strict=False):
+    for start, end in itertools.pairwise(cuts):
         if draw(st.booleans()):
             continue
         kind = draw(st.sampled_from([EXTENT_DATA, EXTENT_DATA, EXTENT_ZERO, EXTENT_UNALLOCATED]))
         piece = bytes([draw(st.integers(1, 255))]) * 32 if kind == EXTENT_DATA else bytes(32)
-        extents.append(Extent(start, end - start, kind, piece, draw(st.integers(0, 64)) if kind == EXTENT_DATA else 0))
+        extents.append(
+            Extent(
+                start,
+                end - start,
+                kind,
+                piece,
+                draw(st.integers(0, 64)) if kind == EXTENT_DATA else 0,
+            )
+        )
     return extents
 
 
@@ -75,7 +90,10 @@ def test_digest_ignores_how_a_piece_was_cut() -> None:
 
 
 def test_checked_ranges_merges_adjacent() -> None:
-    assert list(checked_ranges([(0, 4096), (4096, 4096), (16384, 4096)], 1 << 20)) == [(0, 8192), (16384, 4096)]
+    assert list(checked_ranges([(0, 4096), (4096, 4096), (16384, 4096)], 1 << 20)) == [
+        (0, 8192),
+        (16384, 4096),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -89,17 +107,27 @@ def test_checked_ranges_merges_adjacent() -> None:
         ([(1 << 20, 4096)], "beyond the volume capacity"),
     ],
 )
-def test_checked_ranges_rejects_untrustworthy_input(ranges: list[tuple[int, int]], message: str) -> None:
+def test_checked_ranges_rejects_untrustworthy_input(
+    ranges: list[tuple[int, int]], message: str
+) -> None:
     with pytest.raises(ChangedRangesError, match=message):
         list(checked_ranges(ranges, 1 << 20))
 
 
 def test_split_on_grid() -> None:
     grid = 1024
-    assert list(split_on_grid([(1000, 2100)], grid)) == [(1000, 24), (1024, 1024), (2048, 1024), (3072, 28)]
+    assert list(split_on_grid([(1000, 2100)], grid)) == [
+        (1000, 24),
+        (1024, 1024),
+        (2048, 1024),
+        (3072, 28),
+    ]
 
 
-@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=10), st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=10))
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=10),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(1, 30)), max_size=10),
+)
 def test_subtract_matches_sets(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
     def normalize(rs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         cells = sorted({x for o, n in rs for x in range(o, o + n)})
