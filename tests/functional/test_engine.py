@@ -14,7 +14,7 @@ from lamina.backend.errors import (
     UsageError,
     WrongPassword,
 )
-from lamina.backend.service import JobState, PointInfo, Service, init_repository
+from lamina.backend.service import Job, JobState, PointInfo, Service, init_repository
 
 from tests.support.volumes import make_volume, scribble, sha256_file, sparse_copy
 
@@ -167,22 +167,30 @@ def test_bad_changed_ranges_abort_without_a_point(repo: Service, tmp_path: Path)
 
 def test_cancelled_backup_leaves_no_point(repo: Service, tmp_path: Path) -> None:
     vol = tmp_path / "vol.img"
+    noise = os.urandom(MiB)
     with open(vol, "wb") as f:
-        f.write(os.urandom(48 * MiB))
-    seen = []
+        for i in range(384):  # unique, incompressible mebibytes
+            f.write(i.to_bytes(8, "little") + noise[8:])
+    progress_seen = []
+
+    def cancel_once_running(job: Job) -> None:
+        p = job.progress
+        if p is not None and p.phase == "backing up" and p.done > 0 and not job.cancel_requested:
+            progress_seen.append(p.done)
+            job.cancel()
 
     job = repo.start_backup(str(vol), "db", parent="none")
-    job.subscribe(
-        lambda j: (
-            seen.append(j.progress)
-            if j.progress and j.progress.done > 0 and not j.cancel_requested and j.cancel() is None
-            else None
-        )
-    )
+    job.subscribe(cancel_once_running)
     assert job.wait(120)
-    assert job.state == JobState.CANCELLED
-    assert seen, "the job never reported progress"
+    assert job.state == JobState.CANCELLED, job.state
+    assert progress_seen and progress_seen[0] < 384 * MiB
+    assert "no restore point was written" in str(job.error)
     assert repo.list_points() == []
+    # the repository stays usable: the next backup works and verifies
+    _backup(repo, make_volume(tmp_path / "small.img", 4 * MiB))
+    check = repo.start_verify(deep=True)
+    check.wait()
+    assert check.result.ok
 
 
 def test_source_errors_are_clear(repo: Service, tmp_path: Path) -> None:
