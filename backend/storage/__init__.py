@@ -6,7 +6,7 @@ keys. Writes are atomic: a reader sees either no object or the whole object.
 
 from __future__ import annotations
 
-from .base import InvalidRequest, ObjectInfo, ObjectNotFound, Storage, StorageError
+from .base import InvalidRequest, ObjectInfo, ObjectNotFound, ShortRead, Storage, StorageError
 from .open import open_storage
 
 __all__ = [
