@@ -40,7 +40,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)
 	$(PY) protos/generate.py
