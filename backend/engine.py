@@ -24,7 +24,7 @@ from .errors import (
 from .extents import Range, allocated_ranges, checked_ranges, image_digest, split_on_grid, subtract
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
 from .progress import ProgressCallback, ProgressTracker
-from .repository import Point, Repository, new_point_id, utc_now
+from .repository import Point, Repository, new_point_id, pack_runs, utc_now
 
 RangeSource = Callable[[], Iterable[Range]]
 
@@ -384,19 +384,10 @@ def _take(
 # ------------------------------------------------------------------------------- restore
 
 
-@dataclass
-class _Run:
-    entries: list[PieceEntry]
-    size: int
-
-
 def _plan_reads(
-    repo: Repository,
-    resolved: Sequence[Extent],
-    max_run: int = 8 * 1024 * 1024,
-    max_gap: int = 256 * 1024,
-) -> tuple[list[_Run], dict[bytes, list[Extent]]]:
-    """Group the pieces a map needs into runs of nearby pieces in one pack (one GET each)."""
+    repo: Repository, resolved: Sequence[Extent]
+) -> tuple[list[list[PieceEntry]], dict[bytes, list[Extent]]]:
+    """The pieces a map needs, grouped into runs read with one GET each, and their users."""
     users: dict[bytes, list[Extent]] = {}
     for e in resolved:
         if e.kind == EXTENT_DATA:
@@ -409,22 +400,7 @@ def _plan_reads(
                 f"piece {piece_id.hex()[:16]} for volume offset {exts[0].offset} is not in the repository"
             )
         entries.append(entry)
-    entries.sort(key=lambda en: (en.pack_id, en.offset))
-    runs: list[_Run] = []
-    for en in entries:
-        if runs:
-            last = runs[-1].entries[-1]
-            run_start = runs[-1].entries[0].offset
-            if (
-                last.pack_id == en.pack_id
-                and en.offset - (last.offset + last.stored_size) <= max_gap
-                and en.offset + en.stored_size - run_start <= max_run
-            ):
-                runs[-1].entries.append(en)
-                runs[-1].size += en.raw_size
-                continue
-        runs.append(_Run([en], en.raw_size))
-    return runs, users
+    return pack_runs(entries), users
 
 
 def restore(
@@ -484,11 +460,11 @@ def restore(
         failure: list[LaminaError] = []
         lock = threading.Lock()
 
-        def fetch(run: _Run) -> None:
+        def fetch(run: list[PieceEntry]) -> None:
             if failure or cancelled():
                 return
-            results = repo.read_pack_run(run.entries)
-            for entry, data in zip(run.entries, results, strict=True):
+            results = repo.read_pack_run(run)
+            for entry, data in zip(run, results, strict=True):
                 if isinstance(data, LaminaError):
                     offset = users[entry.piece_id][0].offset
                     with lock:
@@ -608,7 +584,7 @@ def verify(
         entries.append(entry)
     report.pieces = len(needed)
     if deep and entries:
-        runs, _ = _plan_reads_from_entries(entries)
+        runs = pack_runs(entries)
         tracker.set_phase("reading pieces", sum(en.raw_size for en in entries))
         problems: list[str] = []
 
@@ -629,23 +605,6 @@ def verify(
         report.bytes_checked = sum(en.raw_size for en in entries)
     tracker.finish("verify clean" if report.ok else f"{len(report.problems)} problems")
     return report
-
-
-def _plan_reads_from_entries(
-    entries: list[PieceEntry], max_run: int = 8 * 1024 * 1024
-) -> tuple[list[list[PieceEntry]], None]:
-    entries = sorted(entries, key=lambda en: (en.pack_id, en.offset))
-    runs: list[list[PieceEntry]] = []
-    for en in entries:
-        if (
-            runs
-            and runs[-1][-1].pack_id == en.pack_id
-            and en.offset + en.stored_size - runs[-1][0].offset <= max_run
-        ):
-            runs[-1].append(en)
-        else:
-            runs.append([en])
-    return runs, None
 
 
 def iter_ranges_json(items: Iterable[Any], what: str) -> Iterator[Range]:

@@ -499,6 +499,28 @@ class Repository:
             return list(pool.map(fn, items))
 
 
+def pack_runs(
+    entries: Iterable[PieceEntry], *, max_run: int = 8 * 1024 * 1024, max_gap: int = 256 * 1024
+) -> list[list[PieceEntry]]:
+    """Group pieces into runs of neighbours in one pack, each run read with one ranged GET.
+
+    A run spans at most ``max_run`` bytes and skips gaps of at most ``max_gap`` bytes.
+    """
+    runs: list[list[PieceEntry]] = []
+    for en in sorted(entries, key=lambda en: (en.pack_id, en.offset)):
+        if runs:
+            last = runs[-1][-1]
+            if (
+                last.pack_id == en.pack_id
+                and en.offset - (last.offset + last.stored_size) <= max_gap
+                and en.offset + en.stored_size - runs[-1][0].offset <= max_run
+            ):
+                runs[-1].append(en)
+                continue
+        runs.append([en])
+    return runs
+
+
 class PackWriter:
     """Collects sealed pieces into packs of about ``pack_size`` and uploads them in the background.
 

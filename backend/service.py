@@ -21,11 +21,14 @@ from . import engine
 from .engine import BackupRequest, VerifyReport, VolumeRef
 from .errors import Cancelled, LaminaError, UsageError
 from .extents import Range
+from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .progress import Progress
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from .storage import open_storage
 
 __all__ = [
+    "ImageReadError",
+    "ImageReader",
     "Job",
     "JobState",
     "LaminaError",
@@ -309,6 +312,19 @@ class Service:
                 )
             )
         return out
+
+    def open_image(
+        self,
+        point_ref: str,
+        *,
+        cache_bytes: int = DEFAULT_CACHE,
+        readahead_bytes: int = DEFAULT_READAHEAD,
+    ) -> ImageReader:
+        """Random access to a point's volume, fetched lazily (see backend/image.py)."""
+        point = self.repo.find_point(point_ref)
+        return ImageReader(
+            self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
+        )
 
     # ------------------------------------------------------------------ jobs
 

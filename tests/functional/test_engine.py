@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from lamina.backend.errors import (
     ChangedRangesError,
     CorruptObject,
@@ -15,7 +16,6 @@ from lamina.backend.errors import (
     WrongPassword,
 )
 from lamina.backend.service import Job, JobState, PointInfo, Service, init_repository
-
 from tests.support.volumes import make_volume, scribble, sha256_file, sparse_copy
 
 MiB = 1024 * 1024
