@@ -1,0 +1,144 @@
+"""The programs under comparison, each driven through its real command line.
+
+Every call returns what was measured; failures raise StepFailed with the program's last words.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from measure import Measured, StepFailed, run_measured
+
+VOLUME_NAME = "bench"
+RESTIC_HOST = "bench"
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without anything that could point a tool elsewhere."""
+    dropped = ("AWS_", "RESTIC_", "BORG_", "LAMINA_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes stored in a local repository: the sum of its files' sizes."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def tool_version(command: list[str]) -> str:
+    try:
+        return run_measured(command, env=clean_environment(), timeout=60).stdout.strip()
+    except (StepFailed, OSError) as e:
+        return f"unknown ({e})"
+
+
+@dataclass(frozen=True)
+class LaminaBackup:
+    measured: Measured
+    point: dict[str, Any]
+
+
+class Lamina:
+    """lamina's CLI, as a user runs it."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.binary = str(Path(sys.executable).parent / "lamina")
+        if not os.access(self.binary, os.X_OK):
+            found = shutil.which("lamina")
+            if found is None:
+                raise StepFailed("the lamina command is not installed in this environment")
+            self.binary = found
+        self.env = {**clean_environment(), **env}
+
+    def init(self, repo: str) -> None:
+        run_measured([self.binary, "repo", "init", repo, "--json"], env=self.env, timeout=120)
+
+    def backup(self, repo: str, image: Path, changed_ranges: Path | None = None) -> LaminaBackup:
+        command = [self.binary, "backup", "--repo", repo, "--volume", VOLUME_NAME, str(image)]
+        if changed_ranges is not None:
+            command += ["--changed-ranges", str(changed_ranges)]
+        measured = run_measured([*command, "--json", "-q"], env=self.env)
+        point = json.loads(measured.stdout)
+        return LaminaBackup(measured, point)
+
+    def restore(self, repo: str, point_id: str, target: Path) -> Measured:
+        return run_measured(
+            [self.binary, "restore", "--repo", repo, point_id, str(target), "--json", "-q"],
+            env=self.env,
+        )
+
+
+class Restic:
+    """restic with an S3 repository; it always encrypts, and compresses (auto) in format 2."""
+
+    def __init__(self, env: Mapping[str, str], repository: str, cache_dir: Path) -> None:
+        self.env = {
+            **clean_environment(),
+            **env,
+            "RESTIC_REPOSITORY": repository,
+            "RESTIC_PASSWORD": "lamina-bench",
+        }
+        self.cache_dir = cache_dir
+
+    def _command(self, *args: str) -> list[str]:
+        return ["restic", "--cache-dir", str(self.cache_dir), *args]
+
+    def init(self) -> None:
+        run_measured(self._command("init"), env=self.env, timeout=120)
+
+    def backup(self, image: Path) -> Measured:
+        # A fixed host makes the second run find the first as its parent snapshot.
+        return run_measured(
+            self._command("backup", "--host", RESTIC_HOST, "--quiet", str(image)), env=self.env
+        )
+
+    def restore(self, target_dir: Path) -> Measured:
+        return run_measured(
+            self._command("restore", "latest", "--host", RESTIC_HOST, "--target", str(target_dir)),
+            env=self.env,
+        )
+
+
+class Borg:
+    """borg 1.2 with a local, unencrypted repository and 4 MiB fixed chunks."""
+
+    def __init__(self, repository: Path, home: Path) -> None:
+        self.repository = repository
+        self.env = {
+            **clean_environment(),
+            "BORG_BASE_DIR": str(home),
+            "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def init(self) -> None:
+        run_measured(["borg", "init", "-e", "none", str(self.repository)], env=self.env)
+
+    def create(self, image: Path, archive: str) -> Measured:
+        # --sparse: skip holes like lamina does (SEEK_HOLE), which the fixed chunker supports.
+        return run_measured(
+            [
+                "borg",
+                "create",
+                "--chunker-params",
+                "fixed,4194304",
+                "--sparse",
+                f"{self.repository}::{archive}",
+                image.name,
+            ],
+            env=self.env,
+            cwd=image.parent,
+        )
+
+    def extract(self, archive: str, target_dir: Path) -> Measured:
+        return run_measured(
+            ["borg", "extract", "--sparse", f"{self.repository}::{archive}"],
+            env=self.env,
+            cwd=target_dir,
+        )

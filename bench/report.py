@@ -1,0 +1,315 @@
+"""Results: measured rows, the targets they are judged against, a printed table and JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+PASS, MISS, ERROR, INFO = "PASS", "MISS", "ERROR", "info"
+RSS_LIMIT = 300 * MiB
+RSS_FLATNESS = 1.25  # peak RSS at the largest size / at the smallest
+
+
+@dataclass
+class Row:
+    """One measured step of one tool at one volume size."""
+
+    key: str  # e.g. "s3.full.lamina"
+    step: str
+    tool: str
+    seconds: float | None = None
+    peak_rss_bytes: int | None = None
+    cpu_seconds: float | None = None
+    stored_bytes: int | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.seconds is not None
+
+
+@dataclass
+class Verdict:
+    target: str
+    measured: str
+    goal: str
+    status: str
+    value: float | None = None
+
+
+def format_size(n: float) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def restic_incremental_goal(size: int) -> float:
+    """5x at 1 GiB and 15x at 4 GiB; linear in between, held flat outside."""
+    low_size, low_goal, high_size, high_goal = 1 * GiB, 5.0, 4 * GiB, 15.0
+    if size <= low_size:
+        return low_goal
+    if size >= high_size:
+        return high_goal
+    return low_goal + (high_goal - low_goal) * (size - low_size) / (high_size - low_size)
+
+
+class SizeResults:
+    """Every row measured at one volume size, plus the facts of that volume."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: dict[str, Row] = {}
+        self.facts: dict[str, Any] = {}
+
+    def add(self, row: Row) -> Row:
+        self.rows[row.key] = row
+        return row
+
+    def get(self, key: str) -> Row | None:
+        row = self.rows.get(key)
+        return row if row is not None and row.ok else None
+
+    def verdicts(self) -> list[Verdict]:
+        out: list[Verdict] = []
+        self._speedup(out, "full backup to S3: restic time / lamina time", "s3.full", "restic", 1.3)
+        self._ceiling(
+            out,
+            "full backup to S3: % of raw-PUT ceiling (stored bytes)",
+            "s3.full.lamina",
+            "put",
+            0.90,
+        )
+        self._incremental(out)
+        self._speedup(
+            out, "restore from S3: restic time / lamina time", "s3.restore", "restic", 1.5
+        )
+        self._ceiling(
+            out,
+            "restore from S3: % of raw-GET ceiling (stored bytes)",
+            "s3.restore.lamina",
+            "get",
+            0.80,
+        )
+        self._speedup(out, "local full backup: borg time / lamina time", "local.full", "borg", 1.0)
+        self._speedup(out, "local restore: borg time / lamina time", "local.restore", "borg", 1.5)
+        rss = self.peak_rss()
+        if rss is not None:
+            out.append(
+                Verdict(
+                    "peak RSS of every lamina run",
+                    format_size(rss),
+                    f"<= {format_size(RSS_LIMIT)}",
+                    PASS if rss <= RSS_LIMIT else MISS,
+                    rss,
+                )
+            )
+        return out
+
+    def peak_rss(self) -> int | None:
+        values = [
+            r.peak_rss_bytes
+            for r in self.rows.values()
+            if r.tool == "lamina" and r.ok and r.peak_rss_bytes is not None
+        ]
+        return max(values) if values else None
+
+    def _pair(self, prefix: str, peer: str) -> tuple[Row | None, Row | None, str | None]:
+        ours, theirs = self.rows.get(f"{prefix}.lamina"), self.rows.get(f"{prefix}.{peer}")
+        if ours is None and theirs is None:
+            return None, None, None  # not part of this run
+        for name, row in (("lamina", ours), (peer, theirs)):
+            if row is None or not row.ok:
+                return None, None, f"{name}: {row.error if row else 'not measured'}"
+        return ours, theirs, None
+
+    def _speedup(
+        self, out: list[Verdict], target: str, prefix: str, peer: str, goal: float
+    ) -> None:
+        ours, theirs, problem = self._pair(prefix, peer)
+        if problem is not None:
+            out.append(Verdict(target, problem, f">= {goal:g}x", ERROR))
+        elif ours is not None and theirs is not None:
+            assert ours.seconds and theirs.seconds
+            ratio = theirs.seconds / ours.seconds
+            out.append(
+                Verdict(
+                    target, f"{ratio:.2f}x", f">= {goal:g}x", PASS if ratio >= goal else MISS, ratio
+                )
+            )
+
+    def _ceiling(
+        self, out: list[Verdict], target: str, key: str, direction: str, goal: float
+    ) -> None:
+        row = self.rows.get(key)
+        if row is None:
+            return
+        rate = self.facts.get(f"ceiling_{direction}_rate")
+        goal_text = f">= {goal * 100:.0f}%"
+        if rate is None:
+            out.append(Verdict(target, "no ceiling measured", goal_text, ERROR))
+            return
+        if not row.ok or not row.stored_bytes:
+            out.append(
+                Verdict(target, f"lamina: {row.error or 'no stored bytes'}", goal_text, ERROR)
+            )
+            return
+        assert row.seconds
+        share = (row.stored_bytes / rate) / row.seconds
+        out.append(
+            Verdict(
+                target, f"{share * 100:.0f}%", goal_text, PASS if share >= goal else MISS, share
+            )
+        )
+
+    def _incremental(self, out: list[Verdict]) -> None:
+        incr = self.rows.get("s3.incremental.lamina")
+        if incr is None:
+            return
+        goal = restic_incremental_goal(self.size)
+        self._speedup(
+            out, "incremental 1%: restic time / lamina time", "s3.incremental", "restic", goal
+        )
+        full = self.get("s3.full.lamina")
+        applies = self.size >= 4 * GiB
+        goal_text = "<= 5%" + ("" if applies else " (target at 4 GiB)")
+        if incr.ok and full is not None:
+            assert incr.seconds and full.seconds
+            share = incr.seconds / full.seconds
+            status = (PASS if share <= 0.05 else MISS) if applies else INFO
+            out.append(
+                Verdict(
+                    "incremental 1%: time / full backup time",
+                    f"{share * 100:.1f}%",
+                    goal_text,
+                    status,
+                    share,
+                )
+            )
+        else:
+            out.append(
+                Verdict(
+                    "incremental 1%: time / full backup time",
+                    incr.error or "no full backup",
+                    goal_text,
+                    ERROR,
+                )
+            )
+        reference = self.facts.get("change_bytes_zstd")
+        if incr.ok and incr.stored_bytes is not None and reference:
+            ratio = incr.stored_bytes / reference
+            out.append(
+                Verdict(
+                    "incremental 1%: bucket growth / zstd(changed data)",
+                    f"{ratio:.2f}x ({format_size(incr.stored_bytes)} / {format_size(reference)})",
+                    "<= 1.1x",
+                    PASS if ratio <= 1.1 else MISS,
+                    ratio,
+                )
+            )
+
+
+def scaling_verdicts(results: list[SizeResults]) -> list[Verdict]:
+    """How lamina's peak RSS and incremental time move as the volume grows."""
+    if len(results) < 2:
+        return []
+    out: list[Verdict] = []
+    smallest, largest = results[0], results[-1]
+    growth = largest.size / smallest.size
+    span = f"{format_size(smallest.size)} -> {format_size(largest.size)}"
+    low, high = smallest.peak_rss(), largest.peak_rss()
+    if low and high:
+        ratio = high / low
+        out.append(
+            Verdict(
+                f"peak RSS flat, {span}",
+                f"{format_size(low)} -> {format_size(high)} ({ratio:.2f}x)",
+                f"<= {RSS_FLATNESS:g}x",
+                PASS if ratio <= RSS_FLATNESS else MISS,
+                ratio,
+            )
+        )
+    first, last = smallest.get("s3.incremental.lamina"), largest.get("s3.incremental.lamina")
+    if first and last and first.seconds and last.seconds:
+        ratio = last.seconds / first.seconds
+        out.append(
+            Verdict(
+                f"lamina incremental time, {span} (volume x{growth:g})",
+                f"{first.seconds:.2f} s -> {last.seconds:.2f} s ({ratio:.2f}x)",
+                "flat (restic grows with the volume)",
+                INFO,
+                ratio,
+            )
+        )
+    restic_first, restic_last = (
+        smallest.get("s3.incremental.restic"),
+        largest.get("s3.incremental.restic"),
+    )
+    if restic_first and restic_last and restic_first.seconds and restic_last.seconds:
+        ratio = restic_last.seconds / restic_first.seconds
+        out.append(
+            Verdict(
+                f"restic incremental time, {span}",
+                f"{restic_first.seconds:.2f} s -> {restic_last.seconds:.2f} s ({ratio:.2f}x)",
+                "-",
+                INFO,
+                ratio,
+            )
+        )
+    return out
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _num(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "-" if value is None else fmt(value)
+
+
+def measurements_table(results: SizeResults) -> str:
+    rows = []
+    for r in results.rows.values():
+        volume_rate = results.size / r.seconds / MiB if r.ok and r.seconds else None
+        rows.append(
+            [
+                r.step,
+                r.tool,
+                _num(r.seconds if r.ok else None, lambda v: f"{v:.2f}"),
+                _num(volume_rate, lambda v: f"{v:.0f}"),
+                _num(r.stored_bytes if r.ok else None, lambda v: f"{v / MiB:.1f}"),
+                _num(r.peak_rss_bytes if r.ok else None, lambda v: f"{v / MiB:.0f}"),
+                _num(r.cpu_seconds if r.ok else None, lambda v: f"{v:.1f}"),
+                f"ERROR: {r.error}" if r.error else str(r.extra.get("note", "")),
+            ]
+        )
+    headers = ["step", "tool", "seconds", "vol MiB/s", "stored MiB", "RSS MiB", "CPU s", "note"]
+    return _table(headers, rows, {2, 3, 4, 5, 6})
+
+
+def verdicts_table(verdicts: list[Verdict]) -> str:
+    rows = [[v.target, v.measured, v.goal, v.status] for v in verdicts]
+    return _table(["target", "measured", "goal", "result"], rows, set())
+
+
+def as_json(results: SizeResults) -> dict[str, Any]:
+    return {
+        "size_bytes": results.size,
+        "facts": results.facts,
+        "rows": [asdict(r) for r in results.rows.values()],
+        "verdicts": [asdict(v) for v in results.verdicts()],
+    }

@@ -1,0 +1,504 @@
+"""lamina against restic, borg and the raw S3 ceiling, on one generated volume per size.
+
+    python bench/run.py [--size 2GiB] [--sizes 1GiB,4GiB] [--only ceiling,s3,incremental,local]
+                        [--out bench/results/NAME.json] [--drop-caches] [--keep]
+
+See bench/README.md for what is measured and how the figures are judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ceiling
+import measure
+import volume
+from peers import Borg, Lamina, Restic, folder_bytes, tool_version
+from report import (
+    Row,
+    SizeResults,
+    as_json,
+    format_size,
+    measurements_table,
+    scaling_verdicts,
+    verdicts_table,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from tests.support.seaweedfs import S3Server, find_weed, seaweedfs_s3  # noqa: E402
+
+SECTIONS = ("ceiling", "s3", "incremental", "local")
+CHANGE_FRACTION = 0.01
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'256MiB', '2GiB', '4G', '1048576': binary units; a whole number of MiB."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 2GiB)")
+    size = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if size <= 0 or size % volume.BLOCK:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive whole number of MiB")
+    return size
+
+
+def parse_sizes(text: str) -> list[int]:
+    return sorted({parse_size(part) for part in text.split(",") if part.strip()})
+
+
+def parse_sections(text: str) -> set[str]:
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = chosen - set(SECTIONS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(sorted(unknown)) or '(none)'}; choose from {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
+class SizeRun:
+    """Every measurement at one volume size, on one image and one fresh S3 server."""
+
+    def __init__(
+        self,
+        size: int,
+        sections: set[str],
+        folder: Path,
+        server: S3Server,
+        args: argparse.Namespace,
+    ) -> None:
+        self.size = size
+        self.sections = sections
+        self.folder = folder
+        self.server = server
+        self.drop_caches: bool = args.drop_caches
+        self.seed: int = args.seed
+        self.results = SizeResults(size)
+        self.env = server.environment()
+        self.client = ceiling.s3_client(self.env)
+        self.image = folder / "volume.img"
+        self.restore_dir = folder / "restore"
+        self.restore_dir.mkdir(parents=True, exist_ok=True)
+        self.digest = ""
+        self.lamina = Lamina(self.env)
+        self.lamina_bucket = ""
+        self.lamina_points: dict[str, str] = {}
+        self.restic: Restic | None = None
+        self.restic_bucket = ""
+
+    # ------------------------------------------------------------------ plumbing
+
+    def step(self, key: str, label: str, tool: str, action: Callable[[Row], None]) -> Row:
+        """Run one measured step; any failure becomes an error row instead of ending the run."""
+        row = Row(key, label, tool)
+        measure.settle(self.drop_caches)
+        try:
+            action(row)
+        except Exception as e:
+            row.error = " ".join(str(e).split()) or type(e).__name__
+            row.seconds = None
+            if os.environ.get("BENCH_DEBUG"):
+                traceback.print_exc()
+        self.results.add(row)
+        outcome = f"ERROR {row.error}" if row.error else f"{row.seconds:.2f} s"
+        print(f"  [{format_size(self.size)}] {label:<34} {tool:<7} {outcome}", flush=True)
+        return row
+
+    @staticmethod
+    def fill(row: Row, measured: measure.Measured) -> None:
+        row.seconds = measured.seconds
+        row.peak_rss_bytes = measured.peak_rss_bytes
+        row.cpu_seconds = measured.cpu_seconds
+
+    def check_restored(self, path: Path, expected: str) -> None:
+        try:
+            actual = volume.file_digest(path)
+        finally:
+            path.unlink(missing_ok=True)
+        if actual != expected:
+            raise measure.StepFailed("the restored image differs from the source")
+
+    def restore_timed(self, row: Row, run: Callable[[], measure.Measured], restored: Path) -> None:
+        """Time a restore up to the data reaching the disk (fsync), the same for every tool."""
+        measured = run()
+        started = time.perf_counter()
+        measure.fsync_path(restored)
+        self.fill(row, measured)
+        row.seconds = measured.seconds + time.perf_counter() - started
+
+    # ------------------------------------------------------------------ the volume
+
+    def make_volume(self) -> None:
+        started = time.perf_counter()
+        layout = volume.plan_layout(self.size, self.seed)
+        volume.write_image(self.image, layout, self.seed)
+        self.digest = volume.file_digest(self.image)
+        self.results.facts.update(
+            {
+                "volume_bytes": self.size,
+                "allocated_bytes": layout.allocated,
+                "text_bytes": layout.bytes_of(volume.TEXT),
+                "random_bytes": layout.bytes_of(volume.RANDOM),
+                "generate_seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        print(
+            f"  [{format_size(self.size)}] volume: {format_size(layout.allocated)} allocated "
+            f"({format_size(layout.bytes_of(volume.TEXT))} text, "
+            f"{format_size(layout.bytes_of(volume.RANDOM))} random), rest holes",
+            flush=True,
+        )
+
+    # ------------------------------------------------------------------ sections
+
+    def run(self) -> SizeResults:
+        self.make_volume()
+        if "ceiling" in self.sections:
+            self.measure_ceiling()
+        if self.sections & {"s3", "incremental"}:
+            self.full_backups_s3()
+        if "s3" in self.sections:
+            self.restores_s3()
+        if "local" in self.sections:
+            self.local()
+        if "incremental" in self.sections:
+            self.incrementals()
+        return self.results
+
+    def measure_ceiling(self) -> None:
+        bucket = self.server.create_bucket("ceiling")
+        result: list[ceiling.Ceiling] = []
+
+        def put(row: Row) -> None:
+            result.append(ceiling.measure_ceiling(self.image, self.client, bucket))
+            row.seconds = result[0].put_seconds
+            row.stored_bytes = result[0].bytes
+            row.extra["note"] = f"{result[0].objects} x 4 MiB objects, {ceiling.THREADS} threads"
+            row.extra["rate_mib_s"] = round(result[0].put_rate / volume.MiB, 1)
+
+        self.step("ceiling.put", "raw PUT ceiling (allocated data)", "boto3", put)
+        if not result:
+            return
+        self.results.facts["ceiling_put_rate"] = result[0].put_rate
+        self.results.facts["ceiling_get_rate"] = result[0].get_rate
+
+        def get(row: Row) -> None:
+            row.seconds = result[0].get_seconds
+            row.stored_bytes = result[0].bytes
+            row.extra["note"] = f"{format_size(result[0].get_rate)}/s"
+            row.extra["rate_mib_s"] = round(result[0].get_rate / volume.MiB, 1)
+
+        self.step("ceiling.get", "raw GET ceiling (allocated data)", "boto3", get)
+        put_row = self.results.rows["ceiling.put"]
+        put_row.extra["note"] = f"{format_size(result[0].put_rate)}/s, " + str(
+            put_row.extra["note"]
+        )
+
+    def full_backups_s3(self) -> None:
+        def lamina_full(row: Row) -> None:
+            self.lamina_bucket = self.server.create_bucket("lamina")
+            self.lamina.init(self.lamina_url)
+            before = ceiling.bucket_bytes(self.client, self.lamina_bucket)
+            backup = self.lamina.backup(self.lamina_url, self.image)
+            self.fill(row, backup.measured)
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.lamina_bucket) - before
+            self.lamina_points["full"] = str(backup.point["id"])
+            self._note_point(row, backup.point)
+
+        self.step("s3.full.lamina", "full backup to S3", "lamina", lamina_full)
+
+        def restic_full(row: Row) -> None:
+            self.restic_bucket = self.server.create_bucket("restic")
+            self.restic = Restic(
+                self.env,
+                f"s3:{self.server.endpoint_url}/{self.restic_bucket}",
+                self.folder / "restic-cache",
+            )
+            self.restic.init()
+            before = ceiling.bucket_bytes(self.client, self.restic_bucket)
+            self.fill(row, self.restic.backup(self.image))
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.restic_bucket) - before
+
+        self.step("s3.full.restic", "full backup to S3", "restic", restic_full)
+
+    @property
+    def lamina_url(self) -> str:
+        return f"s3://{self.lamina_bucket}/repo"
+
+    @staticmethod
+    def _note_point(row: Row, point: dict[str, Any]) -> None:
+        stats = point.get("stats", {})
+        row.extra["point"] = point.get("id")
+        row.extra["stats"] = stats
+        row.extra["note"] = (
+            f"read {format_size(stats.get('bytes_read', 0))}, {stats.get('requests', '?')} requests"
+        )
+
+    def restores_s3(self) -> None:
+        def lamina_restore(row: Row) -> None:
+            point = self._need_point("full")
+            target = self.restore_dir / "lamina.img"
+            self.restore_timed(
+                row, lambda: self.lamina.restore(self.lamina_url, point, target), target
+            )
+            row.stored_bytes = self.results.rows["s3.full.lamina"].stored_bytes
+            self.check_restored(target, self.digest)
+            row.extra["note"] = "content checked"
+
+        self.step("s3.restore.lamina", "restore from S3", "lamina", lamina_restore)
+
+        def restic_restore(row: Row) -> None:
+            restic = self._need_restic()
+            target_dir = self.restore_dir / "restic"
+            restored = target_dir / self.image.resolve().relative_to("/")
+            self.restore_timed(row, lambda: restic.restore(target_dir), restored)
+            self.check_restored(restored, self.digest)
+            shutil.rmtree(target_dir, ignore_errors=True)
+            row.extra["note"] = "content checked"
+
+        self.step("s3.restore.restic", "restore from S3", "restic", restic_restore)
+
+    def local(self) -> None:
+        lamina_repo = self.folder / "lamina-local"
+        borg = Borg(self.folder / "borg-repo", self.folder / "borg-home")
+        point: list[str] = []
+
+        def lamina_full(row: Row) -> None:
+            self.lamina.init(str(lamina_repo))
+            before = folder_bytes(lamina_repo)
+            backup = self.lamina.backup(str(lamina_repo), self.image)
+            self.fill(row, backup.measured)
+            row.stored_bytes = folder_bytes(lamina_repo) - before
+            point.append(str(backup.point["id"]))
+            self._note_point(row, backup.point)
+
+        def borg_create(row: Row) -> None:
+            borg.init()
+            before = folder_bytes(borg.repository)
+            self.fill(row, borg.create(self.image, "full"))
+            row.stored_bytes = folder_bytes(borg.repository) - before
+
+        def lamina_restore(row: Row) -> None:
+            if not point:
+                raise measure.StepFailed("no local full backup to restore")
+            target = self.restore_dir / "lamina-local.img"
+            self.restore_timed(
+                row, lambda: self.lamina.restore(str(lamina_repo), point[0], target), target
+            )
+            self.check_restored(target, self.digest)
+            row.extra["note"] = "content checked"
+
+        def borg_extract(row: Row) -> None:
+            target_dir = self.restore_dir / "borg"
+            target_dir.mkdir(exist_ok=True)
+            restored = target_dir / self.image.name
+            self.restore_timed(row, lambda: borg.extract("full", target_dir), restored)
+            self.check_restored(restored, self.digest)
+            row.extra["note"] = "content checked"
+
+        self.step("local.full.lamina", "local full backup", "lamina", lamina_full)
+        self.step("local.full.borg", "local full backup", "borg", borg_create)
+        self.step("local.restore.lamina", "local restore", "lamina", lamina_restore)
+        self.step("local.restore.borg", "local restore", "borg", borg_extract)
+        shutil.rmtree(lamina_repo, ignore_errors=True)
+        shutil.rmtree(borg.repository, ignore_errors=True)
+
+    def incrementals(self) -> None:
+        change = volume.apply_changes(self.image, CHANGE_FRACTION, self.seed + 1000)
+        ranges_file = self.folder / "changed-ranges.json"
+        volume.write_ranges_json(ranges_file, change.ranges)
+        changed_digest = volume.file_digest(self.image)
+        self.results.facts.update(
+            {
+                "change_writes": len(change.ranges),
+                "change_bytes": change.bytes_changed,
+                "change_bytes_zstd": change.bytes_zstd,
+            }
+        )
+        print(
+            f"  [{format_size(self.size)}] changed {len(change.ranges)} x 64 KiB "
+            f"({format_size(change.bytes_changed)}, {format_size(change.bytes_zstd)} after zstd)",
+            flush=True,
+        )
+
+        def lamina_incremental(row: Row) -> None:
+            self._need_point("full")
+            before = ceiling.bucket_bytes(self.client, self.lamina_bucket)
+            backup = self.lamina.backup(self.lamina_url, self.image, changed_ranges=ranges_file)
+            self.fill(row, backup.measured)
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.lamina_bucket) - before
+            if backup.point.get("kind") != "incremental":
+                raise measure.StepFailed(
+                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
+                )
+            self.lamina_points["incremental"] = str(backup.point["id"])
+            self._note_point(row, backup.point)
+            row.extra["note"] = f"{row.extra['note']}, with --changed-ranges"
+
+        def restic_incremental(row: Row) -> None:
+            restic = self._need_restic()
+            before = ceiling.bucket_bytes(self.client, self.restic_bucket)
+            self.fill(row, restic.backup(self.image))
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.restic_bucket) - before
+            row.extra["note"] = "re-reads the whole image"
+
+        def lamina_restore_incremental(row: Row) -> None:
+            point = self._need_point("incremental")
+            target = self.restore_dir / "lamina-incremental.img"
+            self.restore_timed(
+                row, lambda: self.lamina.restore(self.lamina_url, point, target), target
+            )
+            self.check_restored(target, changed_digest)
+            row.extra["note"] = "correctness check of the chain"
+
+        self.step("s3.incremental.lamina", "incremental 1% to S3", "lamina", lamina_incremental)
+        self.step("s3.incremental.restic", "incremental 1% to S3", "restic", restic_incremental)
+        self.step(
+            "s3.restore-incremental.lamina",
+            "restore incremental from S3",
+            "lamina",
+            lamina_restore_incremental,
+        )
+
+    def _need_point(self, which: str) -> str:
+        point = self.lamina_points.get(which)
+        if point is None:
+            raise measure.StepFailed(f"no lamina {which} backup to build on")
+        return point
+
+    def _need_restic(self) -> Restic:
+        row = self.results.rows.get("s3.full.restic")
+        if self.restic is None or row is None or not row.ok:
+            raise measure.StepFailed("no restic full backup to build on")
+        return self.restic
+
+
+def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *command], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "engine_changes_uncommitted": bool(git("status", "--porcelain", "backend")),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "restic": tool_version(["restic", "version"]),
+        "borg": tool_version(["borg", "--version"]),
+        "seaweedfs": tool_version([find_weed(), "version"]).splitlines()[0],
+        "seed": args.seed,
+        "drop_caches": args.drop_caches,
+        "change_fraction": CHANGE_FRACTION,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size", type=parse_size, default=parse_size("2GiB"), help="volume size (default 2GiB)"
+    )
+    p.add_argument(
+        "--sizes", type=parse_sizes, help="several sizes, e.g. 1GiB,4GiB (overrides --size)"
+    )
+    p.add_argument(
+        "--only",
+        type=parse_sections,
+        default=set(SECTIONS),
+        help=f"comma-separated sections: {', '.join(SECTIONS)} (default: all)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="JSON results file (default bench/results/bench-TIME.json)"
+    )
+    p.add_argument(
+        "--workdir", type=Path, help="where images and repositories go (default: a temp dir)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    p.add_argument("--seed", type=int, default=1, help="seed of the generated volume (default 1)")
+    p.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before every timed step (root only; default: warm for every tool)",
+    )
+    args = p.parse_args(argv)
+    if args.drop_caches and os.geteuid() != 0:
+        p.error("--drop-caches needs root")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes: list[int] = args.sizes or [args.size]
+    for program in ("restic", "borg"):
+        if shutil.which(program) is None:
+            print(f"note: {program} is not installed; its rows will be errors", file=sys.stderr)
+    started = datetime.datetime.now(datetime.UTC)
+    out = args.out or REPO_ROOT / "bench" / "results" / f"bench-{started:%Y%m%d-%H%M%S}.json"
+    work_root = args.workdir or Path(tempfile.mkdtemp(prefix="lamina-bench-"))
+    work_root.mkdir(parents=True, exist_ok=True)
+    facts = machine_facts(args)
+    print(
+        f"lamina benchmark at {facts['commit']}: sizes {', '.join(format_size(s) for s in sizes)}; "
+        f"sections {', '.join(s for s in SECTIONS if s in args.only)}; "
+        f"page cache {'dropped before every step' if args.drop_caches else 'warm for every tool'}",
+        flush=True,
+    )
+    all_results: list[SizeResults] = []
+    try:
+        for size in sizes:
+            folder = work_root / f"size-{size // volume.MiB}MiB"
+            folder.mkdir(parents=True, exist_ok=True)
+            with seaweedfs_s3(folder / "s3") as server:
+                results = SizeRun(size, args.only, folder, server, args).run()
+            all_results.append(results)
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work_root, ignore_errors=True)
+    scaling = scaling_verdicts(all_results)
+    for results in all_results:
+        print(f"\n=== {format_size(results.size)} volume: measurements ===")
+        print(measurements_table(results))
+        print(f"\n=== {format_size(results.size)} volume: targets ===")
+        print(verdicts_table(results.verdicts()))
+    if scaling:
+        print("\n=== scaling ===")
+        print(verdicts_table(scaling))
+    facts["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    document = {
+        "machine": facts,
+        "sizes": [as_json(r) for r in all_results],
+        "scaling": [v.__dict__ for v in scaling],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print(f"\nresults written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
