@@ -18,6 +18,7 @@ from ..errors import StorageUnavailable
 from .base import (
     ObjectInfo,
     ObjectNotFound,
+    ShortRead,
     Storage,
     StorageError,
     check_key,
@@ -145,7 +146,7 @@ class S3Storage(Storage):
             data = bytes(response["Body"].read())
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") == "InvalidRange":
-                raise StorageError(
+                raise ShortRead(
                     f"short read of {key}: wanted {length} bytes at offset {offset},"
                     " which is past its end"
                 ) from None

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ..errors import StorageUnavailable
-from .base import ObjectInfo, ObjectNotFound, Storage, StorageError
+from .base import InvalidRequest, ObjectInfo, ObjectNotFound, ShortRead, Storage, StorageError
 
 T = TypeVar("T")
 
@@ -17,7 +17,8 @@ T = TypeVar("T")
 class RetryingStorage(Storage):
     """Retries transient failures with exponential backoff and jitter.
 
-    A missing object is an answer, not a failure, and is never retried.
+    A missing or truncated object is an answer, not a failure, and a wrong request (bad key
+    or range) fails the same way every time: none of these is retried.
     """
 
     def __init__(self, inner: Storage, *, attempts: int = 4, base_delay: float = 0.2) -> None:
@@ -30,7 +31,7 @@ class RetryingStorage(Storage):
         for attempt in range(self.attempts):
             try:
                 return op()
-            except ObjectNotFound:
+            except (ObjectNotFound, ShortRead, InvalidRequest):
                 raise
             except (StorageError, StorageUnavailable):
                 if attempt == self.attempts - 1:
@@ -71,24 +72,30 @@ class CountingStorage(Storage):
         self.bytes_up = 0
         self.bytes_down = 0
 
-    def _count(self, up: int = 0, down: int = 0) -> None:
+    def _count(self, up: int = 0) -> None:
         with self._lock:
             self.requests += 1
             self.bytes_up += up
-            self.bytes_down += down
+
+    def _count_down(self, size: int) -> None:
+        with self._lock:
+            self.bytes_down += size
 
     def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
         self._count(up=len(data))
         return self.inner.put(key, data, if_absent=if_absent)
 
+    # A request counts whether or not it succeeds; bytes count once they arrived.
     def get(self, key: str) -> bytes:
+        self._count()
         data = self.inner.get(key)
-        self._count(down=len(data))
+        self._count_down(len(data))
         return data
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        self._count()
         data = self.inner.get_range(key, offset, length)
-        self._count(down=len(data))
+        self._count_down(len(data))
         return data
 
     def head(self, key: str) -> ObjectInfo | None:

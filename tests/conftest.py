@@ -1,0 +1,44 @@
+"""Fixtures shared by every test suite.
+
+Keep this file a thin list of fixtures: the machinery behind them lives in ``tests/support``.
+
+S3 (SeaweedFS on 127.0.0.1, one server for the whole run, started on first use):
+- ``s3_server``: how to reach it (endpoint, keys) and ``create_bucket()`` for a fresh bucket.
+- ``s3_env``: points boto3 at it through the AWS_* variables of this test process, so that
+  ``open_storage("s3://bucket/prefix")`` works; undone after the test.
+- ``s3_repo_url``: ``s3://<a new, empty bucket>/repo``, with ``s3_env`` in force.
+- ``s3_cli_env``: a full environment (dict) for running the ``lamina`` CLI as a subprocess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    with seaweedfs_s3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_repo_url(s3_env: S3Server) -> str:
+    return f"s3://{s3_env.create_bucket()}/repo"
+
+
+@pytest.fixture
+def s3_cli_env(s3_server: S3Server) -> dict[str, str]:
+    return subprocess_environment(s3_server)
