@@ -18,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from . import engine
+from .clusters import (
+    LOCAL,
+    ClusterSummary,
+    ClusterVolume,
+    Reachability,
+    add_local_volume,
+    local_volumes,
+    plan_local_backup,
+)
 from .engine import BackupRequest, VerifyReport, VolumeRef
 from .errors import Cancelled, LaminaError, UsageError
 from .extents import Range
@@ -27,6 +36,8 @@ from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from .storage import open_storage
 
 __all__ = [
+    "ClusterSummary",
+    "ClusterVolume",
     "ImageReadError",
     "ImageReader",
     "Job",
@@ -34,6 +45,7 @@ __all__ = [
     "LaminaError",
     "PointInfo",
     "Progress",
+    "Reachability",
     "RepositoryInfo",
     "Service",
     "VerifyReport",
@@ -256,9 +268,18 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
 class Service:
     """One repository, opened once, shared by every front end in this process."""
 
-    def __init__(self, repo_url: str, *, password: bytes | None = None) -> None:
+    def __init__(
+        self,
+        repo_url: str,
+        *,
+        password: bytes | None = None,
+        kubeconfig: str | None = None,
+        local_root: str | None = None,
+    ) -> None:
         self.repo_url = repo_url
         self._password = password
+        self.kubeconfig = kubeconfig
+        self.local_root = local_root
         self._repo: Repository | None = None
         self._open_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -325,6 +346,120 @@ class Service:
         return ImageReader(
             self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
         )
+
+    # ------------------------------------------------------------------ clusters
+
+    def list_clusters(self) -> list[ClusterSummary]:
+        """The kubeconfig's contexts (none when there is no kubeconfig), then the local cluster."""
+        from .kube.config import list_clusters
+
+        out = [
+            ClusterSummary(c.name, "kubernetes", c.current, c.server, c.namespace)
+            for c in list_clusters(self.kubeconfig, include_local=False)
+        ]
+        out.append(ClusterSummary(LOCAL, "local", False, self.local_root, None))
+        return out
+
+    def check_clusters(
+        self, names: Iterable[str] | None = None, *, timeout: float = 3.0
+    ) -> dict[str, Reachability]:
+        """Whether each cluster answers, probed in parallel; never hangs past the timeout."""
+        from .kube.config import check_reachability
+        from .kube.config import list_clusters as kube_clusters
+
+        wanted = set(names) if names is not None else None
+        infos = [
+            c
+            for c in kube_clusters(self.kubeconfig, include_local=False)
+            if wanted is None or c.name in wanted
+        ]
+        results = {
+            name: Reachability(r.ok, r.detail, r.seconds)
+            for name, r in check_reachability(infos, self.kubeconfig, timeout=timeout).items()
+        }
+        if wanted is None or LOCAL in wanted:
+            root = self.local_root
+            ok = bool(root) and os.path.isdir(root or "")
+            results[LOCAL] = Reachability(
+                ok,
+                f"volumes under {root}" if ok else "no local cluster folder (see --local-root)",
+                0.0,
+            )
+        return results
+
+    def list_cluster_volumes(
+        self, cluster: str, namespace: str | None = None
+    ) -> list[ClusterVolume]:
+        if cluster == LOCAL:
+            return local_volumes(self.local_root, namespace) if self.local_root else []
+        from .kube.cluster import KubeCluster
+        from .kube.volumes import list_volumes
+
+        with KubeCluster.open(cluster, self.kubeconfig) as kube:
+            listing = list_volumes(kube, namespace)
+        return [
+            ClusterVolume(
+                cluster=cluster,
+                namespace=v.namespace,
+                name=v.name,
+                mode=v.volume_mode,
+                capacity=v.capacity_bytes or 0,
+                storage_class=v.storage_class or "",
+                driver=v.driver or "",
+                cbt=bool(v.cbt),
+                phase=v.phase,
+            )
+            for v in listing.volumes
+        ]
+
+    def add_local_volume(self, namespace: str, name: str, source: str) -> ClusterVolume:
+        if not self.local_root:
+            raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
+        add_local_volume(self.local_root, namespace, name, source)
+        (volume,) = [v for v in local_volumes(self.local_root, namespace) if v.name == name]
+        return volume
+
+    def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
+        """Snapshot a cluster volume, ask CBT what to read, and back up exactly that."""
+        if cluster != LOCAL:
+            raise UsageError(
+                f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
+                f"lamina kube datamover --context {cluster} --namespace {namespace} {name} --repo REPO --submit"
+            )
+        if not self.local_root:
+            raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
+        root = self.local_root
+        ref = VolumeRef(LOCAL, namespace, name)
+
+        def run(job: Job) -> PointInfo:
+            previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
+            base = previous[-1] if previous else None
+            base_handle = base.manifest.get("snapshot_handle") if base else None
+            job._log("taking a snapshot")
+            plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
+            job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
+            try:
+                request = BackupRequest(
+                    source=plan.source,
+                    volume=ref,
+                    parent=plan.parent,
+                    changed_ranges=plan.changed_ranges,
+                    changed_ranges_origin=plan.origin,
+                    allocated_ranges=plan.allocated_ranges,
+                    allocated_ranges_origin=plan.origin,
+                    snapshot_handle=plan.snapshot_handle,
+                )
+                point = engine.backup(
+                    self.repo,
+                    request,
+                    progress=job._on_progress,
+                    cancelled=lambda: job.cancel_requested,
+                )
+            finally:
+                plan.close()
+            return PointInfo.of(point)
+
+        return self._start("backup", f"back up {ref}", run)
 
     # ------------------------------------------------------------------ jobs
 
