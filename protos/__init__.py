@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf code (see generate.py); installed as lamina.protos."""
