@@ -36,10 +36,14 @@ test: system-packages $(STAMP)
 demo: system-packages $(STAMP)
 	$(VENV)/bin/lamina demo
 
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of symlinks that
+# has the installed layout (lamina/backend -> backend, ...).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	rm -rf build/typecheck && mkdir -p build/typecheck/lamina
+	for d in backend fs tui protos; do ln -s ../../../$$d build/typecheck/lamina/$$d; done
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p lamina -p tests
 
 proto: $(STAMP)
 	$(PY) protos/generate.py

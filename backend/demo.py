@@ -1,9 +1,10 @@
 """`lamina demo`: a whole backup chain on the embedded default, checked byte for byte.
 
-1. Build an ext4 volume image with real files (mkfs.ext4 -d), back it up (full).
-2. Change files inside the image (debugfs -w), freeze a snapshot copy, compute the changed
-   4 KiB blocks against the previous snapshot, back up an incremental with those ranges.
-3. Repeat, print the chain, restore every point and compare it with its snapshot.
+1. Build an ext4 volume image with real files (mkfs.ext4 -d) and register it as a volume of
+   a local cluster; back it up: snapshot, CBT allocated blocks over gRPC, full point.
+2. Change files inside the image (debugfs -w), back up again: snapshot, CBT delta against
+   the previous snapshot's handle over gRPC, incremental point of exactly those blocks.
+3. Repeat, print the chain, restore every point and compare it with the volume it came from.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from .errors import LaminaError
 from .service import PointInfo, Service, init_repository
 from .units import format_size
 
-VOLUME = "demo/app-data"
+NAMESPACE = "demo"
+VOLUME = "app-data"
 CAPACITY = 256 * 1024 * 1024
 BLOCK = 4096
 
@@ -96,28 +98,6 @@ def _debugfs_write(image: Path, files: dict[str, bytes], work: Path) -> None:
     _run(_tool("debugfs"), "-w", "-f", str(script), str(image))
 
 
-def changed_blocks(old: Path, new: Path) -> list[tuple[int, int]]:
-    """4 KiB blocks where two images differ, adjacent blocks merged."""
-    ranges: list[tuple[int, int]] = []
-    chunk = 4 * 1024 * 1024
-    with open(old, "rb") as a, open(new, "rb") as b:
-        offset = 0
-        while True:
-            x, y = a.read(chunk), b.read(chunk)
-            if not x and not y:
-                break
-            if x != y:
-                for i in range(0, max(len(x), len(y)), BLOCK):
-                    if x[i : i + BLOCK] != y[i : i + BLOCK]:
-                        start = offset + i
-                        if ranges and ranges[-1][0] + ranges[-1][1] == start:
-                            ranges[-1] = (ranges[-1][0], ranges[-1][1] + BLOCK)
-                        else:
-                            ranges.append((start, BLOCK))
-            offset += max(len(x), len(y))
-    return ranges
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -132,9 +112,8 @@ def run_demo(directory: str) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     repo_url = str(work / "repo")
+    cluster_root = work / "cluster"
     volume_image = work / "volume.img"
-    snapshots = work / "snapshots"
-    snapshots.mkdir()
     started = time.monotonic()
 
     print(f"lamina demo in {work}")
@@ -145,20 +124,18 @@ def run_demo(directory: str) -> int:
         f"1. built an ext4 volume of {format_size(CAPACITY)} with real files ({volume_image.name})"
     )
     info = init_repository(repo_url)
-    print(f"   created repository at {info.url}")
-    service = Service(repo_url)
+    service = Service(repo_url, local_root=str(cluster_root))
+    service.add_local_volume(NAMESPACE, VOLUME, str(volume_image))
+    print(f"   repository {info.url}")
+    print(f"   local cluster {cluster_root}: volume {NAMESPACE}/{VOLUME}")
+    print("   each backup: snapshot the volume, ask the SnapshotMetadata gRPC service (CBT) which")
+    print("   blocks are allocated or changed, read and store exactly those")
 
-    points: list[tuple[PointInfo, Path]] = []
+    points: list[tuple[PointInfo, str]] = []
 
-    def backup(step: int, ranges: list[tuple[int, int]] | None) -> None:
-        snap = snapshots / f"snap-{step}.img"
-        shutil.copyfile(volume_image, snap)
-        job = service.start_backup(
-            str(snap),
-            VOLUME,
-            changed_ranges=ranges,
-            changed_ranges_origin="4 KiB block comparison with the previous snapshot",
-        )
+    def backup() -> None:
+        expected = _sha256(volume_image)  # the volume does not change during the backup
+        job = service.start_volume_backup("local", NAMESPACE, VOLUME)
         job.wait()
         if job.error:
             raise LaminaError(job.error)
@@ -167,44 +144,50 @@ def run_demo(directory: str) -> int:
         print(
             f"   {point.kind:<11} point {point.id}: read {format_size(s['bytes_read'])}, "
             f"stored {format_size(s['bytes_stored'])}, deduplicated {format_size(s['bytes_deduplicated'])}, "
-            f"{s['requests']} requests"
+            f"{s['requests']} requests, {s['duration_seconds']:.2f}s"
         )
-        points.append((point, snap))
+        points.append((point, expected))
 
-    backup(0, None)
-    edits: list[dict[str, bytes]] = [
-        {"/etc/app.conf": b"listen = 0.0.0.0:9090\nworkers = 8\nlog_level = debug\n"},
-        {
-            f"/docs/note-{i:03d}.txt": f"note {i} rewritten\n".encode() * 500
-            for i in range(0, 40, 7)
-        },
-        {"/data/table.db": _patched_table(volume_image)},
+    backup()
+    edits: list[tuple[str, dict[str, bytes]]] = [
+        (
+            "rewrote the config file",
+            {"/etc/app.conf": b"listen = 0.0.0.0:9090\nworkers = 8\nlog_level = debug\n"},
+        ),
+        (
+            "rewrote 6 notes",
+            {
+                f"/docs/note-{i:03d}.txt": f"note {i} rewritten\n".encode() * 500
+                for i in range(0, 40, 7)
+            },
+        ),
+        ("changed 1% of the database's 8 KiB pages", {"/data/table.db": _patched_table()}),
     ]
-    for step, files in enumerate(edits, start=1):
+    for step, (what, files) in enumerate(edits, start=2):
         _debugfs_write(volume_image, files, work)
-        ranges = changed_blocks(points[-1][1], volume_image)
-        changed = sum(n for _, n in ranges)
-        print(
-            f"{step + 1}. changed {len(files)} file(s): {len(ranges)} ranges, {format_size(changed)} differ"
-        )
-        backup(step, ranges)
+        print(f"{step}. {what} (debugfs -w, no mount)")
+        backup()
 
     newest = points[-1][0]
     print(f"\nchain of {newest.id} (newest first):")
     for depth, p in enumerate(service.chain(newest.id)):
-        print(f"   {'  ' * depth}{p.id}  {p.kind:<11}  parent {p.parent or '-'}")
+        changed = p.stats["bytes_read"] / p.capacity * 100
+        print(
+            f"   {'   ' * depth}{p.id}  {p.kind:<11}  read {changed:6.2f}% of the volume, "
+            f"stored {format_size(p.stats['bytes_stored'])}"
+        )
 
-    print("\nrestoring every point and comparing it with its snapshot:")
+    print("\nrestoring every point and comparing it with the volume it was taken from:")
     ok = True
-    for point, snap in points:
+    for point, expected in points:
         target = work / f"restored-{point.id}.img"
         job = service.start_restore(point.id, str(target))
         job.wait()
         if job.error:
             raise LaminaError(job.error)
-        same = _sha256(target) == _sha256(snap)
+        same = _sha256(target) == expected
         ok = ok and same
-        print(f"   {point.id}: {'byte-identical' if same else 'DIFFERENT'} ({snap.name})")
+        print(f"   {point.id}: {'byte-identical' if same else 'DIFFERENT'}")
         target.unlink()
     verify = service.start_verify(deep=True)
     verify.wait()
@@ -214,18 +197,21 @@ def run_demo(directory: str) -> int:
     ok = ok and report.ok
     total_stored = sum(p.stats["bytes_uploaded"] for p, _ in points)
     print(
-        f"\nsummary: {len(points)} points, {format_size(total_stored)} in the repository for "
-        f"{len(points)} x {format_size(CAPACITY)} of volume; verify --deep "
-        f"{'clean' if report.ok else 'FAILED'}; {time.monotonic() - started:.1f}s"
+        f"\nsummary: {len(points)} points of a {format_size(CAPACITY)} volume take "
+        f"{format_size(total_stored)} in the repository; every restore byte-identical: "
+        f"{'yes' if ok else 'NO'}; verify --deep {'clean' if report.ok else 'FAILED'}; "
+        f"{time.monotonic() - started:.1f}s"
     )
-    print("demo " + ("passed: every restore is byte-identical" if ok else "FAILED"))
-    print(f"try: lamina points --repo {repo_url}")
+    print("demo " + ("passed" if ok else "FAILED"))
+    print(f"\nnext: lamina points --repo {repo_url}")
+    print(
+        "      lamina tui          (from this folder: it finds the demo's repository and cluster)"
+    )
     return 0 if ok else 1
 
 
-def _patched_table(image: Path) -> bytes:
+def _patched_table() -> bytes:
     """The database file with 1% of its 8 KiB pages rewritten (scattered)."""
-    del image
     rng = hashlib.sha256(b"lamina-demo")
     blob = bytearray()
     while len(blob) < 24 * 1024 * 1024:

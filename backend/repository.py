@@ -441,10 +441,11 @@ class Repository:
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.storage.put(f"maps/{point_id}", map_blob, if_absent=True)
-        if not self.storage.put(
-            f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=True
-        ):
-            raise LaminaError(f"restore point {point_id} already exists")
+        key = f"manifests/{point_id}"
+        if not self.storage.put(key, fmt.encode_manifest(self.sealer, manifest), if_absent=True):
+            # A retried PUT whose first answer was lost finds our own manifest: that is success.
+            if fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
+                raise LaminaError(f"restore point {point_id} already exists")
         return Point(manifest)
 
     def load_map(self, point_id: str) -> tuple[int, list[Extent]]:

@@ -204,3 +204,14 @@ def test_sigterm_cancels_a_backup_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "cancelled" in err
     assert json.loads(lamina("points", "--repo", repo, "--json").stdout) == []
+
+
+def test_demo_runs_a_verified_chain(tmp_path: Path) -> None:
+    result = lamina("demo", "--dir", str(tmp_path / "demo"))
+    assert "demo passed" in result.stdout
+    assert result.stdout.count(": byte-identical") == 4
+    points = json.loads(lamina("points", "--repo", str(tmp_path / "demo" / "repo"), "--json").stdout)
+    assert [p["kind"] for p in points] == ["full", "incremental", "incremental", "incremental"]
+    assert all(p["snapshot_handle"] for p in points)
+    assert points[1]["stats"]["bytes_read"] < 64 * 1024  # the config file change: a few blocks
+    assert all(p["parent"] == q["id"] for p, q in zip(points[1:], points, strict=False))

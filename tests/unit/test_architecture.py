@@ -25,7 +25,7 @@ FORBIDDEN = (
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     package = "lamina." + ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = []
+    names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.extend(alias.name for alias in node.names)
