@@ -394,7 +394,7 @@ def _plan_reads(
             users.setdefault(e.piece_id, []).append(e)
     entries: list[PieceEntry] = []
     for piece_id, exts in users.items():
-        entry = repo.index.get(piece_id)
+        entry = repo.find_piece(piece_id)
         if entry is None:
             raise MissingObject(
                 f"piece {piece_id.hex()[:16]} for volume offset {exts[0].offset} is not in the repository"
@@ -562,6 +562,7 @@ def verify(
                 needed.setdefault(extent.piece_id, []).append((point.id, extent.offset))
         tracker.add(1)
     entries: list[PieceEntry] = []
+    repo.refresh_index()
     for piece_id, where in needed.items():
         entry = repo.index.get(piece_id)
         point_id, offset = where[0]

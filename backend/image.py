@@ -170,7 +170,7 @@ class ImageReader:
                 return future
             future = Future()
             self._inflight[pid] = future
-        entry = self.repo.index.get(pid)
+        entry = self.repo.find_piece(pid)
         if entry is None:
             self._settle(
                 pid, future, None, LaminaError(f"piece {pid.hex()[:16]} is not in the repository")

@@ -16,7 +16,9 @@ import json
 import os
 import secrets
 import threading
+import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ MIN_GRID = 64 * 1024
 MAX_GRID = 64 * 1024 * 1024
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 DEFAULT_ZSTD_LEVEL = 3
+MAP_CACHE_EXTENTS = 500_000  # extent maps kept in memory (about 100 bytes an extent)
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -82,6 +85,15 @@ class PieceIndex:
         return len(self._pack_no) + len(self._recent)
 
     def build(self, entries: Iterable[PieceEntry]) -> None:
+        """Replace the table with ``entries`` (which may repeat pieces)."""
+        self._ids = bytearray()
+        self._pack_no = array("I")
+        self._offset = array("I")
+        self._stored = array("I")
+        self._raw = array("I")
+        self._codec = array("B")
+        with self._lock:
+            self._recent = {}
         pack_numbers: dict[bytes, int] = {}
         rows = sorted(
             (
@@ -112,6 +124,24 @@ class PieceIndex:
     def add(self, entry: PieceEntry) -> None:
         with self._lock:
             self._recent[entry.piece_id] = entry
+
+    def entries(self) -> Iterator[PieceEntry]:
+        for i in range(len(self._pack_no)):
+            yield PieceEntry(
+                bytes(self._ids[i * ID_SIZE : (i + 1) * ID_SIZE]),
+                self._packs[self._pack_no[i]],
+                self._offset[i],
+                self._stored[i],
+                self._raw[i],
+                self._codec[i],
+            )
+        with self._lock:
+            recent = list(self._recent.values())
+        yield from recent
+
+    @property
+    def recent_count(self) -> int:
+        return len(self._recent)
 
     def get(self, piece_id: bytes) -> PieceEntry | None:
         recent = self._recent.get(piece_id)
@@ -192,7 +222,13 @@ class Repository:
         self.pack_size = int(config.get("pack_size", DEFAULT_PACK_SIZE))
         self.zstd_level = int(config.get("compression", {}).get("level", DEFAULT_ZSTD_LEVEL))
         self.index = PieceIndex()
+        self._segments: set[str] = set()
+        self._last_refresh = 0.0
         self._index_loaded = False
+        self._points: dict[str, Point] = {}
+        self._maps: OrderedDict[str, list[Extent]] = OrderedDict()
+        self._maps_extents = 0
+        self._cache_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._tls = threading.local()
         self.io_threads = 8
@@ -297,13 +333,46 @@ class Repository:
                 lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys
             )
             self.index.build(e for seg in segments for e in seg)
+            self._segments.update(keys)
             self._index_loaded = True
+
+    def refresh_index(self) -> int:
+        """Load index segments written since the index was loaded (by other processes).
+
+        Returns how many new segments were found.
+        """
+        if not self._index_loaded:
+            self.load_index()
+            return 0
+        with self._index_lock:
+            keys = [i.key for i in self.storage.list("index/") if i.key not in self._segments]
+            segments = self._parallel(
+                lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys
+            )
+            for seg in segments:
+                for entry in seg:
+                    self.index.add(entry)
+            self._segments.update(keys)
+            if self.index.recent_count > 100_000:  # fold them into the compact table
+                self.index.build(list(self.index.entries()))
+            return len(keys)
+
+    def find_piece(self, piece_id: bytes) -> PieceEntry | None:
+        """Where a piece lives; looks for index segments newer than this process once if needed."""
+        self.load_index()
+        entry = self.index.get(piece_id)
+        if entry is None and time.monotonic() - self._last_refresh > 2.0:
+            self._last_refresh = time.monotonic()
+            if self.refresh_index():
+                entry = self.index.get(piece_id)
+        return entry
 
     def write_index_segment(self, entries: Sequence[PieceEntry]) -> str | None:
         if not entries:
             return None
         key = f"index/{secrets.token_hex(16)}"
         self.storage.put(key, fmt.encode_index(self.sealer, entries), if_absent=True)
+        self._segments.add(key)
         return key
 
     # ------------------------------------------------------------------ pieces
@@ -406,11 +475,23 @@ class Repository:
     # ------------------------------------------------------------------ restore points
 
     def list_points(self) -> list[Point]:
-        keys = [info.key for info in self.storage.list("manifests/")]
-        manifests = self._parallel(
-            lambda k: fmt.decode_manifest(self.sealer, self.storage.get(k), k), keys
+        """Every point, oldest first. Manifests never change, so each is fetched only once."""
+        ids = [info.key.rsplit("/", 1)[-1] for info in self.storage.list("manifests/")]
+        with self._cache_lock:
+            missing = [i for i in ids if i not in self._points]
+        fetched = self._parallel(
+            lambda i: fmt.decode_manifest(
+                self.sealer, self.storage.get(f"manifests/{i}"), f"manifest of point {i}"
+            ),
+            missing,
         )
-        points = [Point(m) for m in manifests]
+        with self._cache_lock:
+            for m in fetched:
+                self._points[str(m["id"])] = Point(m)
+            present = set(ids)
+            for gone in [i for i in self._points if i not in present]:
+                del self._points[gone]
+            points = [self._points[i] for i in ids if i in self._points]
         points.sort(key=lambda p: (p.created, p.id))
         return points
 
@@ -442,19 +523,32 @@ class Repository:
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.storage.put(f"maps/{point_id}", map_blob, if_absent=True)
         key = f"manifests/{point_id}"
-        if not self.storage.put(key, fmt.encode_manifest(self.sealer, manifest), if_absent=True):
-            # A retried PUT whose first answer was lost finds our own manifest: that is success.
-            if fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
-                raise LaminaError(f"restore point {point_id} already exists")
+        written = self.storage.put(key, fmt.encode_manifest(self.sealer, manifest), if_absent=True)
+        # A retried PUT whose first answer was lost finds our own manifest: that is success.
+        if not written and fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
+            raise LaminaError(f"restore point {point_id} already exists")
         return Point(manifest)
 
-    def load_map(self, point_id: str) -> tuple[int, list[Extent]]:
+    def load_map(self, point_id: str) -> list[Extent]:
+        """The extents point ``point_id`` wrote (not resolved through its chain)."""
+        with self._cache_lock:
+            cached = self._maps.get(point_id)
+            if cached is not None:
+                self._maps.move_to_end(point_id)
+                return cached
         key = f"maps/{point_id}"
         try:
             blob = self.storage.get(key)
         except ObjectNotFound:
             raise MissingObject(f"the extent map of point {point_id} is missing") from None
-        return fmt.decode_map(self.sealer, blob, f"extent map of point {point_id}")
+        _capacity, extents = fmt.decode_map(self.sealer, blob, f"extent map of point {point_id}")
+        with self._cache_lock:  # maps never change: keep recent ones, up to a bound
+            self._maps[point_id] = extents
+            self._maps_extents += len(extents)
+            while self._maps_extents > MAP_CACHE_EXTENTS and len(self._maps) > 1:
+                _, old = self._maps.popitem(last=False)
+                self._maps_extents -= len(old)
+        return extents
 
     def chain(self, point: Point) -> list[Point]:
         """The point, its parent, and so on down to the full point, newest first."""
@@ -477,13 +571,13 @@ class Repository:
     def resolve(self, point: Point) -> list[Extent]:
         """The merged extent map of a point: which piece every byte comes from."""
         chain = self.chain(point)
-        maps = self._parallel(lambda p: self.load_map(p.id)[1], chain)
+        maps = self._parallel(lambda p: self.load_map(p.id), chain)
         return resolve_chain(maps)
 
     def resolve_with(self, parent: Point, newest: Sequence[Extent]) -> list[Extent]:
         """The merged map of a point not yet written: ``newest`` on top of ``parent``'s chain."""
         chain = self.chain(parent)
-        maps = self._parallel(lambda p: self.load_map(p.id)[1], chain)
+        maps = self._parallel(lambda p: self.load_map(p.id), chain)
         return resolve_chain([newest, *maps])
 
     def image_digest(self, point: Point, resolved: Sequence[Extent] | None = None) -> str:

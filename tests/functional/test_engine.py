@@ -299,3 +299,18 @@ def test_encrypted_repository(tmp_path: Path) -> None:
     out = tmp_path / "out.img"
     _restore(service, point.id, out)
     assert sha256_file(out) == sha256_file(vol)
+
+
+def test_a_long_lived_service_sees_points_made_by_another_process(tmp_path: Path) -> None:
+    """The index is loaded once; pieces written later elsewhere are found on demand."""
+    init_repository(str(tmp_path / "repo"))
+    long_lived = Service(str(tmp_path / "repo"))
+    assert long_lived.list_points() == []
+    long_lived.repo.load_index()
+    other = Service(str(tmp_path / "repo"))
+    vol = make_volume(tmp_path / "vol.img", 8 * MiB, seed=9)
+    point = _backup(other, vol)
+    assert [p.id for p in long_lived.list_points()] == [point.id]
+    out = tmp_path / "out.img"
+    _restore(long_lived, point.id, out)
+    assert sha256_file(out) == sha256_file(vol)
