@@ -11,6 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+# gRPC's C core logs TLS handshake failures at INFO on stderr; the one-line error says it all.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from ..cbt import MetadataMessage, MetadataStream, SnapshotMetadataClient, cbt_backup_options
 from ..cbt.server import start_server
 from ..errors import UsageError
