@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages: e2fsprogs (mkfs.ext4, debugfs) for demo and tests.
-SYSTEM_PACKAGES := e2fsprogs
+# Debian packages: e2fsprogs (mkfs.ext4, debugfs) for demo and tests; fuse and libfuse2 for
+# `lamina mount` (never fuse3: it conflicts with fuse).
+SYSTEM_PACKAGES := e2fsprogs fuse libfuse2
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 

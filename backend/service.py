@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import engine
 from .clusters import (
@@ -34,6 +34,13 @@ from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .progress import Progress
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from .storage import open_storage
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .extract import ExtractReport
+    from .fsread import Entry
+    from .fsview import PointFiles, RepositoryView
 
 __all__ = [
     "ClusterSummary",
@@ -558,6 +565,80 @@ class Service:
 
         what = f"point {point_ref}" if point_ref else "every point"
         return self._start("verify", f"verify {what}{' (deep)' if deep else ''}", run)
+
+
+    # ------------------------------------------------------------------ files inside points
+    # (the FUSE mount, `lamina files`, the TUI file browser)
+
+    _files_lock = threading.Lock()
+    _FILES_KEPT = 4  # points whose filesystem stays open for list_files
+
+    def open_view(
+        self,
+        point_ref: str | None = None,
+        *,
+        cache_bytes: int = DEFAULT_CACHE,
+        readahead_bytes: int = DEFAULT_READAHEAD,
+    ) -> RepositoryView:
+        """The repository (or one point) as a read-only tree of paths (see backend/fsview.py)."""
+        from .fsview import RepositoryView
+
+        return RepositoryView(
+            self, point=point_ref, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
+        )
+
+    def point_files(self, point_ref: str, *, cache_bytes: int = 64 * 1024 * 1024) -> PointFiles:
+        """The filesystem inside a point's volume; the last few stay open for browsing."""
+        from .fsview import PointFiles
+
+        point = self.get_point(point_ref)
+        with self._files_lock:
+            kept: dict[str, PointFiles] = self.__dict__.setdefault("_files_kept", {})
+            files = kept.pop(point.id, None)
+            if files is None:
+                files = PointFiles(self, point, cache_bytes=cache_bytes)
+            kept[point.id] = files
+            while len(kept) > self._FILES_KEPT:
+                kept.pop(next(iter(kept)))  # dropped, not closed: a caller may still hold it
+            return files
+
+    def list_files(self, point_ref: str, path: str = "/") -> list[Entry]:
+        """The entries of a directory in a point's filesystem (sorted), or [the entry] of a file.
+
+        Raises FilesUnavailable when the volume holds no readable filesystem, FileNotFound
+        (lamina.backend.fsread.errors) when the path is not there.
+        """
+        files = self.point_files(point_ref)
+        entry = files.lookup(path)
+        if entry.kind == "dir":
+            return files.listdir(path)
+        return [entry]
+
+    def start_extract(self, point_ref: str, paths: Sequence[str], to_dir: str) -> Job:
+        """Copy files and directories out of a point's filesystem into ``to_dir``.
+
+        The job's result is an ExtractReport (backend/extract.py); progress counts bytes.
+        """
+        from .extract import extract
+        from .fsview import PointFiles
+
+        wanted = list(paths)
+
+        def run(job: Job) -> ExtractReport:
+            files = PointFiles(self, self.get_point(point_ref))
+            try:
+                files.filesystem()
+                return extract(
+                    files,
+                    wanted,
+                    to_dir,
+                    progress=job._on_progress,
+                    cancelled=lambda: job.cancel_requested,
+                )
+            finally:
+                files.close()
+
+        return self._start("extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run)
 
 
 def ranges_from_json_file(path: str) -> list[Range]:

@@ -1,0 +1,251 @@
+"""Files inside restore points: mount, umount, files ls, files get."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LaminaError, UsageError
+from ..units import format_size, parse_size
+from .common import add_repo_args, elapsed, open_service, print_json, run_job
+
+if TYPE_CHECKING:
+    from ..extract import ExtractReport
+    from ..fsread import Entry
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '1h', '2d' or plain seconds."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in DURATION_UNITS else "s"
+    number = value[:-1] if value[-1:] in DURATION_UNITS else value
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise UsageError(f"not a duration: {text!r} (examples: 90s, 15m, 1h)") from None
+    if seconds <= 0:
+        raise UsageError(f"the duration {text!r} must be positive")
+    return seconds
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "mount",
+        help="mount the repository (or one point) read-only with FUSE",
+        description="Every point appears as CLUSTER/NAMESPACE/VOLUME/TIME-ID/ with disk.img, "
+        "manifest.json and files/ (the volume's filesystem). Runs in the foreground "
+        "until Ctrl-C, SIGTERM or `lamina umount`, unless --daemon is given.",
+    )
+    add_repo_args(p)
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument("--point", help="mount only this point (id or unique prefix) at MOUNTPOINT")
+    p.add_argument(
+        "--cache-size", default="512MiB", help="memory for fetched pieces (default 512MiB)"
+    )
+    p.add_argument(
+        "--idle-timeout", help="unmount after this long without any access (e.g. 15m, 1h)"
+    )
+    p.add_argument(
+        "--daemon", action="store_true", help="run in the background; print its pid when ready"
+    )
+    p.add_argument("--log-file", help="append log lines (read errors with volume offsets) here")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount a lamina mount (also one whose process died)")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=cmd_umount)
+
+    files = sub.add_parser("files", help="list and extract files of a point without mounting")
+    files_sub = files.add_subparsers(dest="files_command", metavar="ACTION")
+    files_sub.required = True
+    p = files_sub.add_parser("ls", help="list a directory of a point's filesystem")
+    add_repo_args(p)
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_files_ls)
+
+    p = files_sub.add_parser(
+        "get",
+        help="copy files or directories out of a point",
+        description="Each PATH is copied into DIR under its own name (a directory with all it "
+        "holds), keeping modes, times and symlinks. Nothing is written outside DIR; entries "
+        "with unsafe names are skipped with a warning and make the exit status 1.",
+    )
+    add_repo_args(p)
+    p.add_argument("point", metavar="POINT")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--to", required=True, metavar="DIR", help="folder to extract into")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_files_get)
+
+
+# ---------------------------------------------------------------------- mount
+
+
+def _setup_logging(log_file: str | None, daemon: bool) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif daemon:
+        handler = logging.NullHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s lamina mount: %(levelname)s %(message)s"))
+    root = logging.getLogger("lamina")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    cache_bytes = parse_size(args.cache_size)
+    idle = parse_duration(args.idle_timeout) if args.idle_timeout else None
+    if args.daemon:
+        return _spawn_daemon(args)
+    from lamina.fs.mount import run_mount
+
+    ready_fd: int | None = args.ready_fd
+    _setup_logging(args.log_file, daemon=ready_fd is not None)
+
+    def on_ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+        else:
+            what = f"point {args.point}" if args.point else args.repo
+            print(f"mounted {what} at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
+
+    try:
+        service = open_service(args)
+        run_mount(
+            service,
+            args.mountpoint,
+            point=args.point,
+            cache_bytes=cache_bytes,
+            idle_timeout=idle,
+            on_ready=on_ready,
+        )
+    except LaminaError as e:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, f"error: {e}\n".encode())
+            except OSError:
+                pass
+        raise
+    return 0
+
+
+def _spawn_daemon(args: argparse.Namespace) -> int:
+    """Start this same mount in a child process of its own session; wait until it answers."""
+    read_fd, write_fd = os.pipe()
+    command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", args.repo]
+    command += [args.mountpoint, "--cache-size", args.cache_size, "--ready-fd", str(write_fd)]
+    for flag, value in (
+        ("--point", args.point),
+        ("--idle-timeout", args.idle_timeout),
+        ("--log-file", args.log_file and os.path.abspath(args.log_file)),
+        ("--password-file", args.password_file and os.path.abspath(args.password_file)),
+    ):
+        if value:
+            command += [flag, value]
+    child = subprocess.Popen(
+        command,
+        pass_fds=(write_fd,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace").strip()
+    if answer == "ready":
+        print(child.pid)
+        return 0
+    child.wait()
+    if answer.startswith("error: "):
+        raise LaminaError(answer[len("error: ") :])
+    raise LaminaError(
+        f"the mount process exited (status {child.returncode}) before the mount was ready"
+        + ("" if args.log_file else "; give --log-file to see why")
+    )
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from lamina.fs.mount import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _time(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "name": entry.name,
+        "kind": entry.kind,
+        "size": entry.size,
+        "mode": f"{stat.S_IMODE(entry.mode):04o}",
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "nlink": entry.nlink,
+        "inode": entry.inode,
+        "mtime": datetime.fromtimestamp(entry.mtime_ns / 1e9, UTC).isoformat(),
+        "mtime_ns": entry.mtime_ns,
+        "link_target": entry.link_target,
+    }
+
+
+def cmd_files_ls(args: argparse.Namespace) -> int:
+    from ..extract import printable
+
+    entries = open_service(args).list_files(args.point, args.path)
+    if args.json:
+        print_json([_entry_json(e) for e in entries])
+        return 0
+    for e in entries:
+        name = printable(e.name)
+        if not args.long:
+            print(name)
+            continue
+        link = f" -> {printable(e.link_target)}" if e.link_target is not None else ""
+        print(
+            f"{stat.filemode(e.mode)} {e.nlink:>3} {e.uid:>5} {e.gid:>5} {e.size:>12} "
+            f"{_time(e.mtime_ns)} {name}{link}"
+        )
+    return 0
+
+
+def cmd_files_get(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    job = open_service(args).start_extract(args.point, args.paths, args.to)
+    report: ExtractReport = run_job(job, quiet=args.quiet)
+    for skipped in report.skipped:
+        print(f"lamina: warning: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    if args.json:
+        print_json(report.as_json())
+    else:
+        print(
+            f"extracted {report.files} files, {report.directories} directories and "
+            f"{report.symlinks} symlinks ({format_size(report.bytes)}) to {report.target} "
+            f"in {elapsed(time.monotonic() - started)}"
+            + (f"; {len(report.skipped)} skipped" if report.skipped else "")
+        )
+    return 0 if report.ok else 1
