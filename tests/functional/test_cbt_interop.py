@@ -128,20 +128,23 @@ server.stop(0)
 @pytest.fixture(scope="module")
 def independent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the independent proto compiled, and the client and server scripts."""
-    from grpc_tools import protoc
-
     folder = tmp_path_factory.mktemp("independent")
     (folder / "csi_cbt.proto").write_text(API_PROTO)
-    code = protoc.main(
+    compiled = subprocess.run(
         [
-            "protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{folder}",
             f"--python_out={folder}",
             f"--grpc_python_out={folder}",
             str(folder / "csi_cbt.proto"),
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert code == 0
+    assert compiled.returncode == 0, compiled.stderr
     (folder / "client.py").write_text(textwrap.dedent(INDEPENDENT_CLIENT))
     (folder / "server.py").write_text(textwrap.dedent(INDEPENDENT_SERVER))
     return folder

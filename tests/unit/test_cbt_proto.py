@@ -37,7 +37,7 @@ def test_regenerating_gives_exactly_the_checked_in_code(tmp_path: Path) -> None:
 def test_generated_grpc_module_imports_messages_through_the_package() -> None:
     source = (PROTOS / "snapshotmetadata_pb2_grpc.py").read_text()
     assert "from lamina.protos import snapshotmetadata_pb2" in source
-    assert pb_grpc.lamina_dot_protos_dot_snapshotmetadata__pb2 is pb
+    assert getattr(pb_grpc, "lamina_dot_protos_dot_snapshotmetadata__pb2") is pb  # noqa: B009
 
 
 INT64 = FieldDescriptor.TYPE_INT64
@@ -89,9 +89,11 @@ def test_messages_fields_and_enum_match_the_published_interface() -> None:
     for response in ("GetMetadataAllocatedResponse", "GetMetadataDeltaResponse"):
         descriptor = file.message_types_by_name[response]
         blocks = descriptor.fields_by_name["block_metadata"]
+        assert blocks.message_type is not None
         assert blocks.message_type.full_name == "snapshotmetadata.BlockMetadata"
         assert blocks.is_repeated
         kind = descriptor.fields_by_name["block_metadata_type"].enum_type
+        assert kind is not None
         assert kind.full_name == "snapshotmetadata.BlockMetadataType"
     enum = file.enum_types_by_name["BlockMetadataType"]
     assert {v.name: v.number for v in enum.values} == {
