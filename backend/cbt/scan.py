@@ -23,6 +23,10 @@ def _never() -> bool:
     return False
 
 
+def _ignore(nbytes: int) -> None:
+    pass
+
+
 def union(first: Iterable[Range], second: Iterable[Range]) -> Iterator[Range]:
     """Merge two sorted range lists into sorted, non-overlapping, non-adjacent ranges."""
     a, b = iter(first), iter(second)
@@ -105,8 +109,12 @@ def allocated_runs(
     *,
     file_size: int | None = None,
     cancelled: Callable[[], bool] = _never,
+    scanned: Callable[[int], None] = _ignore,
 ) -> Iterator[Range]:
-    """Runs of blocks of [start, capacity) that are not all zeros."""
+    """Runs of blocks of [start, capacity) that are not all zeros.
+
+    ``scanned(n)`` is told of every ``n`` bytes read, ``cancelled()`` stops the scan early.
+    """
     size = capacity if file_size is None else file_size
     begin = start // BLOCK_SIZE * BLOCK_SIZE
     data_ranges = block_aligned(allocated_ranges(fd, min(size, capacity)), begin, capacity)
@@ -114,6 +122,7 @@ def allocated_runs(
         if cancelled():
             return
         data = _read(fd, length, offset, size)
+        scanned(length)
         if data == _ZERO_CHUNK[:length]:
             continue
         yield from _differing_runs(data, _ZERO_CHUNK[:length], offset)
@@ -128,6 +137,7 @@ def changed_runs(
     start: int = 0,
     *,
     cancelled: Callable[[], bool] = _never,
+    scanned: Callable[[int], None] = _ignore,
 ) -> Iterator[Range]:
     """Runs of blocks of [start, capacity) where base and target differ.
 
@@ -148,6 +158,7 @@ def changed_runs(
             return
         base = _read(base_fd, length, offset, base_size)
         target = _read(target_fd, length, offset, target_size)
+        scanned(length)
         if base == target:
             continue
         yield from _differing_runs(target, base, offset)

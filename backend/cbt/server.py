@@ -81,6 +81,7 @@ class ServerSettings:
     # Statistics for reports and tests.
     streams_cut: int = 0
     messages_sent: int = 0
+    bytes_scanned: int = 0  # volume bytes read and compared; holes of every file are skipped
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -161,6 +162,20 @@ class LocalSnapshotMetadataServicer(pb_grpc.SnapshotMetadataServicer):
             self._before_message(sent, context)
             yield response
 
+    def _count_scanned(self, nbytes: int) -> None:
+        with self.settings.lock:
+            self.settings.bytes_scanned += nbytes
+
+    @staticmethod
+    def _open_image(snap: LocalSnapshot, context: grpc.ServicerContext) -> int:
+        try:
+            return os.open(snap.image, os.O_RDONLY)
+        except OSError as e:
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"cannot read the image of snapshot {snap.namespace}/{snap.name}: {e.strerror}",
+            )
+
     def _before_message(self, sent: int, context: grpc.ServicerContext) -> None:
         settings = self.settings
         cut = settings.cut_after_messages
@@ -190,7 +205,7 @@ class LocalSnapshotMetadataServicer(pb_grpc.SnapshotMetadataServicer):
                 block_metadata_type=block_type, volume_capacity_bytes=capacity
             )
 
-        fd = os.open(snap.image, os.O_RDONLY)
+        fd = self._open_image(snap, context)
         try:
             runs = allocated_runs(
                 fd,
@@ -198,6 +213,7 @@ class LocalSnapshotMetadataServicer(pb_grpc.SnapshotMetadataServicer):
                 request.starting_offset,
                 file_size=os.fstat(fd).st_size,
                 cancelled=lambda: not context.is_active(),
+                scanned=self._count_scanned,
             )
             yield from self._stream(make, runs, max_results, context, empty_message=True)
         finally:
@@ -234,9 +250,9 @@ class LocalSnapshotMetadataServicer(pb_grpc.SnapshotMetadataServicer):
                 block_metadata_type=block_type, volume_capacity_bytes=capacity
             )
 
-        base_fd = os.open(base.image, os.O_RDONLY)
+        base_fd = self._open_image(base, context)
         try:
-            target_fd = os.open(target.image, os.O_RDONLY)
+            target_fd = self._open_image(target, context)
             try:
                 runs = changed_runs(
                     base_fd,
@@ -246,6 +262,7 @@ class LocalSnapshotMetadataServicer(pb_grpc.SnapshotMetadataServicer):
                     capacity,
                     request.starting_offset,
                     cancelled=lambda: not context.is_active(),
+                    scanned=self._count_scanned,
                 )
                 # No change: no message at all, as real drivers may do.
                 yield from self._stream(make, runs, max_results, context, empty_message=False)

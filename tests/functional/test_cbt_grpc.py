@@ -9,6 +9,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import itertools
+import json
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -433,3 +438,92 @@ def test_retries_are_bounded_when_no_progress_is_made(broken: tuple[BrokenServic
     with pytest.raises(SnapshotMetadataError, match="INTERNAL: scripted failure"):
         list(client.delta("ns", "base", "target"))
     assert len(servicer.requests) == 1
+
+
+def test_a_mostly_sparse_gibibyte_delta_streams_fast_and_reads_only_data(tmp_path: Path) -> None:
+    gib = 1024 * MiB
+    volume = tmp_path / "big.img"
+    rng = random.Random(9)
+    data_at = [0, 300 * MiB, 700 * MiB, gib - MiB]
+    with open(volume, "wb") as f:
+        f.truncate(gib)
+        for offset in data_at:
+            f.seek(offset)
+            f.write(rng.randbytes(MiB))
+    cluster = LocalCluster(tmp_path / "cluster")
+    base = cluster.create_snapshot(str(volume), "big", "before")
+    changed = sorted(
+        {offset + rng.randrange(0, MiB // BLOCK) * BLOCK for offset in data_at for _ in range(4)}
+        | {500 * MiB, 900 * MiB + 3 * BLOCK}  # new data where both had holes
+    )
+    with open(volume, "r+b") as f:
+        for offset in changed:
+            f.seek(offset)
+            f.write(rng.randbytes(BLOCK))
+    cluster.create_snapshot(str(volume), "big", "after")
+    with start_server(cluster.root) as running:
+        client = client_for(running)
+        started = time.monotonic()
+        extents = list(client.delta("big", base.handle, "after"))
+        elapsed = time.monotonic() - started
+        assert extents == [(offset, BLOCK) for offset in changed]
+        # Only the data ranges are read (4 MiB of data, 2 new blocks, chunk-aligned at most).
+        assert running.settings.bytes_scanned <= 6 * MiB
+    assert elapsed < 5
+
+
+def test_tls_from_the_command_line(cluster: Cluster, tmp_path: Path) -> None:
+    ca_key, ca_cert = make_ca("lamina CLI test CA")
+    cert_pem, key_pem = make_server_cert(ca_key, ca_cert)
+    _, stranger = make_ca("stranger CA")
+    files = {
+        "cert.pem": cert_pem,
+        "key.pem": key_pem,
+        "ca.pem": ca_cert.public_bytes(serialization.Encoding.PEM),
+        "stranger.pem": stranger.public_bytes(serialization.Encoding.PEM),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    lamina = [sys.executable, "-m", "lamina.backend.cli.main"]
+    server = subprocess.Popen(
+        [
+            *lamina, "cbt", "serve", "--root", str(cluster.root), "--listen", "127.0.0.1:0",
+            "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "TLS" in line, line
+        port = line.split()[3].rsplit(":", 1)[1]
+
+        def allocated(ca: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    *lamina, "cbt", "allocated", "--address", f"localhost:{port}",
+                    "--namespace", "apps", "--snapshot", "first", "--ca-file", str(tmp_path / ca),
+                    "-o", "json",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )  # fmt: skip
+
+        good = allocated("ca.pem")
+        assert good.returncode == 0, good.stderr
+        extents = [
+            (b["byte_offset"], b["size_bytes"])
+            for m in json.loads(good.stdout)
+            for b in m["block_metadata"]
+        ]
+        assert blocks_of(extents) == nonzero_blocks(cluster.first.image.read_bytes())
+        refused = allocated("stranger.pem")
+        assert refused.returncode == 1 and refused.stdout == ""
+        lines = refused.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("lamina: error: GetMetadataAllocated at")
+        assert "CERTIFICATE_VERIFY_FAILED" in lines[0]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
