@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,30 @@ class Measured:
     stdout: str
 
 
+# Runs one command in a freshly forked child and reports that child's own usage. A child
+# started straight from the benchmark would inherit the benchmark's memory high-water mark
+# (Linux carries it across fork and exec into ru_maxrss), so a small interpreter forks it.
+_SHIM = """
+import json, os, sys, time
+report, command = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        sys.stderr.write(f"cannot run {command[0]}: {e.strerror}\\n")
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(report, "w") as f:
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss,
+               "cpu_seconds": usage.ru_utime + usage.ru_stime}, f)
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_measured(
     command: Sequence[str],
     *,
@@ -33,56 +59,60 @@ def run_measured(
 ) -> Measured:
     """Run ``command`` to completion; fail with its stderr tail if it exits non-zero.
 
-    ``os.wait4`` returns the resource usage of exactly this child, so peak RSS is its own
-    and not the maximum over everything the benchmark started before.
+    Wall time, peak RSS and CPU time are those of exactly this program (see ``_SHIM``).
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory(prefix="lamina-bench-usage-") as scratch,
+    ):
+        report = Path(scratch) / "usage.json"
         process = subprocess.Popen(
-            list(command),
+            [sys.executable, "-c", _SHIM, str(report), *command],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env=dict(env),
             cwd=cwd,
+            start_new_session=True,  # a timeout kills the program and the shim together
         )
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            process.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
+            process.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            timed_out = True
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    if timed_out.is_set():
-        raise StepFailed(f"{command[0]} timed out after {timeout:.0f} s")
-    if process.returncode != 0:
+        usage = json.loads(report.read_text()) if report.exists() else None
+    if timed_out:
+        raise StepFailed(f"{Path(command[0]).name} timed out after {timeout:.0f} s")
+    if process.returncode != 0 or usage is None:
         tail = " | ".join(line for line in stderr.strip().splitlines()[-3:])
         raise StepFailed(f"{Path(command[0]).name} exited with {process.returncode}: {tail}")
     return Measured(
-        seconds=seconds,
-        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        seconds=float(usage["seconds"]),
+        peak_rss_bytes=int(usage["maxrss_kib"]) * 1024,  # Linux reports KiB
+        cpu_seconds=float(usage["cpu_seconds"]),
         stdout=stdout,
     )
 
 
-def settle(drop_caches: bool) -> None:
-    """Before every timed step: write back dirty pages, and drop the page cache if asked."""
+def settle(drop_caches: bool, pause: float) -> None:
+    """Before every timed step: write back dirty pages, drop the page cache if asked, then idle.
+
+    The idling lets memory freed by the previous step go back to where free memory goes
+    (on a VM with free-page reporting, to the host), so no tool starts with memory that the
+    tool before it had just warmed up.
+    """
     os.sync()
     if drop_caches:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
+    time.sleep(pause)
 
 
 def fsync_path(path: Path) -> None:
