@@ -109,8 +109,9 @@ class _Extractor:
 
     # ------------------------------------------------------------------ walking
 
-    def children(self, path: str) -> list[Entry]:
-        return self.files.listdir(path)
+    def children(self, entry: Entry) -> list[Entry]:
+        # By entry, not by path: a hostile name can never make a path mean something else.
+        return self.files.children(entry)
 
     def total_bytes(self, entry: Entry, path: str) -> int:
         if entry.kind == "file":
@@ -118,7 +119,7 @@ class _Extractor:
         if entry.kind != "dir":
             return 0
         total = 0
-        for child in self.children(path):
+        for child in self.children(entry):
             if unsafe_name_reason(child.name) is None:
                 total += self.total_bytes(child, _join(path, child.name))
         return total
@@ -174,7 +175,7 @@ class _Extractor:
         self.report.directories += 1
 
     def extract_children(self, fd: int, entry: Entry, path: str) -> None:
-        for child in self.children(path):
+        for child in self.children(entry):
             self.extract_into(fd, child.name, child, _join(path, child.name))
 
     def extract_file(self, dir_fd: int, name: str, entry: Entry, path: str) -> None:

@@ -261,11 +261,7 @@ class PointFiles:
             if cached is not None:
                 self._dirs.move_to_end(path)
                 return cached
-        entry = self.lookup(path)
-        if entry.kind != "dir":
-            raise NotADirectory(f"{path} is not a directory")
-        children = self.filesystem().listdir(entry)
-        children = sorted((c for c in children if c.name not in (".", "..")), key=lambda c: c.name)
+        children = self.children(self.lookup(path))
         with self._cache_lock:
             self._dirs[path] = children
             while len(self._dirs) > 1000:
@@ -275,6 +271,13 @@ class PointFiles:
             if _safe_name(child.name):
                 self._remember(f"{prefix}/{child.name}", child)
         return children
+
+    def children(self, entry: Entry) -> list[Entry]:
+        """The entries of a directory entry, sorted by name, without '.' and '..'."""
+        if entry.kind != "dir":
+            raise NotADirectory(f"{entry.name} is not a directory")
+        children = self.filesystem().listdir(entry)
+        return sorted((c for c in children if c.name not in (".", "..")), key=lambda c: c.name)
 
     def read(self, entry: Entry, offset: int, length: int) -> bytes:
         if offset >= entry.size or length <= 0:
@@ -455,6 +458,8 @@ class RepositoryView:
         parts = normalize(path).split("/")[1:] if normalize(path) != "/" else []
         if self.single is not None:
             return self.single, [], parts
+        if len(parts) > 4 and parts[3] == LATEST:
+            raise _enoent(path)  # the kernel follows the link itself; the view never does
         if len(parts) < 4 or parts[3] == LATEST:
             return None, parts, []
         points = self._volume_points(parts[:3])
