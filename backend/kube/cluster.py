@@ -8,8 +8,10 @@ namespace failed and in which context.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,12 +90,32 @@ class KubeCluster:
         self.server = server
         self.default_namespace = default_namespace or "default"
         self.timeout = timeout
-        self.core = k8s.CoreV1Api(api_client)
-        self.storage = k8s.StorageV1Api(api_client)
-        self.custom = k8s.CustomObjectsApi(api_client)
-        self.batch = k8s.BatchV1Api(api_client)
-        self.rbac = k8s.RbacAuthorizationV1Api(api_client)
-        self.version = k8s.VersionApi(api_client)
+
+    # The API classes load lazily: each costs a noticeable part of a second to import.
+
+    @cached_property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api_client)
+
+    @cached_property
+    def storage(self) -> k8s.StorageV1Api:
+        return k8s.StorageV1Api(self.api_client)
+
+    @cached_property
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.api_client)
+
+    @cached_property
+    def batch(self) -> k8s.BatchV1Api:
+        return k8s.BatchV1Api(self.api_client)
+
+    @cached_property
+    def rbac(self) -> k8s.RbacAuthorizationV1Api:
+        return k8s.RbacAuthorizationV1Api(self.api_client)
+
+    @cached_property
+    def version(self) -> k8s.VersionApi:
+        return k8s.VersionApi(self.api_client)
 
     @classmethod
     def open(
@@ -134,14 +156,18 @@ class KubeCluster:
     def in_cluster(
         cls,
         *,
-        service_account_dir: str = SERVICE_ACCOUNT_DIR,
+        service_account_dir: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> KubeCluster:
         """Connect as the pod's service account (KUBERNETES_SERVICE_HOST/PORT and the
-        mounted token, CA and namespace)."""
+        mounted token, CA and namespace). $LAMINA_SERVICE_ACCOUNT_DIR moves the folder."""
         from kubernetes.config.incluster_config import InClusterConfigLoader
 
-        folder = Path(service_account_dir)
+        folder = Path(
+            service_account_dir
+            or os.environ.get("LAMINA_SERVICE_ACCOUNT_DIR")
+            or SERVICE_ACCOUNT_DIR
+        )
         configuration = k8s.Configuration()
         try:
             loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
@@ -210,8 +236,10 @@ class KubeCluster:
             who = f'user "{user.group(1)}"' if user else "the context's user"
             return KubeForbidden(f"RBAC forbids {who} to {verb} {obj} {_where(namespace)} {ctx}")
         if code == 404:
-            if name:
-                return KubeNotFound(f"{obj} not found {_where(namespace)} {ctx}")
+            if name:  # a missing parent (the account of serviceaccounts/token) is named as such
+                return KubeNotFound(
+                    f'{resource.split("/")[0]} "{name}" not found {_where(namespace)} {ctx}'
+                )
             return KubeNotFound(
                 f"the API server has no {resource} {_where(namespace)} {ctx}: {message}"
             )

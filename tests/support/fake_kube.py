@@ -30,15 +30,17 @@ import base64
 import copy
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,7 @@ class FakeKube:
     job_outcome: str = "succeed"  # or "fail"
     serve_cbt_crd: bool = True  # False: the SnapshotMetadataService CRD is not installed
     port: int = 0
+    ca_pem: bytes | None = None  # set when serving TLS
     forbidden: list[ForbidRule] = field(default_factory=list)
     issued_tokens: dict[str, IssuedToken] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
@@ -244,7 +247,7 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_pem else 'http'}://127.0.0.1:{self.port}"
 
     def forbid(
         self, verb: str, resource: str, namespace: str | None = None, user: str | None = None
@@ -259,12 +262,15 @@ class FakeKube:
 
     def kubeconfig(self, context: str = "fake", namespace: str | None = None) -> Obj:
         ctx: Obj = {"cluster": f"{context}-cluster", "user": f"{context}-user"}
+        cluster: Obj = {"server": self.url}
+        if self.ca_pem:
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca_pem).decode()
         if namespace:
             ctx["namespace"] = namespace
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": f"{context}-cluster", "cluster": {"server": self.url}}],
+            "clusters": [{"name": f"{context}-cluster", "cluster": cluster}],
             "users": [{"name": f"{context}-user", "user": {"token": self.token}}],
             "contexts": [{"name": context, "context": ctx}],
             "current-context": context,
@@ -1030,8 +1036,8 @@ class FakeKube:
         path = urlsplit(raw_path).path
         with self._lock:
             self.requests.append((method, path))
-        auth = headers.get("authorization", "")
-        if auth != f"Bearer {self.token}":
+        user = self.authenticate(headers.get("authorization", ""))
+        if user is None:
             return 401, ApiError(401, "Unauthorized", "Unauthorized").status()
         if path.rstrip("/") == "/version":
             if method != "GET":
@@ -1043,11 +1049,35 @@ class FakeKube:
             return 200, dict(VERSION_INFO)
         try:
             with self._lock:
-                return self._route(method, path, body)
+                return self._route(method, path, body, user)
         except ApiError as e:
             return e.code, e.status()
 
-    def _route(self, method: str, path: str, raw_body: bytes) -> tuple[int, Obj]:
+    def authenticate(self, authorization: str) -> str | None:
+        """The user a bearer token stands for: the admin token of the kubeconfig, or a
+        service-account token issued with the API server's audience (as pods get)."""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None
+        if hmac.compare_digest(token, self.token):
+            return self.user
+        with self._lock:
+            issued = self.issued_tokens.get(token)
+        if (
+            issued is None
+            or issued.expires < time.time()
+            or DEFAULT_AUDIENCE not in issued.audiences
+        ):
+            return None
+        return f"system:serviceaccount:{issued.namespace}:{issued.service_account}"
+
+    def pod_token(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
+        """The token kubelet would mount into a pod running as this service account."""
+        with self._lock:
+            return self._issue_token(namespace, service_account, [DEFAULT_AUDIENCE], seconds)[0]
+
+    def _route(self, method: str, path: str, raw_body: bytes, user: str) -> tuple[int, Obj]:
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", parts[2:]
@@ -1100,10 +1130,10 @@ class FakeKube:
                 rt.plural + (f"/{subresource}" if subresource else ""),
                 namespace,
                 name,
-                self.user,
+                user,
             )
         else:
-            self._check_rbac(verb, rt, rt.plural, namespace, name, self.user)
+            self._check_rbac(verb, rt, rt.plural, namespace, name, user)
         if rt.namespaced and namespace is None and verb != "list":
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         body: Obj = {}
@@ -1181,18 +1211,88 @@ class _Handler(BaseHTTPRequestHandler):
     do_PATCH = _serve
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_pem: bytes
+    cert_path: Path
+    key_path: Path
+
+
+def make_tls_files(directory: Path, common_name: str = "fake-kube") -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    cert_path = directory / f"{common_name}.crt"
+    key_path = directory / f"{common_name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return TlsFiles(ca_pem, cert_path, key_path)
+
+
 @contextmanager
 def run_fake_kube(
-    fake: FakeKube | None = None, *, controller_period: float = 0.05
+    fake: FakeKube | None = None, *, controller_period: float = 0.05, tls_dir: Path | None = None
 ) -> Iterator[FakeKube]:
     """Serve `fake` on 127.0.0.1 (a free port) with its controllers running; stop on exit.
 
+    With `tls_dir` it serves HTTPS with a certificate made there (its CA in `fake.ca_pem`).
     The namespaces default and kube-system exist from the start, as on a new cluster.
     """
     fake = fake or FakeKube()
     handler = type("FakeKubeHandler", (_Handler,), {"fake": fake})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    if tls_dir is not None:
+        tls = make_tls_files(tls_dir)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_path, tls.key_path)
+        # the handshake happens in the connection's own thread, on its first read
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        fake.ca_pem = tls.ca_pem
     fake.port = server.server_address[1]
     for ns in ("default", "kube-system"):
         if fake.get("namespaces", ns) is None:
@@ -1204,7 +1304,9 @@ def run_fake_kube(
             fake.reconcile()
 
     threads = [
-        threading.Thread(target=server.serve_forever, name="fake-kube-http", daemon=True),
+        threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fake-kube-http", daemon=True
+        ),
         threading.Thread(target=controllers, name="fake-kube-controllers", daemon=True),
     ]
     for t in threads:
@@ -1217,3 +1319,27 @@ def run_fake_kube(
         server.server_close()
         for t in threads:
             t.join(5)
+
+
+# ----- a small cluster most tests start from ---------------------------------------------------
+
+CBT_DRIVER = "hostpath.csi.k8s.io"
+OTHER_DRIVER = "other.csi.example.com"
+CBT_AUDIENCE = "lamina-test-audience"
+CBT_ADDRESS = "127.0.0.1:50051"
+
+
+def seed_standard_cluster(fake: FakeKube, ca_pem: bytes) -> None:
+    """Namespace apps with a block PVC `data` (64Mi, driver with CBT), a Filesystem PVC `files`
+    and a PVC `waiting` that never binds; in default a block PVC `plain` of a driver that has
+    neither a VolumeSnapshotClass nor CBT; the service account apps/backup."""
+    fake.add_namespace("apps")
+    fake.add_storage_class("csi-hostpath-sc", CBT_DRIVER, default=True)
+    fake.add_storage_class("plain", OTHER_DRIVER)
+    fake.add_snapshot_class("csi-hostpath-snapclass", CBT_DRIVER, default=True)
+    fake.add_snapshot_metadata_service(CBT_DRIVER, CBT_ADDRESS, ca_pem, CBT_AUDIENCE)
+    fake.add_service_account("apps", "backup")
+    fake.add_pvc("apps", "data", size="64Mi")
+    fake.add_pvc("apps", "files", mode="Filesystem")
+    fake.add_pvc("apps", "waiting", storage_class="no-such-class")
+    fake.add_pvc("default", "plain", storage_class="plain")
