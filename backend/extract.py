@@ -27,6 +27,8 @@ from .progress import ProgressCallback, ProgressTracker
 log = logging.getLogger("lamina.extract")
 
 CHUNK = 4 * 1024 * 1024
+HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in extracted files
+_ZEROS = bytes(HOLE_BLOCK)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Permission bits kept: setuid and setgid are dropped, an image is untrusted.
@@ -100,7 +102,7 @@ class _Extractor:
 
     def skip(self, path: str, reason: str) -> None:
         shown = printable(path)
-        log.warning("skipped %s: %s", shown, reason)
+        log.info("skipped %s: %s", shown, reason)
         self.report.skipped.append(Skipped(shown, reason))
 
     def check_cancel(self) -> None:
@@ -201,11 +203,7 @@ class _Extractor:
             data = self.files.read(entry, offset, min(CHUNK, entry.size - offset))
             if not data:
                 raise LaminaError(f"the file ends early at byte {offset} of {entry.size}")
-            if data.count(0) != len(data):  # all-zero chunks stay holes
-                view = memoryview(data)
-                written = 0
-                while written < len(data):
-                    written += os.pwrite(fd, view[written:], offset + written)
+            _write_sparse(fd, data, offset)
             offset += len(data)
             self.report.bytes += len(data)
             self.tracker.add(len(data))
@@ -239,6 +237,25 @@ class _Extractor:
                 name, stat.S_IMODE(entry.mode) & _KEPT_MODE, dir_fd=dir_fd, follow_symlinks=False
             )
         os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def _write_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset``, leaving all-zero blocks as holes."""
+    view = memoryview(data)
+    start = 0
+    while start < len(data):
+        end = min(start + HOLE_BLOCK, len(data))
+        if view[start:end] == _ZEROS[: end - start]:
+            start = end
+            continue
+        run_end = end  # extend over the following non-zero blocks: one write per run
+        while run_end < len(data):
+            nxt = min(run_end + HOLE_BLOCK, len(data))
+            if view[run_end:nxt] == _ZEROS[: nxt - run_end]:
+                break
+            run_end = nxt
+        while start < run_end:
+            start += os.pwrite(fd, view[start:run_end], offset + start)
 
 
 def _ignore_errors(fn: Callable[..., object], *args: object) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,17 @@ def _backup(service: Service, image: Path, volume: str) -> PointInfo:
     return result
 
 
+@dataclass(frozen=True)
+class ViewRepo:
+    service: Service
+    points: list[PointInfo]  # two points of c1/ns/db, oldest first
+    raw: PointInfo  # c2/other/raw: random bytes, no filesystem
+    sources: list[Path]
+    image: Path
+
+
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> ViewRepo:
     """Two points of an ext4 volume, one point of a volume without a filesystem."""
     tmp = tmp_path_factory.mktemp("view")
     init_repository(str(tmp / "repo"), grid_size=256 * 1024)
@@ -47,13 +58,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     raw = tmp / "raw.img"
     raw.write_bytes(os.urandom(MiB))
     third = _backup(service, raw, "c2/other/raw")
-    return {
-        "service": service,
-        "points": [first, second],
-        "raw": third,
-        "sources": [frozen_first, source],
-        "image": image,
-    }
+    return ViewRepo(service, [first, second], third, [frozen_first, source], image)
 
 
 def _view_tree(view: RepositoryView, top: str) -> dict[str, tuple[object, ...]]:
@@ -71,8 +76,6 @@ def _view_tree(view: RepositoryView, top: str) -> dict[str, tuple[object, ...]]:
                 walk(child, child_rel + "/")
             else:
                 data = view.open(child).read(0, node.size + 10)
-                import hashlib
-
                 out[child_rel] = (
                     "file",
                     stat.S_IMODE(node.mode),
@@ -86,10 +89,9 @@ def _view_tree(view: RepositoryView, top: str) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def test_tree_layout_and_latest_link(repo: dict[str, object]) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
-    first, second = repo["points"]  # type: ignore[misc]
+def test_tree_layout_and_latest_link(repo: ViewRepo) -> None:
+    service = repo.service
+    first, second = repo.points
     view = service.open_view()
     try:
         assert view.listdir("/") == ["c1", "c2"]
@@ -115,16 +117,15 @@ def test_tree_layout_and_latest_link(repo: dict[str, object]) -> None:
         view.close()
 
 
-def test_files_match_the_source_of_each_point(repo: dict[str, object]) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
+def test_files_match_the_source_of_each_point(repo: ViewRepo) -> None:
+    service = repo.service
     view = service.open_view()
     try:
-        for point, source in zip(repo["points"], repo["sources"], strict=True):  # type: ignore[call-overload]
+        for point, source in zip(repo.points, repo.sources, strict=True):
             top = f"/c1/ns/db/{point_dir_name(point)}/files"
             assert _view_tree(view, top) == describe_tree(source)
         # the change between the points shows in the newer one only
-        older, newer = (f"/c1/ns/db/{point_dir_name(p)}/files/etc/hosts" for p in repo["points"])  # type: ignore[attr-defined]
+        older, newer = (f"/c1/ns/db/{point_dir_name(p)}/files/etc/hosts" for p in repo.points)
         assert view.open(older).read(0, 100) == b"127.0.0.1 localhost\n"
         assert view.open(newer).read(0, 100) == b"10.0.0.1 db\n"
         assert view.stat(newer).mtime_ns == (BASE_TIME + 99_000) * 10**9
@@ -132,30 +133,24 @@ def test_files_match_the_source_of_each_point(repo: dict[str, object]) -> None:
         view.close()
 
 
-def test_disk_image_reads_the_volume(repo: dict[str, object]) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
-    second = repo["points"][1]  # type: ignore[index]
-    image = repo["image"]
-    assert isinstance(image, Path)
+def test_disk_image_reads_the_volume(repo: ViewRepo) -> None:
+    service = repo.service
+    second = repo.points[1]
+    image = repo.image
     view = service.open_view(second.id)  # one point at the root
     try:
         assert view.listdir("/") == ["disk.img", "files", "manifest.json"]
         handle = view.open("/disk.img")
         data = b"".join(handle.read(o, MiB) for o in range(0, second.capacity, MiB))
-        import hashlib
-
         assert hashlib.sha256(data).hexdigest() == sha256_file(image)
         assert handle.read(second.capacity, 10) == b""
     finally:
         view.close()
 
 
-def test_volume_without_filesystem_says_why(repo: dict[str, object]) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
-    raw = repo["raw"]
-    assert isinstance(raw, PointInfo)
+def test_volume_without_filesystem_says_why(repo: ViewRepo) -> None:
+    service = repo.service
+    raw = repo.raw
     view = service.open_view()
     try:
         top = f"/c2/other/raw/{point_dir_name(raw)}"
@@ -181,12 +176,11 @@ def test_volume_without_filesystem_says_why(repo: dict[str, object]) -> None:
         ("LATEST/files/etc/hosts/below", errno.ENOTDIR),
     ],
 )
-def test_bad_paths_give_errno(repo: dict[str, object], path: str, code: int) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
+def test_bad_paths_give_errno(repo: ViewRepo, path: str, code: int) -> None:
+    service = repo.service
     view = service.open_view()
     try:
-        path = path.replace("LATEST", f"/c1/ns/db/{point_dir_name(repo['points'][1])}")  # type: ignore[index]
+        path = path.replace("LATEST", f"/c1/ns/db/{point_dir_name(repo.points[1])}")
         with pytest.raises(OSError) as failure:
             view.stat(path)
         assert failure.value.errno == code
@@ -194,10 +188,9 @@ def test_bad_paths_give_errno(repo: dict[str, object], path: str, code: int) -> 
         view.close()
 
 
-def test_symlinks_are_never_followed(repo: dict[str, object]) -> None:
-    service = repo["service"]
-    assert isinstance(service, Service)
-    view = service.open_view(repo["points"][0].id)  # type: ignore[index]
+def test_symlinks_are_never_followed(repo: ViewRepo) -> None:
+    service = repo.service
+    view = service.open_view(repo.points[0].id)
     try:
         node = view.stat("/files/data/escape-link")
         assert node.kind == "symlink" and stat.S_ISLNK(node.mode)

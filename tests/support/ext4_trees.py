@@ -88,7 +88,7 @@ class PointSource:
     source: Path  # a frozen copy of the folder this point's filesystem holds
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
