@@ -36,6 +36,7 @@ from .errors import (
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 15.0
+DEFAULT_RETRIES = 1
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -141,8 +142,8 @@ class KubeCluster:
             raise KubeconfigError(f"context {name!r}: {e}") from None
         except OSError as e:
             raise KubeconfigError(f"context {name!r}: {e}") from None
-        if retries is not None:
-            configuration.retries = retries
+        # One retry at most: a server that does not answer should cost seconds, not minutes.
+        configuration.retries = DEFAULT_RETRIES if retries is None else retries
         namespace = ctx.get("namespace")
         return cls(
             name,
@@ -176,6 +177,7 @@ class KubeCluster:
             loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
         except ConfigException as e:
             raise KubeconfigError(f"not inside a Kubernetes pod (in-cluster config: {e})") from None
+        configuration.retries = DEFAULT_RETRIES
         try:
             namespace = (folder / "namespace").read_text().strip() or None
         except OSError:

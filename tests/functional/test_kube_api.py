@@ -165,6 +165,27 @@ def test_errors_for_context_and_credentials(
     assert "rejected its credentials" in one_line(e.value)
 
 
+def test_silent_server_costs_seconds_not_minutes(fake: FakeKube, tmp_path: Path) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    doc = fake.kubeconfig("silent")
+    doc["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    path = tmp_path / "silent"
+    path.write_text(json.dumps(doc))
+    start = time.monotonic()
+    try:
+        with (
+            KubeCluster.open(None, str(path), timeout=0.5) as c,
+            pytest.raises(ClusterUnreachable) as e,
+        ):
+            list_volumes(c)
+    finally:
+        silent.close()
+    assert time.monotonic() - start < 3.0  # one timeout and one retry
+    assert one_line(e.value).endswith("is unreachable: no answer (read timed out)")
+
+
 def test_tls_cluster_with_certificate_authority_data(tmp_path: Path) -> None:
     with run_fake_kube(tls_dir=tmp_path / "tls") as server:
         assert server.url.startswith("https://")
