@@ -260,3 +260,41 @@ def test_yaml_has_no_anchors_and_example_is_consistent() -> None:
 )
 def test_cluster_volume_name_has_no_slash(context: str, expected: str) -> None:
     assert cluster_volume_name(context) == expected
+
+
+def test_job_command_lines_are_accepted_by_the_lamina_parser() -> None:
+    """The Job runs lamina's own CLI: both command lines must parse as the CLI stands."""
+    from lamina.backend.cli.main import build_parser
+
+    spec = replace(
+        SPEC,
+        cbt_address="cbt.example:6443",
+        snapshot_handle="snap-9",
+        password_secret="pw",
+        backup_args=("-q",),
+    )
+    pod = by_kind(datamover_manifests(spec))["Job"]["spec"]["template"]["spec"]
+    parser = build_parser()
+    backup = parser.parse_args(pod["containers"][0]["args"])
+    assert backup.command == "backup"
+    assert (backup.repo, backup.volume, backup.source) == (
+        "s3://bucket/prefix",
+        "prod/team-a/db",
+        DEVICE_PATH,
+    )
+    assert backup.snapshot_handle == "snap-9" and backup.quiet
+    assert (backup.cbt, backup.cbt_namespace, backup.cbt_snapshot) == (
+        "cbt.example:6443",
+        "team-a",
+        spec.snapshot,
+    )
+    assert (backup.cbt_token_file, backup.cbt_ca_file) == (CBT_TOKEN_PATH, CBT_CA_PATH)
+    assert backup.label == [f"kube.snapshot=team-a/{spec.snapshot}"]
+    init = parser.parse_args(pod["initContainers"][0]["args"])
+    assert (init.command, init.kube_command, init.in_cluster) == ("kube", "cbt-endpoint", True)
+    assert (init.namespace, init.snapshot, init.service_account) == (
+        "team-a",
+        spec.snapshot,
+        "lamina-datamover",
+    )
+    assert (init.token_file, init.ca_file) == (CBT_TOKEN_PATH, CBT_CA_PATH)
