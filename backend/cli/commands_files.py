@@ -150,13 +150,17 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _spawn_daemon(args: argparse.Namespace) -> int:
     """Start this same mount in a child process of its own session; wait until it answers."""
     read_fd, write_fd = os.pipe()
-    command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", args.repo]
-    command += [args.mountpoint, "--cache-size", args.cache_size, "--ready-fd", str(write_fd)]
+    # The daemon runs from / (it must not keep any directory busy): paths become absolute.
+    repo = args.repo if "://" in args.repo else os.path.abspath(args.repo)
+    command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo]
+    command += [os.path.abspath(args.mountpoint), "--cache-size", args.cache_size]
+    command += ["--ready-fd", str(write_fd)]
+    password_file = args.password_file or os.environ.get("LAMINA_PASSWORD_FILE")
     for flag, value in (
         ("--point", args.point),
         ("--idle-timeout", args.idle_timeout),
         ("--log-file", args.log_file and os.path.abspath(args.log_file)),
-        ("--password-file", args.password_file and os.path.abspath(args.password_file)),
+        ("--password-file", password_file and os.path.abspath(password_file)),
     ):
         if value:
             command += [flag, value]
@@ -164,6 +168,7 @@ def _spawn_daemon(args: argparse.Namespace) -> int:
         command,
         pass_fds=(write_fd,),
         start_new_session=True,
+        cwd="/",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -367,3 +367,45 @@ def test_corrupt_piece_gives_eio_on_its_range_only(
     text = log.read_text()
     assert f"volume offset {damaged.bad_offset}" in text
     assert "a.bin" in text
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0, reason="filling an xfs image needs a loop mount (root)")
+def test_xfs_volume(s3_server: S3Server, tmp_path: Path) -> None:
+    """An xfs volume: files/ through the user-space reader, and a kernel loop mount."""
+    source = make_source_tree(tmp_path / "src")
+    image = tmp_path / "xfs.img"
+    with open(image, "wb") as f:
+        f.truncate(300 * MiB)  # the smallest xfs mkfs.xfs makes
+    subprocess.run(["mkfs.xfs", "-q", str(image)], check=True)
+    fill = tmp_path / "fill"
+    fill.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(fill)], check=True)
+    try:
+        subprocess.run(["cp", "-a", f"{source}/.", str(fill)], check=True)
+    finally:
+        subprocess.run(["umount", str(fill)], check=True)
+    url = f"s3://{s3_server.create_bucket()}/repo"
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in s3_server.environment().items():
+            mp.setenv(name, value)
+        init_repository(url)
+        service = Service(url)
+        point = _backup(service, image, "xfs")
+        service.close()
+    env = subprocess_environment(s3_server)
+    loop_dir = tmp_path / "loop"
+    loop_dir.mkdir()
+    with mounted(env, url, tmp_path / "m", "--point", point.id) as (mnt, _):
+        assert describe_tree(mnt / "files") == describe_tree(source)
+        assert sha256_file(mnt / "disk.img") == sha256_file(image)
+        done = subprocess.run(
+            ["mount", "-o", "loop,ro,norecovery,nouuid", str(mnt / "disk.img"), str(loop_dir)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        try:
+            assert describe_tree(loop_dir) == describe_tree(source)
+        finally:
+            subprocess.run(["umount", str(loop_dir)], capture_output=True)
