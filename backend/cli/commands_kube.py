@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..kube.cluster import KubeCluster
 
 
-def _add_context_args(p: argparse.ArgumentParser, *, namespace_help: str) -> None:
+def _add_context_args(p: argparse.ArgumentParser, *, namespace_help: str | None) -> None:
     p.add_argument(
         "--kubeconfig",
         metavar="FILE",
@@ -28,7 +28,8 @@ def _add_context_args(p: argparse.ArgumentParser, *, namespace_help: str) -> Non
     p.add_argument(
         "--context", metavar="CTX", help="kubeconfig context (default: the current context)"
     )
-    p.add_argument("-n", "--namespace", metavar="NS", help=namespace_help)
+    if namespace_help is not None:
+        p.add_argument("-n", "--namespace", metavar="NS", help=namespace_help)
 
 
 def register(sub: Any) -> None:
@@ -60,7 +61,7 @@ def register(sub: Any) -> None:
     ns_help = "namespace (default: the context's, else default)"
 
     p = kube_sub.add_parser("namespaces", help="list the namespaces of a cluster")
-    _add_context_args(p, namespace_help=argparse.SUPPRESS)
+    _add_context_args(p, namespace_help=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_namespaces)
 

@@ -18,7 +18,7 @@ import argparse
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .errors import (
     KubeError,
     KubeInvalid,
 )
-from .objects import CBT_GROUP, CBT_PLURAL, SNAPSHOT_GROUP, dns_label
+from .objects import CBT_GROUP, CBT_PLURAL, SNAPSHOT_GROUP, SNAPSHOT_VERSION, dns_label, section
 from .snapshots import (
     DEFAULT_SNAPSHOT_TIMEOUT,
     SnapshotInfo,
@@ -435,6 +435,14 @@ def prepare_spec(
             raise UsageError(
                 "--class applies to a new snapshot, not to an existing one (--snapshot)"
             )
+        found = cluster.get_custom(
+            SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshots", snapshot, namespace
+        )
+        source = section(section(found, "spec"), "source").get("persistentVolumeClaimName")
+        if source != pvc:
+            raise UsageError(
+                f"VolumeSnapshot {namespace}/{snapshot} is a snapshot of {source!r}, not of {pvc!r}"
+            )
         existing = get_snapshot(cluster, namespace, snapshot)
         handle = existing.handle if existing else None
         chosen_class = None
@@ -601,9 +609,7 @@ def submit_datamover(
             cluster, spec.namespace, spec.snapshot, timeout=snapshot_timeout, poll=poll
         )
     # The handle is known now: the Job records it with the backup.
-    ready = DataMoverSpec(
-        **{**spec.__dict__, "snapshot_class": None, "snapshot_handle": info.handle}
-    )
+    ready = replace(spec, snapshot_class=None, snapshot_handle=info.handle)
     source, job = source_pvc_manifest(ready), job_manifest(ready)
     _create(cluster, source)
 

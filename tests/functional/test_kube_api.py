@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lamina.backend.errors import UsageError
 from lamina.backend.kube.cbt import (
     cbt_endpoint,
     cbt_endpoint_for_snapshot,
@@ -552,3 +553,14 @@ def test_datamover_refuses_filesystem_and_rbac_denial(cluster: KubeCluster, fake
         KubeForbidden, match='create clusterrolebindings "lamina-datamover-apps" at cluster scope'
     ):
         submit_datamover(cluster, spec, poll=POLL, job_timeout=5, snapshot_timeout=5)
+
+
+def test_datamover_existing_snapshot_must_be_of_the_pvc(
+    cluster: KubeCluster, fake: FakeKube
+) -> None:
+    fake.add_pvc("apps", "other", size="64Mi")
+    create_snapshot(cluster, "apps", "other", name="of-other", timeout=5, poll=POLL)
+    with pytest.raises(UsageError, match="is a snapshot of 'other', not of 'data'"):
+        prepare_spec(cluster, "apps", "data", "s3://b/r", snapshot="of-other")
+    with pytest.raises(KubeNotFound, match='volumesnapshots "ghost" not found'):
+        prepare_spec(cluster, "apps", "data", "s3://b/r", snapshot="ghost")
