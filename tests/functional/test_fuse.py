@@ -62,16 +62,16 @@ def _lamina(
 
 def _is_mounted(path: Path) -> bool:
     target = str(path.resolve(strict=False))
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
+    with open("/proc/self/mountinfo") as f:  # \ooo escapes for space, tab, newline, backslash
+        return any(line.split()[4].encode().decode("unicode_escape") == target for line in f)
 
 
 def _force_unmount(path: Path) -> None:
     """Teardown: loop mounts on top first, then the FUSE mount, live or dead."""
     for _ in range(3):
+        subprocess.run(["fusermount", "-u", "-z", str(path)], capture_output=True)
         if not _is_mounted(path):
             return
-        subprocess.run(["fusermount", "-u", "-z", str(path)], capture_output=True)
         time.sleep(0.1)
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
@@ -175,7 +175,8 @@ def _created_seconds(point: PointInfo) -> int:
 
 @needs_fuse
 def test_writes_are_refused(chain: Chain, tmp_path: Path) -> None:
-    with mounted(chain.env, chain.url, tmp_path / "m", "--point", chain.points[1].id) as (mnt, _):
+    spaced = tmp_path / "a mount\tpoint"  # mountinfo escapes these; umount must still find it
+    with mounted(chain.env, chain.url, spaced, "--point", chain.points[1].id) as (mnt, _):
         target = mnt / "files" / "etc" / "hosts"
         for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC):
             with pytest.raises(OSError) as failure:
@@ -193,6 +194,9 @@ def test_writes_are_refused(chain: Chain, tmp_path: Path) -> None:
                 action()
             assert failure.value.errno == errno.EROFS
         assert target.read_text() == "10.1.2.3 db\n"  # still readable, unchanged
+        result = _lamina(chain.env, "umount", str(mnt))
+        assert result.returncode == 0, result.stderr
+        assert not _is_mounted(mnt)
 
 
 @needs_fuse
