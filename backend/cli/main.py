@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "lamina.backend.cli.commands_cbt",
     "lamina.backend.cli.commands_kube",
     "lamina.backend.cli.commands_files",
+    "lamina.backend.cli.commands_tui",
 ]
 
 

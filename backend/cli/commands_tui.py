@@ -1,0 +1,63 @@
+"""`lamina tui`: the terminal UI over the service layer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..defaults import default_local_root, default_repo
+from ..errors import UsageError
+from ..service import Service, read_password_file
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "tui",
+        help="browse clusters, volumes, chains and files; back up, verify, restore, extract",
+        description="The terminal UI. Keys: ? help, : go to a view, / filter, ctrl+p commands, q quit.",
+    )
+    p.add_argument(
+        "--repo",
+        help="repository URL: a path, file:///path or s3://bucket/prefix "
+        "(default: $LAMINA_REPO, else ./demo/repo after `make demo`)",
+    )
+    p.add_argument(
+        "--password-file",
+        help="file holding the password of an encrypted repository (or set LAMINA_PASSWORD_FILE)",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument(
+        "--local-root",
+        help="folder of the local cluster (default: $LAMINA_LOCAL_ROOT, else ./demo/cluster)",
+    )
+    p.set_defaults(func=cmd_tui)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    repo = args.repo or default_repo()
+    if not repo:
+        raise UsageError(
+            "no repository: give --repo REPO, set LAMINA_REPO, or run `make demo` in this folder"
+        )
+    local_root = args.local_root or default_local_root()
+    if local_root and not os.path.isdir(local_root):
+        raise UsageError(f"local cluster folder {local_root} does not exist")
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UsageError("lamina tui needs a terminal")
+    service = Service(
+        repo,
+        password=read_password_file(args.password_file),
+        kubeconfig=args.kubeconfig,
+        local_root=local_root,
+    )
+    service.info()  # a wrong URL or password is a one-line error here, before the screen opens
+    from lamina.tui.app import make_app
+    from lamina.tui.client import InProcessClient
+
+    try:
+        make_app(InProcessClient(service)).run()
+    finally:
+        service.close()
+    return 0

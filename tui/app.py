@@ -1,0 +1,314 @@
+"""lamina's terminal UI: clusters, volumes, chains, files and jobs, k9s style.
+
+Build it with ``make_app(client)``; the client is the only way to the backend (see
+``client.py``). Blocking calls run in worker threads and come back as messages; job
+progress arrives through the ``JobFeed``, merged so that the screen redraws at most
+about ten times a second however fast a backup reports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+
+from .client import Capabilities, JobView, LaminaClient
+from .commands import LaminaCommands
+from .jobfeed import JobFeed
+from .messages import ActionFailed, JobsPending, JobStarted, JobsUpdated
+from .screens.base import LaminaScreen, plain_error
+from .screens.clusters import ClustersScreen
+from .screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen
+from .screens.jobs import JobsScreen
+from .screens.volumes import VolumesScreen
+
+Clock = Callable[[], float]
+CRUMB = " \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} "
+
+
+class LaminaApp(App[None]):
+    TITLE = "lamina"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {LaminaCommands}
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "request_quit", "Quit", id="quit"),
+        Binding("question_mark", "help", "Help", id="help", key_display="?"),
+        Binding("colon", "command_line", "Go to", id="goto", key_display=":"),
+        Binding("J", "goto('jobs')", "Jobs", id="jobs", show=False),
+    ]
+
+    def __init__(
+        self,
+        client: LaminaClient,
+        *,
+        clock: Clock = time.time,
+        check_timeout: float = 3.0,
+        feed_interval: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.clock = clock
+        self.check_timeout = check_timeout
+        self.capabilities = Capabilities()
+        self.repository_label = ""
+        self.job_views: dict[str, JobView] = {}
+        self.feed = JobFeed(self.post_message, feed_interval)
+        self._unwatch: dict[str, Callable[[], None]] = {}
+        self._unwatch_lock = threading.Lock()
+        self._last_drain = 0.0
+        self._drain_scheduled = False
+        self.started = False  # the repository summary and capabilities are in
+        self.redraws = 0  # job updates delivered to the screens (for measurements)
+
+    def get_default_screen(self) -> Screen[None]:
+        return ClustersScreen()
+
+    def on_mount(self) -> None:
+        self.startup()
+
+    @work(thread=True, group="startup")
+    def startup(self) -> None:
+        try:
+            summary = self.client.repository()
+            capabilities = self.client.capabilities()
+            running = [v for v in self.client.jobs() if not v.finished]
+        except Exception as e:
+            self.post_message(ActionFailed("open the repository", plain_error(e)))
+            return
+        label = summary.url + ("  (encrypted)" if summary.encrypted else "")
+        self.call_from_thread(self._started, label, capabilities)
+        for view in running:
+            self._watch(view.id)
+
+    def _started(self, label: str, capabilities: Capabilities) -> None:
+        self.repository_label = label
+        self.capabilities = capabilities
+        from .widgets.bars import TopBar
+
+        for screen in self.screen_stack:
+            for bar in screen.query(TopBar):
+                bar.repository = label
+                bar.set_crumbs(bar.crumbs)
+            screen.refresh_bindings()
+        self.started = True
+
+    # ------------------------------------------------------------------ jobs
+
+    @work(thread=True, group="jobs")
+    def start_job(self, what: str, start: Callable[[], str]) -> None:
+        """Start a job with a blocking client call, then follow its progress."""
+        try:
+            job_id = start()
+        except Exception as e:
+            self.post_message(ActionFailed(what, plain_error(e)))
+            return
+        self.post_message(JobStarted(job_id, what))
+        self._watch(job_id)
+
+    def _watch(self, job_id: str) -> None:
+        try:
+            unwatch = self.client.watch_job(job_id, self.feed.push)
+        except Exception as e:
+            self.post_message(ActionFailed(f"follow job {job_id}", plain_error(e)))
+            return
+        with self._unwatch_lock:
+            self._unwatch[job_id] = unwatch
+
+    @on(JobStarted)
+    def _job_started(self, message: JobStarted) -> None:
+        """The job strip shows it from now on; nothing to announce."""
+
+    @on(JobsPending)
+    def _jobs_pending(self) -> None:
+        if self._drain_scheduled:
+            return
+        wait = self._last_drain + self.feed.min_interval - time.monotonic()
+        if wait > 0:
+            self._drain_scheduled = True
+            self.set_timer(wait, self._drain_jobs)
+        else:
+            self._drain_jobs()
+
+    def _drain_jobs(self) -> None:
+        self._drain_scheduled = False
+        self._last_drain = time.monotonic()
+        views = self.feed.take()
+        if not views:
+            return
+        changed = []
+        for view in views:
+            before = self.job_views.get(view.id)
+            if before is not None and before.finished and not view.finished:
+                continue
+            self.job_views[view.id] = view
+            changed.append(view)
+            if view.finished and (before is None or not before.finished):
+                self._job_finished(view)
+        self.redraws += 1
+        for screen in self.screen_stack:
+            if isinstance(screen, LaminaScreen):
+                screen.post_message(JobsUpdated(changed))
+
+    def _job_finished(self, view: JobView) -> None:
+        with self._unwatch_lock:
+            unwatch = self._unwatch.pop(view.id, None)
+        if unwatch is not None:
+            unwatch()
+        if view.state == "succeeded":
+            self.notify(
+                f"{view.description}: {view.summary or 'done'}", title="job done", timeout=6
+            )
+        elif view.state == "cancelled":
+            self.notify(f"{view.description}: cancelled", severity="warning", timeout=6)
+        else:
+            self.notify(
+                f"{view.description} failed: {view.error or 'unknown error'}",
+                title="job failed",
+                severity="error",
+                timeout=12,
+            )
+
+    def cancel_job(self, job_id: str) -> None:
+        self.notify("cancelling…", timeout=2)
+        self._cancel(job_id)
+
+    @work(thread=True, group="cancel")
+    def _cancel(self, job_id: str) -> None:
+        try:
+            self.client.cancel_job(job_id)
+        except Exception as e:
+            self.post_message(ActionFailed(f"cancel job {job_id}", plain_error(e)))
+
+    # ------------------------------------------------------------------ errors
+
+    @on(ActionFailed)
+    def _action_failed(self, message: ActionFailed) -> None:
+        self.notify(
+            f"could not {message.what}: {message.reason}",
+            title="error",
+            severity="error",
+            timeout=10,
+        )
+
+    # ------------------------------------------------------------------ navigation
+
+    def action_help(self) -> None:
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            return
+        crumbs = screen.crumbs() if isinstance(screen, LaminaScreen) else []
+        self.push_screen(HelpScreen(CRUMB.join(crumbs) or "lamina", screen.active_bindings))
+
+    def action_command_line(self) -> None:
+        clusters: list[str] = []
+        base = self.screen_stack[0]
+        if isinstance(base, ClustersScreen):
+            clusters = [c.name for c in base.items]
+        self.push_screen(GotoScreen(clusters), self.goto)
+
+    def action_goto(self, view: str) -> None:
+        self.goto(view)
+
+    def last_cluster(self) -> str | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, VolumesScreen):
+                return screen.cluster
+            cluster = getattr(getattr(screen, "volume", None), "cluster", None)
+            if cluster:
+                return str(cluster)
+        base = self.screen_stack[0]
+        if isinstance(base, ClustersScreen):
+            item = base.current_item()
+            if item is not None:
+                return item.name
+        return None
+
+    def goto(self, command: str | None) -> None:
+        if not command:
+            return
+        word, _, argument = command.strip().lstrip(":").partition(" ")
+        word = word.lower()
+        if word in ("q", "quit", "q!"):
+            if word == "q!":
+                self.action_quit_now()
+            else:
+                self.action_request_quit()
+        elif word in ("help", "h"):
+            self.action_help()
+        elif word in ("clusters", "cluster", "ctx", "contexts"):
+            self._to_base()
+        elif word in ("volumes", "volume", "pvc", "pvcs", "vol"):
+            cluster = argument.strip() or self.last_cluster()
+            if not cluster:
+                self.notify("which cluster? :volumes CLUSTER", severity="warning")
+                return
+            self._to_base()
+            self.push_screen(VolumesScreen(cluster))
+        elif word in ("jobs", "job"):
+            if not isinstance(self.screen, JobsScreen):
+                self.push_screen(JobsScreen())
+        else:
+            self.notify(
+                f"no view {word!r}: try :clusters, :volumes, :jobs", severity="warning", timeout=5
+            )
+
+    def _to_base(self) -> None:
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+
+    def action_request_quit(self) -> None:
+        running = [v for v in self.job_views.values() if not v.finished]
+        if not running:
+            self.exit()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._cancel_all_and_exit([v.id for v in running])
+
+        self.push_screen(
+            ConfirmScreen(
+                f"{len(running)} job(s) still running. Cancel them and quit?",
+                "A cancelled backup leaves no point behind; earlier points stay intact.",
+                confirm_label="Cancel jobs and quit",
+            ),
+            answer,
+        )
+
+    def action_quit_now(self) -> None:
+        self._cancel_all_and_exit([v.id for v in self.job_views.values() if not v.finished])
+
+    @work(thread=True, group="quit")
+    def _cancel_all_and_exit(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            try:
+                self.client.cancel_job(job_id)
+            except Exception:
+                pass
+        deadline = time.monotonic() + 5.0
+        while job_ids and time.monotonic() < deadline:
+            try:
+                if all(self.client.job(j).finished for j in job_ids):
+                    break
+            except Exception:
+                break
+            time.sleep(0.05)
+        self.call_from_thread(self.exit)
+
+
+def make_app(
+    client: LaminaClient,
+    *,
+    clock: Clock = time.time,
+    check_timeout: float = 3.0,
+) -> LaminaApp:
+    """The app factory: tests and screenshots build the app the way the CLI does."""
+    return LaminaApp(client, clock=clock, check_timeout=check_timeout)

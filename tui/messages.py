@@ -1,0 +1,80 @@
+"""Messages: how worker threads and the job feed hand results to the UI thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from textual.message import Message
+
+from .client import Cluster, ClusterCheck, FileEntry, JobView, Point, Volume
+
+
+@dataclass
+class ActionFailed(Message):
+    """Something the user asked for did not work; ``reason`` is one plain line."""
+
+    what: str
+    reason: str
+
+
+@dataclass
+class JobsPending(Message):
+    """Backend threads changed jobs; the app collects the changes when it next draws."""
+
+
+@dataclass
+class JobsUpdated(Message):
+    """The newest view of every job that changed since the last update."""
+
+    views: list[JobView] = field(default_factory=list)
+
+
+@dataclass
+class JobStarted(Message):
+    job_id: str
+    description: str
+
+
+@dataclass
+class ClustersLoaded(Message):
+    clusters: list[Cluster]
+
+
+@dataclass
+class ClustersChecked(Message):
+    results: dict[str, ClusterCheck]
+
+
+@dataclass
+class VolumesLoaded(Message):
+    cluster: str
+    volumes: list[Volume]
+    error: str | None = None
+
+
+@dataclass
+class PointsLoaded(Message):
+    volume: str
+    points: list[Point]
+    error: str | None = None
+
+
+@dataclass
+class FilesLoaded(Message):
+    point_id: str
+    path: str
+    entries: list[FileEntry]
+    error: str | None = None
+
+
+@dataclass
+class PreviewLoaded(Message):
+    point_id: str
+    path: str
+    data: bytes | None
+    error: str | None = None
+
+
+@dataclass
+class MountsChanged(Message):
+    mounts: dict[str, str]

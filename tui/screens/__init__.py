@@ -1,0 +1,1 @@
+"""lamina's screens: clusters, volumes, chain, files, jobs, and the small dialogs."""

@@ -1,0 +1,394 @@
+"""The chain of a volume: full points and the incrementals built on them, and what to do with one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.console import Group
+from rich.json import JSON
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from .. import formatting as fmt
+from ..client import JobView, Point, Volume
+from ..messages import MountsChanged, PointsLoaded
+from .base import LaminaScreen, plain_error
+from .dialogs import ConfirmScreen, PromptScreen
+
+VERIFY_STYLES = {
+    "ok": ("✓ verified", "green"),
+    "corrupt": ("✗ corrupt", "bold red"),
+    "verifying": ("verifying…", "cyan"),
+    "": ("not verified", "dim"),
+}
+
+
+def chain_rows(points: list[Point]) -> list[tuple[Point, str]]:
+    """Points in tree order with their tree glyphs: each full point, then its incrementals.
+
+    Newest chain first; inside a chain, oldest first, so the tree reads down from the full
+    point through the incrementals built on it.
+    """
+    children: dict[str | None, list[Point]] = {}
+    ids = {p.id for p in points}
+    for p in sorted(points, key=lambda p: p.created):
+        parent = p.parent if p.parent in ids else None
+        children.setdefault(parent, []).append(p)
+    roots = children.get(None, [])
+    rows: list[tuple[Point, str]] = []
+    for root in sorted(roots, key=lambda p: p.created, reverse=True):
+        rows.append((root, "●" if root.kind == "full" else "◌"))
+        descendants: list[Point] = []
+        stack = list(reversed(children.get(root.id, [])))
+        while stack:
+            point = stack.pop()
+            descendants.append(point)
+            stack.extend(reversed(children.get(point.id, [])))
+        descendants.sort(key=lambda p: p.created)
+        for i, point in enumerate(descendants):
+            rows.append((point, "└─" if i == len(descendants) - 1 else "├─"))
+    return rows
+
+
+def verify_cell(state: str) -> Text:
+    label, style = VERIFY_STYLES.get(state, (state, ""))
+    return Text(label, style=style)
+
+
+class ChainScreen(LaminaScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter,f", "browse", "Files", id="chain.browse", key_display="enter/f"),
+        Binding("v", "verify", "Verify", id="chain.verify"),
+        Binding("V", "verify_deep", "Deep verify", id="chain.verify-deep", show=False),
+        Binding("r", "restore", "Restore", id="chain.restore"),
+        Binding("m", "mount", "Mount", id="chain.mount"),
+        Binding("d", "delete", "Delete", id="chain.delete"),
+        Binding("b", "backup", "Back up", id="chain.backup"),
+        Binding("c", "cancel", "Cancel job", id="chain.cancel", show=False),
+        Binding("j", "cursor_down", "Down", show=False, id="chain.cursor-down"),
+        Binding("k", "cursor_up", "Up", show=False, id="chain.cursor-up"),
+    ]
+
+    AUTO_FOCUS = "#points"
+
+    def __init__(self, volume: Volume) -> None:
+        super().__init__()
+        self.volume = volume
+        self.points: list[Point] = []
+        self.mounts: dict[str, str] = {}
+        self.loaded = False
+
+    def crumbs(self) -> list[str]:
+        return [
+            "clusters",
+            self.volume.cluster,
+            f"{self.volume.namespace}/{self.volume.name}",
+            "chain",
+        ]
+
+    def compose(self) -> Iterable[Any]:
+        yield self.compose_top()
+        with Horizontal(id="chain-body"):
+            table: DataTable[Any] = DataTable(id="points", cursor_type="row")
+            yield table
+            with VerticalScroll(id="point-detail"):
+                yield Static(id="point-info")
+        yield from self.compose_bottom()
+
+    @property
+    def table(self) -> DataTable[Any]:
+        return self.query_one("#points", DataTable)
+
+    def on_mount(self) -> None:
+        table = self.table
+        table.add_column("POINT", key="point")
+        table.add_column("CREATED (UTC)", key="created")
+        table.add_column("AGE", key="age")
+        table.add_column("WRITTEN", key="written")
+        table.add_column("CHANGED", key="changed")
+        table.add_column("DEDUP", key="dedup")
+        table.add_column("VERIFY", key="verify")
+        table.focus()
+        table.loading = True
+        self.load()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        caps = self.lamina.capabilities
+        if action == "browse" and not caps.browse:
+            return False
+        if action == "mount" and not caps.mount:
+            return False
+        if action == "delete" and not caps.delete:
+            return False
+        return super().check_action(action, parameters)
+
+    # ------------------------------------------------------------------ loading
+
+    @work(thread=True, exclusive=True, group="points")
+    def load(self) -> None:
+        try:
+            points = self.client.list_points(self.volume.key)
+            mounts = self.client.mounts() if self.lamina.capabilities.mount else {}
+        except Exception as e:
+            self.post_message(PointsLoaded(self.volume.key, [], plain_error(e)))
+            return
+        self.post_message(MountsChanged(mounts))
+        self.post_message(PointsLoaded(self.volume.key, points))
+
+    @on(MountsChanged)
+    def _mounts_changed(self, message: MountsChanged) -> None:
+        self.mounts = message.mounts
+
+    @on(PointsLoaded)
+    def _loaded(self, message: PointsLoaded) -> None:
+        table = self.table
+        table.loading = False
+        self.loaded = True
+        if message.error:
+            self.fail(f"list the points of {self.volume.key}", message.error)
+        current = self.current_point()
+        self.points = message.points
+        table.clear()
+        now = self.now()
+        for point, glyph in chain_rows(self.points):
+            label = Text()
+            label.append(glyph + " ", style="bold cyan" if point.kind == "full" else "cyan")
+            label.append(point.id, style="bold" if point.kind == "full" else "")
+            if point.id in self.mounts:
+                label.append("  ⛁", style="magenta")
+            table.add_row(
+                label,
+                fmt.short_time(point.created),
+                fmt.age(point.created, now),
+                Text(fmt.size(point.bytes_stored), justify="right"),
+                Text(fmt.percent(point.changed_share), justify="right"),
+                Text(fmt.size(point.bytes_deduplicated), justify="right"),
+                verify_cell(point.verify_state),
+                key=point.id,
+            )
+        if current is not None and current.id in {p.id for p in self.points}:
+            table.move_cursor(row=table.get_row_index(current.id))
+        self.show_detail(self.current_point())
+
+    def current_point(self) -> Point | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:
+            return None
+        return next((p for p in self.points if p.id == key), None)
+
+    @on(DataTable.RowHighlighted, "#points")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail(self.current_point())
+
+    @on(DataTable.RowSelected, "#points")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_browse()
+
+    def show_detail(self, point: Point | None) -> None:
+        info = self.query_one("#point-info", Static)
+        if point is None:
+            if self.loaded:
+                info.update(
+                    Text(
+                        f"No backups of {self.volume.namespace}/{self.volume.name} yet.\n"
+                        "Press b to back it up.",
+                        style="dim",
+                    )
+                )
+            return
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="dim")
+        facts.add_column()
+        rows: list[tuple[str, Text | str]] = [
+            ("point", Text(point.id, style="bold")),
+            ("kind", point.kind),
+            ("parent", point.parent or "-"),
+            ("created", fmt.timestamp(point.created)),
+            ("capacity", fmt.size(point.capacity)),
+            (
+                "read",
+                f"{fmt.size(point.bytes_read)} ({fmt.percent(point.changed_share)} of the volume)",
+            ),
+            ("new data", fmt.size(point.bytes_new)),
+            ("stored", f"{fmt.size(point.bytes_stored)} compressed"),
+            ("deduplicated", fmt.size(point.bytes_deduplicated)),
+            ("took", f"{point.duration:.2f} s"),
+            ("verify", verify_cell(point.verify_state)),
+        ]
+        if point.id in self.mounts:
+            rows.append(("mounted at", Text(self.mounts[point.id], style="magenta")))
+        for name, value in rows:
+            facts.add_row(name, value)
+        info.update(
+            Group(
+                facts,
+                Text(""),
+                Text("manifest", style="bold underline"),
+                JSON.from_data(point.manifest, indent=2, sort_keys=True),
+            )
+        )
+
+    def jobs_changed(self, views: list[JobView]) -> None:
+        ids = {p.id for p in self.points}
+        for view in views:
+            if view.kind == "backup" and view.volume == self.volume.key and view.finished:
+                self.load()
+                return
+            if view.kind == "verify" and view.point in ids:
+                self.load()
+                return
+
+    # ------------------------------------------------------------------ actions
+
+    def action_refresh(self) -> None:
+        self.load()
+
+    def action_cursor_down(self) -> None:
+        self.table.action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        self.table.action_cursor_up()
+
+    def _point_or_warn(self) -> Point | None:
+        point = self.current_point()
+        if point is None:
+            self.notify("no point selected", severity="warning")
+        return point
+
+    def action_browse(self) -> None:
+        point = self._point_or_warn()
+        if point is None:
+            return
+        if not self.lamina.capabilities.browse:
+            self.notify("browsing files is not available with this backend", severity="warning")
+            return
+        from .files import FilesScreen
+
+        self.app.push_screen(FilesScreen(point))
+
+    def _verify(self, deep: bool) -> None:
+        point = self._point_or_warn()
+        if point is None:
+            return
+        self.lamina.start_job(
+            f"verify {point.id}",
+            lambda: self.client.start_verify(point.id, deep),
+        )
+        self.table.update_cell(point.id, "verify", verify_cell("verifying"))
+
+    def action_verify(self) -> None:
+        self._verify(False)
+
+    def action_verify_deep(self) -> None:
+        self._verify(True)
+
+    def action_restore(self) -> None:
+        point = self._point_or_warn()
+        if point is None:
+            return
+        suggestion = os.path.join(os.getcwd(), f"{self.volume.name}-{point.id[:8]}.img")
+
+        def restore(target: str | None) -> None:
+            if target:
+                self.lamina.start_job(
+                    f"restore {point.id}",
+                    lambda: self.client.start_restore(point.id, os.path.expanduser(target)),
+                )
+
+        self.app.push_screen(
+            PromptScreen(
+                f"Restore point {point.id} to a file or block device",
+                suggestion,
+                hint="a new file; lamina writes it sparse and checks the image digest",
+            ),
+            restore,
+        )
+
+    def action_mount(self) -> None:
+        point = self._point_or_warn()
+        if point is None:
+            return
+        if point.id in self.mounts:
+            self.unmount_point(point.id)
+            return
+        suggestion = os.path.join(os.getcwd(), f"mnt-{point.id[:8]}")
+
+        def mount(target: str | None) -> None:
+            if target:
+                self.mount_point(point.id, os.path.expanduser(target))
+
+        self.app.push_screen(PromptScreen(f"Mount point {point.id} at", suggestion), mount)
+
+    @work(thread=True, group="mount")
+    def mount_point(self, point_id: str, target: str) -> None:
+        where = self.call_safely(f"mount {point_id}", lambda: self.client.mount(point_id, target))
+        if where is not None:
+            self.app.call_from_thread(self.notify, f"point {point_id} mounted at {where}")
+        self.post_message(MountsChanged(self.client.mounts()))
+        self.load()
+
+    @work(thread=True, group="mount")
+    def unmount_point(self, point_id: str) -> None:
+        if self.call_safely(f"unmount {point_id}", lambda: self.client.unmount(point_id)) is None:
+            pass
+        self.post_message(MountsChanged(self.client.mounts()))
+        self.load()
+
+    def action_delete(self) -> None:
+        point = self._point_or_warn()
+        if point is None:
+            return
+        dependants = [p for p in self.points if p.parent == point.id]
+        warning = (
+            f"{len(dependants)} point(s) are built on it."
+            if dependants
+            else "No point is built on it."
+        )
+
+        def delete(yes: bool | None) -> None:
+            if yes:
+                self.delete_point(point.id)
+
+        self.app.push_screen(
+            ConfirmScreen(f"Delete point {point.id}?", warning, confirm_label="Delete"), delete
+        )
+
+    @work(thread=True, group="delete")
+    def delete_point(self, point_id: str) -> None:
+        def delete() -> bool:
+            self.client.delete_point(point_id)
+            return True
+
+        if self.call_safely(f"delete {point_id}", delete):
+            self.app.call_from_thread(self.notify, f"point {point_id} deleted")
+        self.load()
+
+    def action_backup(self) -> None:
+        v = self.volume
+        if not v.in_cluster:
+            self.notify(f"{v.key} is not in the cluster any more", severity="warning")
+            return
+        self.lamina.start_job(
+            f"back up {v.key}", lambda: self.client.start_backup(v.cluster, v.namespace, v.name)
+        )
+
+    def action_cancel(self) -> None:
+        view = self.running_job_for(volume=self.volume.key)
+        point = self.current_point()
+        if view is None and point is not None:
+            view = self.running_job_for(point=point.id)
+        if view is None:
+            self.notify("no job is running here", severity="warning")
+            return
+        self.lamina.cancel_job(view.id)

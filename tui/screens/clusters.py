@@ -1,0 +1,124 @@
+"""Clusters: the kubeconfig's contexts and the local cluster, and whether each one answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable
+
+from ..client import Cluster, ClusterCheck
+from ..messages import ClustersChecked, ClustersLoaded
+from .base import Column, TableScreen
+
+
+def _status(check: ClusterCheck | None) -> Text:
+    if check is None:
+        return Text("checking…", style="dim italic")
+    if check.ok:
+        return Text("● reachable", style="bold green")
+    return Text("● unreachable", style="bold red")
+
+
+class ClustersScreen(TableScreen[Cluster]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Volumes", id="clusters.open", key_display="enter"),
+        Binding("ctrl+r", "refresh", "Check again", id="clusters.refresh"),
+    ]
+
+    COLUMNS: ClassVar[list[Column[Any]]] = [
+        Column(
+            "current", " ", lambda c: Text("*", style="bold yellow") if c.current else "", width=1
+        ),
+        Column("name", "CLUSTER", lambda c: Text(c.name, style="bold"), lambda c: c.name),
+        Column("kind", "KIND", lambda c: c.kind, lambda c: c.kind),
+        Column("server", "SERVER", lambda c: c.server or "-", lambda c: c.server or ""),
+        Column("namespace", "NAMESPACE", lambda c: c.namespace or "-", lambda c: c.namespace or ""),
+        Column("status", "STATUS", lambda c: _status(None), width=14),
+        Column("detail", "DETAIL", lambda c: "", width=44),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks: dict[str, ClusterCheck] = {}
+        self.loaded = False
+
+    def crumbs(self) -> list[str]:
+        return ["clusters"]
+
+    def compose(self) -> Iterable[Any]:
+        yield self.compose_top()
+        yield from self.compose_table()
+        yield from self.compose_bottom()
+
+    def on_mount(self) -> None:
+        self.setup_table()
+        self.table.loading = True
+        self.load()
+
+    def item_key(self, item: Cluster) -> str:
+        return item.name
+
+    def item_text(self, item: Cluster) -> str:
+        return f"{item.name} {item.kind} {item.server or ''} {item.namespace or ''}"
+
+    @work(thread=True, exclusive=True, group="clusters")
+    def load(self) -> None:
+        clusters = self.call_safely("list clusters", self.client.list_clusters)
+        self.post_message(ClustersLoaded(clusters or []))
+        if clusters:
+            checks = self.call_safely(
+                "check clusters",
+                lambda: self.client.check_clusters(
+                    [c.name for c in clusters], self.lamina.check_timeout
+                ),
+            )
+            self.post_message(ClustersChecked(checks or {}))
+
+    @on(ClustersLoaded)
+    def _loaded(self, message: ClustersLoaded) -> None:
+        self.table.loading = False
+        self.checks = {}
+        self.show_items(message.clusters)
+        if self.current_key() is None or not self.loaded:
+            preferred = next((c for c in message.clusters if c.current), None)
+            if preferred is not None:
+                self.table.move_cursor(row=self.table.get_row_index(preferred.name))
+        self.loaded = True
+
+    @on(ClustersChecked)
+    def _checked(self, message: ClustersChecked) -> None:
+        self.checks.update(message.results)
+        self.table_changed()
+
+    def table_changed(self) -> None:
+        for item in self.visible_items():
+            check = self.checks.get(item.name)
+            if check is None and not self.loaded:
+                continue
+            self.update_cell(item.name, "status", _status(check))
+            if check is not None:
+                detail = Text(check.detail, style="" if check.ok else "red")
+                if check.ok and check.seconds >= 0.001:
+                    detail.append(f"  ({check.seconds * 1000:.0f} ms)", style="dim")
+                self.update_cell(item.name, "detail", detail)
+
+    def action_open(self) -> None:
+        cluster = self.current_item()
+        if cluster is None:
+            return
+        from .volumes import VolumesScreen
+
+        self.app.push_screen(VolumesScreen(cluster.name))
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_refresh(self) -> None:
+        self.table.loading = True
+        self.load()

@@ -1,0 +1,158 @@
+"""Small modal dialogs: ask for a path, confirm, the ':' command line and the help."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.binding import ActiveBinding, Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Input, Label, Static
+
+VIEWS = ["clusters", "volumes", "jobs", "help", "quit"]
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Ask for one line (a path); enter accepts, esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="prompt.cancel", key_display="esc"),
+    ]
+
+    def __init__(self, title: str, value: str = "", *, hint: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.value = value
+        self.hint = hint
+
+    def compose(self) -> Iterable[Any]:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(self.value, id="prompt-input")
+            yield Static(
+                Text(
+                    self.hint + ("  " if self.hint else "") + "enter: OK   esc: cancel", style="dim"
+                ),
+                classes="dialog-hint",
+            )
+
+    @on(Input.Submitted, "#prompt-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,n", "answer(False)", "No", id="confirm.no", key_display="esc/n"),
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
+    ]
+
+    def __init__(self, title: str, text: str = "", *, confirm_label: str = "Yes") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.text = text
+        self.confirm_label = confirm_label
+
+    def compose(self) -> Iterable[Any]:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            if self.text:
+                yield Static(self.text)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
+                yield Button("Keep (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class GotoScreen(ModalScreen[str | None]):
+    """k9s' command line: ':clusters', ':volumes [cluster]', ':jobs'."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="goto.cancel", key_display="esc"),
+    ]
+
+    def __init__(self, clusters: list[str]) -> None:
+        super().__init__(classes="goto-screen")
+        self.clusters = clusters
+
+    def compose(self) -> Iterable[Any]:
+        choices = VIEWS + [f"volumes {c}" for c in self.clusters]
+        with Horizontal(id="goto-line"):
+            yield Label(":", id="goto-prompt")
+            yield Input(
+                placeholder="clusters | volumes [CLUSTER] | jobs | help | quit",
+                suggester=SuggestFromList(choices, case_sensitive=False),
+                id="goto-input",
+            )
+
+    @on(Input.Submitted, "#goto-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+KEY_NAMES = {"slash": "/", "question_mark": "?", "colon": ":", "escape": "esc", "space": "space"}
+
+
+def key_label(binding: Binding) -> str:
+    if binding.key_display:
+        return binding.key_display
+    return ", ".join(KEY_NAMES.get(k.strip(), k.strip()) for k in binding.key.split(","))
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the screen below, and the conventions shared by all screens."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,question_mark,q", "close", "Close", id="help.close", key_display="esc"),
+    ]
+
+    def __init__(self, title: str, bindings: dict[str, ActiveBinding]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.bindings = bindings
+
+    def compose(self) -> Iterable[Any]:
+        table = Table.grid(padding=(0, 3))
+        table.add_column(style="bold cyan", min_width=10)
+        table.add_column()
+        seen: set[str] = set()
+        for active in self.bindings.values():
+            binding = active.binding
+            if not binding.id or not active.enabled or binding.id in seen:
+                continue
+            seen.add(binding.id)
+            table.add_row(key_label(binding), binding.description)
+        with VerticalScroll(classes="dialog help"):
+            yield Label(f"Keys: {self.title_text}", classes="dialog-title")
+            yield Static(table)
+            yield Static(
+                Text(
+                    ":clusters, :volumes, :jobs go to a view; / filters a table; esc goes back;\n"
+                    "ctrl+p finds any action by name. Jobs keep running while you browse.",
+                    style="dim",
+                ),
+                classes="dialog-hint",
+            )
+
+    def action_close(self) -> None:
+        self.dismiss(None)

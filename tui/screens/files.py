@@ -1,0 +1,256 @@
+"""Files inside a point: browse the tree, preview a file, mark and extract."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Static, Tree
+from textual.widgets.tree import TreeNode
+
+from .. import formatting as fmt
+from ..client import FileEntry, Point
+from ..messages import FilesLoaded, PreviewLoaded
+from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label
+from .base import LaminaScreen, plain_error
+from .dialogs import PromptScreen
+
+PREVIEW_BYTES = 64 * 1024
+
+
+def preview_text(data: bytes, size: int) -> Text:
+    """Text as text; anything else as a short hex dump."""
+    if b"\0" not in data[:8192]:
+        try:
+            text = Text(data.decode("utf-8"), no_wrap=False)
+            if size > len(data):
+                text.append(f"\n… first {fmt.size(len(data))} of {fmt.size(size)}", style="dim")
+            return text
+        except UnicodeDecodeError:
+            pass
+    out = Text(f"binary file, {fmt.size(size)}; first bytes:\n", style="dim")
+    for offset in range(0, min(len(data), 256), 16):
+        chunk = data[offset : offset + 16]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        shown = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        out.append(f"{offset:08x}  {hexes:<47}  {shown}\n")
+    return out
+
+
+class FilesScreen(LaminaScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("x", "extract", "Extract", id="files.extract"),
+        Binding("u", "clear_marks", "Unmark all", id="files.unmark", show=False),
+    ]
+
+    AUTO_FOCUS = "#file-tree"
+
+    def __init__(self, point: Point) -> None:
+        super().__init__()
+        self.point = point
+        self.marked: dict[str, FileEntry] = {}
+        self.loaded: set[str] = set()
+        self.nodes: dict[str, TreeNode[FileEntry]] = {}
+        self.root_loaded = False
+
+    def crumbs(self) -> list[str]:
+        cluster, namespace, name = [*self.point.volume.split("/", 2), "", ""][:3]
+        return ["clusters", cluster, f"{namespace}/{name}", self.point.id, "files"]
+
+    def compose(self) -> Iterable[Any]:
+        yield self.compose_top()
+        with Horizontal(id="files-body"):
+            root = FileEntry(path="/", name="/", kind="dir", size=0, mtime=0.0)
+            tree = FileTree(f"{self.point.volume} @ {self.point.id}", data=root, id="file-tree")
+            tree.show_root = False
+            tree.guide_depth = GUIDE_WIDTH
+            yield tree
+            with VerticalScroll(id="file-detail"):
+                yield Static(id="file-info")
+                yield Static(id="file-preview")
+        yield from self.compose_bottom()
+
+    @property
+    def file_tree(self) -> FileTree:
+        return self.query_one("#file-tree", FileTree)
+
+    def on_mount(self) -> None:
+        tree = self.file_tree
+        tree.focus()
+        tree.loading = True
+        self.nodes["/"] = tree.root
+        self.list_folder("/")
+        self.query_one("#file-info", Static).update(
+            Text("space marks files and folders, x extracts them.", style="dim")
+        )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "extract" and not self.lamina.capabilities.extract:
+            return False
+        return super().check_action(action, parameters)
+
+    # ------------------------------------------------------------------ loading
+
+    @work(thread=True, group="files")
+    def list_folder(self, path: str) -> None:
+        try:
+            entries = self.client.list_files(self.point.id, path)
+        except Exception as e:
+            self.post_message(FilesLoaded(self.point.id, path, [], plain_error(e)))
+            return
+        self.post_message(FilesLoaded(self.point.id, path, entries))
+
+    @on(FilesLoaded)
+    def _files_loaded(self, message: FilesLoaded) -> None:
+        tree = self.file_tree
+        tree.loading = False
+        node = self.nodes.get(message.path)
+        if message.error:
+            self.fail(f"list {message.path}", message.error)
+            if node is not None and node is not tree.root and node.data is not None:
+                label = entry_label(node.data, self.depth(node.data.path), False)
+                label.append(f"  cannot open: {message.error}", style="red")
+                node.set_label(label)
+            return
+        if node is None:
+            return
+        entry = node.data
+        if node is not tree.root and entry is not None:
+            node.set_label(entry_label(entry, self.depth(entry.path), entry.path in self.marked))
+        self.loaded.add(message.path)
+        node.remove_children()
+        depth = 0 if node is tree.root else self.depth(message.path) + 1
+        order = sorted(message.entries, key=lambda e: (e.kind != "dir", e.name))
+        for entry in order:
+            label = entry_label(entry, depth, entry.path in self.marked)
+            if entry.kind == "dir":
+                child = node.add(label, data=entry, allow_expand=True)
+            else:
+                child = node.add_leaf(label, data=entry)
+            self.nodes[entry.path] = child
+        if node is tree.root:
+            self.root_loaded = True
+            if not order:
+                self.query_one("#file-info", Static).update(
+                    Text("this point's filesystem is empty", style="dim")
+                )
+        node.expand()
+
+    @staticmethod
+    def depth(path: str) -> int:
+        """How deep an entry sits in the tree: '/a' is 0, '/a/b' is 1."""
+        return len([p for p in path.split("/") if p]) - 1
+
+    @on(Tree.NodeExpanded, "#file-tree")
+    def _expanded(self, event: Tree.NodeExpanded[FileEntry]) -> None:
+        entry = event.node.data
+        if entry is None or entry.kind != "dir" or entry.path in self.loaded:
+            return
+        event.node.set_label(Text.assemble(event.node.label, ("  loading…", "dim italic")))
+        self.list_folder(entry.path)
+
+    @on(Tree.NodeHighlighted, "#file-tree")
+    def _highlighted(self, event: Tree.NodeHighlighted[FileEntry]) -> None:
+        entry = event.node.data
+        if entry is None:
+            return
+        self.show_entry(entry)
+        preview = self.query_one("#file-preview", Static)
+        if entry.kind == "file":
+            preview.update(Text("loading preview…", style="dim italic"))
+            self.load_preview(entry)
+        else:
+            preview.update("")
+
+    @work(thread=True, exclusive=True, group="preview")
+    def load_preview(self, entry: FileEntry) -> None:
+        try:
+            data = self.client.read_file(self.point.id, entry.path, PREVIEW_BYTES)
+        except Exception as e:
+            self.post_message(PreviewLoaded(self.point.id, entry.path, None, plain_error(e)))
+            return
+        self.post_message(PreviewLoaded(self.point.id, entry.path, data))
+
+    @on(PreviewLoaded)
+    def _preview_loaded(self, message: PreviewLoaded) -> None:
+        node = self.file_tree.cursor_node
+        if node is None or node.data is None or node.data.path != message.path:
+            return  # the cursor moved on
+        preview = self.query_one("#file-preview", Static)
+        if message.error is not None or message.data is None:
+            preview.update(Text(f"no preview: {message.error}", style="yellow"))
+            return
+        preview.update(preview_text(message.data, node.data.size))
+
+    def show_entry(self, entry: FileEntry) -> None:
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="dim")
+        facts.add_column()
+        facts.add_row("path", Text(entry.path, style="bold"))
+        facts.add_row("kind", entry.kind)
+        if entry.kind != "dir":
+            facts.add_row("size", f"{fmt.size(entry.size)} ({entry.size:,} bytes)")
+        if entry.mtime:
+            facts.add_row("modified", fmt.mtime(entry.mtime) + " UTC")
+        if entry.mode:
+            facts.add_row("mode", f"{entry.mode & 0o7777:04o}")
+        if entry.target:
+            facts.add_row("target", entry.target)
+        marks = f"{len(self.marked)} marked" if self.marked else "nothing marked"
+        self.query_one("#file-info", Static).update(Group(facts, Text(marks, style="magenta")))
+
+    # ------------------------------------------------------------------ marks and extract
+
+    @on(FileTree.MarkToggled)
+    def _mark(self, message: FileTree.MarkToggled) -> None:
+        node = message.node
+        entry = node.data
+        if entry is None:
+            return
+        if entry.path in self.marked:
+            del self.marked[entry.path]
+        else:
+            self.marked[entry.path] = entry
+        node.set_label(entry_label(entry, self.depth(entry.path), entry.path in self.marked))
+        self.show_entry(entry)
+        self.file_tree.action_cursor_down()
+
+    def action_clear_marks(self) -> None:
+        for path, entry in list(self.marked.items()):
+            del self.marked[path]
+            node = self.nodes.get(path)
+            if node is not None:
+                node.set_label(entry_label(entry, self.depth(path), False))
+
+    def action_extract(self) -> None:
+        paths = sorted(self.marked)
+        if not paths:
+            node = self.file_tree.cursor_node
+            if node is None or node.data is None:
+                self.notify("mark files or folders with space first", severity="warning")
+                return
+            paths = [node.data.path]
+        suggestion = os.path.join(os.getcwd(), f"extract-{self.point.id[:8]}")
+        what = f"{len(paths)} item(s)" if len(paths) > 1 else paths[0]
+
+        def extract(target: str | None) -> None:
+            if not target:
+                return
+            folder = os.path.expanduser(target)
+            self.lamina.start_job(
+                f"extract {what}",
+                lambda: self.client.start_extract(self.point.id, paths, folder),
+            )
+            self.action_clear_marks()
+
+        self.app.push_screen(
+            PromptScreen(f"Extract {what} from {self.point.id} into the folder", suggestion),
+            extract,
+        )

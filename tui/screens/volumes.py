@@ -1,0 +1,221 @@
+"""Volumes of one cluster, with their backups; back them up from here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from .. import formatting as fmt
+from ..client import JobView, Volume
+from ..messages import VolumesLoaded
+from ..widgets.jobs import progress_cell
+from .base import Column, TableScreen
+
+
+def _cbt(v: Volume) -> Text:
+    if not v.in_cluster:
+        return Text("-", style="dim")
+    return Text("yes", style="green") if v.cbt else Text("no", style="yellow")
+
+
+def _name(v: Volume) -> Text:
+    return Text(v.name, style="bold" if v.in_cluster else "dim")
+
+
+class VolumesScreen(TableScreen[Volume]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open", "Chain", id="volumes.open", key_display="enter"),
+        Binding("b", "backup", "Back up", id="volumes.backup"),
+        Binding("space", "mark", "Mark", id="volumes.mark", key_display="space"),
+        Binding("c", "cancel", "Cancel job", id="volumes.cancel"),
+        Binding("ctrl+r", "refresh", "Refresh", show=False, id="volumes.refresh"),
+    ]
+
+    def __init__(self, cluster: str) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.marked: set[str] = set()
+        self.loaded = False
+        self.sort_column = "namespace"
+        self._column_list = self._columns()
+
+    def columns(self) -> list[Column[Any]]:
+        return self._column_list
+
+    def _columns(self) -> list[Column[Any]]:
+        return [
+            Column("mark", " ", lambda v: self._mark(v), width=1),
+            Column(
+                "namespace", "NAMESPACE", lambda v: v.namespace, lambda v: (v.namespace, v.name)
+            ),
+            Column("name", "PVC", _name, lambda v: v.name),
+            Column("mode", "MODE", lambda v: v.mode or "-", lambda v: v.mode),
+            Column(
+                "capacity",
+                "CAPACITY",
+                lambda v: Text(fmt.size(v.capacity), justify="right"),
+                lambda v: v.capacity,
+            ),
+            Column(
+                "class",
+                "STORAGE CLASS",
+                lambda v: v.storage_class or "-",
+                lambda v: v.storage_class,
+            ),
+            Column("cbt", "CBT", _cbt, lambda v: v.cbt),
+            Column(
+                "last",
+                "LAST BACKUP",
+                lambda v: Text(
+                    fmt.age(v.last_backup, self.now()), style="" if v.last_backup else "dim"
+                ),
+                lambda v: v.last_backup or "",
+            ),
+            Column(
+                "chain",
+                "CHAIN",
+                lambda v: Text(str(v.chain_length), justify="right"),
+                lambda v: v.chain_length,
+            ),
+            Column(
+                "stored",
+                "STORED",
+                lambda v: Text(fmt.size(v.stored), justify="right"),
+                lambda v: v.stored,
+            ),
+            Column("job", "JOB", lambda v: self._job_cell(v), width=24),
+        ]
+
+    def crumbs(self) -> list[str]:
+        return ["clusters", self.cluster, "volumes"]
+
+    def compose(self) -> Iterable[Any]:
+        yield self.compose_top()
+        yield from self.compose_table()
+        yield Static(id="empty", classes="empty-note")
+        yield from self.compose_bottom()
+
+    def on_mount(self) -> None:
+        self.setup_table()
+        self.query_one("#empty").display = False
+        self.table.loading = True
+        self.load()
+
+    def item_key(self, item: Volume) -> str:
+        return item.key
+
+    def item_text(self, item: Volume) -> str:
+        return f"{item.namespace}/{item.name} {item.mode} {item.storage_class} {item.phase}"
+
+    def _mark(self, v: Volume) -> Text:
+        return Text("✔", style="bold magenta") if v.key in self.marked else Text("")
+
+    def _job_cell(self, v: Volume) -> Text:
+        view = self.running_job_for(volume=v.key)
+        if view is None:
+            return Text("")
+        cell = Text(f"{view.phase or view.state}"[:10].ljust(11), style="italic")
+        cell.append_text(progress_cell(view, 6))
+        return cell
+
+    # ------------------------------------------------------------------ loading
+
+    @work(thread=True, exclusive=True, group="volumes")
+    def load(self) -> None:
+        try:
+            volumes = self.client.list_volumes(self.cluster)
+        except Exception as e:
+            from .base import plain_error
+
+            self.post_message(VolumesLoaded(self.cluster, [], plain_error(e)))
+            return
+        self.post_message(VolumesLoaded(self.cluster, volumes))
+
+    @on(VolumesLoaded)
+    def _loaded(self, message: VolumesLoaded) -> None:
+        self.table.loading = False
+        self.loaded = True
+        empty = self.query_one("#empty", Static)
+        if message.error:
+            self.fail(f"list the volumes of {self.cluster}", message.error)
+            empty.update(
+                Text(f"cannot list the volumes of {self.cluster}: {message.error}", style="red")
+            )
+        elif not message.volumes:
+            empty.update(
+                Text(f"cluster {self.cluster} has no volumes lamina can back up.", style="dim")
+            )
+        empty.display = bool(message.error or not message.volumes)
+        keys = {v.key for v in message.volumes}
+        self.marked &= keys
+        self.show_items(message.volumes)
+
+    def jobs_changed(self, views: list[JobView]) -> None:
+        mine = [v for v in views if v.volume and v.volume.startswith(self.cluster + "/")]
+        for view in mine:
+            if not any(i.key == view.volume for i in self.items):
+                continue
+            item = next(i for i in self.items if i.key == view.volume)
+            self.update_cell(item.key, "job", self._job_cell(item))
+        if any(v.finished and v.kind == "backup" for v in mine):
+            self.load()
+
+    # ------------------------------------------------------------------ actions
+
+    def action_refresh(self) -> None:
+        self.load()
+
+    def action_open(self) -> None:
+        volume = self.current_item()
+        if volume is None:
+            return
+        from .chain import ChainScreen
+
+        self.app.push_screen(ChainScreen(volume))
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open()
+
+    def action_mark(self) -> None:
+        volume = self.current_item()
+        if volume is None:
+            return
+        self.marked ^= {volume.key}
+        self.update_cell(volume.key, "mark", self._mark(volume))
+        self.table.action_cursor_down()
+
+    def selected(self) -> list[Volume]:
+        marked = [v for v in self.items if v.key in self.marked]
+        if marked:
+            return marked
+        current = self.current_item()
+        return [current] if current is not None else []
+
+    def action_backup(self) -> None:
+        volumes = [v for v in self.selected() if v.in_cluster]
+        if not volumes:
+            self.notify("select a volume of the cluster to back up", severity="warning")
+            return
+        for volume in volumes:
+            self.lamina.start_job(
+                f"back up {volume.key}",
+                lambda v=volume: self.client.start_backup(v.cluster, v.namespace, v.name),
+            )
+        self.marked.clear()
+        for volume in volumes:
+            self.update_cell(volume.key, "mark", Text(""))
+
+    def action_cancel(self) -> None:
+        volume = self.current_item()
+        view = self.running_job_for(volume=volume.key) if volume else None
+        if view is None:
+            self.notify("no job is running for this volume", severity="warning")
+            return
+        self.lamina.cancel_job(view.id)

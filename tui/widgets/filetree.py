@@ -1,0 +1,54 @@
+"""The filesystem inside a point, as a tree that loads each folder when it is opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.message import Message
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from .. import formatting as fmt
+from ..client import FileEntry
+
+NAME_WIDTH = 44
+GUIDE_WIDTH = 3  # the tree's indent per level
+EXPANDER_WIDTH = 2  # the ▶/▼ in front of a folder
+ICONS = {"dir": "▸", "file": " ", "symlink": "↪", "other": "?"}
+
+
+def entry_label(entry: FileEntry, depth: int, marked: bool) -> Text:
+    label = Text(no_wrap=True, overflow="ellipsis")
+    label.append("✔ " if marked else "  ", style="bold magenta")
+    name = entry.name + ("/" if entry.kind == "dir" else "")
+    style = {"dir": "bold blue", "symlink": "cyan", "other": "yellow"}.get(entry.kind, "")
+    label.append(name, style=style)
+    if entry.kind == "symlink" and entry.target:
+        label.append(f" → {entry.target}", style="dim")
+    indent = GUIDE_WIDTH * depth + (EXPANDER_WIDTH if entry.kind == "dir" else 0)
+    width = max(NAME_WIDTH - indent, len(label.plain) + 1)
+    label.pad_right(width - len(label.plain))
+    size = "" if entry.kind == "dir" else fmt.size(entry.size)
+    label.append(f"{size:>10}  ", style="green" if size else "")
+    label.append(fmt.mtime(entry.mtime) if entry.mtime else "", style="dim")
+    return label
+
+
+class FileTree(Tree[FileEntry]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "mark", "Mark", id="files.mark", key_display="space"),
+        Binding("j", "cursor_down", "Down", show=False, id="files.cursor-down"),
+        Binding("k", "cursor_up", "Up", show=False, id="files.cursor-up"),
+    ]
+
+    @dataclass
+    class MarkToggled(Message):
+        node: TreeNode[FileEntry]
+
+    def action_mark(self) -> None:
+        node = self.cursor_node
+        if node is not None and node.data is not None:
+            self.post_message(self.MarkToggled(node))

@@ -1,0 +1,130 @@
+"""How a job looks: one line in the strip under every screen, a full card on the jobs screen."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from .. import formatting as fmt
+from ..client import JobView
+
+STATE_COLORS = {
+    "queued": "grey50",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+def plain_log(line: str) -> str:
+    """A job log entry for the screen: an internal error's trace shrinks to its last line."""
+    if "Traceback (most recent call last)" not in line:
+        return line
+    stamp = line.split(" ", 1)[0]
+    last = [part for part in line.strip().splitlines() if part.strip()][-1].strip()
+    return f"{stamp} internal error: {last}"
+
+
+def shown_rate(view: JobView) -> float:
+    """While running, the current rate; once finished, the average over the whole job."""
+    if view.finished and view.elapsed > 0:
+        return view.read / view.elapsed if view.read else view.done / view.elapsed
+    return view.rate
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=f"bold {STATE_COLORS.get(state, 'white')}")
+
+
+def progress_cell(view: JobView, width: int = 12) -> Text:
+    """A short bar and percentage, or the phase when the total is not known yet."""
+    fraction = view.fraction
+    if view.state == "succeeded":
+        fraction = 1.0
+    text = Text()
+    if fraction is None:  # a streamed range list: the total is not known yet
+        text.append(
+            f"{fmt.size(view.done):>{width + 7}}", style=STATE_COLORS.get(view.state, "white")
+        )
+        return text
+    text.append(fmt.bar(fraction, width), style=STATE_COLORS.get(view.state, "white"))
+    text.append(f" {fmt.percent(fraction):>6}")
+    return text
+
+
+def job_line(view: JobView) -> Text:
+    """'backup  local/demo/app-data  backing up ████▌ 45.0%  120 MiB/s  ETA 0:03  read … stored … dedup …'"""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"{view.kind:<8}", style="bold")
+    line.append(f"{(view.volume or view.point or view.description)[:36]:<37}")
+    line.append(f"{(view.phase or view.state)[:14]:<15}", style="italic")
+    line.append_text(progress_cell(view, 16))
+    line.append(f"  {fmt.rate(shown_rate(view)):>12}")
+    line.append(f"  ETA {fmt.duration(view.eta):>5}")
+    line.append(f"  read {fmt.size(view.read)}", style="dim")
+    line.append(f"  stored {fmt.size(view.stored)}", style="dim")
+    line.append(f"  dedup {fmt.size(view.deduplicated)}", style="dim")
+    return line
+
+
+class JobStrip(Static):
+    """The running jobs, under every screen: work goes on while the user browses."""
+
+    DEFAULT_CLASSES = "-empty"
+
+    def show_jobs(self, views: list[JobView]) -> None:
+        running = [v for v in views if not v.finished]
+        self.set_class(not running, "-empty")
+        if not running:
+            self.update("")
+            return
+        lines = [job_line(v) for v in running[:4]]
+        if len(running) > 4:
+            lines.append(Text(f"… and {len(running) - 4} more (:jobs)", style="dim"))
+        self.update(Group(*lines))
+
+
+class JobCard(Static):
+    """Everything about one job: progress, throughput, ETA, bytes read, stored, deduplicated."""
+
+    def show_job(self, view: JobView | None) -> None:
+        if view is None:
+            self.update(Text("no job selected", style="dim"))
+            return
+        head = Text()
+        head.append(view.description, style="bold")
+        head.append("  ")
+        head.append_text(state_text(view.state))
+        bar = Text()
+        bar.append(f"{(view.phase or '-'):<16}", style="italic")
+        bar.append_text(progress_cell(view, 40))
+        facts = Table.grid(padding=(0, 2))
+        for _ in range(4):
+            facts.add_column()
+        facts.add_row(
+            Text("throughput", style="dim"),
+            fmt.rate(shown_rate(view)),
+            Text("ETA", style="dim"),
+            "-" if view.finished else fmt.duration(view.eta),
+        )
+        facts.add_row(
+            Text("read", style="dim"),
+            fmt.size(view.read),
+            Text("elapsed", style="dim"),
+            fmt.duration(view.elapsed),
+        )
+        facts.add_row(
+            Text("stored", style="dim"),
+            fmt.size(view.stored),
+            Text("deduplicated", style="dim"),
+            fmt.size(view.deduplicated),
+        )
+        parts: list[Text | Table] = [head, bar, facts]
+        if view.summary and view.state == "succeeded":
+            parts.append(Text(view.summary, style="green"))
+        if view.error:
+            parts.append(Text(view.error, style="bold red"))
+        self.update(Group(*parts))
