@@ -101,18 +101,41 @@ def run_measured(
     )
 
 
-def settle(drop_caches: bool, pause: float) -> None:
-    """Before every timed step: write back dirty pages, drop the page cache if asked, then idle.
+def cpu_idle_fraction(window: float) -> float:
+    """Share of all CPUs' time spent idle over the next ``window`` seconds (from /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+
+    idle_before, total_before = sample()
+    time.sleep(window)
+    idle_after, total_after = sample()
+    elapsed = total_after - total_before
+    return (idle_after - idle_before) / elapsed if elapsed > 0 else 1.0
+
+
+def settle(drop_caches: bool, pause: float, idle_target: float, max_wait: float) -> float:
+    """Before every timed step: write back dirty pages, drop the page cache if asked, idle for
+    ``pause`` seconds, then wait (up to ``max_wait``) for the CPUs to be ``idle_target`` idle.
 
     The idling lets memory freed by the previous step go back to where free memory goes
     (on a VM with free-page reporting, to the host), so no tool starts with memory that the
-    tool before it had just warmed up.
+    tool before it had just warmed up. The idle wait keeps other work on a shared machine out
+    of the figures as far as it can. Returns the idle share last seen.
     """
     os.sync()
     if drop_caches:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
     time.sleep(pause)
+    deadline = time.monotonic() + max_wait
+    idle = cpu_idle_fraction(1.0)
+    while idle < idle_target and time.monotonic() < deadline:
+        idle = cpu_idle_fraction(1.0)
+    return idle
 
 
 def fsync_path(path: Path) -> None:

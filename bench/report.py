@@ -281,6 +281,13 @@ def _num(value: float | None, fmt: Callable[[float], str]) -> str:
     return "-" if value is None else fmt(value)
 
 
+def _note(row: Row) -> str:
+    note = str(row.extra.get("note", ""))
+    if row.extra.get("busy_machine"):
+        note = f"MACHINE BUSY ({row.extra.get('cpu_idle_before', 0):.0%} idle before); {note}"
+    return note
+
+
 def measurements_table(results: SizeResults) -> str:
     rows = []
     for r in results.rows.values():
@@ -294,7 +301,7 @@ def measurements_table(results: SizeResults) -> str:
                 _num(r.stored_bytes if r.ok else None, lambda v: f"{v / MiB:.1f}"),
                 _num(r.peak_rss_bytes if r.ok else None, lambda v: f"{v / MiB:.0f}"),
                 _num(r.cpu_seconds if r.ok else None, lambda v: f"{v:.1f}"),
-                f"ERROR: {r.error}" if r.error else str(r.extra.get("note", "")),
+                f"ERROR: {r.error}" if r.error else _note(r),
             ]
         )
     headers = ["step", "tool", "seconds", "vol MiB/s", "stored MiB", "RSS MiB", "CPU s", "note"]

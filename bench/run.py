@@ -90,6 +90,8 @@ class SizeRun:
         self.drop_caches: bool = args.drop_caches
         self.pause: float = args.pause
         self.repeat: int = args.repeat
+        self.idle_target: float = args.idle_target
+        self.max_wait: float = args.max_wait
         self.seed: int = args.seed
         self.results = SizeResults(size)
         self.env = server.environment()
@@ -115,7 +117,8 @@ class SizeRun:
         times: list[float] = []
         for _ in range(self.repeat if repeat else 1):
             row = Row(key, label, tool)
-            measure.settle(self.drop_caches, self.pause)
+            idle = measure.settle(self.drop_caches, self.pause, self.idle_target, self.max_wait)
+            row.extra["cpu_idle_before"] = round(idle, 2)
             row.extra["load_before"] = round(os.getloadavg()[0], 2)
             try:
                 action(row)
@@ -137,6 +140,9 @@ class SizeRun:
         outcome = f"ERROR {best.error}" if best.error else f"{best.seconds:.2f} s"
         if len(times) > 1:
             outcome += f" (best of {', '.join(f'{t:.2f}' for t in times)})"
+        if best.extra.get("cpu_idle_before", 1.0) < self.idle_target:
+            best.extra["busy_machine"] = True
+            outcome += f" [machine busy: {best.extra['cpu_idle_before']:.0%} idle before]"
         print(f"  [{format_size(self.size)}] {label:<34} {tool:<7} {outcome}", flush=True)
         return best
 
@@ -495,6 +501,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=5.0,
         help="seconds of idling before every timed step (default 5; see README)",
+    )
+    p.add_argument(
+        "--idle-target",
+        type=float,
+        default=0.85,
+        help="before each step, wait until this share of CPU time is idle (default 0.85)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="longest wait for an idle machine before a step, in seconds (default 60)",
     )
     args = p.parse_args(argv)
     if args.repeat < 1:
