@@ -17,6 +17,7 @@ reader; the file browser, `lamina files` and extraction use it directly.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import stat
@@ -68,6 +69,7 @@ def _enoent(path: str) -> OSError:
 T = TypeVar("T")
 
 
+@functools.lru_cache(maxsize=4096)
 def point_time(created: str) -> str:
     """'2026-11-22T05:31:43.123456Z' -> '2026-11-22T053143Z' (sorts like the time)."""
     return _parse_time(created).strftime("%Y-%m-%dT%H%M%SZ")
@@ -77,6 +79,7 @@ def _parse_time(created: str) -> datetime:
     return datetime.fromisoformat(created.replace("Z", "+00:00"))
 
 
+@functools.lru_cache(maxsize=4096)
 def time_ns(created: str) -> int:
     dt = _parse_time(created)
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
@@ -357,6 +360,7 @@ class _Catalog:
     """Which points exist, arranged as cluster -> namespace -> volume -> points (oldest first)."""
 
     tree: dict[str, dict[str, dict[str, list[PointInfo]]]]
+    by_dir: dict[tuple[str, str, str, str], PointInfo]  # (cluster, ns, volume, dir name)
     loaded: float
 
     @classmethod
@@ -369,11 +373,14 @@ class _Catalog:
                 continue
             tree.setdefault(v.cluster, {}).setdefault(v.namespace, {}).setdefault(v.name, [])
             tree[v.cluster][v.namespace][v.name].append(p)
-        for namespaces in tree.values():
-            for volumes in namespaces.values():
-                for points_of in volumes.values():
+        by_dir: dict[tuple[str, str, str, str], PointInfo] = {}
+        for cluster, namespaces in tree.items():
+            for namespace, volumes in namespaces.items():
+                for volume, points_of in volumes.items():
                     points_of.sort(key=lambda p: (p.created, p.id))
-        return cls(tree, time.monotonic())
+                    for p in points_of:
+                        by_dir[(cluster, namespace, volume, point_dir_name(p))] = p
+        return cls(tree, by_dir, time.monotonic())
 
 
 class RepositoryView:
@@ -408,7 +415,8 @@ class RepositoryView:
 
     # ------------------------------------------------------------------ catalog
 
-    def _tree(self, *, refresh: bool = False) -> dict[str, dict[str, dict[str, list[PointInfo]]]]:
+    def _catalog_now(self, *, refresh: bool = False) -> _Catalog:
+        """The catalog; listed again when ``refresh`` and older than ``refresh_seconds``."""
         with self._lock:
             catalog = self._catalog
             assert catalog is not None
@@ -417,7 +425,10 @@ class RepositoryView:
             fresh = _Catalog.build(self.service.list_points())
             with self._lock:
                 self._catalog = catalog = fresh
-        return catalog.tree
+        return catalog
+
+    def _tree(self, *, refresh: bool = False) -> dict[str, dict[str, dict[str, list[PointInfo]]]]:
+        return self._catalog_now(refresh=refresh).tree
 
     def _volume_points(self, parts: list[str], *, refresh: bool = False) -> list[PointInfo]:
         try:
@@ -462,14 +473,12 @@ class RepositoryView:
             raise _enoent(path)  # the kernel follows the link itself; the view never does
         if len(parts) < 4 or parts[3] == LATEST:
             return None, parts, []
-        points = self._volume_points(parts[:3])
-        for p in points:
-            if point_dir_name(p) == parts[3]:
-                return p, parts[:4], parts[4:]
-        points = self._volume_points(parts[:3], refresh=True)
-        for p in points:
-            if point_dir_name(p) == parts[3]:
-                return p, parts[:4], parts[4:]
+        key = (parts[0], parts[1], parts[2], parts[3])
+        for refresh in (False, True):  # a point made since the last look: list again
+            catalog = self._catalog_now(refresh=refresh)
+            point = catalog.by_dir.get(key)
+            if point is not None:
+                return point, parts[:4], parts[4:]
         raise _enoent(path)
 
     def stat(self, path: str) -> Node:
