@@ -213,6 +213,21 @@ def decode_map(sealer: Sealer, blob: bytes, what: str) -> tuple[int, list[Extent
     return capacity, extents
 
 
+def iter_map_piece_ids(sealer: Sealer, blob: bytes, what: str) -> Iterator[bytes]:
+    """The piece ids of a map's DATA extents, without building an object per extent."""
+    body = unwrap(sealer, KIND_MAP, blob, what)
+    if len(body) < _MAP_HEADER.size:
+        raise CorruptObject(f"{what} is truncated")
+    _capacity, _grid, count = _MAP_HEADER.unpack_from(body)
+    if len(body) != _MAP_HEADER.size + count * _MAP_RECORD.size:
+        raise CorruptObject(f"{what} has a wrong length for {count} extents")
+    view = memoryview(body)
+    for i in range(count):
+        start = _MAP_HEADER.size + i * _MAP_RECORD.size
+        if view[start + 16] == EXTENT_DATA:
+            yield bytes(view[start + 21 : start + 53])
+
+
 # ----------------------------------------------------------------------------- manifests
 
 

@@ -13,7 +13,7 @@ import bisect
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import LaminaError
@@ -64,13 +64,21 @@ class ImageReader:
         self._prefetched_to = 0
         self.fetches = 0
         self.cache_hits = 0
+        self._on_close: list[Callable[[], None]] = []
 
     @property
     def allocated_bytes(self) -> int:
         return sum(e.length for e in self._data)
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the reader is closed (releases its repository lock)."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     def __enter__(self) -> ImageReader:
         return self

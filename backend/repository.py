@@ -163,6 +163,39 @@ class PieceIndex:
     def __contains__(self, piece_id: bytes) -> bool:
         return self.get(piece_id) is not None
 
+    # Positional access to the compact table (prune marks liveness by position).
+
+    @property
+    def table_size(self) -> int:
+        return len(self._pack_no)
+
+    def position(self, piece_id: bytes) -> int | None:
+        n = len(self._pack_no)
+        i = bisect.bisect_left(_IdView(self._ids), piece_id, 0, n)
+        if i < n and self._ids[i * ID_SIZE : (i + 1) * ID_SIZE] == piece_id:
+            return i
+        return None
+
+    def at(self, i: int) -> PieceEntry:
+        return PieceEntry(
+            bytes(self._ids[i * ID_SIZE : (i + 1) * ID_SIZE]),
+            self._packs[self._pack_no[i]],
+            self._offset[i],
+            self._stored[i],
+            self._raw[i],
+            self._codec[i],
+        )
+
+    def pack_number_at(self, i: int) -> int:
+        return self._pack_no[i]
+
+    def stored_size_at(self, i: int) -> int:
+        return self._stored[i]
+
+    @property
+    def packs(self) -> list[bytes]:
+        return self._packs
+
     def pack_ids(self) -> set[bytes]:
         return set(self._packs) | {e.pack_id for e in self._recent.values()}
 
@@ -204,6 +237,11 @@ class Point:
     @property
     def volume(self) -> dict[str, str]:
         return dict(self.manifest["volume"])
+
+    @property
+    def map_key(self) -> str:
+        """The object holding this point's extent map (consolidation writes a new one)."""
+        return str(self.manifest.get("map") or f"maps/{self.id}")
 
     @property
     def volume_key(self) -> str:
@@ -256,6 +294,7 @@ class Repository:
         password: bytes | None = None,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         pack_size: int = DEFAULT_PACK_SIZE,
+        object_lock_days: int = 0,
     ) -> Repository:
         if grid_size < MIN_GRID or grid_size > MAX_GRID or grid_size & (grid_size - 1):
             raise UsageError(
@@ -266,6 +305,13 @@ class Repository:
             raise UsageError("zstd level must be between 1 and 19")
         if storage.head(CONFIG_KEY) is not None:
             raise RepositoryExists(f"a repository already exists at {storage.url}")
+        if object_lock_days:
+            enable = getattr(storage, "enable_object_lock", None)
+            if enable is None:
+                raise UsageError("Object Lock needs an S3 repository (s3://bucket/prefix)")
+            if object_lock_days < 1:
+                raise UsageError("the Object Lock retention must be at least 1 day")
+            enable()
         repo_id = secrets.token_hex(16)
         config: dict[str, Any] = {
             "format": "lamina-repository",
@@ -277,6 +323,9 @@ class Repository:
             "hash": "blake3-keyed" if password else "blake3",
             "compression": {"codec": "zstd", "level": zstd_level},
             "encryption": None,
+            "object_lock": {"mode": "COMPLIANCE", "days": object_lock_days}
+            if object_lock_days
+            else None,
         }
         keys = None
         if password is not None:
@@ -322,7 +371,46 @@ class Repository:
     def close(self) -> None:
         self.raw_storage.close()
 
+    # ------------------------------------------------------------------ object lock
+
+    @property
+    def retention_days(self) -> int:
+        lock = self.config.get("object_lock") or {}
+        return int(lock.get("days", 0))
+
+    def retention_of(self, written: float) -> float:
+        """Until when an object written at ``written`` is locked (0: never)."""
+        days = self.retention_days
+        return written + days * 86400 if days else 0.0
+
+    def put_retained(self, key: str, data: bytes, *, if_absent: bool = True) -> bool:
+        """Write a data or metadata object, under Object Lock retention when configured."""
+        days = self.retention_days
+        until = time.time() + days * 86400 if days else None
+        return self.storage.put(key, data, if_absent=if_absent, retain_until=until)
+
     # ------------------------------------------------------------------ piece index
+
+    def reload_index(self) -> list[str]:
+        """Load every index segment afresh into the compact table. Returns the segment keys."""
+        with self._index_lock:
+            keys = [info.key for info in self.storage.list("index/")]
+            segments = self._parallel(
+                lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys
+            )
+            self.index.build(e for seg in segments for e in seg)
+            self._segments = set(keys)
+            self._index_loaded = True
+            return keys
+
+    def map_piece_ids(self, point: Point) -> Iterator[bytes]:
+        """The piece ids a point's own map references, streamed from the object."""
+        key = point.map_key
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            raise MissingObject(f"the extent map of point {point.id} is missing") from None
+        return fmt.iter_map_piece_ids(self.sealer, blob, f"extent map of point {point.id}")
 
     def load_index(self) -> None:
         with self._index_lock:
@@ -371,7 +459,7 @@ class Repository:
         if not entries:
             return None
         key = f"index/{secrets.token_hex(16)}"
-        self.storage.put(key, fmt.encode_index(self.sealer, entries), if_absent=True)
+        self.put_retained(key, fmt.encode_index(self.sealer, entries))
         self._segments.add(key)
         return key
 
@@ -500,8 +588,13 @@ class Repository:
         try:
             blob = self.storage.get(key)
         except ObjectNotFound:
+            with self._cache_lock:
+                self._points.pop(point_id, None)
             raise PointNotFound(f"no restore point {point_id}") from None
-        return Point(fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}"))
+        point = Point(fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}"))
+        with self._cache_lock:
+            self._points[point_id] = point
+        return point
 
     def find_point(self, ref: str, points: Sequence[Point] | None = None) -> Point:
         """A point by id or unique id prefix (at least 4 characters)."""
@@ -521,34 +614,60 @@ class Repository:
         """Write a point's extent map, then its manifest. The manifest makes the point exist."""
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
-        self.storage.put(f"maps/{point_id}", map_blob, if_absent=True)
+        self.put_retained(f"maps/{point_id}", map_blob)
         key = f"manifests/{point_id}"
-        written = self.storage.put(key, fmt.encode_manifest(self.sealer, manifest), if_absent=True)
+        written = self.put_retained(key, fmt.encode_manifest(self.sealer, manifest))
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
         if not written and fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
             raise LaminaError(f"restore point {point_id} already exists")
         return Point(manifest)
 
-    def load_map(self, point_id: str) -> list[Extent]:
-        """The extents point ``point_id`` wrote (not resolved through its chain)."""
+    def load_map(self, point: Point) -> list[Extent]:
+        """The extents ``point`` holds itself (not resolved through its chain)."""
+        key = point.map_key
         with self._cache_lock:
-            cached = self._maps.get(point_id)
+            cached = self._maps.get(key)
             if cached is not None:
-                self._maps.move_to_end(point_id)
+                self._maps.move_to_end(key)
                 return cached
-        key = f"maps/{point_id}"
         try:
             blob = self.storage.get(key)
         except ObjectNotFound:
-            raise MissingObject(f"the extent map of point {point_id} is missing") from None
-        _capacity, extents = fmt.decode_map(self.sealer, blob, f"extent map of point {point_id}")
-        with self._cache_lock:  # maps never change: keep recent ones, up to a bound
-            self._maps[point_id] = extents
+            raise MissingObject(f"the extent map of point {point.id} is missing") from None
+        _capacity, extents = fmt.decode_map(self.sealer, blob, f"extent map of point {point.id}")
+        with self._cache_lock:  # map objects never change: keep recent ones, up to a bound
+            self._maps[key] = extents
             self._maps_extents += len(extents)
             while self._maps_extents > MAP_CACHE_EXTENTS and len(self._maps) > 1:
                 _, old = self._maps.popitem(last=False)
                 self._maps_extents -= len(old)
         return extents
+
+    def replace_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
+        """Give an existing point a new extent map and manifest (consolidation).
+
+        The new map goes to a new object first; then one PUT replaces the manifest, so a
+        reader sees either the old point or the new one, both whole. The old map stays
+        until prune removes it.
+        """
+        point_id = str(manifest["id"])
+        key = f"maps/{point_id}.{secrets.token_hex(4)}"
+        blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
+        self.put_retained(key, blob)
+        manifest = {**manifest, "map": key}
+        self.put_retained(
+            f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=False
+        )
+        point = Point(manifest)
+        with self._cache_lock:
+            self._points[point_id] = point
+        return point
+
+    def remove_point(self, point: Point) -> None:
+        """Make a point cease to exist (its manifest goes; prune collects the rest)."""
+        self.storage.delete(f"manifests/{point.id}")
+        with self._cache_lock:
+            self._points.pop(point.id, None)
 
     def chain(self, point: Point) -> list[Point]:
         """The point, its parent, and so on down to the full point, newest first."""
@@ -562,22 +681,27 @@ class Repository:
             try:
                 chain.append(self.load_point(parent_id))
             except PointNotFound:
-                raise MissingObject(
-                    f"the chain of point {point.id} is broken: parent {parent_id} is missing"
-                ) from None
+                # The parent may have been folded into its child since we read the child.
+                fresh = self.load_point(chain[-1].id)
+                if fresh.parent == parent_id:
+                    raise MissingObject(
+                        f"the chain of point {point.id} is broken: parent {parent_id} is missing"
+                    ) from None
+                chain[-1] = fresh
+                continue
             seen.add(parent_id)
         return chain
 
     def resolve(self, point: Point) -> list[Extent]:
         """The merged extent map of a point: which piece every byte comes from."""
         chain = self.chain(point)
-        maps = self._parallel(lambda p: self.load_map(p.id), chain)
+        maps = self._parallel(lambda p: self.load_map(p), chain)
         return resolve_chain(maps)
 
     def resolve_with(self, parent: Point, newest: Sequence[Extent]) -> list[Extent]:
         """The merged map of a point not yet written: ``newest`` on top of ``parent``'s chain."""
         chain = self.chain(parent)
-        maps = self._parallel(lambda p: self.load_map(p.id), chain)
+        maps = self._parallel(lambda p: self.load_map(p), chain)
         return resolve_chain([newest, *maps])
 
     def image_digest(self, point: Point, resolved: Sequence[Extent] | None = None) -> str:
@@ -656,7 +780,7 @@ class PackWriter:
 
     def _upload(self, pack_id: bytes, data: bytes, entries: list[PieceEntry]) -> list[PieceEntry]:
         try:
-            self.repo.storage.put(pack_key(pack_id), data, if_absent=True)
+            self.repo.put_retained(pack_key(pack_id), data)
             self.packs_written += 1
             self.bytes_written += len(data)
             return entries

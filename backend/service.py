@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import engine
+from . import engine, lifecycle, locks
 from .clusters import (
     LOCAL,
     ClusterSummary,
@@ -32,6 +32,7 @@ from .errors import Cancelled, LaminaError, UsageError
 from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .progress import Progress
+from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from .storage import open_storage
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ClusterSummary",
     "ClusterVolume",
+    "ForgetDecision",
+    "ForgetReport",
     "ImageReadError",
     "ImageReader",
     "Job",
@@ -52,6 +55,7 @@ __all__ = [
     "LaminaError",
     "PointInfo",
     "Progress",
+    "PruneReport",
     "Reachability",
     "RepositoryInfo",
     "Service",
@@ -90,6 +94,7 @@ class RepositoryInfo:
     encrypted: bool
     compression: str
     created: str
+    object_lock_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,10 @@ class PointInfo:
     stats: dict[str, Any]
     notes: list[str]
     manifest: dict[str, Any]
+    protected: bool = False
 
     @classmethod
-    def of(cls, p: Point) -> PointInfo:
+    def of(cls, p: Point, protected: bool = False) -> PointInfo:
         m = p.manifest
         v = m["volume"]
         return cls(
@@ -122,6 +128,7 @@ class PointInfo:
             stats=dict(m.get("stats", {})),
             notes=list(m.get("notes", [])),
             manifest=m,
+            protected=protected,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -136,6 +143,8 @@ class PointInfo:
             "image_digest": self.image_digest,
             "stats": self.stats,
             "notes": self.notes,
+            "protected": self.protected,
+            "consolidated": list(self.manifest.get("consolidated", [])),
         }
 
 
@@ -146,6 +155,37 @@ class VolumeInfo:
     last_point: PointInfo
     capacity: int
     stored_bytes: int  # bytes uploaded by this volume's points (new pieces only)
+
+
+@dataclass(frozen=True)
+class ForgetDecision:
+    point: PointInfo
+    keep: bool
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    dry_run: bool
+    decisions: list[ForgetDecision]
+    removed: list[str]
+
+
+class _Held:
+    """A held lock as a context manager (None: read without a lock)."""
+
+    def __init__(self, lock: locks.Lock | None) -> None:
+        self.lock = lock
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class JobState:
@@ -253,9 +293,16 @@ def init_repository(
     grid_size: int = DEFAULT_GRID,
     password: bytes | None = None,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    object_lock_days: int = 0,
 ) -> RepositoryInfo:
-    storage = open_storage(url, create=True)
-    repo = Repository.init(storage, grid_size=grid_size, password=password, zstd_level=zstd_level)
+    storage = open_storage(url, create=not object_lock_days)
+    repo = Repository.init(
+        storage,
+        grid_size=grid_size,
+        password=password,
+        zstd_level=zstd_level,
+        object_lock_days=object_lock_days,
+    )
     return _repo_info(repo)
 
 
@@ -269,6 +316,7 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
         encrypted=repo.encrypted,
         compression=f"zstd level {repo.zstd_level}",
         created=str(c["created"]),
+        object_lock_days=repo.retention_days,
     )
 
 
@@ -282,11 +330,13 @@ class Service:
         password: bytes | None = None,
         kubeconfig: str | None = None,
         local_root: str | None = None,
+        lock_wait: float = 600.0,
     ) -> None:
         self.repo_url = repo_url
         self._password = password
         self.kubeconfig = kubeconfig
         self.local_root = local_root
+        self.lock_wait = lock_wait
         self._repo: Repository | None = None
         self._open_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -311,18 +361,23 @@ class Service:
     # ------------------------------------------------------------------ queries
 
     def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
-        points = [PointInfo.of(p) for p in self.repo.list_points()]
+        protected = lifecycle.protected_ids(self.repo)
+        points = [PointInfo.of(p, p.id in protected) for p in self.repo.list_points()]
         if volume is not None:
             ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
             points = [p for p in points if p.volume == ref]
         return points
 
     def get_point(self, ref: str) -> PointInfo:
-        return PointInfo.of(self.repo.find_point(ref))
+        point = self.repo.find_point(ref)
+        return PointInfo.of(point, point.id in lifecycle.protected_ids(self.repo))
 
     def chain(self, ref: str) -> list[PointInfo]:
         """The point and its ancestors, newest first."""
-        return [PointInfo.of(p) for p in self.repo.chain(self.repo.find_point(ref))]
+        protected = lifecycle.protected_ids(self.repo)
+        return [
+            PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.repo.find_point(ref))
+        ]
 
     def list_volumes(self) -> list[VolumeInfo]:
         by_volume: dict[VolumeRef, list[PointInfo]] = {}
@@ -350,9 +405,20 @@ class Service:
     ) -> ImageReader:
         """Random access to a point's volume, fetched lazily (see backend/image.py)."""
         point = self.repo.find_point(point_ref)
-        return ImageReader(
-            self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
+        lock = locks.acquire(
+            self.repo, locks.SHARED, f"read point {point.id}", wait=self.lock_wait, optional=True
         )
+        try:
+            reader = ImageReader(
+                self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if lock is not None:
+            reader.on_close(lock.release)
+        return reader
 
     # ------------------------------------------------------------------ clusters
 
@@ -442,6 +508,7 @@ class Service:
             previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
             base = previous[-1] if previous else None
             base_handle = base.manifest.get("snapshot_handle") if base else None
+            lock = self._lock(job, locks.SHARED, f"backup of {ref}")
             job._log("taking a snapshot")
             plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
             job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
@@ -464,9 +531,105 @@ class Service:
                 )
             finally:
                 plan.close()
+                lock.release()
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {ref}", run)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _lock(self, job: Job | None, kind: str, purpose: str, *, optional: bool = False) -> _Held:
+        if job is not None:
+            job._log(
+                f"waiting for a {kind} repository lock" if kind == locks.EXCLUSIVE else "locking"
+            )
+        lock = locks.acquire(
+            self.repo,
+            kind,
+            purpose,
+            wait=self.lock_wait,
+            optional=optional,
+            cancelled=(lambda: job.cancel_requested) if job is not None else None,
+        )
+        return _Held(lock)
+
+    def protect(self, point_ref: str, note: str = "") -> PointInfo:
+        point = self.repo.find_point(point_ref)
+        lifecycle.protect(self.repo, point, note)
+        return PointInfo.of(point, True)
+
+    def unprotect(self, point_ref: str) -> PointInfo:
+        point = self.repo.find_point(point_ref)
+        lifecycle.unprotect(self.repo, point)
+        return PointInfo.of(point, False)
+
+    def start_delete(self, point_ref: str) -> Job:
+        """Delete a point; its children absorb its extents so they resolve as before."""
+
+        def run(job: Job) -> list[str]:
+            with self._lock(job, locks.EXCLUSIVE, "delete"):
+                point = self.repo.find_point(point_ref)
+                children = lifecycle.delete_point(self.repo, point)
+                job._log(
+                    f"deleted point {point.id}; folded into {', '.join(children) or 'no child'}"
+                )
+                return children
+
+        return self._start("delete", f"delete point {point_ref}", run)
+
+    def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        def run(job: Job) -> PointInfo:
+            with self._lock(job, locks.EXCLUSIVE, "consolidate"):
+                point = self.repo.find_point(point_ref)
+                stop = self.repo.find_point(until) if until else None
+                merged = lifecycle.consolidate(self.repo, point, until=stop)
+                return PointInfo.of(merged, merged.id in lifecycle.protected_ids(self.repo))
+
+        return self._start("consolidate", f"consolidate point {point_ref}", run)
+
+    def start_forget(
+        self, policy: lifecycle.Policy, *, volume: str | None = None, dry_run: bool = False
+    ) -> Job:
+        """Apply a retention policy. The result lists every point with keep/remove and why."""
+        ref = VolumeRef.parse(volume) if volume else None
+
+        def run(job: Job) -> ForgetReport:
+            with self._lock(job, locks.SHARED if dry_run else locks.EXCLUSIVE, "forget"):
+                points = [
+                    p for p in self.repo.list_points() if ref is None or p.volume == ref.as_dict()
+                ]
+                decisions = lifecycle.plan_forget(
+                    points, policy, lifecycle.protected_ids(self.repo)
+                )
+                removed = (
+                    [] if dry_run else lifecycle.forget(self.repo, decisions, progress=job._log)
+                )
+                return ForgetReport(
+                    dry_run=dry_run,
+                    decisions=[
+                        ForgetDecision(PointInfo.of(d.point), d.keep, list(d.reasons))
+                        for d in decisions
+                    ],
+                    removed=removed,
+                )
+
+        return self._start("forget", "forget points" + (" (dry run)" if dry_run else ""), run)
+
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job:
+        if not 0.0 <= repack_below <= 1.0:
+            raise UsageError("the repack threshold must be between 0 and 1 (for example 0.5)")
+
+        def run(job: Job) -> PruneReport:
+            with self._lock(job, locks.EXCLUSIVE, "prune"):
+                return prune(self.repo, dry_run=dry_run, repack_below=repack_below, log=job._log)
+
+        return self._start("prune", "prune" + (" (dry run)" if dry_run else ""), run)
+
+    def list_locks(self) -> list[locks.LockInfo]:
+        return locks.list_locks(self.repo)
+
+    def unlock(self, *, all_locks: bool = False) -> list[locks.LockInfo]:
+        return locks.remove_locks(self.repo, all_locks=all_locks)
 
     # ------------------------------------------------------------------ jobs
 
@@ -525,12 +688,13 @@ class Service:
         )
 
         def run(job: Job) -> PointInfo:
-            point = engine.backup(
-                self.repo,
-                request,
-                progress=job._on_progress,
-                cancelled=lambda: job.cancel_requested,
-            )
+            with self._lock(job, locks.SHARED, f"backup of {ref}"):
+                point = engine.backup(
+                    self.repo,
+                    request,
+                    progress=job._on_progress,
+                    cancelled=lambda: job.cancel_requested,
+                )
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {source} as {ref}", run)
@@ -538,14 +702,15 @@ class Service:
     def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
         def run(job: Job) -> dict[str, Any]:
             point = self.repo.find_point(point_ref)
-            return engine.restore(
-                self.repo,
-                point,
-                target,
-                overwrite=overwrite,
-                progress=job._on_progress,
-                cancelled=lambda: job.cancel_requested,
-            )
+            with self._lock(job, locks.SHARED, f"restore of {point.id}", optional=True):
+                return engine.restore(
+                    self.repo,
+                    point,
+                    target,
+                    overwrite=overwrite,
+                    progress=job._on_progress,
+                    cancelled=lambda: job.cancel_requested,
+                )
 
         return self._start("restore", f"restore {point_ref} to {target}", run)
 
@@ -555,17 +720,17 @@ class Service:
                 points = [self.repo.find_point(point_ref)]
             else:
                 points = self.repo.list_points()
-            return engine.verify(
-                self.repo,
-                points,
-                deep=deep,
-                progress=job._on_progress,
-                cancelled=lambda: job.cancel_requested,
-            )
+            with self._lock(job, locks.SHARED, "verify", optional=True):
+                return engine.verify(
+                    self.repo,
+                    points,
+                    deep=deep,
+                    progress=job._on_progress,
+                    cancelled=lambda: job.cancel_requested,
+                )
 
         what = f"point {point_ref}" if point_ref else "every point"
         return self._start("verify", f"verify {what}{' (deep)' if deep else ''}", run)
-
 
     # ------------------------------------------------------------------ files inside points
     # (the FUSE mount, `lamina files`, the TUI file browser)
@@ -638,7 +803,9 @@ class Service:
             finally:
                 files.close()
 
-        return self._start("extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run)
+        return self._start(
+            "extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run
+        )
 
 
 def ranges_from_json_file(path: str) -> list[Range]:

@@ -32,6 +32,13 @@ def register(sub: Any) -> None:
         "--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)"
     )
     p.add_argument("--password-file", help="file holding the password (or LAMINA_PASSWORD_FILE)")
+    p.add_argument(
+        "--object-lock-days",
+        type=int,
+        default=0,
+        metavar="DAYS",
+        help="S3 only: keep every object under Object Lock (COMPLIANCE) retention for DAYS",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_repo_init)
     p = repo_sub.add_parser("info", help="show a repository's settings")
@@ -112,6 +119,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         grid_size=parse_size(args.grid_size),
         password=password if args.encrypt else None,
         zstd_level=args.compression_level,
+        object_lock_days=args.object_lock_days,
     )
     if args.json:
         print_json(info.__dict__)

@@ -13,6 +13,7 @@ from ..errors import LaminaError
 # Modules that register subcommands; a missing optional module is skipped.
 COMMAND_MODULES = [
     "lamina.backend.cli.commands_core",
+    "lamina.backend.cli.commands_lifecycle",
     "lamina.backend.cli.commands_cbt",
     "lamina.backend.cli.commands_kube",
     "lamina.backend.cli.commands_files",

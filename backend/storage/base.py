@@ -41,10 +41,14 @@ class Storage(ABC):
     url: str = ""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
         """Store ``data`` under ``key`` atomically.
 
         With ``if_absent``, an existing object is left alone and False is returned.
+        ``retain_until`` (seconds since the epoch) asks for S3 Object Lock retention; backends
+        without it refuse the request.
         """
 
     @abstractmethod

@@ -50,7 +50,11 @@ class LocalStorage(Storage):
             raise InvalidRequest(f"invalid object key: {key!r} (reserved suffix {_TMP_SUFFIX})")
         return self.root / key
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
+        if retain_until is not None:
+            raise InvalidRequest("Object Lock retention needs an S3 repository")
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
         try:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 from .base import (
+    InvalidRequest,
     ObjectInfo,
     ObjectNotFound,
     Storage,
@@ -23,7 +24,11 @@ class MemoryStorage(Storage):
         self._objects: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
+        if retain_until is not None:
+            raise InvalidRequest("Object Lock retention needs an S3 repository")
         check_key(key)
         with self._lock:
             if if_absent and key in self._objects:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -104,9 +105,14 @@ class S3Storage(Storage):
     def _endpoint(self) -> str:
         return str(self.client.meta.endpoint_url)
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
         s3_key = self._key(key)
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": s3_key, "Body": data}
+        if retain_until is not None:
+            args["ObjectLockMode"] = "COMPLIANCE"
+            args["ObjectLockRetainUntilDate"] = datetime.fromtimestamp(retain_until, UTC)
         if if_absent:
             args["IfNoneMatch"] = "*"
         try:
@@ -223,6 +229,37 @@ class S3Storage(Storage):
                 raise self._fail(e, "create bucket", self.bucket) from e
         except Exception as e:
             raise self._fail(e, "create bucket", self.bucket) from e
+
+    def enable_object_lock(self) -> None:
+        """Make sure the bucket exists with Object Lock enabled (created so if missing)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            exists = True
+        except botocore.exceptions.ClientError:
+            exists = False
+        except Exception as e:
+            raise self._fail(e, "head bucket", self.bucket) from e
+        try:
+            if not exists:
+                self.client.create_bucket(Bucket=self.bucket, ObjectLockEnabledForBucket=True)
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("ObjectLockConfigurationNotFoundError", "InvalidBucketState"):
+                raise StorageError(
+                    f"bucket {self.bucket!r} exists without Object Lock; it can only be enabled on a new bucket"
+                ) from None
+            if code in ("NotImplemented", "InvalidRequest", "MethodNotAllowed", "501"):
+                raise StorageError(
+                    f"the S3 server at {self._endpoint()} does not support Object Lock"
+                ) from None
+            raise self._fail(e, "enable Object Lock on", self.bucket) from e
+        except Exception as e:
+            raise self._fail(e, "enable Object Lock on", self.bucket) from e
+        if conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise StorageError(
+                f"bucket {self.bucket!r} exists without Object Lock; it can only be enabled on a new bucket"
+            )
 
     def close(self) -> None:
         self.client.close()

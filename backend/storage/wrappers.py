@@ -39,8 +39,12 @@ class RetryingStorage(Storage):
                 time.sleep(self.base_delay * (2**attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        return self._retry(lambda: self.inner.put(key, data, if_absent=if_absent))
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
+        return self._retry(
+            lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
+        )
 
     def get(self, key: str) -> bytes:
         return self._retry(lambda: self.inner.get(key))
@@ -81,9 +85,11 @@ class CountingStorage(Storage):
         with self._lock:
             self.bytes_down += size
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
         self._count(up=len(data))
-        return self.inner.put(key, data, if_absent=if_absent)
+        return self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
 
     # A request counts whether or not it succeeds; bytes count once they arrived.
     def get(self, key: str) -> bytes:

@@ -490,8 +490,12 @@ class FlakyStorage(Storage):
             raise self.error
         return operation()
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> bool:
-        return self._call(lambda: self.inner.put(key, data, if_absent=if_absent))
+    def put(
+        self, key: str, data: bytes, *, if_absent: bool = False, retain_until: float | None = None
+    ) -> bool:
+        return self._call(
+            lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
+        )
 
     def get(self, key: str) -> bytes:
         return self._call(lambda: self.inner.get(key))

@@ -1,0 +1,211 @@
+"""Repository locks: leases held as objects, so that prune never races a backup.
+
+Protocol (docs/format.md, "Concurrency"):
+
+* A lock is an object ``locks/<id>`` holding JSON: kind (shared or exclusive), purpose,
+  host, pid, created and ``expires`` (seconds since the epoch). Its holder rewrites it every
+  ``REFRESH`` seconds, pushing ``expires`` forward; a lock whose ``expires`` has passed (by
+  more than ``SKEW`` of clock slack) belongs to a dead process and is ignored.
+* To take a lock: write your own lock object first, then list every lock. A shared lock
+  conflicts with a live exclusive lock; an exclusive lock conflicts with any other live
+  lock. On conflict, delete your object and retry after a random pause, or give up.
+  Because each side writes before it reads, two conflicting lockers cannot both miss each
+  other: at least one sees the other and backs off.
+* Backups, restores, verifies and mounts take shared locks; prune, forget, delete and
+  consolidate take exclusive locks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LaminaError
+from .repository import Repository
+from .storage import ObjectNotFound, StorageError
+
+log = logging.getLogger("lamina.locks")
+
+TTL = 300.0  # a lock lives this long without a refresh
+REFRESH = 60.0
+SKEW = 60.0  # clock slack between hosts before a lock counts as stale
+SHARED = "shared"
+EXCLUSIVE = "exclusive"
+
+
+class RepositoryLocked(LaminaError):
+    """Another process holds a conflicting lock."""
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    key: str
+    kind: str
+    purpose: str
+    host: str
+    pid: int
+    created: float
+    expires: float
+
+    @property
+    def stale(self) -> bool:
+        return self.expires + SKEW < time.time()
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.created))
+        state = "stale" if self.stale else "live"
+        return f"{self.kind} lock for {self.purpose} by pid {self.pid} on {self.host} since {since} ({state})"
+
+
+def list_locks(repo: Repository) -> list[LockInfo]:
+    out = []
+    for info in repo.storage.list("locks/"):
+        try:
+            data = json.loads(repo.storage.get(info.key))
+            out.append(
+                LockInfo(
+                    info.key,
+                    str(data["kind"]),
+                    str(data.get("purpose", "")),
+                    str(data.get("host", "?")),
+                    int(data.get("pid", 0)),
+                    float(data.get("created", 0)),
+                    float(data["expires"]),
+                )
+            )
+        except ObjectNotFound:
+            continue  # released meanwhile
+        except (ValueError, KeyError, TypeError):
+            # unreadable: treat as a live exclusive lock until it expires by age
+            out.append(
+                LockInfo(
+                    info.key, EXCLUSIVE, "unreadable lock", "?", 0, info.mtime, info.mtime + TTL
+                )
+            )
+    return out
+
+
+class Lock:
+    """A lock held by this process; refreshed in the background until released."""
+
+    def __init__(self, repo: Repository, kind: str, purpose: str) -> None:
+        self.repo = repo
+        self.kind = kind
+        self.purpose = purpose
+        self.key = f"locks/{secrets.token_hex(16)}"
+        self.created = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = False
+
+    def _body(self) -> bytes:
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "purpose": self.purpose,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "created": self.created,
+            "expires": time.time() + TTL,
+        }
+        return json.dumps(data).encode()
+
+    def _write(self) -> None:
+        self.repo.storage.put(self.key, self._body())
+
+    def try_acquire(self) -> list[LockInfo]:
+        """Write our lock, then look for conflicts. Returns the conflicting locks (none: held)."""
+        self._write()
+        conflicts = [
+            other
+            for other in list_locks(self.repo)
+            if other.key != self.key
+            and not other.stale
+            and (self.kind == EXCLUSIVE or other.kind == EXCLUSIVE)
+        ]
+        if conflicts:
+            self.repo.storage.delete(self.key)
+            return conflicts
+        self.held = True
+        self._thread = threading.Thread(target=self._refresh, name="lamina-lock", daemon=True)
+        self._thread.start()
+        return []
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(REFRESH):
+            try:
+                self._write()
+            except LaminaError as e:  # keep trying: the lock only goes stale after TTL
+                log.warning("cannot refresh repository lock %s: %s", self.key, e)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self.held:
+            try:
+                self.repo.storage.delete(self.key)
+            except LaminaError as e:
+                log.warning(
+                    "cannot remove repository lock %s: %s (it expires by itself)", self.key, e
+                )
+        self.held = False
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def acquire(
+    repo: Repository,
+    kind: str,
+    purpose: str,
+    *,
+    wait: float = 0.0,
+    cancelled: Any = None,
+    optional: bool = False,
+) -> Lock | None:
+    """Take a lock, waiting up to ``wait`` seconds for conflicting ones to go.
+
+    With ``optional`` (read-only work), a repository that refuses writes (read-only
+    credentials) is read without a lock instead of failing.
+    """
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    while True:
+        lock = Lock(repo, kind, purpose)
+        try:
+            conflicts = lock.try_acquire()
+        except StorageError as e:
+            if optional:
+                log.warning("reading without a lock: %s", e)
+                return None
+            raise
+        if not conflicts:
+            return lock
+        if time.monotonic() >= deadline or (cancelled is not None and cancelled()):
+            raise RepositoryLocked(
+                f"the repository is in use: {conflicts[0].describe()}; wait for it, or remove a "
+                f"lock left by a crashed process with 'lamina unlock'"
+            )
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 5.0)
+
+
+def remove_locks(repo: Repository, *, all_locks: bool = False) -> list[LockInfo]:
+    """Remove stale locks (or every lock). Returns what was removed."""
+    removed = []
+    for lock in list_locks(repo):
+        if all_locks or lock.stale:
+            repo.storage.delete(lock.key)
+            removed.append(lock)
+    return removed
