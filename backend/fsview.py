@@ -56,6 +56,7 @@ _TYPE_BITS = {
 }
 # Entries of one point kept after a lookup or a listing (an image never changes).
 ENTRY_CACHE_SIZE = 50_000
+LISTING_CACHE_ENTRIES = 200_000  # entries of directory listings kept, all directories together
 
 
 class FilesUnavailable(LaminaError):
@@ -184,6 +185,7 @@ class PointFiles:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._dirs: OrderedDict[str, list[Entry]] = OrderedDict()
+        self._dirs_entries = 0
         self._cache_lock = threading.Lock()
 
     # ------------------------------------------------------------------ opening
@@ -266,9 +268,12 @@ class PointFiles:
                 return cached
         children = self.children(self.lookup(path))
         with self._cache_lock:
-            self._dirs[path] = children
-            while len(self._dirs) > 1000:
-                self._dirs.popitem(last=False)
+            if path not in self._dirs:
+                self._dirs[path] = children
+                self._dirs_entries += len(children)
+            while self._dirs_entries > LISTING_CACHE_ENTRIES and len(self._dirs) > 1:
+                _, dropped = self._dirs.popitem(last=False)
+                self._dirs_entries -= len(dropped)
         prefix = path.rstrip("/")
         for child in children:
             if _safe_name(child.name):
