@@ -20,8 +20,8 @@ from pathlib import Path
 PROTO_DIR = Path(__file__).resolve().parent
 # The import path of PROTO_DIR once installed.
 VIRTUAL_DIR = "lamina/protos"
-# Paths relative to PROTO_DIR. A later API (for example "lamina/v1/lamina.proto") is added here.
-PROTOS = ["snapshotmetadata.proto"]
+# Paths relative to PROTO_DIR: the CSI SnapshotMetadata API and lamina's own API (lamina.v1).
+PROTOS = ["snapshotmetadata.proto", "lamina_v1.proto"]
 GENERATED_SUFFIXES = ["_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"]
 
 

@@ -13,10 +13,9 @@ from lamina.protos import snapshotmetadata_pb2_grpc as pb_grpc
 
 PROTOS = Path(__file__).resolve().parents[2] / "protos"
 GENERATED = [
-    "snapshotmetadata_pb2.py",
-    "snapshotmetadata_pb2.pyi",
-    "snapshotmetadata_pb2_grpc.py",
-    "snapshotmetadata_pb2_grpc.pyi",
+    f"{stem}{suffix}"
+    for stem in ("snapshotmetadata", "lamina_v1")
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 ]
 
 
@@ -38,6 +37,8 @@ def test_generated_grpc_module_imports_messages_through_the_package() -> None:
     source = (PROTOS / "snapshotmetadata_pb2_grpc.py").read_text()
     assert "from lamina.protos import snapshotmetadata_pb2" in source
     assert getattr(pb_grpc, "lamina_dot_protos_dot_snapshotmetadata__pb2") is pb  # noqa: B009
+    api_source = (PROTOS / "lamina_v1_pb2_grpc.py").read_text()
+    assert "from lamina.protos import lamina_v1_pb2" in api_source
 
 
 INT64 = FieldDescriptor.TYPE_INT64
