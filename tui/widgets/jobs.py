@@ -74,17 +74,16 @@ class JobStrip(Static):
     """The running jobs, under every screen: work goes on while the user browses."""
 
     DEFAULT_CLASSES = "-empty"
+    text = ""  # what it shows, as plain text
 
     def show_jobs(self, views: list[JobView]) -> None:
         running = [v for v in views if not v.finished]
         self.set_class(not running, "-empty")
-        if not running:
-            self.update("")
-            return
         lines = [job_line(v) for v in running[:4]]
         if len(running) > 4:
             lines.append(Text(f"… and {len(running) - 4} more (:jobs)", style="dim"))
-        self.update(Group(*lines))
+        self.text = "\n".join(line.plain for line in lines)
+        self.update(Group(*lines) if lines else "")
 
 
 class JobCard(Static):
