@@ -303,8 +303,6 @@ class Repository:
             )
         if not 1 <= zstd_level <= 19:
             raise UsageError("zstd level must be between 1 and 19")
-        if storage.head(CONFIG_KEY) is not None:
-            raise RepositoryExists(f"a repository already exists at {storage.url}")
         if object_lock_days:
             enable = getattr(storage, "enable_object_lock", None)
             if enable is None:
@@ -312,6 +310,8 @@ class Repository:
             if object_lock_days < 1:
                 raise UsageError("the Object Lock retention must be at least 1 day")
             enable()
+        if storage.head(CONFIG_KEY) is not None:
+            raise RepositoryExists(f"a repository already exists at {storage.url}")
         repo_id = secrets.token_hex(16)
         config: dict[str, Any] = {
             "format": "lamina-repository",

@@ -465,3 +465,33 @@ def test_backups_and_prunes_race_on_s3(s3_repo_url: str, tmp_path: Path) -> None
     service = Service(s3_repo_url)
     run(service.start_prune())
     check_all(service, expected)
+
+
+def test_object_lock_keeps_data_until_retention_ends(s3_env: object, tmp_path: Path) -> None:
+    from tests.support.seaweedfs import S3Server
+
+    assert isinstance(s3_env, S3Server)
+    bucket = f"locked-{random.randrange(10**9)}"
+    url = f"s3://{bucket}/repo"
+    info = init_repository(url, object_lock_days=1)
+    assert info.object_lock_days == 1
+    s3 = s3_env.client()
+    assert (
+        s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"][
+            "ObjectLockEnabled"
+        ]
+        == "Enabled"
+    )
+    service = Service(url)
+    point = run(service.start_backup(str(_small_image(tmp_path)), "v"))
+    key = next(
+        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="repo/packs/")["Contents"]
+    )
+    retention = s3.get_object_retention(Bucket=bucket, Key=key)["Retention"]
+    assert retention["Mode"] == "COMPLIANCE"
+    run(service.start_delete(point.id))  # type: ignore[attr-defined]
+    report = run(service.start_prune())
+    assert report.packs_kept_locked >= 1 and report.packs_deleted == 0  # type: ignore[attr-defined]
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="repo/packs/")["KeyCount"] >= 1
+    with pytest.raises(LaminaError, match="needs an S3 repository"):
+        init_repository(str(tmp_path / "local-repo"), object_lock_days=1)
