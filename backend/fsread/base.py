@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .api import Entry, decode_name, encode_name, kind_of_mode
-from .blockcache import BlockReader
+from .blockcache import MAX_DATA_READ, BlockReader
 from .errors import (
     CorruptFilesystem,
     FileNotFound,
@@ -23,6 +23,7 @@ from .errors import (
 MAX_SYMLINK = 4096
 MAX_PATH_DEPTH = 4096
 BILLION = 1_000_000_000
+MAX_READ_GAP = 64 * 1024  # read through gaps this small rather than issue another request
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,19 +234,48 @@ class BaseFileSystem(Generic[InodeT]):
         view = memoryview(out)
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs + 1
+        pieces: list[tuple[int, int, int]] = []  # (position in out, byte on disk, length)
         for run in merge_runs(self._data_runs(inode, first, last), bs):
             lo = max(run.logical * bs, offset)
             hi = min((run.logical + run.count) * bs, end)
-            if lo >= hi:
-                if run.logical * bs >= end:
-                    break
+            if lo >= end:
+                break
+            if lo < hi:
+                pieces.append((lo - offset, run.disk + (lo - run.logical * bs), hi - lo))
+        what = f"data of inode {inode.number}"
+        for disk, length, group in group_reads(pieces):
+            if len(group) == 1:
+                at, _, size = group[0]
+                self.reader.data_into(view[at : at + size], disk, what)
                 continue
-            self.reader.data_into(
-                view[lo - offset : hi - offset],
-                run.disk + (lo - run.logical * bs),
-                f"data of inode {inode.number}",
-            )
+            buffer = bytearray(length)
+            self.reader.data_into(memoryview(buffer), disk, what)
+            for at, piece_disk, size in group:
+                view[at : at + size] = buffer[piece_disk - disk : piece_disk - disk + size]
         return bytes(out)
+
+
+def group_reads(
+    pieces: list[tuple[int, int, int]],
+) -> Iterator[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Batch pieces that lie close together on disk into one read: (disk, length, pieces).
+
+    A remote image pays per request, so reading a small gap (an indirect block, a neighbour's
+    block) along with the data is cheaper than a second request.
+    """
+    group: list[tuple[int, int, int]] = []
+    start = stop = 0
+    for piece in pieces:
+        _, disk, length = piece
+        if group and stop <= disk <= stop + MAX_READ_GAP and disk + length - start <= MAX_DATA_READ:
+            group.append(piece)
+            stop = disk + length
+            continue
+        if group:
+            yield start, stop - start, group
+        group, start, stop = [piece], disk, disk + length
+    if group:
+        yield start, stop - start, group
 
 
 def merge_runs(runs: Iterable[Run], block_size: int) -> Iterator[Run]:

@@ -41,38 +41,47 @@ class BlockReader:
             detail += f"; the filesystem claims {self.fs_size} bytes, so the image is truncated"
         return CorruptFilesystem(detail)
 
-    def _chunk(self, index: int) -> bytes:
+    def _chunk(self, index: int, readahead: int = 1) -> bytes:
         with self._lock:
             data = self._chunks.get(index)
             if data is not None:
                 self._chunks.move_to_end(index)
                 return data
+        # A miss: fetch this chunk and the next ``readahead - 1`` ones in one request.
         offset = index * CHUNK
-        data = self._raw(min(CHUNK, self.size - offset), offset)
+        count = max(1, min(readahead, self._capacity // 4, -(-(self.size - offset) // CHUNK)))
+        data = self._raw(min(count * CHUNK, self.size - offset), offset)
         with self._lock:
             self.fetches += 1
-            self._chunks[index] = data
-            self._chunks.move_to_end(index)
+            for i in range(count):
+                piece = data[i * CHUNK : (i + 1) * CHUNK]
+                if i and (not piece or index + i in self._chunks):
+                    break
+                self._chunks[index + i] = piece
+                self._chunks.move_to_end(index + i)
             while len(self._chunks) > self._capacity:
                 self._chunks.popitem(last=False)
-        return data
+        return data[:CHUNK]
 
-    def meta(self, offset: int, length: int, what: str = "metadata") -> bytes:
-        """Exactly ``length`` bytes at ``offset``, through the cache."""
+    def meta(
+        self, offset: int, length: int, what: str = "metadata", *, readahead: int = 1
+    ) -> bytes:
+        """Exactly ``length`` bytes at ``offset``, through the cache.
+
+        On a miss, ``readahead`` chunks are fetched in one request: for structures that are
+        read in order, such as indirect blocks lying between the data they map.
+        """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise self._beyond_end(offset, length, what)
-        first, last = offset // CHUNK, (offset + length - 1) // CHUNK
         if length == 0:
             return b""
+        first, last = offset // CHUNK, (offset + length - 1) // CHUNK
+        start = offset - first * CHUNK
         if first == last:
-            data = self._chunk(first)
-            start = offset - first * CHUNK
-            piece = data[start : start + length]
+            piece = self._chunk(first, readahead)[start : start + length]
         else:
-            parts = [self._chunk(i) for i in range(first, last + 1)]
-            joined = b"".join(parts)
-            start = offset - first * CHUNK
-            piece = joined[start : start + length]
+            parts = [self._chunk(i, max(readahead, last - i + 1)) for i in range(first, last + 1)]
+            piece = b"".join(parts)[start : start + length]
         if len(piece) != length:  # the image returned less than its size promised
             raise self._beyond_end(offset, length, what)
         return piece

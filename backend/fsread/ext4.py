@@ -68,6 +68,7 @@ RO_COMPAT_LARGE_FILE = 0x2
 RO_COMPAT_BTREE_DIR = 0x4
 RO_COMPAT_HUGE_FILE = 0x8
 RO_COMPAT_GDT_CSUM = 0x10
+RO_COMPAT_BIGALLOC = 0x200
 RO_COMPAT_METADATA_CSUM = 0x400
 EXT3_RO_COMPAT = RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_BTREE_DIR
 
@@ -184,7 +185,13 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             self.desc_size = u16(0xFE) or 32
         else:
             self.desc_size = 32
-        if not 0 < self.blocks_per_group <= 8 * bs:
+        cluster_ratio = 1
+        if self.ro_compat & RO_COMPAT_BIGALLOC:
+            log_cluster = u32(0x1C)
+            if not log_block <= log_cluster <= log_block + 16:
+                raise CorruptFilesystem(f"ext4 superblock: cluster size 1024 << {log_cluster}")
+            cluster_ratio = 1 << (log_cluster - log_block)
+        if not 0 < self.blocks_per_group <= 8 * bs * cluster_ratio:
             raise CorruptFilesystem(f"ext4 superblock: {self.blocks_per_group} blocks per group")
         if not 0 < self.inodes_per_group <= 8 * bs:
             raise CorruptFilesystem(f"ext4 superblock: {self.inodes_per_group} inodes per group")
@@ -222,27 +229,33 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
 
     # --------------------------------------------------------------- groups and inodes
 
-    def _block(self, number: int, what: str) -> bytes:
+    def _block(self, number: int, what: str, readahead: int = 1) -> bytes:
         if number >= self.blocks_count:
             raise CorruptFilesystem(
                 f"{what}: block {number} is beyond the end of the filesystem ({self.blocks_count} blocks)"
             )
-        return self.reader.meta(number * self.block_size, self.block_size, what)
+        return self.reader.meta(
+            number * self.block_size, self.block_size, what, readahead=readahead
+        )
 
     def _descriptor_location(self, group: int) -> int:
         """Byte offset of the group descriptor of ``group``."""
         bs = self.block_size
         per_block = bs // self.desc_size
         desc_block = group // per_block
+        superblock_block = SUPERBLOCK_OFFSET // bs
         if self.incompat & INCOMPAT_META_BG and desc_block >= self.first_meta_bg:
+            # meta_bg: each run of groups keeps its descriptors in its first group.
             first_group = desc_block * per_block
             block = self.first_data_block + first_group * self.blocks_per_group
             if _group_has_superblock(
                 first_group, bool(self.ro_compat & RO_COMPAT_SPARSE_SUPER), self.backup_groups
             ):
                 block += 1
+            if bs == 1024 and desc_block == 0 and self.first_data_block == 0:
+                block += 1
         else:
-            block = self.first_data_block + 1 + desc_block
+            block = superblock_block + 1 + desc_block
         return block * bs + (group % per_block) * self.desc_size
 
     def _inode_table(self, group: int) -> tuple[int, int]:
@@ -414,7 +427,7 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
         def walk(block: int, level: int, base: int) -> Iterator[Run]:
             span = per_block**level
             table = struct.unpack_from(
-                f"<{per_block}I", self._block(block, f"block map of inode {inode.number}")
+                f"<{per_block}I", self._block(block, f"block map of inode {inode.number}", 16)
             )
             for i, pointer in enumerate(table):
                 start = base + i * span

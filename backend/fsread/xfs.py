@@ -14,7 +14,15 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .base import BILLION, MAX_SYMLINK, BaseFileSystem, Inode, Run, check_mode_kind
+from .base import (
+    BILLION,
+    MAX_SYMLINK,
+    BaseFileSystem,
+    Inode,
+    Run,
+    check_mode_kind,
+    merge_runs,
+)
 from .blockcache import BlockReader
 from .errors import CorruptFilesystem, UnsupportedFilesystem
 
@@ -428,23 +436,23 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
         inline = self._inline_content(inode)
         if inline is not None:
             return inline
+        # v5 puts one header at the start of each mapped extent, not of each block.
         header = SYMLINK_HEADER_V5 if self.version == 5 else 0
-        per_block = self.block_size - header
-        blocks = -(-size // per_block)
+        blocks = -(-size // (self.block_size - header))
         what = f"symlink inode {inode.number}"
         target = bytearray()
-        for run in self._data_runs(inode, 0, blocks):
-            for i in range(run.count):
-                if run.logical + i >= blocks:
-                    break
-                block = self.reader.meta(run.disk + (i << self.block_log), self.block_size, what)
-                if header:
-                    magic, _offset, length = struct.unpack_from(">III", block, 0)
-                    if magic != SYMLINK_MAGIC or length > per_block:
-                        raise CorruptFilesystem(f"inode {inode.number}: symlink block is damaged")
-                    target += block[header : header + length]
-                else:
-                    target += block
+        for run in merge_runs(self._data_runs(inode, 0, blocks), self.block_size):
+            count = min(run.count, blocks - run.logical)
+            if count <= 0:
+                break
+            data = self.reader.meta(run.disk, count << self.block_log, what)
+            if header:
+                magic, offset, length = struct.unpack_from(">III", data, 0)
+                if magic != SYMLINK_MAGIC or length > len(data) - header or offset != len(target):
+                    raise CorruptFilesystem(f"inode {inode.number}: symlink block is damaged")
+                target += data[header : header + length]
+            else:
+                target += data
         if len(target) < size:
             raise CorruptFilesystem(f"inode {inode.number}: symlink blocks are missing")
         return bytes(target[:size])
