@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: e2fsprogs (mkfs.ext4, debugfs) for demo and tests; fuse and libfuse2 for
 # `lamina mount` (never fuse3: it conflicts with fuse).
-SYSTEM_PACKAGES := e2fsprogs fuse libfuse2
+SYSTEM_PACKAGES := e2fsprogs xfsprogs fuse libfuse2
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 
