@@ -55,6 +55,7 @@ class Capabilities:
     extract: bool = False
     mount: bool = False
     delete: bool = False
+    protect: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Point:
     image_digest: str
     snapshot_handle: str | None
     verify_state: str  # "", "verifying", "ok" or "corrupt"
+    protected: bool = False  # kept by every retention policy and delete
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -215,7 +217,11 @@ class LaminaClient(Protocol):
 
     def start_extract(self, point_id: str, paths: Sequence[str], to_dir: str) -> str: ...
 
-    def delete_point(self, point_id: str) -> None: ...
+    def start_delete(self, point_id: str) -> str:
+        """Delete a point; points built on it keep restoring as before."""
+        ...
+
+    def set_protected(self, point_id: str, protected: bool) -> None: ...
 
     def mount(self, point_id: str, mountpoint: str) -> str: ...
 
@@ -247,6 +253,7 @@ def _point(info: PointInfo, verify_state: str) -> Point:
         image_digest=info.image_digest,
         snapshot_handle=info.snapshot_handle,
         verify_state=verify_state,
+        protected=bool(getattr(info, "protected", False)),
         manifest=info.manifest,
     )
 
@@ -267,6 +274,9 @@ def _summary(job: Job) -> tuple[str, str | None]:
     result = job.result
     if job.state != JobState.SUCCEEDED:
         return (job.error or job.state), None
+    if job.kind == "delete" and isinstance(result, list):
+        folded = f"; its data folded into {', '.join(result)}" if result else ""
+        return f"point deleted{folded}", None
     if isinstance(result, PointInfo):
         s = result.stats
         return (
@@ -323,7 +333,9 @@ class InProcessClient:
             browse=callable(getattr(s, "list_files", None)),
             extract=callable(getattr(s, "start_extract", None)),
             mount=callable(getattr(s, "mount", None)) and callable(getattr(s, "unmount", None)),
-            delete=callable(getattr(s, "delete_point", None)),
+            delete=callable(getattr(s, "start_delete", None)),
+            protect=callable(getattr(s, "protect", None))
+            and callable(getattr(s, "unprotect", None)),
         )
 
     # ------------------------------------------------------------------ clusters
@@ -525,8 +537,15 @@ class InProcessClient:
         job = self._optional("start_extract", "extract files")(point_id, list(paths), to_dir)
         return self._register(job, None, point_id)
 
-    def delete_point(self, point_id: str) -> None:
-        self._optional("delete_point", "delete points")(point_id)
+    def start_delete(self, point_id: str) -> str:
+        job = self._optional("start_delete", "delete points")(point_id)
+        return self._register(job, None, point_id)
+
+    def set_protected(self, point_id: str, protected: bool) -> None:
+        if protected:
+            self._optional("protect", "protect points")(point_id)
+        else:
+            self._optional("unprotect", "unprotect points")(point_id)
 
     def mount(self, point_id: str, mountpoint: str) -> str:
         result = self._optional("mount", "mount points")(point_id, mountpoint)

@@ -27,7 +27,7 @@ from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.client import InProcessClient, JobView
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
-from lamina.tui.screens.dialogs import GotoScreen, HelpScreen, PromptScreen
+from lamina.tui.screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen, PromptScreen
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.jobs import JobsScreen
 from lamina.tui.screens.volumes import VolumesScreen
@@ -391,3 +391,56 @@ async def test_a_flood_of_progress_is_merged(world: World) -> None:
         assert redraws <= elapsed / app.feed.min_interval + 2, (redraws, elapsed)
         assert app.feed.merged >= 9_000
         assert app.job_views["flood"].done == 10_000
+
+
+async def test_protect_and_delete_a_point(world: World) -> None:
+    app = world.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_volumes(pilot, app)
+        full = await back_up(pilot, app)
+        incremental = await back_up(pilot, app, count=2)
+        await pilot.press("enter")
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ChainScreen) and app.screen.loaded, "the chain"
+        )
+        chain = app.screen
+        assert isinstance(chain, ChainScreen)
+        current = chain.current_point()
+        assert current is not None and current.id == full.point
+
+        await pilot.press("p")
+        await wait_for(
+            pilot,
+            lambda: [p.protected for p in chain.points if p.id == full.point] == [True],
+            "protect",
+        )
+        await pilot.press("d")  # refused: protected points are kept
+        assert any("is protected" in n.message for n in app._notifications)
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("p")
+        await wait_for(
+            pilot,
+            lambda: [p.protected for p in chain.points if p.id == full.point] == [False],
+            "unprotect",
+        )
+
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("n")  # keep it after all
+        assert app.screen is chain and len(world.service.list_points()) == 2
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: finished_jobs(app, "delete"), "the delete job")
+        assert finished_jobs(app, "delete")[0].state == "succeeded"
+        await wait_for(
+            pilot, lambda: [p.id for p in chain.points] == [incremental.point], "the shorter chain"
+        )
+        # The incremental took over the full point's data: it still restores the volume.
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen), "the restore prompt")
+        await type_path(pilot, "after-delete.img")
+        await wait_for(pilot, lambda: finished_jobs(app, "restore"), "the restore")
+        assert finished_jobs(app, "restore")[0].state == "succeeded"
+        restored = (world.root / "after-delete.img").read_bytes()
+        assert restored == world.image.read_bytes()

@@ -69,6 +69,7 @@ class ChainScreen(LaminaScreen):
         Binding("r", "restore", "Restore", id="chain.restore"),
         Binding("m", "mount", "Mount", id="chain.mount"),
         Binding("d", "delete", "Delete", id="chain.delete"),
+        Binding("p", "protect", "Protect", id="chain.protect", show=False),
         Binding("b", "backup", "Back up", id="chain.backup"),
         Binding("c", "cancel", "Cancel job", id="chain.cancel", show=False),
         Binding("j", "cursor_down", "Down", show=False, id="chain.cursor-down"),
@@ -126,6 +127,8 @@ class ChainScreen(LaminaScreen):
             return False
         if action == "delete" and not caps.delete:
             return False
+        if action == "protect" and not caps.protect:
+            return False
         return super().check_action(action, parameters)
 
     # ------------------------------------------------------------------ loading
@@ -160,8 +163,10 @@ class ChainScreen(LaminaScreen):
             label = Text()
             label.append(glyph + " ", style="bold cyan" if point.kind == "full" else "cyan")
             label.append(point.id, style="bold" if point.kind == "full" else "")
+            if point.protected:
+                label.append(" protected", style="yellow")
             if point.id in self.mounts:
-                label.append("  ⛁", style="magenta")
+                label.append(" mounted", style="magenta")
             table.add_row(
                 label,
                 fmt.short_time(point.created),
@@ -225,6 +230,7 @@ class ChainScreen(LaminaScreen):
             ("deduplicated", fmt.size(point.bytes_deduplicated)),
             ("took", f"{point.duration:.2f} s"),
             ("verify", verify_cell(point.verify_state)),
+            ("protected", "yes: kept by delete and retention" if point.protected else "no"),
         ]
         if point.id in self.mounts:
             rows.append(("mounted at", Text(self.mounts[point.id], style="magenta")))
@@ -245,7 +251,7 @@ class ChainScreen(LaminaScreen):
             if view.kind == "backup" and view.volume == self.volume.key and view.finished:
                 self.load()
                 return
-            if view.kind == "verify" and view.point in ids:
+            if view.kind in ("verify", "delete") and view.point in ids:
                 self.load()
                 return
 
@@ -349,30 +355,41 @@ class ChainScreen(LaminaScreen):
         point = self._point_or_warn()
         if point is None:
             return
-        dependants = [p for p in self.points if p.parent == point.id]
-        warning = (
-            f"{len(dependants)} point(s) are built on it."
-            if dependants
+        if point.protected:
+            self.notify(
+                f"point {point.id} is protected: unprotect it first (p)", severity="warning"
+            )
+            return
+        children = [p for p in self.points if p.parent == point.id]
+        text = (
+            f"{len(children)} point(s) built on it take over its data and restore as before."
+            if children
             else "No point is built on it."
         )
 
         def delete(yes: bool | None) -> None:
             if yes:
-                self.delete_point(point.id)
+                self.lamina.start_job(
+                    f"delete {point.id}", lambda: self.client.start_delete(point.id)
+                )
 
         self.app.push_screen(
-            ConfirmScreen(f"Delete point {point.id}?", warning, confirm_label="Delete"), delete
+            ConfirmScreen(f"Delete point {point.id}?", text, confirm_label="Delete"), delete
         )
 
-    @work(thread=True, group="delete")
-    def delete_point(self, point_id: str) -> None:
-        def delete() -> bool:
-            self.client.delete_point(point_id)
+    def action_protect(self) -> None:
+        point = self._point_or_warn()
+        if point is not None:
+            self.set_protected(point.id, not point.protected)
+
+    @work(thread=True, group="protect")
+    def set_protected(self, point_id: str, protected: bool) -> None:
+        def change() -> bool:
+            self.client.set_protected(point_id, protected)
             return True
 
-        if self.call_safely(f"delete {point_id}", delete):
-            self.app.call_from_thread(self.notify, f"point {point_id} deleted")
-        self.load()
+        if self.call_safely(f"{'protect' if protected else 'unprotect'} {point_id}", change):
+            self.load()
 
     def action_backup(self) -> None:
         v = self.volume
