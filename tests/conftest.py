@@ -12,11 +12,23 @@ S3 (SeaweedFS on 127.0.0.1, one server for the whole run, started on first use):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With LAMINA_NO_SKIPS=1 (set by `make test`), a skipped test fails the run: a test that
+    did not run proves nothing, so it must never pass silently."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("LAMINA_NO_SKIPS") == "1" and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but make test allows no skips: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")

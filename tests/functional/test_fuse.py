@@ -229,7 +229,8 @@ def test_killed_daemon_is_cleaned_by_umount(chain: Chain, tmp_path: Path) -> Non
         _wait_for(lambda: not _alive(pid), 10, "the killed daemon to go")
         with pytest.raises(OSError) as failure:
             os.listdir(mnt)
-        assert failure.value.errno == errno.ENOTCONN
+        # the first access after the daemon died may see the aborted connection itself
+        assert failure.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
         result = _lamina(chain.env, "umount", str(mnt))
         assert result.returncode == 0, result.stderr
         assert not _is_mounted(mnt)
