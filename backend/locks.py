@@ -11,6 +11,8 @@ Protocol (docs/format.md, "Concurrency"):
   lock. On conflict, delete your object and retry after a random pause, or give up.
   Because each side writes before it reads, two conflicting lockers cannot both miss each
   other: at least one sees the other and backs off.
+* A lock of a process that no longer runs on this very host is stale at once (restic does
+  the same), so a crashed backup does not hold up a prune on the same machine.
 * Backups, restores, verifies and mounts take shared locks; prune, forget, delete and
   consolidate take exclusive locks.
 """
@@ -57,12 +59,25 @@ class LockInfo:
 
     @property
     def stale(self) -> bool:
-        return self.expires + SKEW < time.time()
+        """Expired, or held by a process of this host that no longer exists."""
+        if self.expires + SKEW < time.time():
+            return True
+        return self.host == socket.gethostname() and self.pid > 0 and not _alive(self.pid)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.created))
         state = "stale" if self.stale else "live"
         return f"{self.kind} lock for {self.purpose} by pid {self.pid} on {self.host} since {since} ({state})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_locks(repo: Repository) -> list[LockInfo]:

@@ -495,3 +495,23 @@ def test_object_lock_keeps_data_until_retention_ends(s3_env: object, tmp_path: P
     assert s3.list_objects_v2(Bucket=bucket, Prefix="repo/packs/")["KeyCount"] >= 1
     with pytest.raises(LaminaError, match="needs an S3 repository"):
         init_repository(str(tmp_path / "local-repo"), object_lock_days=1)
+
+
+def test_lock_of_a_dead_local_process_is_stale(tmp_path: Path) -> None:
+    import socket
+
+    init_repository(str(tmp_path / "repo"))
+    service = Service(str(tmp_path / "repo"), lock_wait=0)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = {
+        "kind": "shared",
+        "purpose": "backup",
+        "host": socket.gethostname(),
+        "pid": dead.pid,
+        "created": time.time(),
+        "expires": time.time() + 300,
+    }
+    service.repo.storage.put("locks/cafe", json.dumps(lock).encode())
+    assert service.list_locks()[0].stale
+    run(service.start_prune())  # not held up by the dead backup's lease
