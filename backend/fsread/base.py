@@ -21,6 +21,7 @@ from .errors import (
 )
 
 MAX_SYMLINK = 4096
+MAX_DIRECTORY_SIZE = 4 << 30  # larger is damage: bounds the work a listing can cause
 MAX_PATH_DEPTH = 4096
 BILLION = 1_000_000_000
 MAX_READ_GAP = 64 * 1024  # read through gaps this small rather than issue another request

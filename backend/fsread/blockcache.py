@@ -41,6 +41,12 @@ class BlockReader:
             detail += f"; the filesystem claims {self.fs_size} bytes, so the image is truncated"
         return CorruptFilesystem(detail)
 
+    def _short(self, offset: int, length: int, got: int, what: str) -> CorruptFilesystem:
+        return CorruptFilesystem(
+            f"{what}: the image returned {got} of {length} bytes at byte {offset}, "
+            f"though it claims to hold {self.size} bytes"
+        )
+
     def _chunk(self, index: int, readahead: int = 1) -> bytes:
         with self._lock:
             data = self._chunks.get(index)
@@ -83,7 +89,7 @@ class BlockReader:
             parts = [self._chunk(i, max(readahead, last - i + 1)) for i in range(first, last + 1)]
             piece = b"".join(parts)[start : start + length]
         if len(piece) != length:  # the image returned less than its size promised
-            raise self._beyond_end(offset, length, what)
+            raise self._short(offset, length, len(piece), what)
         return piece
 
     def data_into(self, out: memoryview, offset: int, what: str = "file data") -> None:
@@ -96,6 +102,6 @@ class BlockReader:
             want = min(MAX_DATA_READ, length - done)
             piece = self._raw(want, offset + done)
             if len(piece) != want:
-                raise self._beyond_end(offset + done, want, what)
+                raise self._short(offset + done, want, len(piece), what)
             out[done : done + want] = piece
             done += want

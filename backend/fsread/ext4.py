@@ -12,8 +12,17 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
-from .base import BILLION, MAX_SYMLINK, BaseFileSystem, Inode, Run, check_mode_kind
+from .base import (
+    BILLION,
+    MAX_DIRECTORY_SIZE,
+    MAX_SYMLINK,
+    BaseFileSystem,
+    Inode,
+    Run,
+    check_mode_kind,
+)
 from .blockcache import BlockReader
 from .errors import CorruptFilesystem, UnsupportedFilesystem
 
@@ -358,8 +367,20 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             yield from self._mapped_runs(inode, first, end)
 
     def _extent_runs(
-        self, inode: Ext4Inode, node: bytes, first: int, end: int, expected_depth: int | None
+        self,
+        inode: Ext4Inode,
+        node: bytes,
+        first: int,
+        end: int,
+        expected_depth: int | None,
+        low: int = 0,
+        high: int = 1 << 32,
     ) -> Iterator[Run]:
+        """Written extents overlapping [first, end), from a node covering [low, high).
+
+        Entries must be sorted and stay inside their parent's key range: that keeps a damaged
+        tree from being walked more than once per block (a child shared by many indexes).
+        """
         if len(node) < _EXTENT_HEADER.size:
             raise CorruptFilesystem(f"inode {inode.number}: extent node is too small")
         magic, entries, max_entries, depth, _ = _EXTENT_HEADER.unpack_from(node, 0)
@@ -374,15 +395,20 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             raise CorruptFilesystem(
                 f"inode {inode.number}: extent node is damaged ({entries} entries, depth {depth})"
             )
+        disorder = CorruptFilesystem(f"inode {inode.number}: extents overlap or are out of order")
         bs = self.block_size
         if depth == 0:
+            previous_end = low
             for i in range(entries):
                 logical, length, start_hi, start_lo = _EXTENT_LEAF.unpack_from(node, 12 + 12 * i)
                 unwritten = length > EXTENT_INIT_MAX
                 count = length - EXTENT_INIT_MAX if unwritten else length
+                if count == 0 or logical < previous_end or logical + count > high:
+                    raise disorder
+                previous_end = logical + count
                 if logical >= end:
                     return
-                if logical + count <= first or count == 0:
+                if logical + count <= first:
                     continue
                 start = (start_hi << 32) | start_lo
                 if start + count > self.blocks_count:
@@ -393,14 +419,18 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
                     yield Run(logical, count, start * bs)
             return
         keys = [_EXTENT_INDEX.unpack_from(node, 12 + 12 * i) for i in range(entries)]
+        starts = [key[0] for key in keys] + [high]
+        if (entries and starts[0] < low) or any(b <= a for a, b in pairwise(starts)):
+            raise disorder
         for i, (logical, leaf_lo, leaf_hi, _) in enumerate(keys):
             if logical >= end:
                 return
-            next_logical = keys[i + 1][0] if i + 1 < entries else 1 << 32
-            if next_logical <= first:
+            if starts[i + 1] <= first:
                 continue
             child = self._block((leaf_hi << 32) | leaf_lo, f"extent tree of inode {inode.number}")
-            yield from self._extent_runs(inode, child, first, end, depth - 1)
+            yield from self._extent_runs(
+                inode, child, first, end, depth - 1, logical, starts[i + 1]
+            )
 
     def _mapped_runs(self, inode: Ext4Inode, first: int, end: int) -> Iterator[Run]:
         """Runs from a classic direct/indirect block map (ext2, ext3, ext4 without extents)."""
@@ -504,6 +534,10 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             if extra:
                 yield from self._parse_dir_block(inode, extra, "inline attribute")
             return
+        if inode.size > MAX_DIRECTORY_SIZE:
+            raise CorruptFilesystem(
+                f"directory inode {inode.number}: size {inode.size} is not plausible"
+            )
         bs = self.block_size
         blocks = -(-inode.size // bs)
         for run in self._data_runs(inode, 0, blocks):

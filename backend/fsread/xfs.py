@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from .base import (
     BILLION,
@@ -70,9 +71,21 @@ DIR_LEAF_OFFSET = 32 << 30  # data blocks live below this byte offset of a direc
 SYMLINK_MAGIC = 0x58534C4D  # "XSLM"
 SYMLINK_HEADER_V5 = 56
 BIGTIME_EPOCH_OFFSET = 1 << 31
+MAX_OFFSET = (1 << 54) - 1  # file offsets in extent records are 54 bits
 
 _EXTENT = struct.Struct(">QQ")
 _CORE = struct.Struct(">HHBBHIIIHH8s")
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A bmbt node: in the inode (the root) or in a block."""
+
+    data: bytes
+    keys_at: int
+    pointers_at: int
+    count: int
+    level: int
 
 
 @dataclass(slots=True)
@@ -236,16 +249,15 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
                 raise CorruptFilesystem(
                     f"inode {inode.number}: {inode.extents} extents do not fit in the inode"
                 )
-            yield from self._records(inode, inode.fork, 0, inode.extents, first, end)
+            yield from self._records(inode, inode.fork, 0, inode.extents, first, end, 0, MAX_OFFSET)
         elif inode.format == FORMAT_BTREE:
             fork = inode.fork
             level, count = struct.unpack_from(">HH", fork, 0)
             max_records = (len(fork) - 4) // 16
             if level == 0 or level > BMBT_MAX_LEVELS or count == 0 or count > max_records:
                 raise CorruptFilesystem(f"inode {inode.number}: extent btree root is damaged")
-            yield from self._btree_node(
-                inode, fork, 4, 4 + max_records * 8, count, level, first, end
-            )
+            node = _Node(fork, 4, 4 + max_records * 8, count, level)
+            yield from self._btree_node(inode, node, first, end, 0, MAX_OFFSET)
         elif inode.format == FORMAT_LOCAL:
             return
         else:
@@ -254,44 +266,58 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
             )
 
     def _records(
-        self, inode: XfsInode, block: bytes, start: int, count: int, first: int, end: int
-    ) -> Iterator[Run]:
-        what = f"data of inode {inode.number}"
-        for i in range(count):
-            high, low = _EXTENT.unpack_from(block, start + 16 * i)
-            logical = (high >> 9) & ((1 << 54) - 1)
-            length = low & ((1 << 21) - 1)
-            if logical >= end:
-                return
-            if logical + length <= first or length == 0:
-                continue
-            fsb = ((high & 0x1FF) << 43) | (low >> 21)
-            disk = self._disk_offset(fsb, length, what)
-            if not high >> 63:  # the top bit marks an unwritten (preallocated) extent
-                yield Run(logical, length, disk)
-
-    def _btree_node(
         self,
         inode: XfsInode,
         block: bytes,
-        keys_at: int,
-        pointers_at: int,
+        start: int,
         count: int,
-        level: int,
         first: int,
         end: int,
+        low: int,
+        high: int,
     ) -> Iterator[Run]:
-        keys = struct.unpack_from(f">{count}Q", block, keys_at)
-        pointers = struct.unpack_from(f">{count}Q", block, pointers_at)
+        """Written extents overlapping [first, end) from records that must lie in [low, high)."""
+        what = f"data of inode {inode.number}"
+        previous_end = low
         for i in range(count):
+            word0, word1 = _EXTENT.unpack_from(block, start + 16 * i)
+            logical = (word0 >> 9) & MAX_OFFSET
+            length = word1 & ((1 << 21) - 1)
+            if length == 0 or logical < previous_end or logical + length > high:
+                raise CorruptFilesystem(
+                    f"inode {inode.number}: extents overlap or are out of order"
+                )
+            previous_end = logical + length
+            if logical >= end:
+                return
+            if logical + length <= first:
+                continue
+            fsb = ((word0 & 0x1FF) << 43) | (word1 >> 21)
+            disk = self._disk_offset(fsb, length, what)
+            if not word0 >> 63:  # the top bit marks an unwritten (preallocated) extent
+                yield Run(logical, length, disk)
+
+    def _btree_node(
+        self, inode: XfsInode, node: _Node, first: int, end: int, low: int, high: int
+    ) -> Iterator[Run]:
+        """Children must have increasing keys inside [low, high): a damaged tree cannot make
+        the walk visit a block more than once."""
+        keys = struct.unpack_from(f">{node.count}Q", node.data, node.keys_at)
+        pointers = struct.unpack_from(f">{node.count}Q", node.data, node.pointers_at)
+        bounds = [*keys, high]
+        if keys[0] < low or any(b <= a for a, b in pairwise(bounds)):
+            raise CorruptFilesystem(f"inode {inode.number}: extent btree keys are out of order")
+        for i in range(node.count):
             if keys[i] >= end:
                 return
-            if i + 1 < count and keys[i + 1] <= first:
+            if bounds[i + 1] <= first:
                 continue
-            yield from self._btree_block(inode, pointers[i], level - 1, first, end)
+            yield from self._btree_block(
+                inode, pointers[i], node.level - 1, first, end, keys[i], bounds[i + 1]
+            )
 
     def _btree_block(
-        self, inode: XfsInode, fsb: int, level: int, first: int, end: int
+        self, inode: XfsInode, fsb: int, level: int, first: int, end: int, low: int, high: int
     ) -> Iterator[Run]:
         what = f"extent btree of inode {inode.number}"
         block = self.reader.meta(self._disk_offset(fsb, 1, what), self.block_size, what)
@@ -307,14 +333,13 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
         if level == 0:
             if header + count * 16 > self.block_size:
                 raise CorruptFilesystem(f"inode {inode.number}: extent btree leaf is damaged")
-            yield from self._records(inode, block, header, count, first, end)
+            yield from self._records(inode, block, header, count, first, end, low, high)
             return
         max_records = (self.block_size - header) // 16
         if count == 0 or count > max_records:
             raise CorruptFilesystem(f"inode {inode.number}: extent btree node is damaged")
-        yield from self._btree_node(
-            inode, block, header, header + max_records * 8, count, level, first, end
-        )
+        node = _Node(block, header, header + max_records * 8, count, level)
+        yield from self._btree_node(inode, node, first, end, low, high)
 
     def _inline_content(self, inode: XfsInode) -> bytes | None:
         if inode.format != FORMAT_LOCAL:
@@ -341,24 +366,29 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
             )
         per_dir_block = 1 << self.dir_block_log
         data_end = DIR_LEAF_OFFSET >> self.block_log
-        pieces: dict[int, list[tuple[int, int]]] = {}  # dir block -> [(fs block in it, disk)]
+        what = f"directory inode {inode.number}"
+        current = -1  # the directory block being gathered
+        parts: list[int] = []  # disk offsets of its blocks so far
         for run in self._data_runs(inode, 0, data_end):
-            for i in range(run.count):
+            for i in range(min(run.count, data_end - run.logical)):
                 logical = run.logical + i
-                if logical >= data_end:
+                dir_block, index = logical >> self.dir_block_log, logical & (per_dir_block - 1)
+                if dir_block != current:
+                    if parts:
+                        break
+                    current = dir_block
+                if index != len(parts):
                     break
-                pieces.setdefault(logical >> self.dir_block_log, []).append(
-                    (logical & (per_dir_block - 1), run.disk + (i << self.block_log))
-                )
-        for dir_block in sorted(pieces):
-            parts = sorted(pieces[dir_block])
-            if [index for index, _ in parts] != list(range(per_dir_block)):
-                raise CorruptFilesystem(
-                    f"directory inode {inode.number}: directory block {dir_block} is incomplete"
-                )
-            what = f"directory inode {inode.number}"
-            data = b"".join(self.reader.meta(disk, self.block_size, what) for _, disk in parts)
-            yield from self._data_block_entries(inode, data, dir_block)
+                parts.append(run.disk + (i << self.block_log))
+                if len(parts) == per_dir_block:
+                    data = b"".join(self.reader.meta(d, self.block_size, what) for d in parts)
+                    yield from self._data_block_entries(inode, data, dir_block)
+                    parts = []
+            else:
+                continue
+            raise CorruptFilesystem(f"{what}: directory block {current} is incomplete")
+        if parts:
+            raise CorruptFilesystem(f"{what}: directory block {current} is incomplete")
 
     def _shortform_entries(self, inode: XfsInode) -> Iterator[tuple[bytes, int]]:
         fork = inode.fork[: inode.size]
