@@ -117,6 +117,7 @@ class RepositoryInfo(_message.Message):
     ENCRYPTED_FIELD_NUMBER: _builtins.int
     COMPRESSION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    OBJECT_LOCK_DAYS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     id: _builtins.str
     version: _builtins.int
@@ -126,6 +127,8 @@ class RepositoryInfo(_message.Message):
     compression: _builtins.str
     created: _builtins.str
     """ISO 8601, UTC"""
+    object_lock_days: _builtins.int
+    """S3 Object Lock retention of every object; 0: none"""
     def __init__(
         self,
         *,
@@ -136,10 +139,11 @@ class RepositoryInfo(_message.Message):
         encrypted: _builtins.bool = ...,
         compression: _builtins.str = ...,
         created: _builtins.str = ...,
+        object_lock_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "created", b"created", "encrypted", b"encrypted", "grid_size", b"grid_size", "id", b"id", "url", b"url", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "created", b"created", "encrypted", b"encrypted", "grid_size", b"grid_size", "id", b"id", "object_lock_days", b"object_lock_days", "url", b"url", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -797,15 +801,15 @@ class ByteRange(_message.Message):
 Global___ByteRange: _TypeAlias = ByteRange  # noqa: Y015
 
 @_typing.final
-class ChangedRanges(_message.Message):
-    """Byte ranges changed since the parent, in increasing order, never overlapping."""
+class ByteRanges(_message.Message):
+    """Byte ranges in increasing order, never overlapping."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RANGES_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
-    """where they come from, recorded in the point's notes"""
+    """where they come from (for example "CBT delta"), kept in the notes"""
     @_builtins.property
     def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___ByteRange]: ...
     def __init__(
@@ -820,7 +824,7 @@ class ChangedRanges(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ChangedRanges: _TypeAlias = ChangedRanges  # noqa: Y015
+Global___ByteRanges: _TypeAlias = ByteRanges  # noqa: Y015
 
 @_typing.final
 class StartBackupRequest(_message.Message):
@@ -852,6 +856,8 @@ class StartBackupRequest(_message.Message):
     CHANGED_RANGES_FIELD_NUMBER: _builtins.int
     SNAPSHOT_HANDLE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ALLOCATED_RANGES_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
     source: _builtins.str
     """absolute path of an image file or block device on the server"""
     volume: _builtins.str
@@ -859,28 +865,41 @@ class StartBackupRequest(_message.Message):
     parent: _builtins.str
     """"auto" (default: the volume's newest point), "none" or a point id"""
     snapshot_handle: _builtins.str
+    capacity: _builtins.int
+    """absent: the size of the source"""
     @_builtins.property
-    def changed_ranges(self) -> Global___ChangedRanges:
-        """absent: read the whole source (its holes skipped)"""
+    def changed_ranges(self) -> Global___ByteRanges:
+        """changed since the parent; absent: read the whole source"""
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def allocated_ranges(self) -> Global___ByteRanges:
+        """what a full backup reads; absent: the source's holes"""
+
     def __init__(
         self,
         *,
         source: _builtins.str = ...,
         volume: _builtins.str = ...,
         parent: _builtins.str = ...,
-        changed_ranges: Global___ChangedRanges | None = ...,
+        changed_ranges: Global___ByteRanges | None = ...,
         snapshot_handle: _builtins.str | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        allocated_ranges: Global___ByteRanges | None = ...,
+        capacity: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_snapshot_handle", b"_snapshot_handle", "changed_ranges", b"changed_ranges", "snapshot_handle", b"snapshot_handle"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_capacity", b"_capacity", "_snapshot_handle", b"_snapshot_handle", "allocated_ranges", b"allocated_ranges", "capacity", b"capacity", "changed_ranges", b"changed_ranges", "snapshot_handle", b"snapshot_handle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_snapshot_handle", b"_snapshot_handle", "changed_ranges", b"changed_ranges", "labels", b"labels", "parent", b"parent", "snapshot_handle", b"snapshot_handle", "source", b"source", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capacity", b"_capacity", "_snapshot_handle", b"_snapshot_handle", "allocated_ranges", b"allocated_ranges", "capacity", b"capacity", "changed_ranges", b"changed_ranges", "labels", b"labels", "parent", b"parent", "snapshot_handle", b"snapshot_handle", "source", b"source", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__capacity: _TypeAlias = _typing.Literal["capacity"]  # noqa: Y015
+    _WhichOneofArgType__capacity: _TypeAlias = _typing.Literal["_capacity", b"_capacity"]  # noqa: Y015
     _WhichOneofReturnType__snapshot_handle: _TypeAlias = _typing.Literal["snapshot_handle"]  # noqa: Y015
     _WhichOneofArgType__snapshot_handle: _TypeAlias = _typing.Literal["_snapshot_handle", b"_snapshot_handle"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__capacity) -> _WhichOneofReturnType__capacity | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__snapshot_handle) -> _WhichOneofReturnType__snapshot_handle | None: ...
 
 Global___StartBackupRequest: _TypeAlias = StartBackupRequest  # noqa: Y015

@@ -28,6 +28,11 @@ def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 
 
 def open_service(args: argparse.Namespace) -> Service:
+    # A command module may give a parser another way to reach a service (--server).
+    factory = getattr(args, "service_factory", None)
+    if factory is not None:
+        service: Service = factory(args)
+        return service
     return Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
 
 

@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "lamina.backend.cli.commands_kube",
     "lamina.backend.cli.commands_files",
     "lamina.backend.cli.commands_tui",
+    # Last: it adds --server to parsers registered above.
+    "lamina.backend.cli.commands_api",
 ]
 
 

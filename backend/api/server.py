@@ -1,0 +1,670 @@
+"""The lamina.v1 gRPC server: the service layer over the wire, long operations as tasks.
+
+``ApiServer`` puts together the LaminaService servicer, bearer-token checking, standard
+health checking and server reflection. ``serve()`` runs one until SIGTERM or SIGINT and
+then shuts down gracefully: no new calls, running tasks get a grace period, the rest are
+cancelled, and the log says which finished and which were cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lamina.protos import lamina_v1_pb2 as pb
+from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
+
+from .. import __version__
+from ..errors import LaminaError, UsageError
+from ..extents import Range, checked_ranges
+from ..extract import ExtractReport
+from ..service import PointInfo, Service, VerifyReport, VolumeRef
+from ..units import format_size
+from . import convert
+from .auth import BearerTokenInterceptor, is_loopback
+from .errors import ERROR_CLASS_KEY, PathNotAllowed, Unimplemented, one_line, status_of
+from .tasks import FINISHED, TaskManager, TaskView
+from .tree import checked_path, file_chunks, tree_items
+
+log = logging.getLogger("lamina.api")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LaminaService"].full_name
+# Calls at once (open WatchTask streams included); more are refused with RESOURCE_EXHAUSTED
+# rather than left waiting for a worker thread.
+MAX_CONCURRENT_CALLS = 64
+CANCEL_WAIT = 60.0  # after the grace period, how long cancelled tasks get to stop
+MAX_CHECK_TIMEOUT = 30.0
+
+_STATES = {
+    "queued": pb.TASK_STATE_QUEUED,
+    "running": pb.TASK_STATE_RUNNING,
+    "cancelling": pb.TASK_STATE_CANCELLING,
+    "cancelled": pb.TASK_STATE_CANCELLED,
+    "succeeded": pb.TASK_STATE_SUCCEEDED,
+    "failed": pb.TASK_STATE_FAILED,
+}
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException) -> Any:
+    if isinstance(error, LaminaError):
+        code, message = status_of(error)
+        context.set_trailing_metadata(((ERROR_CLASS_KEY, type(error).__name__),))
+        return context.abort(code, message)
+    log.error("internal error", exc_info=error)
+    return context.abort(
+        grpc.StatusCode.INTERNAL,
+        one_line(f"internal error: {type(error).__name__}: {error} (details in the server log)"),
+    )
+
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def unary(
+    method: Callable[[S, Req, grpc.ServicerContext], Resp],
+) -> Callable[[S, Req, grpc.ServicerContext], Resp]:
+    """Answer LaminaErrors with their status code and one line; nothing else leaks."""
+
+    @functools.wraps(method)
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
+        try:
+            return method(self, request, context)
+        except Exception as e:
+            return _abort(context, e)  # type: ignore[no-any-return]
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]],
+) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
+    @functools.wraps(method)
+    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
+        try:
+            yield from method(self, request, context)
+        except Exception as e:
+            _abort(context, e)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+class PathPolicy:
+    """Paths of the server's machine that requests may name: absolute, and under one of
+    ``roots`` when roots are given (symlinks resolved when the request arrives)."""
+
+    def __init__(self, roots: Sequence[str] = ()) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+
+    def check(self, path: str, what: str) -> str:
+        if not path:
+            raise UsageError(f"give the {what} (an absolute path on the server)")
+        if "\0" in path:
+            raise UsageError(f"the {what} must not contain a NUL byte")
+        if not os.path.isabs(path):
+            raise UsageError(f"the {what} must be an absolute path on the server: {path!r}")
+        if self.roots:
+            real = os.path.realpath(path)
+            if not any(os.path.commonpath([real, root]) == root for root in self.roots):
+                raise PathNotAllowed(
+                    f"the {what} {path} is outside the folders this server allows (--allow-path)"
+                )
+        return path
+
+
+class SourceNotFound(LaminaError):
+    """The image or device to back up is not there."""
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+def _summary(view: TaskView) -> str:
+    if view.state != "succeeded":
+        return view.error or ("" if view.state not in FINISHED else view.state)
+    result = view.result
+    if isinstance(result, PointInfo):
+        s = result.stats
+        return (
+            f"point {result.id}: read {format_size(int(s.get('bytes_read', 0)))}, "
+            f"stored {format_size(int(s.get('bytes_stored', 0)))}, "
+            f"deduplicated {format_size(int(s.get('bytes_deduplicated', 0)))}"
+        )
+    if isinstance(result, VerifyReport):
+        if result.ok:
+            return f"{result.points} point(s), {result.pieces} pieces checked, no problem found"
+        return f"{len(result.problems)} problem(s): {result.problems[0]}"
+    if isinstance(result, ExtractReport):
+        text = (
+            f"extracted {result.files} file(s), {result.directories} folder(s), "
+            f"{format_size(result.bytes)} to {result.target}"
+        )
+        if result.skipped:
+            text += f"; {len(result.skipped)} skipped"
+        return text
+    if isinstance(result, dict) and "bytes_written" in result:
+        return f"restored {format_size(int(result['bytes_written']))} to {result.get('target', '')}"
+    if view.kind == "delete":
+        return f"deleted point {view.point}"
+    return "done"
+
+
+def task_message(view: TaskView, *, include_log: bool = False) -> pb.Task:
+    message = pb.Task(
+        id=view.id,
+        kind=view.kind,
+        description=view.description,
+        state=_STATES[view.state],
+        queue_position=view.queue_position,
+        error=view.error or "",
+        summary=_summary(view),
+        created=convert.timestamp(view.created),
+        point=view.point,
+    )
+    if view.progress is not None:
+        message.progress.CopyFrom(convert.progress_message(view.progress))
+    if view.started is not None:
+        message.started.CopyFrom(convert.timestamp(view.started))
+    if view.finished is not None:
+        message.finished.CopyFrom(convert.timestamp(view.finished))
+    if view.volume is not None:
+        message.volume.CopyFrom(convert.volume_message(view.volume))
+    if include_log:
+        message.log.extend(view.log)
+    result = view.result
+    if isinstance(result, PointInfo):
+        message.backup.CopyFrom(convert.point_message(result))
+    elif isinstance(result, VerifyReport):
+        message.verify.CopyFrom(convert.verify_message(result))
+    elif isinstance(result, ExtractReport):
+        message.extract.CopyFrom(convert.extract_message(result))
+    elif isinstance(result, dict) and "bytes_written" in result:
+        message.restore.CopyFrom(convert.restore_message(result))
+    elif view.kind == "delete" and isinstance(result, list):
+        message.delete.children.extend(str(c) for c in result)
+    return message
+
+
+# ---------------------------------------------------------------------------- the servicer
+
+
+def _ranges(message: pb.ByteRanges, what: str) -> list[Range]:
+    ranges = [(r.offset, r.length) for r in message.ranges]
+    # Order, overlap and sizes now, as INVALID_ARGUMENT; the volume's bounds when it runs.
+    list(checked_ranges(ranges, 1 << 63, what))
+    return ranges
+
+
+def _required(value: str, what: str) -> str:
+    if not value:
+        raise UsageError(f"give the {what}")
+    return value
+
+
+class LaminaServicer(pb_grpc.LaminaServiceServicer):
+    def __init__(
+        self,
+        service: Service,
+        tasks: TaskManager,
+        paths: PathPolicy,
+    ) -> None:
+        self.service = service
+        self.tasks = tasks
+        self.paths = paths
+
+    def _offers(self, name: str) -> bool:
+        return callable(getattr(self.service, name, None))
+
+    def _point_id(self, ref: str) -> str:
+        return self.service.get_point(_required(ref, "point (id or unique prefix)")).id
+
+    # ------------------------------------------------------------------ server
+
+    @unary
+    def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ServerInfo:
+        return pb.ServerInfo(
+            version=__version__,
+            repository=convert.repository_message(self.service.info()),
+            capabilities=pb.Capabilities(
+                browse=self._offers("list_files"),
+                read_files=self._offers("point_files"),
+                extract=self._offers("start_extract"),
+                delete=self._offers("start_delete"),
+                mount=False,
+            ),
+            limits=pb.Limits(
+                max_backups=self.tasks.max_backups,
+                max_backups_per_volume=self.tasks.max_backups_per_volume,
+                restricted_paths=bool(self.paths.roots),
+            ),
+        )
+
+    # ------------------------------------------------------------------ clusters
+
+    @unary
+    def ListClusters(
+        self, request: pb.ListClustersRequest, context: grpc.ServicerContext
+    ) -> pb.ListClustersResponse:
+        clusters = self.service.list_clusters()
+        return pb.ListClustersResponse(clusters=[convert.cluster_message(c) for c in clusters])
+
+    @unary
+    def CheckClusters(
+        self, request: pb.CheckClustersRequest, context: grpc.ServicerContext
+    ) -> pb.CheckClustersResponse:
+        timeout = request.timeout_seconds or 3.0
+        if not 0 < timeout <= MAX_CHECK_TIMEOUT:
+            raise UsageError(f"timeout_seconds must be between 0 and {MAX_CHECK_TIMEOUT:.0f}")
+        names = list(request.names) or None
+        results = self.service.check_clusters(names, timeout=timeout)
+        return pb.CheckClustersResponse(
+            checks=[convert.check_message(name, r) for name, r in sorted(results.items())]
+        )
+
+    @unary
+    def ListClusterVolumes(
+        self, request: pb.ListClusterVolumesRequest, context: grpc.ServicerContext
+    ) -> pb.ListClusterVolumesResponse:
+        cluster = _required(request.cluster, "cluster")
+        volumes = self.service.list_cluster_volumes(cluster, request.namespace or None)
+        return pb.ListClusterVolumesResponse(
+            volumes=[convert.cluster_volume_message(v) for v in volumes]
+        )
+
+    # ------------------------------------------------------------------ repository
+
+    @unary
+    def ListVolumes(
+        self, request: pb.ListVolumesRequest, context: grpc.ServicerContext
+    ) -> pb.ListVolumesResponse:
+        return pb.ListVolumesResponse(
+            volumes=[convert.volume_summary_message(v) for v in self.service.list_volumes()]
+        )
+
+    def _points(self, points: list[PointInfo], manifest: bool) -> list[pb.Point]:
+        states = self.tasks.verify_states()
+        return [
+            convert.point_message(p, manifest=manifest, verify_state=states.get(p.id, ""))
+            for p in points
+        ]
+
+    @unary
+    def ListPoints(
+        self, request: pb.ListPointsRequest, context: grpc.ServicerContext
+    ) -> pb.ListPointsResponse:
+        points = self.service.list_points(request.volume or None)
+        return pb.ListPointsResponse(points=self._points(points, request.include_manifest))
+
+    @unary
+    def GetPoint(self, request: pb.GetPointRequest, context: grpc.ServicerContext) -> pb.Point:
+        point = self.service.get_point(_required(request.point, "point (id or unique prefix)"))
+        return self._points([point], True)[0]
+
+    @unary
+    def GetChain(
+        self, request: pb.GetChainRequest, context: grpc.ServicerContext
+    ) -> pb.GetChainResponse:
+        chain = self.service.chain(_required(request.point, "point (id or unique prefix)"))
+        return pb.GetChainResponse(points=self._points(chain, request.include_manifest))
+
+    # ------------------------------------------------------------------ starting tasks
+
+    @unary
+    def StartBackup(self, request: pb.StartBackupRequest, context: grpc.ServicerContext) -> pb.Task:
+        source = self.paths.check(request.source, "source")
+        ref = VolumeRef.parse(_required(request.volume, "volume name"))
+        if not os.path.exists(source):
+            raise SourceNotFound(f"source {source} does not exist on the server")
+        changed = (
+            _ranges(request.changed_ranges, "changed ranges")
+            if request.HasField("changed_ranges")
+            else None
+        )
+        allocated = (
+            _ranges(request.allocated_ranges, "allocated ranges")
+            if request.HasField("allocated_ranges")
+            else None
+        )
+        if request.HasField("capacity") and request.capacity <= 0:
+            raise UsageError("capacity must be positive")
+        service = self.service
+
+        def launch() -> Any:
+            return service.start_backup(
+                source,
+                ref,
+                parent=request.parent or "auto",
+                changed_ranges=changed,
+                changed_ranges_origin=request.changed_ranges.origin or "API request",
+                allocated_ranges=(lambda: allocated) if allocated is not None else None,
+                allocated_ranges_origin=request.allocated_ranges.origin or "API request",
+                capacity=request.capacity if request.HasField("capacity") else None,
+                snapshot_handle=(
+                    request.snapshot_handle if request.HasField("snapshot_handle") else None
+                ),
+                labels=dict(request.labels),
+            )
+
+        view = self.tasks.submit(
+            "backup", f"back up {source} as {ref}", launch, limited=True, volume=ref
+        )
+        return task_message(view)
+
+    @unary
+    def StartVolumeBackup(
+        self, request: pb.StartVolumeBackupRequest, context: grpc.ServicerContext
+    ) -> pb.Task:
+        ref = VolumeRef(
+            _required(request.cluster, "cluster"),
+            _required(request.namespace, "namespace"),
+            _required(request.name, "volume name"),
+        )
+        service = self.service
+        view = self.tasks.submit(
+            "backup",
+            f"back up {ref}",
+            lambda: service.start_volume_backup(ref.cluster, ref.namespace, ref.name),
+            limited=True,
+            volume=ref,
+        )
+        return task_message(view)
+
+    @unary
+    def StartRestore(
+        self, request: pb.StartRestoreRequest, context: grpc.ServicerContext
+    ) -> pb.Task:
+        target = self.paths.check(request.target, "restore target")
+        point = self._point_id(request.point)
+        service = self.service
+        view = self.tasks.submit(
+            "restore",
+            f"restore {point} to {target}",
+            lambda: service.start_restore(point, target, overwrite=request.overwrite),
+            point=point,
+        )
+        return task_message(view)
+
+    @unary
+    def StartVerify(self, request: pb.StartVerifyRequest, context: grpc.ServicerContext) -> pb.Task:
+        point = self._point_id(request.point) if request.point else None
+        service = self.service
+        what = f"point {point}" if point else "every point"
+        view = self.tasks.submit(
+            "verify",
+            f"verify {what}{' (deep)' if request.deep else ''}",
+            lambda: service.start_verify(point, deep=request.deep),
+            point=point or "",
+        )
+        return task_message(view)
+
+    @unary
+    def StartExtract(
+        self, request: pb.StartExtractRequest, context: grpc.ServicerContext
+    ) -> pb.Task:
+        if not self._offers("start_extract"):
+            raise Unimplemented("this server cannot extract files")
+        target = self.paths.check(request.target, "extract target folder")
+        paths = [checked_path(convert.file_path_text(p)) for p in request.paths]
+        if not paths:
+            raise UsageError("name at least one path to extract")
+        point = self._point_id(request.point)
+        service = self.service
+        view = self.tasks.submit(
+            "extract",
+            f"extract {len(paths)} path(s) of {point} to {target}",
+            lambda: service.start_extract(point, paths, target),
+            point=point,
+        )
+        return task_message(view)
+
+    @unary
+    def StartDelete(self, request: pb.StartDeleteRequest, context: grpc.ServicerContext) -> pb.Task:
+        start_delete = getattr(self.service, "start_delete", None)
+        if not callable(start_delete):
+            raise Unimplemented("this server cannot delete points")
+        point = self._point_id(request.point)
+        view = self.tasks.submit(
+            "delete", f"delete point {point}", lambda: start_delete(point), point=point
+        )
+        return task_message(view)
+
+    # ------------------------------------------------------------------ tasks
+
+    @unary
+    def ListTasks(
+        self, request: pb.ListTasksRequest, context: grpc.ServicerContext
+    ) -> pb.ListTasksResponse:
+        return pb.ListTasksResponse(tasks=[task_message(v) for v in self.tasks.all()])
+
+    @unary
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        view = self.tasks.get(_required(request.id, "task id"))
+        return task_message(view, include_log=request.include_log)
+
+    @unary
+    def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        return task_message(self.tasks.cancel(_required(request.id, "task id")))
+
+    @streaming
+    def WatchTask(
+        self, request: pb.WatchTaskRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Task]:
+        task_id = _required(request.id, "task id")
+        context.add_callback(self.tasks.wake_watchers)
+        for view in self.tasks.watch(task_id, context.is_active):
+            yield task_message(view, include_log=request.include_log)
+
+    # ------------------------------------------------------------------ files
+
+    @unary
+    def ListFiles(
+        self, request: pb.ListFilesRequest, context: grpc.ServicerContext
+    ) -> pb.ListFilesResponse:
+        if not self._offers("list_files"):
+            raise Unimplemented("this server cannot list files inside points")
+        point = _required(request.point, "point (id or unique prefix)")
+        path = checked_path(convert.file_path_text(request.path))
+        entries = self.service.list_files(point, path)
+        return pb.ListFilesResponse(entries=[convert.entry_message(e) for e in entries])
+
+    @streaming
+    def ReadFile(
+        self, request: pb.ReadFileRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ReadFileResponse]:
+        if not self._offers("point_files"):
+            raise Unimplemented("this server cannot read files inside points")
+        if request.offset < 0 or request.length < 0:
+            raise UsageError("offset and length must not be negative")
+        path = checked_path(convert.file_path_text(request.path))
+        files = self.service.point_files(_required(request.point, "point (id or unique prefix)"))
+        entry = files.lookup(path)
+        if entry.kind != "file":
+            raise UsageError(f"{path} is a {entry.kind}, not a regular file (use ReadTree)")
+        end = request.offset + request.length if request.length else entry.size
+        yield pb.ReadFileResponse(entry=convert.entry_message(entry))
+        for chunk in file_chunks(files, entry, request.offset, end):
+            yield pb.ReadFileResponse(chunk=chunk)
+
+    @streaming
+    def ReadTree(
+        self, request: pb.ReadTreeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TreeItem]:
+        if not self._offers("point_files"):
+            raise Unimplemented("this server cannot read files inside points")
+        path = convert.file_path_text(request.path)
+        files = self.service.point_files(_required(request.point, "point (id or unique prefix)"))
+        yield from tree_items(files, path)
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+@dataclass
+class ServerOptions:
+    listen: str
+    token: str | None  # None: no authentication (loopback addresses only)
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    max_backups: int = 2
+    max_backups_per_volume: int = 1
+    allowed_paths: list[str] = field(default_factory=list)
+
+
+class ServeError(LaminaError):
+    """The API server cannot start as asked."""
+
+
+class ApiServer:
+    """A running lamina.v1 server over one Service."""
+
+    def __init__(self, service: Service, options: ServerOptions) -> None:
+        if options.token is None and not is_loopback(options.listen):
+            raise UsageError(
+                f"--insecure-no-auth is only allowed on a loopback address, not {options.listen}"
+            )
+        if (options.tls_cert is None) != (options.tls_key is None):
+            raise UsageError("TLS needs both --tls-cert and --tls-key")
+        self.service = service
+        self.options = options
+        self.tasks = TaskManager(
+            max_backups=options.max_backups,
+            max_backups_per_volume=options.max_backups_per_volume,
+        )
+        interceptors: list[grpc.ServerInterceptor] = (
+            [BearerTokenInterceptor(options.token)] if options.token else []
+        )
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="lamina-api"
+            ),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
+        )
+        self.servicer = LaminaServicer(service, self.tasks, PathPolicy(options.allowed_paths))
+        pb_grpc.add_LaminaServiceServicer_to_server(self.servicer, self._server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        try:
+            if options.tls_cert is not None and options.tls_key is not None:
+                credentials = grpc.ssl_server_credentials([(options.tls_key, options.tls_cert)])
+                port = self._server.add_secure_port(options.listen, credentials)
+            else:
+                port = self._server.add_insecure_port(options.listen)
+        except RuntimeError as e:
+            raise ServeError(f"cannot listen on {options.listen}: {e}") from None
+        if port == 0:
+            raise ServeError(f"cannot listen on {options.listen} (address in use or not local)")
+        host = options.listen.rpartition(":")[0]
+        self.address = f"{host}:{port}"
+        self.tls = options.tls_cert is not None
+
+    def start(self) -> None:
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def shutdown(
+        self, grace: float, *, cancel_wait: float = CANCEL_WAIT
+    ) -> tuple[list[TaskView], list[TaskView]]:
+        """Stop taking calls, give running tasks ``grace`` seconds, then cancel the rest.
+
+        Open WatchTask streams see their task to its end. Returns (finished, cancelled).
+        """
+        self.health.enter_graceful_shutdown()
+        stopped = self._server.stop(grace + cancel_wait)
+        finished, cancelled = self.tasks.shutdown(grace, cancel_wait=cancel_wait)
+        stopped.wait(grace + cancel_wait + 5)
+        return finished, cancelled
+
+    def stop_now(self) -> None:
+        """Stop at once (tests, failed starts): running tasks are cancelled."""
+        self.shutdown(0.0, cancel_wait=10.0)
+
+
+def serve(
+    service: Service,
+    options: ServerOptions,
+    *,
+    grace: float,
+    on_ready: Callable[[ApiServer], None] | None = None,
+) -> int:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit status."""
+    server = ApiServer(service, options)
+    stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        if options.token is None:
+            log.warning(
+                "authentication is off (--insecure-no-auth): anyone on this machine can call"
+            )
+        elif not server.tls and not is_loopback(options.listen):
+            log.warning("no TLS: the bearer token crosses the network in clear text")
+        log.info(
+            "listening on %s (%s, %s); repository %s; at most %d backups, %d per volume",
+            server.address,
+            "TLS" if server.tls else "plaintext",
+            "token required" if options.token else "no authentication",
+            service.repo_url,
+            options.max_backups,
+            options.max_backups_per_volume,
+        )
+        if on_ready is not None:
+            on_ready(server)
+        while not stop.wait(0.5):
+            pass
+        running = [t for t in server.tasks.all() if t.state in ("running", "cancelling")]
+        queued = [t for t in server.tasks.all() if t.state == "queued"]
+        log.info(
+            "%s received: shutting down; %d running task(s) get up to %s s, %d queued are cancelled",
+            received[0],
+            len(running),
+            f"{grace:g}",
+            len(queued),
+        )
+        finished, cancelled = server.shutdown(grace)
+        for view in finished:
+            log.info("finished: task %s (%s): %s", view.id, view.description, view.state)
+        for view in cancelled:
+            log.info(
+                "cancelled: task %s (%s): %s%s",
+                view.id,
+                view.description,
+                view.state,
+                f" ({view.error})" if view.error else "",
+            )
+        log.info("stopped: %d task(s) finished, %d cancelled", len(finished), len(cancelled))
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        service.close()

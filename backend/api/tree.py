@@ -1,0 +1,443 @@
+"""Files and folders of a point as message streams: produced by the server, rebuilt by a client.
+
+A tree is sent depth first: each entry names its place by path components relative to
+the folder being rebuilt; a folder comes before its contents, and a file is followed by
+chunks that cover exactly its size, in order (runs of zeros are sent as a length only).
+A ``skipped`` item that arrives while a file is still incomplete means that file could not
+be read: the client drops what it wrote of it.
+
+The client trusts nothing it receives. ``TreeWriter`` creates every entry relative to an
+open descriptor of its parent folder, enters folders with O_NOFOLLOW, creates files with
+O_EXCL | O_NOFOLLOW, never follows a symlink, refuses names that are empty, '.', '..' or
+hold '/' or NUL, and places an entry only inside a folder this same stream created (or
+merged into) just before it. It never writes outside its target folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, NoReturn
+
+import grpc
+
+from lamina.protos import lamina_v1_pb2 as pb
+
+from ..errors import LaminaError, UsageError
+from ..extract import ExtractReport, Skipped, printable, unsafe_name_reason
+from .convert import entry_message
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from ..fsread import Entry
+    from ..fsview import PointFiles
+
+CHUNK = 1024 * 1024  # well under gRPC's default 4 MiB message limit
+HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written
+_ZERO_BLOCK = bytes(HOLE_BLOCK)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_KEPT_MODE = 0o1777  # setuid and setgid dropped: the image is untrusted
+
+
+# ---------------------------------------------------------------------------- server side
+
+
+def checked_path(path: str) -> str:
+    """A path inside a point's filesystem, absolute and without '..'."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UsageError(f"the path {printable(path)!r} must not contain '..'")
+    return "/" + "/".join(parts)
+
+
+def file_chunks(
+    files: PointFiles, entry: Entry, offset: int = 0, end: int | None = None
+) -> Iterator[pb.Chunk]:
+    """Chunks of a file from ``offset`` to ``end`` (default: its size), zero runs as lengths."""
+    stop = entry.size if end is None else min(end, entry.size)
+    position = offset
+    while position < stop:
+        data = files.read(entry, position, min(CHUNK, stop - position))
+        if not data:
+            raise LaminaError(f"the file ends early at byte {position} of {entry.size}")
+        if data.count(0) == len(data):
+            yield pb.Chunk(offset=position, zero_length=len(data))
+        else:
+            yield pb.Chunk(offset=position, data=data)
+        position += len(data)
+
+
+def _raw(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def tree_items(files: PointFiles, path: str) -> Iterator[pb.TreeItem]:
+    """The folder (or file) at ``path`` with everything it holds, as TreeItems."""
+    path = checked_path(path)
+    top = files.lookup(path)
+    end = pb.TreeEnd()
+
+    def skip(shown: str, reason: str) -> pb.TreeItem:
+        skipped = pb.SkippedPath(path=printable(shown), reason=reason)
+        end.skipped.append(skipped)
+        return pb.TreeItem(skipped=skipped)
+
+    # Depth first with an explicit stack: a deep tree cannot exhaust the recursion limit.
+    stack: list[tuple[Entry, tuple[str, ...], str]] = []
+    if path == "/":
+        stack.extend((c, (c.name,), "/" + c.name) for c in reversed(files.children(top)))
+    else:
+        stack.append((top, (PurePosixPath(path).name,), path))
+    while stack:
+        entry, parts, shown = stack.pop()
+        reason = unsafe_name_reason(parts[-1])
+        if reason is not None:
+            yield skip(shown, reason)
+            continue
+        try:
+            target = files.readlink(entry) if entry.kind == "symlink" else None
+            children = files.children(entry) if entry.kind == "dir" else []
+        except LaminaError as e:
+            yield skip(shown, f"cannot read it: {e}")
+            continue
+        yield pb.TreeItem(
+            entry=pb.TreeEntry(
+                path=[_raw(p) for p in parts],
+                display_path=printable(shown),
+                entry=entry_message(entry, target),
+            )
+        )
+        if entry.kind == "file":
+            try:
+                yield from (pb.TreeItem(chunk=c) for c in file_chunks(files, entry))
+            except LaminaError as e:
+                yield skip(shown, f"cannot read it: {e}")
+                continue
+            end.files += 1
+            end.bytes += entry.size
+        elif entry.kind == "dir":
+            end.directories += 1
+            base = shown.rstrip("/")
+            stack.extend((c, (*parts, c.name), f"{base}/{c.name}") for c in reversed(children))
+        elif entry.kind == "symlink":
+            end.symlinks += 1
+    yield pb.TreeItem(end=end)
+
+
+# ---------------------------------------------------------------------------- client side
+
+
+def write_sparse(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset``, leaving all-zero blocks as holes."""
+    view = memoryview(data)
+    start = 0
+    while start < len(data):
+        stop = min(start + HOLE_BLOCK, len(data))
+        if view[start:stop] == _ZERO_BLOCK[: stop - start]:
+            start = stop
+            continue
+        run_end = stop
+        while run_end < len(data):  # one write for a run of non-zero blocks
+            nxt = min(run_end + HOLE_BLOCK, len(data))
+            if view[run_end:nxt] == _ZERO_BLOCK[: nxt - run_end]:
+                break
+            run_end = nxt
+        while start < run_end:
+            start += os.pwrite(fd, view[start:run_end], offset + start)
+
+
+class MalformedStream(ApiError):
+    """The server sent a tree that breaks the stream's rules."""
+
+
+_MALFORMED = grpc.StatusCode.DATA_LOSS
+
+
+@dataclass
+class _Folder:
+    parts: tuple[str, ...]
+    fd: int
+    entry: pb.FileEntry | None  # None: not created by this stream (its metadata is kept)
+
+
+@dataclass
+class _File:
+    parts: tuple[str, ...]
+    shown: str
+    fd: int  # -1: the file is being skipped, its chunks are read and dropped
+    folder_fd: int
+    name: str
+    entry: pb.FileEntry
+    received: int = 0
+
+
+class TreeWriter:
+    """Rebuilds a ReadTree stream inside ``target`` (created if needed)."""
+
+    def __init__(self, target: str) -> None:
+        try:
+            os.makedirs(target, exist_ok=True)
+            root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise UsageError(
+                f"cannot use {target} as the target folder: {e.strerror or e}"
+            ) from None
+        self.report = ExtractReport(target=target)
+        self._stack = [_Folder((), root, None)]
+        self._file: _File | None = None
+        self._skipped_prefixes: set[tuple[str, ...]] = set()
+        self._ended = False
+        self._closed = False
+        self.set_owner = os.geteuid() == 0
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, item: pb.TreeItem) -> None:
+        kind = item.WhichOneof("item")
+        if self._ended:
+            self._fail("the tree went on after its end")
+        if kind == "entry":
+            self._entry(item.entry)
+        elif kind == "chunk":
+            self._chunk(item.chunk)
+        elif kind == "skipped":
+            if self._file is not None:
+                self._drop_file()
+            self.report.skipped.append(Skipped(item.skipped.path, item.skipped.reason))
+        elif kind == "end":
+            if self._file is not None:
+                self._fail(f"{self._file.shown} ended before all its bytes arrived")
+            self._ended = True
+        else:
+            self._fail("an empty item")
+
+    def close(self) -> ExtractReport:
+        """Finish folders (their modes and times) and return the report."""
+        if self._closed:
+            return self.report
+        complete = self._ended
+        self._release()
+        if not complete:
+            raise MalformedStream("the tree stream ended before its end marker", _MALFORMED)
+        return self.report
+
+    def abort(self) -> None:
+        """Stop after an error: drop an incomplete file, close every descriptor."""
+        self._release()
+
+    # ------------------------------------------------------------------ entries
+
+    def _fail(self, what: str) -> NoReturn:
+        self._release()
+        raise MalformedStream(f"the server sent a malformed tree: {what}", _MALFORMED)
+
+    def _skip(self, parts: tuple[str, ...], shown: str, reason: str) -> None:
+        self._skipped_prefixes.add(parts)
+        self.report.skipped.append(Skipped(printable(shown), reason))
+
+    def _under_skipped(self, parts: tuple[str, ...]) -> bool:
+        return any(parts[:n] in self._skipped_prefixes for n in range(1, len(parts)))
+
+    def _entry(self, tree_entry: pb.TreeEntry) -> None:
+        if self._file is not None:
+            self._fail(f"a new entry before the end of {self._file.shown}")
+        if not tree_entry.path:
+            self._fail("an entry without a path")
+        parts = tuple(p.decode("utf-8", "surrogateescape") for p in tree_entry.path)
+        shown = "/" + "/".join(parts)
+        if self._under_skipped(parts):
+            return
+        for part in parts:
+            reason = unsafe_name_reason(part)
+            if reason is not None:
+                self._skip(parts, shown, reason)
+                return
+        while len(self._stack) > 1 and self._stack[-1].parts != parts[: len(self._stack[-1].parts)]:
+            self._finish_folder(self._stack.pop())
+        parent = self._stack[-1]
+        if parent.parts != parts[:-1]:
+            self._skip(parts, shown, "its folder was not sent before it")
+            return
+        entry = tree_entry.entry
+        name = parts[-1]
+        try:
+            if entry.kind == "dir":
+                self._make_folder(parent, parts, shown, name, entry)
+            elif entry.kind == "file":
+                self._open_file(parent, parts, shown, name, entry)
+            elif entry.kind == "symlink":
+                self._make_symlink(parent, parts, shown, name, entry)
+            elif entry.kind == "fifo":
+                os.mkfifo(name, 0o600, dir_fd=parent.fd)
+                self._finish_metadata(parent.fd, name, entry, None)
+                self.report.others += 1
+            else:
+                self._skip(parts, shown, f"{entry.kind} not extracted")
+        except FileExistsError:
+            self._skip(parts, shown, "already exists in the target; not replaced")
+        except OSError as e:
+            self._skip(parts, shown, f"cannot create it: {e.strerror or e}")
+
+    def _make_folder(
+        self,
+        parent: _Folder,
+        parts: tuple[str, ...],
+        shown: str,
+        name: str,
+        entry: pb.FileEntry,
+    ) -> None:
+        created = True
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent.fd)
+        except FileExistsError:
+            created = False  # merge into an existing real folder, never through a symlink
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                self._skip(parts, shown, "exists in the target and is not a folder")
+                return
+            raise
+        self._stack.append(_Folder(parts, fd, entry if created else None))
+        self.report.directories += 1
+
+    def _open_file(
+        self,
+        parent: _Folder,
+        parts: tuple[str, ...],
+        shown: str,
+        name: str,
+        entry: pb.FileEntry,
+    ) -> None:
+        if entry.size < 0:
+            self._fail(f"{shown} has a negative size")
+        try:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent.fd)
+        except OSError as e:
+            reason = (
+                "already exists in the target; not replaced"
+                if isinstance(e, FileExistsError)
+                else f"cannot create it: {e.strerror or e}"
+            )
+            self._skip(parts, shown, reason)
+            fd = -1  # still read its chunks, to stay in step with the stream
+        self._file = _File(parts, shown, fd, parent.fd, name, entry)
+        if entry.size == 0:
+            self._complete_file()
+
+    def _make_symlink(
+        self,
+        parent: _Folder,
+        parts: tuple[str, ...],
+        shown: str,
+        name: str,
+        entry: pb.FileEntry,
+    ) -> None:
+        target = entry.link_target if entry.HasField("link_target") else b""
+        if not target or b"\0" in target:
+            self._skip(parts, shown, "the symlink target is empty or contains a NUL byte")
+            return
+        os.symlink(target, os.fsencode(name), dir_fd=parent.fd)
+        self._finish_metadata(parent.fd, name, entry, None)
+        self.report.symlinks += 1
+
+    # ------------------------------------------------------------------ file content
+
+    def _chunk(self, chunk: pb.Chunk) -> None:
+        current = self._file
+        if current is None:
+            self._fail("a chunk outside a file")
+        length = chunk.zero_length if chunk.zero_length else len(chunk.data)
+        if chunk.zero_length and chunk.data:
+            self._fail(f"a chunk of {current.shown} with both data and a zero run")
+        if chunk.offset != current.received or length <= 0:
+            self._fail(f"chunks of {current.shown} out of order")
+        if current.received + length > current.entry.size:
+            self._fail(f"{current.shown} got more bytes than its size")
+        if current.fd >= 0 and chunk.data:
+            try:
+                write_sparse(current.fd, chunk.data, chunk.offset)
+            except OSError as e:
+                self._drop_file(f"cannot write it: {e.strerror or e}")
+                return
+        current.received += length
+        if current.received == current.entry.size:
+            self._complete_file()
+
+    def _complete_file(self) -> None:
+        current = self._file
+        assert current is not None
+        self._file = None
+        if current.fd < 0:
+            return
+        try:
+            os.ftruncate(current.fd, current.entry.size)
+            self._finish_metadata(current.folder_fd, None, current.entry, current.fd)
+        finally:
+            os.close(current.fd)
+        self.report.files += 1
+        self.report.bytes += current.entry.size
+
+    def _drop_file(self, reason: str | None = None) -> None:
+        current = self._file
+        assert current is not None
+        self._file = None
+        if current.fd >= 0:
+            os.close(current.fd)
+            try:
+                os.unlink(current.name, dir_fd=current.folder_fd)
+            except OSError:
+                pass
+        if reason is not None:
+            self._skip(current.parts, current.shown, reason)
+
+    # ------------------------------------------------------------------ metadata
+
+    def _finish_metadata(
+        self, dir_fd: int, name: str | None, entry: pb.FileEntry, fd: int | None
+    ) -> None:
+        times = (entry.atime_ns, entry.mtime_ns)
+        mode = stat.S_IMODE(entry.mode) & _KEPT_MODE
+        if fd is not None:
+            if self.set_owner:
+                _quietly(lambda: os.fchown(fd, entry.uid, entry.gid))
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=times)
+            return
+        assert name is not None
+        if self.set_owner:
+            _quietly(
+                lambda: os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+            )
+        if entry.kind != "symlink":  # Linux cannot chmod a symlink
+            os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
+        os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
+
+    def _finish_folder(self, folder: _Folder) -> None:
+        try:
+            if folder.entry is not None:
+                self._finish_metadata(folder.fd, None, folder.entry, folder.fd)
+        finally:
+            os.close(folder.fd)
+
+    def _release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._file is not None:
+            self._drop_file()
+        while len(self._stack) > 1:
+            self._finish_folder(self._stack.pop())
+        os.close(self._stack.pop().fd)
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except OSError:
+        pass
