@@ -8,6 +8,7 @@ about ten times a second however fast a backup reports.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -52,10 +53,12 @@ class LaminaApp(App[None]):
         clock: Clock = time.time,
         check_timeout: float = 3.0,
         feed_interval: float = 0.1,
+        work_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.client = client
         self.clock = clock
+        self.work_dir = work_dir or os.getcwd()  # where suggested restore and extract paths go
         self.check_timeout = check_timeout
         self.capabilities = Capabilities()
         self.repository_label = ""
@@ -79,18 +82,22 @@ class LaminaApp(App[None]):
         try:
             summary = self.client.repository()
             capabilities = self.client.capabilities()
-            running = [v for v in self.client.jobs() if not v.finished]
+            jobs = self.client.jobs()
         except Exception as e:
             self.post_message(ActionFailed("open the repository", plain_error(e)))
             return
         label = summary.url + ("  (encrypted)" if summary.encrypted else "")
-        self.call_from_thread(self._started, label, capabilities)
-        for view in running:
-            self._watch(view.id)
+        self.call_from_thread(self._started, label, capabilities, jobs)
+        for view in jobs:
+            if not view.finished:
+                self._watch(view.id)
 
-    def _started(self, label: str, capabilities: Capabilities) -> None:
+    def _started(self, label: str, capabilities: Capabilities, jobs: list[JobView]) -> None:
+        """The repository answered; jobs that ran before the UI opened are listed, quietly."""
         self.repository_label = label
         self.capabilities = capabilities
+        for view in jobs:
+            self.job_views.setdefault(view.id, view)
         from .widgets.bars import TopBar
 
         for screen in self.screen_stack:
@@ -98,7 +105,13 @@ class LaminaApp(App[None]):
                 bar.repository = label
                 bar.set_crumbs(bar.crumbs)
             screen.refresh_bindings()
+            if isinstance(screen, LaminaScreen):
+                screen.post_message(JobsUpdated(list(jobs)))
         self.started = True
+
+    def resolve_path(self, typed: str) -> str:
+        """A path the user typed: '~' expanded, relative to the working folder."""
+        return os.path.join(self.work_dir, os.path.expanduser(typed.strip()))
 
     # ------------------------------------------------------------------ jobs
 
@@ -309,6 +322,7 @@ def make_app(
     *,
     clock: Clock = time.time,
     check_timeout: float = 3.0,
+    work_dir: str | None = None,
 ) -> LaminaApp:
     """The app factory: tests and screenshots build the app the way the CLI does."""
-    return LaminaApp(client, clock=clock, check_timeout=check_timeout)
+    return LaminaApp(client, clock=clock, check_timeout=check_timeout, work_dir=work_dir)

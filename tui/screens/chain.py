@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from .. import formatting as fmt
@@ -95,11 +95,13 @@ class ChainScreen(LaminaScreen):
 
     def compose(self) -> Iterable[Any]:
         yield self.compose_top()
-        with Horizontal(id="chain-body"):
+        with Vertical(id="chain-body"):
             table: DataTable[Any] = DataTable(id="points", cursor_type="row")
             yield table
-            with VerticalScroll(id="point-detail"):
+            with Horizontal(id="point-detail"):
                 yield Static(id="point-info")
+                with VerticalScroll(id="point-manifest"):
+                    yield Static(id="manifest")
         yield from self.compose_bottom()
 
     @property
@@ -202,7 +204,9 @@ class ChainScreen(LaminaScreen):
 
     def show_detail(self, point: Point | None) -> None:
         info = self.query_one("#point-info", Static)
+        manifest = self.query_one("#manifest", Static)
         if point is None:
+            manifest.update("")
             if self.loaded:
                 info.update(
                     Text(
@@ -236,10 +240,9 @@ class ChainScreen(LaminaScreen):
             rows.append(("mounted at", Text(self.mounts[point.id], style="magenta")))
         for name, value in rows:
             facts.add_row(name, value)
-        info.update(
+        info.update(facts)
+        manifest.update(
             Group(
-                facts,
-                Text(""),
                 Text("manifest", style="bold underline"),
                 JSON.from_data(point.manifest, indent=2, sort_keys=True),
             )
@@ -303,13 +306,13 @@ class ChainScreen(LaminaScreen):
         point = self._point_or_warn()
         if point is None:
             return
-        suggestion = os.path.join(os.getcwd(), f"{self.volume.name}-{point.id[:8]}.img")
+        suggestion = os.path.join(self.lamina.work_dir, f"{self.volume.name}-{point.id[:8]}.img")
 
         def restore(target: str | None) -> None:
             if target:
                 self.lamina.start_job(
                     f"restore {point.id}",
-                    lambda: self.client.start_restore(point.id, os.path.expanduser(target)),
+                    lambda: self.client.start_restore(point.id, self.lamina.resolve_path(target)),
                 )
 
         self.app.push_screen(
@@ -328,11 +331,11 @@ class ChainScreen(LaminaScreen):
         if point.id in self.mounts:
             self.unmount_point(point.id)
             return
-        suggestion = os.path.join(os.getcwd(), f"mnt-{point.id[:8]}")
+        suggestion = os.path.join(self.lamina.work_dir, f"mnt-{point.id[:8]}")
 
         def mount(target: str | None) -> None:
             if target:
-                self.mount_point(point.id, os.path.expanduser(target))
+                self.mount_point(point.id, self.lamina.resolve_path(target))
 
         self.app.push_screen(PromptScreen(f"Mount point {point.id} at", suggestion), mount)
 

@@ -36,7 +36,7 @@ class PromptScreen(ModalScreen[str | None]):
             yield Input(self.value, id="prompt-input")
             yield Static(
                 Text(
-                    self.hint + ("  " if self.hint else "") + "enter: OK   esc: cancel", style="dim"
+                    (self.hint + "\n" if self.hint else "") + "enter: OK   esc: cancel", style="dim"
                 ),
                 classes="dialog-hint",
             )
@@ -147,7 +147,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(
                 Text(
-                    ":clusters, :volumes, :jobs go to a view; / filters a table; esc goes back;\n"
+                    ":clusters, :volumes, :jobs go to a view; / filters a table; esc goes back; "
                     "ctrl+p finds any action by name. Jobs keep running while you browse.",
                     style="dim",
                 ),

@@ -237,13 +237,13 @@ class FilesScreen(LaminaScreen):
                 self.notify("mark files or folders with space first", severity="warning")
                 return
             paths = [node.data.path]
-        suggestion = os.path.join(os.getcwd(), f"extract-{self.point.id[:8]}")
+        suggestion = os.path.join(self.lamina.work_dir, f"extract-{self.point.id[:8]}")
         what = f"{len(paths)} item(s)" if len(paths) > 1 else paths[0]
 
         def extract(target: str | None) -> None:
             if not target:
                 return
-            folder = os.path.expanduser(target)
+            folder = self.lamina.resolve_path(target)
             self.lamina.start_job(
                 f"extract {what}",
                 lambda: self.client.start_extract(self.point.id, paths, folder),

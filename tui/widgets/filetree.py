@@ -14,7 +14,7 @@ from textual.widgets.tree import TreeNode
 from .. import formatting as fmt
 from ..client import FileEntry
 
-NAME_WIDTH = 44
+NAME_WIDTH = 40
 GUIDE_WIDTH = 3  # the tree's indent per level
 EXPANDER_WIDTH = 2  # the ▶/▼ in front of a folder
 ICONS = {"dir": "▸", "file": " ", "symlink": "↪", "other": "?"}

@@ -56,14 +56,15 @@ def progress_cell(view: JobView, width: int = 12) -> Text:
 
 
 def job_line(view: JobView) -> Text:
-    """'backup  local/demo/app-data  backing up ████▌ 45.0%  120 MiB/s  ETA 0:03  read … stored … dedup …'"""
+    """'backup local/demo/app-data  backing up ████▌ 45.0%  120.0 MiB/s ETA 0:03  read … stored … dedup …'"""
     line = Text(no_wrap=True, overflow="ellipsis")
-    line.append(f"{view.kind:<8}", style="bold")
-    line.append(f"{(view.volume or view.point or view.description)[:36]:<37}")
-    line.append(f"{(view.phase or view.state)[:14]:<15}", style="italic")
-    line.append_text(progress_cell(view, 16))
-    line.append(f"  {fmt.rate(shown_rate(view)):>12}")
-    line.append(f"  ETA {fmt.duration(view.eta):>5}")
+    line.append(f"{view.kind:<7}", style="bold")
+    target = view.volume or view.point or view.description
+    line.append(f"{target[:23]:<24}")
+    line.append(f"{(view.phase or view.state)[:10]:<11}", style="italic")
+    line.append_text(progress_cell(view, 10))
+    line.append(f" {fmt.rate(shown_rate(view)):>12}")
+    line.append(f" ETA {fmt.duration(view.eta)}")
     line.append(f"  read {fmt.size(view.read)}", style="dim")
     line.append(f"  stored {fmt.size(view.stored)}", style="dim")
     line.append(f"  dedup {fmt.size(view.deduplicated)}", style="dim")

@@ -1,0 +1,234 @@
+"""Render every screen of the terminal UI into screenshots/*.svg (``make screenshots``).
+
+It builds a demo-like repository in a temporary folder: an ext4 volume made with
+``mkfs.ext4 -d`` and changed between backups with ``debugfs -w``, in a local cluster,
+backed up three times; then it drives the real app (the same factory and in-process
+client as ``lamina tui``) with Textual's pilot and saves what the terminal shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# Run as a script from tui/: keep this folder's modules (app.py, client.py) off sys.path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from textual.pilot import Pilot  # noqa: E402
+
+from lamina.backend.service import Service, init_repository  # noqa: E402
+from lamina.tui.app import LaminaApp, make_app  # noqa: E402
+from lamina.tui.client import InProcessClient  # noqa: E402
+from lamina.tui.screens.chain import ChainScreen  # noqa: E402
+from lamina.tui.screens.clusters import ClustersScreen  # noqa: E402
+from lamina.tui.screens.files import FilesScreen  # noqa: E402
+from lamina.tui.screens.jobs import JobsScreen  # noqa: E402
+from lamina.tui.screens.volumes import VolumesScreen  # noqa: E402
+
+SIZE = (130, 36)
+MIB = 1024 * 1024
+
+
+def _tool(name: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/sbin/{name}"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise SystemExit(f"screenshots need {name} (Debian package e2fsprogs)")
+
+
+def _run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True)
+
+
+def _deterministic(size: int, seed: bytes) -> bytes:
+    out = bytearray()
+    digest = hashlib.sha256(seed).digest()
+    while len(out) < size:
+        digest = hashlib.sha256(digest).digest()
+        out += digest
+    return bytes(out[:size])
+
+
+def build_demo(work: Path) -> Service:
+    """A repository with a chain of three points and a local cluster of three volumes."""
+    content = work / "content"
+    (content / "etc").mkdir(parents=True)
+    (content / "docs").mkdir()
+    (content / "data").mkdir()
+    (content / "etc" / "app.conf").write_text(
+        "listen = 0.0.0.0:8080\nworkers = 4\nlog_level = info\n"
+    )
+    for i in range(12):
+        (content / "docs" / f"note-{i:03d}.txt").write_text(
+            "".join(f"line {j} of note {i}: the quick brown fox\n" for j in range(120))
+        )
+    (content / "data" / "table.db").write_bytes(_deterministic(6 * MIB, b"table"))
+    (content / "data" / "zeros.bin").write_bytes(bytes(MIB))
+    os.symlink("../etc/app.conf", content / "docs" / "config-link")
+    image = work / "app-data.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MIB)
+    _run(_tool("mkfs.ext4"), "-q", "-F", "-b", "4096", "-L", "app-data", "-E", "root_owner=0:0",
+         "-d", str(content), str(image))  # fmt: skip
+
+    big = work / "pg-data.img"
+    with open(big, "wb") as f:
+        f.truncate(1024 * MIB)
+        for i in range(96):  # enough data that its backup is still running for the picture
+            f.seek(i * 10 * MIB)
+            f.write(os.urandom(4 * MIB))
+    wal = work / "pg-wal.img"
+    with open(wal, "wb") as f:
+        f.truncate(32 * MIB)
+
+    init_repository(str(work / "repo"))
+    service = Service(str(work / "repo"), local_root=str(work / "cluster"))
+    service.add_local_volume("demo", "app-data", str(image))
+    service.add_local_volume("db", "pg-data", str(big))
+    service.add_local_volume("db", "pg-wal", str(wal))
+
+    def backup() -> None:
+        job = service.start_volume_backup("local", "demo", "app-data")
+        job.wait()
+        if job.error:
+            raise SystemExit(f"backup failed: {job.error}")
+
+    backup()
+    edits = [
+        {"/etc/app.conf": b"listen = 0.0.0.0:9090\nworkers = 8\nlog_level = debug\n"},
+        {f"/docs/note-{i:03d}.txt": f"note {i} rewritten\n".encode() * 300 for i in (1, 5, 9)},
+    ]
+    for step, files in enumerate(edits):
+        script = []
+        for n, (dest, data) in enumerate(files.items()):
+            local = work / f"upload-{step}-{n}"
+            local.write_bytes(data)
+            script += [f"rm {dest}", f"write {local} {dest}"]
+        (work / "debugfs.cmd").write_text("\n".join(script) + "\n")
+        _run(_tool("debugfs"), "-w", "-f", str(work / "debugfs.cmd"), str(image))
+        backup()
+    verify = service.start_verify(service.list_points()[-1].id)
+    verify.wait()
+    return service
+
+
+async def _until(
+    pilot: Pilot[None], what: str, condition: Callable[[], object], timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the app did not get to {what}")
+        await pilot.pause(0.02)
+
+
+async def shoot(app: LaminaApp, out: Path) -> list[Path]:
+    saved: list[Path] = []
+
+    def save(name: str) -> None:
+        saved.append(Path(app.save_screenshot(f"{name}.svg", path=str(out))))
+
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await _until(
+            pilot, "the clusters", lambda: isinstance(screen, ClustersScreen) and screen.checks
+        )
+        await pilot.pause(0.2)
+        save("clusters")
+
+        await pilot.press("enter")
+        await _until(
+            pilot,
+            "the volumes",
+            lambda: isinstance(app.screen, VolumesScreen) and app.screen.loaded,
+        )
+        await pilot.press("b")  # back up db/pg-data (the first row) and photograph it running
+        await _until(
+            pilot, "the running backup", lambda: any(v.read > 0 for v in app.job_views.values())
+        )
+        await pilot.pause(0.3)
+        save("volumes")
+        await _until(
+            pilot,
+            "the end of the backup",
+            lambda: all(v.finished for v in app.job_views.values()),
+            120,
+        )
+
+        await pilot.press("down", "down", "enter")  # db/pg-wal, then demo/app-data
+        await _until(
+            pilot, "the chain", lambda: isinstance(app.screen, ChainScreen) and app.screen.loaded
+        )
+        await pilot.press("down", "down")  # the newest point
+        await pilot.pause(0.2)
+        save("chain")
+
+        await pilot.press("f")
+        await _until(
+            pilot,
+            "the files",
+            lambda: isinstance(app.screen, FilesScreen) and app.screen.root_loaded,
+        )
+        files = app.screen
+        assert isinstance(files, FilesScreen)
+        await pilot.press("down", "down", "down", "enter")  # data, docs, etc: open /etc
+        await _until(pilot, "/etc", lambda: "/etc" in files.loaded)
+        await pilot.press("up", "space", "down")  # mark docs/; then etc/, app.conf
+        await pilot.pause(0.5)
+        save("files")
+
+        await pilot.press("J")
+        await _until(pilot, "the jobs", lambda: isinstance(app.screen, JobsScreen))
+        await pilot.pause(0.3)
+        save("jobs")
+
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+        save("help")
+        await pilot.press("escape", "colon", "v", "o")
+        await pilot.pause(0.3)
+        save("command-line")
+    return saved
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out", default=str(_HERE.parent / "screenshots"), help="folder for the SVGs"
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # A fixed folder, so the paths the pictures show do not change from run to run.
+    work = Path(tempfile.gettempdir()) / "lamina-screenshots"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        service = build_demo(work)
+        try:
+            app = make_app(InProcessClient(service), work_dir=str(work))
+            saved = asyncio.run(shoot(app, out))
+        finally:
+            for job in service.jobs():
+                job.cancel()
+                job.wait(30)
+            service.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for path in saved:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
