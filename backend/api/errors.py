@@ -32,6 +32,10 @@ class TaskNotFound(LaminaError):
     """No task of this server has that id."""
 
 
+class SourceNotFound(LaminaError):
+    """The image or device to back up is not on the server."""
+
+
 class PathNotAllowed(LaminaError):
     """A path of the request lies outside the folders the server was told to allow."""
 
@@ -62,6 +66,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     "KubeNotFound": grpc.StatusCode.NOT_FOUND,
     "NoSuchContext": grpc.StatusCode.NOT_FOUND,
     "TaskNotFound": grpc.StatusCode.NOT_FOUND,
+    "SourceNotFound": grpc.StatusCode.NOT_FOUND,
     # the server's side is not in a state to do it
     "WrongPassword": grpc.StatusCode.FAILED_PRECONDITION,
     "PasswordRequired": grpc.StatusCode.FAILED_PRECONDITION,

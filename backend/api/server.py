@@ -33,7 +33,14 @@ from ..service import PointInfo, Service, VerifyReport, VolumeRef
 from ..units import format_size
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback
-from .errors import ERROR_CLASS_KEY, PathNotAllowed, Unimplemented, one_line, status_of
+from .errors import (
+    ERROR_CLASS_KEY,
+    PathNotAllowed,
+    SourceNotFound,
+    Unimplemented,
+    one_line,
+    status_of,
+)
 from .tasks import FINISHED, TaskManager, TaskView
 from .tree import checked_path, file_chunks, tree_items
 
@@ -128,10 +135,6 @@ class PathPolicy:
                     f"the {what} {path} is outside the folders this server allows (--allow-path)"
                 )
         return path
-
-
-class SourceNotFound(LaminaError):
-    """The image or device to back up is not there."""
 
 
 # ---------------------------------------------------------------------------- tasks
