@@ -264,6 +264,10 @@ def scaling_verdicts(results: list[SizeResults]) -> list[Verdict]:
     return out
 
 
+def _short(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
@@ -301,7 +305,7 @@ def measurements_table(results: SizeResults) -> str:
                 _num(r.stored_bytes if r.ok else None, lambda v: f"{v / MiB:.1f}"),
                 _num(r.peak_rss_bytes if r.ok else None, lambda v: f"{v / MiB:.0f}"),
                 _num(r.cpu_seconds if r.ok else None, lambda v: f"{v:.1f}"),
-                f"ERROR: {r.error}" if r.error else _note(r),
+                _short(f"ERROR: {r.error}") if r.error else _note(r),
             ]
         )
     headers = ["step", "tool", "seconds", "vol MiB/s", "stored MiB", "RSS MiB", "CPU s", "note"]
@@ -309,7 +313,7 @@ def measurements_table(results: SizeResults) -> str:
 
 
 def verdicts_table(verdicts: list[Verdict]) -> str:
-    rows = [[v.target, v.measured, v.goal, v.status] for v in verdicts]
+    rows = [[v.target, _short(v.measured, 70), v.goal, v.status] for v in verdicts]
     return _table(["target", "measured", "goal", "result"], rows, set())
 
 
