@@ -18,7 +18,7 @@ from .errors import (
     NotASymlink,
     UnsupportedFilesystem,
 )
-from .ext4 import Ext4FileSystem
+from .ext4 import Ext4FileSystem, open_ext4
 from .xfs import XfsFileSystem
 
 __all__ = [
@@ -53,14 +53,20 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
-def open_filesystem(image: ReadAt, *, cache_chunks: int | None = None) -> FileSystem:
-    """The ext2/3/4 or xfs filesystem in ``image`` (raises UnsupportedFilesystem otherwise)."""
+def open_filesystem(
+    image: ReadAt, *, cache_chunks: int | None = None, replay_journal: bool = True
+) -> FileSystem:
+    """The ext2/3/4 or xfs filesystem in ``image`` (raises UnsupportedFilesystem otherwise).
+
+    An ext3/ext4 journal that needs recovery (a snapshot of a mounted filesystem) is
+    replayed in memory unless ``replay_journal`` is False; the image is never written.
+    """
     reader = BlockReader(image) if cache_chunks is None else BlockReader(image, chunks=cache_chunks)
     head = reader.meta(0, min(reader.size, 2048), "the first bytes of the image")
     if len(head) >= 4 and head[:4] == b"XFSB":
         return XfsFileSystem(reader, reader.meta(0, 512, "the xfs superblock").ljust(512, b"\0"))
     if len(head) >= 2048 and head[1080:1082] == b"\x53\xef":
-        return Ext4FileSystem(reader, head[1024:2048])
+        return open_ext4(reader, head[1024:2048], replay_journal=replay_journal)
     raise UnsupportedFilesystem(_not_found_message(reader, head))
 
 

@@ -26,6 +26,7 @@ class BlockReader:
         self.fs_size = fs_size  # bytes the filesystem claims, for truncation messages
         self._chunks: OrderedDict[int, bytes] = OrderedDict()
         self._capacity = max(chunks, 4)
+        self.capacity = self._capacity
         self._lock = threading.Lock()
         self.fetches = 0  # chunk reads that missed the cache, for tests and tuning
 

@@ -8,6 +8,8 @@ and post-2038 timestamps. Checksums are not verified; every structure is bounds-
 
 from __future__ import annotations
 
+import bisect
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -22,9 +24,13 @@ from .base import (
     Inode,
     Run,
     check_mode_kind,
+    merge_runs,
 )
 from .blockcache import BlockReader
-from .errors import CorruptFilesystem, UnsupportedFilesystem
+from .errors import CorruptFilesystem, FsReadError, UnsupportedFilesystem
+from .journal import JournalOverlay, Replay, plan_replay
+
+log = logging.getLogger("lamina.fsread")
 
 SUPERBLOCK_OFFSET = 1024
 MAGIC = 0xEF53
@@ -235,6 +241,28 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             self.kind = "ext2"
         self.reader.fs_size = self.blocks_count * bs
         self._inode_tables: dict[int, tuple[int, int]] = {}
+        self.journal_transactions = 0  # committed transactions replayed from the journal
+        self.journal_note = ""  # why a journal that needed replay was not replayed
+
+    # --------------------------------------------------------------- the journal
+
+    def plan_journal_replay(self) -> Replay:
+        """Scan the internal journal for committed transactions not yet written in place."""
+        journal = self.inode(self.journal_inode)
+        bs = self.block_size
+        runs = list(merge_runs(self._data_runs(journal, 0, journal.size // bs), bs))
+        starts = [run.logical for run in runs]
+
+        def disk(block: int) -> int:
+            i = bisect.bisect_right(starts, block) - 1
+            if i < 0 or block >= runs[i].logical + runs[i].count:
+                raise CorruptFilesystem(f"block {block} of the ext4 journal is not mapped")
+            return runs[i].disk + (block - runs[i].logical) * bs
+
+        def read(block: int) -> bytes:
+            return self.reader.meta(disk(block), bs, "the ext4 journal", readahead=16)
+
+        return plan_replay(read, disk, bs, journal.size // bs)
 
     # --------------------------------------------------------------- groups and inodes
 
@@ -592,6 +620,35 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
             if run.logical == 0:
                 self.reader.data_into(memoryview(data), run.disk, f"symlink inode {inode.number}")
         return bytes(data)
+
+
+def open_ext4(
+    reader: BlockReader, superblock: bytes, *, replay_journal: bool = True
+) -> Ext4FileSystem:
+    """An ext2/3/4 reader; a journal that needs recovery is replayed in memory first."""
+    fs = Ext4FileSystem(reader, superblock)
+    if not (replay_journal and fs.needs_recovery):
+        return fs
+    if not fs.journal_inode:
+        fs.journal_note = "the journal is on another device and was not replayed"
+        log.warning("%s: recent changes may be missing", fs.journal_note)
+        return fs
+    try:
+        replay = fs.plan_journal_replay()
+    except FsReadError as e:
+        fs.journal_note = f"the journal was not replayed: {e}"
+        log.warning("%s; reading the filesystem as it is on disk", fs.journal_note)
+        return fs
+    if not replay.copies:
+        return fs
+    overlay = JournalOverlay(reader.image, fs.block_size, replay)
+    replayed_reader = BlockReader(overlay, chunks=reader.capacity)
+    replayed = Ext4FileSystem(
+        replayed_reader,
+        replayed_reader.meta(SUPERBLOCK_OFFSET, 1024, "the superblock after journal replay"),
+    )
+    replayed.journal_transactions = replay.transactions
+    return replayed
 
 
 def _bits(value: int) -> Iterator[int]:

@@ -40,12 +40,12 @@ needs_root = pytest.mark.skipif(not is_root(), reason="loop-mounting needs root"
 SOURCE_FIELDS = ("kind", "mode", "uid", "gid", "size", "nlink", "mtime_ns", "rdev")
 
 VARIANTS: dict[str, dict[str, object]] = {
-    "ext4": {},
-    "ext4-inline-data": {"features": "inline_data"},
-    "ext4-block-maps": {"features": "^extent,^64bit"},
+    "ext4": {"block_size": 4096},
+    "ext4-inline-data": {"block_size": 4096, "features": "inline_data"},
+    "ext4-block-maps": {"block_size": 4096, "features": "^extent,^64bit"},
     "ext4-meta-bg-1k": {"block_size": 1024, "features": "meta_bg,^resize_inode,^64bit"},
-    "ext4-bigalloc": {"features": "bigalloc", "size_mib": 128},
-    "ext3": {"fs_type": "ext3"},
+    "ext4-bigalloc-1k": {"block_size": 1024, "features": "bigalloc", "size_mib": 128},
+    "ext3": {"fs_type": "ext3", "block_size": 4096},
     "ext2-1k-128": {"fs_type": "ext2", "block_size": 1024, "inode_size": 128},
 }
 
@@ -56,7 +56,7 @@ FEATURE_CHECKS: dict[str, list[tuple[str, str]]] = {
     "ext4-inline-data": [('stat "/sizes/file-59"', "Size of inline data"), HTREE],
     "ext4-block-maps": [('stat "/sparse.bin"', "(DIND)"), HTREE],
     "ext4-meta-bg-1k": [("stats", "meta_bg"), HTREE],
-    "ext4-bigalloc": [("stats", "bigalloc"), ("stats", "Cluster size:             16384")],
+    "ext4-bigalloc-1k": [("stats", "bigalloc"), ("stats", "Cluster size:             16384")],
     "ext2-1k-128": [('stat "/huge.bin"', "(TIND)"), HTREE],
     "ext3": [('stat "/sparse.bin"', "(DIND)"), HTREE, ("stats", "has_journal")],
 }

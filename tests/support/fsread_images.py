@@ -631,3 +631,32 @@ def compare(
                 if offset >= MiB and fs.read(entry, offset - MiB, MiB).strip(b"\0"):
                     problems.append(f"{path!r}: the MiB before {offset} is not zeros")
     return problems
+
+
+def expected_from(fs: FileSystem) -> dict[str, Expected]:
+    """What a reader shows, as expectations for another (say, after a different replay)."""
+    expected: dict[str, Expected] = {}
+    for path, entry in walk(fs).items():
+        sha = None
+        children: tuple[str, ...] = ()
+        if entry.kind == "file":
+            sha = _read_hash(fs, entry, 0, entry.size, 4 * MiB)
+        elif entry.kind == "dir":
+            children = tuple(sorted(e.name for e in fs.listdir(entry)))
+        expected[path] = Expected(
+            kind=entry.kind,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            size=entry.size,
+            nlink=entry.nlink,
+            inode=entry.inode,
+            atime_ns=entry.atime_ns,
+            mtime_ns=entry.mtime_ns,
+            ctime_ns=entry.ctime_ns,
+            rdev=entry.rdev,
+            target=entry.link_target,
+            sha256=sha,
+            children=children,
+        )
+    return expected

@@ -25,6 +25,7 @@ from lamina.backend.fsread.xfs import XfsFileSystem
 from tests.support.fsread_images import (
     TreeSpec,
     build_tree,
+    debugfs,
     have,
     make_ext_image,
     mkfs_xfs,
@@ -274,9 +275,13 @@ def metadata_ranges(image: Path) -> list[tuple[int, int]]:
     return sorted(ranges)
 
 
-def corruptions(image: Path, seeds: range) -> Iterator[tuple[int, PatchedImage]]:
-    """Random damage aimed at the structures a clean walk reads."""
-    targets = metadata_ranges(image)
+def corruptions(
+    image: Path,
+    seeds: range,
+    extra: list[tuple[int, int]] = (),  # type: ignore[assignment]
+) -> Iterator[tuple[int, PatchedImage]]:
+    """Random damage aimed at the structures a clean walk reads (and at ``extra`` ranges)."""
+    targets = metadata_ranges(image) + list(extra)
     for seed in seeds:
         rng = random.Random(seed)
         patches: dict[int, bytes] = {}
@@ -296,9 +301,13 @@ def corruptions(image: Path, seeds: range) -> Iterator[tuple[int, PatchedImage]]
         yield seed, PatchedImage(ImageFile(image), patches)
 
 
-def assert_only_clear_errors(image: Path, seeds: range) -> dict[str, int]:
+def assert_only_clear_errors(
+    image: Path,
+    seeds: range,
+    extra: list[tuple[int, int]] = (),  # type: ignore[assignment]
+) -> dict[str, int]:
     outcomes = {"ok": 0, "error": 0}
-    for seed, damaged in corruptions(image, seeds):
+    for seed, damaged in corruptions(image, seeds, extra):
         try:
             exercise(open_filesystem(damaged))
             outcomes["ok"] += 1
@@ -314,6 +323,48 @@ def assert_only_clear_errors(image: Path, seeds: range) -> dict[str, int]:
 def test_random_damage_ext4(ext4_image: Path) -> None:
     outcomes = assert_only_clear_errors(ext4_image, range(150))
     assert outcomes["error"] > 10  # the damage really hit metadata
+
+
+@pytest.fixture(scope="module")
+def journal_image(ext4_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ext4 image with transactions pending in its journal (as in a live snapshot)."""
+    image = tmp_path_factory.mktemp("garbage-journal") / "journal.img"
+    shutil.copyfile(ext4_image, image)
+    fs = open_filesystem(ImageFile(image))
+    assert isinstance(fs, Ext4FileSystem)
+    table, _ = fs._inode_table(0)
+    copies = image.parent / "copies"
+    blocks = [table, table + 1, first_dir_block(fs, "/")]
+    copies.write_bytes(
+        b"".join(ImageFile(image).pread(fs.block_size, b * fs.block_size) for b in blocks)
+    )
+    debugfs(
+        image,
+        "jo",
+        f"jw -b {','.join(map(str, blocks))} {copies}",
+        f"jw -r {blocks[1]} {copies}",
+        "jc",
+        write=True,
+    )
+    replayed = open_filesystem(ImageFile(image))
+    assert replayed.journal_transactions == 2  # type: ignore[attr-defined]
+    return image
+
+
+def first_dir_block(fs: Ext4FileSystem, path: str) -> int:
+    run = next(fs._data_runs(fs.inode(fs.lookup(path).inode), 0, 1))
+    return run.disk // fs.block_size
+
+
+@needs_e2fsprogs
+def test_random_damage_with_a_journal_to_replay(journal_image: Path) -> None:
+    fs = open_filesystem(ImageFile(journal_image), replay_journal=False)
+    assert isinstance(fs, Ext4FileSystem)
+    journal = fs.inode(fs.journal_inode)
+    log = [(run.disk, run.count * fs.block_size) for run in fs._data_runs(journal, 0, 8)]
+    # Half the damage goes to the log itself: a damaged log is skipped with a note.
+    outcomes = assert_only_clear_errors(journal_image, range(4000, 4150), log * 40)
+    assert outcomes["error"] > 10
 
 
 @needs_e2fsprogs
