@@ -75,6 +75,16 @@ class FileSystem(Protocol):
     uuid: str
     block_size: int
 
+    @property
+    def needs_recovery(self) -> bool:
+        """The image was not cleanly unmounted: its journal or log held pending changes."""
+        ...
+
+    @property
+    def journal_note(self) -> str:
+        """Empty, or one line on pending changes that could not be replayed."""
+        ...
+
     def root(self) -> Entry: ...
 
     def lookup(self, path: str) -> Entry: ...

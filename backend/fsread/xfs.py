@@ -25,7 +25,7 @@ from .base import (
     merge_runs,
 )
 from .blockcache import BlockReader
-from .errors import CorruptFilesystem, UnsupportedFilesystem
+from .errors import CorruptFilesystem, FsReadError, UnsupportedFilesystem
 
 MAGIC = 0x58465342  # "XFSB"
 INODE_MAGIC = 0x494E  # "IN"
@@ -71,6 +71,15 @@ DIR_LEAF_OFFSET = 32 << 30  # data blocks live below this byte offset of a direc
 SYMLINK_MAGIC = 0x58534C4D  # "XSLM"
 SYMLINK_HEADER_V5 = 56
 BIGTIME_EPOCH_OFFSET = 1 << 31
+LOG_RECORD_MAGIC = 0xFEEDBABE
+LOG_HEADER_CYCLE_SIZE = 32 * 1024  # record data covered by the cycle words of one header
+LOG_CLIENT = 0xAA  # operations written by the log itself, such as the unmount record
+LOG_UNMOUNT = 0x20
+LOG_SEARCH_SECTORS = 1 << 16  # 32 MiB: far more than the in-flight log buffers can span
+DIRTY_LOG_NOTE = (
+    "the xfs log holds changes that are not replayed (the image is a snapshot of a mounted "
+    "filesystem): the newest changes may be missing"
+)
 MAX_OFFSET = (1 << 54) - 1  # file offsets in extent records are 54 bits
 
 _EXTENT = struct.Struct(">QQ")
@@ -164,8 +173,40 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
         self.label = fname.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         uuid = sb[32:48].hex()
         self.uuid = f"{uuid[:8]}-{uuid[8:12]}-{uuid[12:16]}-{uuid[16:20]}-{uuid[20:]}"
-        self.needs_recovery = False  # xfs keeps no clean flag on disk; the log is not replayed
+        self.log_start: int = struct.unpack_from(">Q", sb, 48)[0]
+        self.log_blocks: int = struct.unpack_from(">I", sb, 96)[0]
+        self._log_state: tuple[bool, str] | None = None
         self.reader.fs_size = dblocks * block_size
+
+    # --------------------------------------------------------------- the log
+
+    @property
+    def needs_recovery(self) -> bool:
+        """Whether the log holds changes not yet in place (xfs keeps no flag for it: the log
+        is examined on first use). They are not replayed: see ``journal_note``."""
+        return self._examine_log()[0]
+
+    @property
+    def journal_note(self) -> str:
+        return self._examine_log()[1]
+
+    def _examine_log(self) -> tuple[bool, str]:
+        if self._log_state is None:
+            try:
+                clean = log_is_clean(self)
+            except FsReadError as e:
+                self._log_state = (True, f"the state of the xfs log is unknown ({e})")
+            else:
+                if clean is None:
+                    self._log_state = (
+                        False,
+                        "the xfs log is on another device and was not checked",
+                    )
+                elif clean:
+                    self._log_state = (False, "")
+                else:
+                    self._log_state = (True, DIRTY_LOG_NOTE)
+        return self._log_state
 
     # --------------------------------------------------------------- addresses
 
@@ -486,6 +527,59 @@ class XfsFileSystem(BaseFileSystem[XfsInode]):
         if len(target) < size:
             raise CorruptFilesystem(f"inode {inode.number}: symlink blocks are missing")
         return bytes(target[:size])
+
+
+def log_is_clean(fs: XfsFileSystem) -> bool | None:
+    """True when the newest log record is an unmount record, None for an external log.
+
+    The log is circular; the first word of every 512-byte block holds the cycle in which it
+    was written, so the head is where the cycle number drops. The record just before the
+    head is the newest.
+    """
+    if fs.log_start == 0:
+        return None
+    base = fs._disk_offset(fs.log_start, fs.log_blocks, "the xfs log")
+    count = fs.log_blocks << (fs.block_log - 9)
+    if count < 2:
+        raise CorruptFilesystem("the xfs log is too small")
+
+    def sector(index: int) -> bytes:
+        return fs.reader.meta(base + index * 512, 512, "the xfs log")
+
+    def cycle(index: int) -> int:
+        magic, record_cycle = struct.unpack_from(">II", sector(index), 0)
+        return int(record_cycle if magic == LOG_RECORD_MAGIC else magic)
+
+    first, last = cycle(0), cycle(count - 1)
+    head = 0
+    if first != last:  # blocks [0, head) were written in cycle `first`, the rest before
+        low, high = 0, count - 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            if cycle(middle) == first:
+                low = middle
+            else:
+                high = middle
+        head = high
+    index = head
+    for _ in range(min(count, LOG_SEARCH_SECTORS)):
+        index = (index - 1) % count
+        header = sector(index)
+        if struct.unpack_from(">I", header, 0)[0] == LOG_RECORD_MAGIC:
+            break
+    else:
+        raise CorruptFilesystem("no record found before the head of the xfs log")
+    version, length = struct.unpack_from(">II", header, 8)
+    size = struct.unpack_from(">I", header, 320)[0]
+    header_sectors = (
+        -(-size // LOG_HEADER_CYCLE_SIZE) if version == 2 and size > LOG_HEADER_CYCLE_SIZE else 1
+    )
+    if length < 12:
+        return False
+    data = bytearray(sector((index + header_sectors) % count))
+    data[0:4] = header[44:48]  # the first word of each sector was replaced by the cycle
+    _tid, _length, client, flags = struct.unpack_from(">IIBB", data, 0)
+    return client == LOG_CLIENT and bool(flags & LOG_UNMOUNT)
 
 
 def _decode_time(raw: bytes, offset: int, bigtime: bool) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from tests.support.fsread_images import (
     compare,
     have,
     is_root,
+    loop_mounted,
     make_xfs_image,
     mkfs_xfs,
     snapshot,
@@ -145,6 +148,30 @@ def test_fragmented_file_is_read_in_few_requests(
     assert len(reads) - before <= 10, reads[before:]
 
 
+def test_cleanly_unmounted_log(mounted_variant: tuple[str, Path, dict[str, Expected]]) -> None:
+    _, image, _ = mounted_variant
+    fs = open_image(image)
+    assert (fs.needs_recovery, fs.journal_note) == (False, "")
+
+
+def test_snapshot_of_a_mounted_filesystem_is_flagged(tmp_path: Path) -> None:
+    """The log of a live xfs is not replayed, but the reader says so."""
+    if not is_root():
+        pytest.skip("mounting needs root")
+    live = mkfs_xfs(tmp_path / "live.img")
+    copy = tmp_path / "copy.img"
+    with loop_mounted(live) as mnt:
+        with open(mnt / "new-file", "wb") as f:
+            f.write(b"fresh data")
+            os.fsync(f.fileno())
+        shutil.copyfile(live, copy)
+    assert open_image(live).needs_recovery is False
+    fs = open_image(copy)
+    assert fs.needs_recovery is True
+    assert "not replayed" in fs.journal_note
+    fs.listdir("/")  # still readable: the state of the last checkpoint
+
+
 def test_root_listing_is_fast(mounted_variant: tuple[str, Path, dict[str, Expected]]) -> None:
     _, image, _ = mounted_variant
     started = time.perf_counter()
@@ -187,7 +214,7 @@ def test_protofile_image_matches_the_source(name: str, proto_source: Path, tmp_p
     xfs_protofile(proto_source, proto)
     image = mkfs_xfs(tmp_path / "xfs.img", *PROTO_VARIANTS[name], protofile=proto)
     fs = open_image(image)
-    assert fs.kind == "xfs"
+    assert (fs.kind, fs.needs_recovery) == ("xfs", False)
     expected = snapshot(proto_source)
     del expected["/"]
     fields = ("kind", "mode", "uid", "gid", "size")

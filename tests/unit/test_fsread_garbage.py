@@ -70,7 +70,9 @@ class PatchedImage:
 
 
 def exercise(fs: FileSystem, files_per_dir: int = 40) -> int:
-    """List every directory, stat everything, read links and the ends of some files."""
+    """Examine the log, list every directory, stat everything, read links and some files."""
+    if fs.needs_recovery:
+        assert "\n" not in fs.journal_note
     seen_dirs: set[int] = set()
     todo = [fs.root()]
     visited = 0
