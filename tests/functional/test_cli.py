@@ -210,7 +210,9 @@ def test_demo_runs_a_verified_chain(tmp_path: Path) -> None:
     result = lamina("demo", "--dir", str(tmp_path / "demo"))
     assert "demo passed" in result.stdout
     assert result.stdout.count(": byte-identical") == 4
-    points = json.loads(lamina("points", "--repo", str(tmp_path / "demo" / "repo"), "--json").stdout)
+    points = json.loads(
+        lamina("points", "--repo", str(tmp_path / "demo" / "repo"), "--json").stdout
+    )
     assert [p["kind"] for p in points] == ["full", "incremental", "incremental", "incremental"]
     assert all(p["snapshot_handle"] for p in points)
     assert points[1]["stats"]["bytes_read"] < 64 * 1024  # the config file change: a few blocks
