@@ -58,18 +58,34 @@ def checked_path(path: str) -> str:
 def file_chunks(
     files: PointFiles, entry: Entry, offset: int = 0, end: int | None = None
 ) -> Iterator[pb.Chunk]:
-    """Chunks of a file from ``offset`` to ``end`` (default: its size), zero runs as lengths."""
+    """Chunks of a file from ``offset`` to ``end`` (default: its size); runs of all-zero
+    64 KiB blocks go as lengths only, so holes cost nothing on the wire."""
     stop = entry.size if end is None else min(end, entry.size)
     position = offset
     while position < stop:
         data = files.read(entry, position, min(CHUNK, stop - position))
         if not data:
             raise LaminaError(f"the file ends early at byte {position} of {entry.size}")
-        if data.count(0) == len(data):
-            yield pb.Chunk(offset=position, zero_length=len(data))
-        else:
-            yield pb.Chunk(offset=position, data=data)
+        yield from _split_zero_runs(data, position)
         position += len(data)
+
+
+def _split_zero_runs(data: bytes, offset: int) -> Iterator[pb.Chunk]:
+    view = memoryview(data)
+    start = 0
+    while start < len(data):
+        stop = min(start + HOLE_BLOCK, len(data))
+        zero = view[start:stop] == _ZERO_BLOCK[: stop - start]
+        while stop < len(data):  # extend over following blocks of the same kind
+            nxt = min(stop + HOLE_BLOCK, len(data))
+            if (view[stop:nxt] == _ZERO_BLOCK[: nxt - stop]) != zero:
+                break
+            stop = nxt
+        if zero:
+            yield pb.Chunk(offset=offset + start, zero_length=stop - start)
+        else:
+            yield pb.Chunk(offset=offset + start, data=bytes(view[start:stop]))
+        start = stop
 
 
 def _raw(name: str) -> bytes:
@@ -248,8 +264,19 @@ class TreeWriter:
             self._fail(f"a new entry before the end of {self._file.shown}")
         if not tree_entry.path:
             self._fail("an entry without a path")
+        entry = tree_entry.entry
+        if entry.kind == "file" and entry.size < 0:
+            self._fail("a file with a negative size")
         parts = tuple(p.decode("utf-8", "surrogateescape") for p in tree_entry.path)
         shown = "/" + "/".join(parts)
+        self._place(parts, shown, entry)
+        if entry.kind == "file" and self._file is None:
+            # Not created here, but its chunks still come: read them, write nothing.
+            self._file = _File(parts, shown, -1, -1, parts[-1], entry)
+            if entry.size == 0:
+                self._complete_file()
+
+    def _place(self, parts: tuple[str, ...], shown: str, entry: pb.FileEntry) -> None:
         if self._under_skipped(parts):
             return
         for part in parts:
@@ -263,7 +290,6 @@ class TreeWriter:
         if parent.parts != parts[:-1]:
             self._skip(parts, shown, "its folder was not sent before it")
             return
-        entry = tree_entry.entry
         name = parts[-1]
         try:
             if entry.kind == "dir":
@@ -314,18 +340,7 @@ class TreeWriter:
         name: str,
         entry: pb.FileEntry,
     ) -> None:
-        if entry.size < 0:
-            self._fail(f"{shown} has a negative size")
-        try:
-            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent.fd)
-        except OSError as e:
-            reason = (
-                "already exists in the target; not replaced"
-                if isinstance(e, FileExistsError)
-                else f"cannot create it: {e.strerror or e}"
-            )
-            self._skip(parts, shown, reason)
-            fd = -1  # still read its chunks, to stay in step with the stream
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent.fd)
         self._file = _File(parts, shown, fd, parent.fd, name, entry)
         if entry.size == 0:
             self._complete_file()
