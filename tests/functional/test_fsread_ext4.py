@@ -23,6 +23,7 @@ from tests.support.fsread_images import (
     have,
     index_directories,
     is_root,
+    loop_mounted,
     make_ext_image,
     snapshot,
     walk,
@@ -250,3 +251,21 @@ def test_two_level_htree(tmp_path: Path) -> None:
     assert names == sorted(p.name for p in (tree / "big").iterdir())
     last = fs.lookup("/big/a-rather-long-name-to-fill-blocks-002999")
     assert fs.read(last, 0, 100) == b"2999"
+
+
+@needs_root
+def test_inline_directory_grown_by_the_kernel(tmp_path: Path) -> None:
+    """The kernel keeps a small directory inline, its tail in the system.data attribute
+    (mkfs -d converts such directories to blocks instead)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    image = make_ext_image(tmp_path / "inline.img", tree, block_size=4096, features="inline_data")
+    with loop_mounted(image, "", "ext4") as mnt:
+        (mnt / "grown").mkdir()
+        for name in "abcdefg":
+            (mnt / "grown" / name).write_bytes(name.encode() * 70)
+    stat = debugfs(image, "stat /grown")
+    assert "Size of inline data: 128" in stat  # 60 bytes in i_block, the rest in the attribute
+    with ext_mounted(image) as mnt:
+        expected = snapshot(mnt)
+    assert compare(open_image(image), expected) == []
