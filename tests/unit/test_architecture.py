@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FRONT_ENDS = [ROOT / "backend" / "cli", ROOT / "fs", ROOT / "tui"]
+FRONT_ENDS = [ROOT / "backend" / "cli", ROOT / "backend" / "api", ROOT / "fs", ROOT / "tui"]
 FORBIDDEN = (
     "boto3",
     "botocore",
