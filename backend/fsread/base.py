@@ -244,12 +244,12 @@ class BaseFileSystem(Generic[InodeT]):
             if lo < hi:
                 pieces.append((lo - offset, run.disk + (lo - run.logical * bs), hi - lo))
         what = f"data of inode {inode.number}"
-        for disk, length, group in group_reads(pieces):
+        for disk, span, group in group_reads(pieces):
             if len(group) == 1:
                 at, _, size = group[0]
                 self.reader.data_into(view[at : at + size], disk, what)
                 continue
-            buffer = bytearray(length)
+            buffer = bytearray(span)
             self.reader.data_into(memoryview(buffer), disk, what)
             for at, piece_disk, size in group:
                 view[at : at + size] = buffer[piece_disk - disk : piece_disk - disk + size]

@@ -8,7 +8,6 @@ and post-2038 timestamps. Checksums are not verified; every structure is bounds-
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import struct
@@ -24,7 +23,6 @@ from .base import (
     Inode,
     Run,
     check_mode_kind,
-    merge_runs,
 )
 from .blockcache import BlockReader
 from .errors import CorruptFilesystem, FsReadError, UnsupportedFilesystem
@@ -250,19 +248,24 @@ class Ext4FileSystem(BaseFileSystem[Ext4Inode]):
         """Scan the internal journal for committed transactions not yet written in place."""
         journal = self.inode(self.journal_inode)
         bs = self.block_size
-        runs = list(merge_runs(self._data_runs(journal, 0, journal.size // bs), bs))
-        starts = [run.logical for run in runs]
+        blocks = journal.size // bs
+        last: list[Run] = []  # the run that mapped the previous block: the log is read in order
 
         def disk(block: int) -> int:
-            i = bisect.bisect_right(starts, block) - 1
-            if i < 0 or block >= runs[i].logical + runs[i].count:
-                raise CorruptFilesystem(f"block {block} of the ext4 journal is not mapped")
-            return runs[i].disk + (block - runs[i].logical) * bs
+            if not (last and last[0].logical <= block < last[0].logical + last[0].count):
+                found = next(
+                    (r for r in self._data_runs(journal, block, block + 1) if r.logical <= block),
+                    None,
+                )
+                if block >= blocks or found is None or block >= found.logical + found.count:
+                    raise CorruptFilesystem(f"block {block} of the ext4 journal is not mapped")
+                last[:] = [found]
+            return last[0].disk + (block - last[0].logical) * bs
 
         def read(block: int) -> bytes:
             return self.reader.meta(disk(block), bs, "the ext4 journal", readahead=16)
 
-        return plan_replay(read, disk, bs, journal.size // bs)
+        return plan_replay(read, disk, bs, blocks)
 
     # --------------------------------------------------------------- groups and inodes
 
