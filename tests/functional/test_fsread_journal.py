@@ -90,7 +90,7 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, b
 def test_crafted_transactions_replay(crafted: tuple[Path, dict[str, bytes]]) -> None:
     image, expected = crafted
     fs = open_filesystem(ImageFile(image))
-    assert fs.needs_recovery  # type: ignore[attr-defined]
+    assert fs.needs_recovery
     assert fs.journal_transactions == 3  # type: ignore[attr-defined]
     for name, data in expected.items():
         assert fs.read(fs.lookup(f"/{name}"), 0, BLOCK) == data, name
@@ -107,7 +107,7 @@ def test_crafted_replay_matches_e2fsck(
 ) -> None:
     image, _ = crafted
     reference = open_filesystem(ImageFile(recovered_copy(image, tmp_path / "recovered.img")))
-    assert not reference.needs_recovery  # type: ignore[attr-defined]
+    assert not reference.needs_recovery
     assert compare(open_filesystem(ImageFile(image)), expected_from(reference)) == []
 
 
