@@ -160,6 +160,7 @@ class Capabilities(_message.Message):
     EXTRACT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
     MOUNT_FIELD_NUMBER: _builtins.int
+    PROTECT_FIELD_NUMBER: _builtins.int
     browse: _builtins.bool
     """ListFiles"""
     read_files: _builtins.bool
@@ -170,6 +171,8 @@ class Capabilities(_message.Message):
     """StartDelete"""
     mount: _builtins.bool
     """always false in v1: mounts are made with `lamina mount` on a machine"""
+    protect: _builtins.bool
+    """SetProtection"""
     def __init__(
         self,
         *,
@@ -178,10 +181,11 @@ class Capabilities(_message.Message):
         extract: _builtins.bool = ...,
         delete: _builtins.bool = ...,
         mount: _builtins.bool = ...,
+        protect: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["browse", b"browse", "delete", b"delete", "extract", b"extract", "mount", b"mount", "read_files", b"read_files"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["browse", b"browse", "delete", b"delete", "extract", b"extract", "mount", b"mount", "protect", b"protect", "read_files", b"read_files"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,6 +779,32 @@ class GetChainResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetChainResponse: _TypeAlias = GetChainResponse  # noqa: Y015
+
+@_typing.final
+class SetProtectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    PROTECTED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    point: _builtins.str
+    protected: _builtins.bool
+    note: _builtins.str
+    """why it is kept (recorded with the protection)"""
+    def __init__(
+        self,
+        *,
+        point: _builtins.str = ...,
+        protected: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "point", b"point", "protected", b"protected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProtectionRequest: _TypeAlias = SetProtectionRequest  # noqa: Y015
 
 @_typing.final
 class ByteRange(_message.Message):

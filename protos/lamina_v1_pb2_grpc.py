@@ -74,6 +74,11 @@ class LaminaServiceStub:
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.GetChainRequest.SerializeToString,
                 response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.GetChainResponse.FromString,
                 _registered_method=True)
+        self.SetProtection = channel.unary_unary(
+                '/lamina.v1.LaminaService/SetProtection',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.SetProtectionRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Point.FromString,
+                _registered_method=True)
         self.StartBackup = channel.unary_unary(
                 '/lamina.v1.LaminaService/StartBackup',
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartBackupRequest.SerializeToString,
@@ -195,6 +200,13 @@ class LaminaServiceServicer:
 
     def GetChain(self, request, context):
         """A point and its ancestors down to the full backup, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProtection(self, request, context):
+        """Keep a point from every retention policy and from delete, or lift that protection.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -333,6 +345,11 @@ def add_LaminaServiceServicer_to_server(servicer, server):
                     servicer.GetChain,
                     request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.GetChainRequest.FromString,
                     response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.GetChainResponse.SerializeToString,
+            ),
+            'SetProtection': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProtection,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.SetProtectionRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Point.SerializeToString,
             ),
             'StartBackup': grpc.unary_unary_rpc_method_handler(
                     servicer.StartBackup,
@@ -616,6 +633,33 @@ class LaminaService:
             '/lamina.v1.LaminaService/GetChain',
             lamina_dot_protos_dot_lamina__v1__pb2.GetChainRequest.SerializeToString,
             lamina_dot_protos_dot_lamina__v1__pb2.GetChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProtection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/SetProtection',
+            lamina_dot_protos_dot_lamina__v1__pb2.SetProtectionRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Point.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class LaminaServiceStub:
     """One point (by id or unique prefix), with its manifest."""
     GetChain: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetChainRequest, _lamina_v1_pb2.GetChainResponse]
     """A point and its ancestors down to the full backup, newest first."""
+    SetProtection: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.SetProtectionRequest, _lamina_v1_pb2.Point]
+    """Keep a point from every retention policy and from delete, or lift that protection."""
     StartBackup: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartBackupRequest, _lamina_v1_pb2.Task]
     """Back up an image file or block device of the server's machine."""
     StartVolumeBackup: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartVolumeBackupRequest, _lamina_v1_pb2.Task]
@@ -102,6 +104,8 @@ class LaminaServiceAsyncStub(LaminaServiceStub):
     """One point (by id or unique prefix), with its manifest."""
     GetChain: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetChainRequest, _lamina_v1_pb2.GetChainResponse]  # type: ignore[assignment]
     """A point and its ancestors down to the full backup, newest first."""
+    SetProtection: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.SetProtectionRequest, _lamina_v1_pb2.Point]  # type: ignore[assignment]
+    """Keep a point from every retention policy and from delete, or lift that protection."""
     StartBackup: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartBackupRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
     """Back up an image file or block device of the server's machine."""
     StartVolumeBackup: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartVolumeBackupRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
@@ -194,6 +198,14 @@ class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lamina_v1_pb2.GetChainResponse, _abc.Awaitable[_lamina_v1_pb2.GetChainResponse]]:
         """A point and its ancestors down to the full backup, newest first."""
+
+    @_abc_1.abstractmethod
+    def SetProtection(
+        self,
+        request: _lamina_v1_pb2.SetProtectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Point, _abc.Awaitable[_lamina_v1_pb2.Point]]:
+        """Keep a point from every retention policy and from delete, or lift that protection."""
 
     @_abc_1.abstractmethod
     def StartBackup(

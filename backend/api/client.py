@@ -60,6 +60,7 @@ class Capabilities:
     extract: bool
     delete: bool
     mount: bool
+    protect: bool
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,9 @@ class ApiClient:
         return ServerInfo(
             version=m.version,
             repository=convert.repository_info(m.repository),
-            capabilities=Capabilities(c.browse, c.read_files, c.extract, c.delete, c.mount),
+            capabilities=Capabilities(
+                c.browse, c.read_files, c.extract, c.delete, c.mount, c.protect
+            ),
             max_backups=m.limits.max_backups,
             max_backups_per_volume=m.limits.max_backups_per_volume,
             restricted_paths=m.limits.restricted_paths,
@@ -276,6 +279,10 @@ class ApiClient:
             convert.point_info(p)
             for p in self.chain_messages(ref, include_manifest=include_manifest)
         ]
+
+    def set_protection(self, point: str, protected: bool, *, note: str = "") -> PointInfo:
+        request = pb.SetProtectionRequest(point=point, protected=protected, note=note)
+        return convert.point_info(self._call(self.stub.SetProtection, request))
 
     # ------------------------------------------------------------------ tasks
 

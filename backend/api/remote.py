@@ -92,6 +92,12 @@ class RemoteService(Service):
     def list_files(self, point_ref: str, path: str = "/") -> list[Entry]:
         return self.client.list_files(point_ref, path)
 
+    def protect(self, point_ref: str, note: str = "") -> PointInfo:
+        return self.client.set_protection(point_ref, True, note=note)
+
+    def unprotect(self, point_ref: str) -> PointInfo:
+        return self.client.set_protection(point_ref, False)
+
     # ------------------------------------------------------------------ jobs
 
     def start_backup(

@@ -254,6 +254,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 extract=self._offers("start_extract"),
                 delete=self._offers("start_delete"),
                 mount=False,
+                protect=self._offers("protect") and self._offers("unprotect"),
             ),
             limits=pb.Limits(
                 max_backups=self.tasks.max_backups,
@@ -329,6 +330,19 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     ) -> pb.GetChainResponse:
         chain = self.service.chain(_required(request.point, "point (id or unique prefix)"))
         return pb.GetChainResponse(points=self._points(chain, request.include_manifest))
+
+    @unary
+    def SetProtection(
+        self, request: pb.SetProtectionRequest, context: grpc.ServicerContext
+    ) -> pb.Point:
+        if not (self._offers("protect") and self._offers("unprotect")):
+            raise Unimplemented("this server cannot protect points")
+        ref = _required(request.point, "point (id or unique prefix)")
+        if request.protected:
+            point = self.service.protect(ref, request.note)
+        else:
+            point = self.service.unprotect(ref)
+        return self._points([self.service.get_point(point.id)], True)[0]
 
     # ------------------------------------------------------------------ starting tasks
 

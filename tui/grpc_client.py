@@ -1,0 +1,314 @@
+"""The terminal UI's client interface over the lamina.v1 API: a remote `lamina serve`.
+
+``GrpcClient`` implements ``LaminaClient`` (tui/client.py) call for call with the API's
+RPCs, so every screen works the same against a server. Paths the UI asks for (restore
+targets, extract folders) are the server's. Mounting is not offered through the API.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypedDict
+
+import grpc
+
+from lamina.backend.api.client import ApiClient, TaskInfo, task_info
+from lamina.backend.api.convert import point_info
+from lamina.backend.errors import UsageError
+from lamina.backend.service import PointInfo
+from lamina.protos import lamina_v1_pb2 as pb
+
+from .client import (
+    Capabilities,
+    Cluster,
+    ClusterCheck,
+    FileEntry,
+    JobView,
+    Point,
+    RepositorySummary,
+    Volume,
+    volume_key,
+)
+
+__all__ = ["GrpcClient"]
+
+_FILE_KINDS = {"file": "file", "dir": "dir", "symlink": "symlink"}
+
+
+def _point(message: pb.Point) -> Point:
+    info = point_info(message)
+    s = message.stats
+    return Point(
+        id=info.id,
+        parent=info.parent,
+        kind=info.kind,
+        volume=volume_key(info.volume.cluster, info.volume.namespace, info.volume.name),
+        created=info.created,
+        capacity=info.capacity,
+        bytes_read=s.bytes_read,
+        bytes_new=s.bytes_new,
+        bytes_stored=s.bytes_stored,
+        bytes_deduplicated=s.bytes_deduplicated,
+        bytes_uploaded=s.bytes_uploaded,
+        duration=s.duration_seconds,
+        image_digest=info.image_digest,
+        snapshot_handle=info.snapshot_handle,
+        verify_state=message.verify_state,
+        protected=message.protected,
+        manifest=info.manifest,
+    )
+
+
+def _job_view(task: TaskInfo) -> JobView:
+    p = task.progress
+    if task.done and task.finished is not None:
+        elapsed = task.finished - (task.started or task.created)
+    else:
+        elapsed = p.elapsed if p is not None else 0.0
+    volume = task.volume
+    return JobView(
+        id=task.id,
+        kind=task.kind,
+        description=task.description,
+        state=task.state,
+        phase=p.phase if p else ("queued" if task.state == "queued" else ""),
+        done=p.done if p else 0,
+        total=p.total if p else None,
+        rate=p.rate if p else 0.0,
+        eta=p.eta if p else None,
+        read=p.read if p else 0,
+        stored=p.stored if p else 0,
+        deduplicated=p.deduplicated if p else 0,
+        elapsed=elapsed,
+        error=task.error or None,
+        summary=task.summary if task.done else "",
+        log=task.log,
+        volume=volume_key(volume.cluster, volume.namespace, volume.name) if volume else None,
+        point=task.point or None,
+        created=task.created,
+    )
+
+
+class _Backups(TypedDict, total=False):
+    last_backup: str
+    last_point: str
+    chain_length: int
+    points: int
+    stored: int
+
+
+def _chain_length(point: PointInfo, by_id: dict[str, PointInfo]) -> int:
+    length, current, seen = 0, point, set()
+    while current.id not in seen:
+        seen.add(current.id)
+        length += 1
+        parent = by_id.get(current.parent) if current.parent else None
+        if parent is None:
+            break
+        current = parent
+    return length
+
+
+class GrpcClient:
+    """``LaminaClient`` over a lamina server."""
+
+    def __init__(self, client: ApiClient) -> None:
+        self.api = client
+
+    @classmethod
+    def connect(
+        cls, address: str, *, token_file: str | None = None, ca_file: str | None = None
+    ) -> GrpcClient:
+        return cls(ApiClient.from_files(address, token_file=token_file, ca_file=ca_file))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # ------------------------------------------------------------------ repository
+
+    def repository(self) -> RepositorySummary:
+        info = self.api.info()
+        return RepositorySummary(info.url, info.id, info.encrypted, info.compression)
+
+    def capabilities(self) -> Capabilities:
+        c = self.api.server_info().capabilities
+        return Capabilities(
+            browse=c.browse,
+            extract=c.extract,
+            mount=False,
+            delete=c.delete,
+            protect=c.protect,
+        )
+
+    # ------------------------------------------------------------------ clusters
+
+    def list_clusters(self) -> list[Cluster]:
+        return [
+            Cluster(c.name, c.kind, c.current, c.server, c.namespace)
+            for c in self.api.list_clusters()
+        ]
+
+    def check_clusters(
+        self, names: Sequence[str] | None = None, timeout: float = 3.0
+    ) -> dict[str, ClusterCheck]:
+        results = self.api.check_clusters(names, timeout=timeout)
+        return {name: ClusterCheck(r.ok, r.detail, r.seconds) for name, r in results.items()}
+
+    def list_volumes(self, cluster: str, namespace: str | None = None) -> list[Volume]:
+        listed = self.api.list_cluster_volumes(cluster, namespace)
+        points = [p for p in self.api.list_points() if p.volume.cluster == cluster]
+        by_id = {p.id: p for p in points}
+        by_volume: dict[tuple[str, str], list[PointInfo]] = {}
+        for p in points:
+            by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
+
+        def backups(ns: str, name: str) -> _Backups:
+            mine = by_volume.get((ns, name), [])
+            if not mine:
+                return {}
+            newest = max(mine, key=lambda p: p.created)
+            return {
+                "last_backup": newest.created,
+                "last_point": newest.id,
+                "chain_length": _chain_length(newest, by_id),
+                "points": len(mine),
+                "stored": sum(int(p.stats.get("bytes_uploaded", 0)) for p in mine),
+            }
+
+        out = [
+            Volume(
+                cluster=cluster,
+                namespace=v.namespace,
+                name=v.name,
+                mode=v.mode,
+                capacity=v.capacity,
+                storage_class=v.storage_class,
+                cbt=v.cbt,
+                phase=v.phase,
+                in_cluster=True,
+                **backups(v.namespace, v.name),
+            )
+            for v in listed
+        ]
+        seen = {(v.namespace, v.name) for v in listed}
+        for ns, name in sorted(by_volume):
+            if (ns, name) in seen or (namespace and ns != namespace):
+                continue
+            newest = max(by_volume[(ns, name)], key=lambda p: p.created)
+            out.append(
+                Volume(
+                    cluster=cluster,
+                    namespace=ns,
+                    name=name,
+                    mode="",
+                    capacity=newest.capacity,
+                    storage_class="",
+                    cbt=False,
+                    phase="backups only",
+                    in_cluster=False,
+                    **backups(ns, name),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ points
+
+    def list_points(self, volume: str | None = None) -> list[Point]:
+        return [_point(m) for m in self.api.point_messages(volume, include_manifest=True)]
+
+    def chain(self, point_id: str) -> list[Point]:
+        return [_point(m) for m in self.api.chain_messages(point_id, include_manifest=True)]
+
+    def set_protected(self, point_id: str, protected: bool) -> None:
+        self.api.set_protection(point_id, protected)
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_backup(self, cluster: str, namespace: str, name: str) -> str:
+        return self.api.start_volume_backup(cluster, namespace, name).id
+
+    def start_verify(self, point_id: str, deep: bool = False) -> str:
+        return self.api.start_verify(point_id, deep=deep).id
+
+    def start_restore(self, point_id: str, target: str, overwrite: bool = False) -> str:
+        if not target.strip():
+            raise UsageError("give a file or device (on the server) to restore to")
+        return self.api.start_restore(point_id, target, overwrite=overwrite).id
+
+    def start_extract(self, point_id: str, paths: Sequence[str], to_dir: str) -> str:
+        if not paths:
+            raise UsageError("mark files or folders to extract first")
+        if not to_dir.strip():
+            raise UsageError("give a folder (on the server) to extract to")
+        return self.api.start_extract(point_id, paths, to_dir).id
+
+    def start_delete(self, point_id: str) -> str:
+        return self.api.start_delete(point_id).id
+
+    def jobs(self) -> list[JobView]:
+        return [_job_view(t) for t in self.api.tasks()]
+
+    def job(self, job_id: str) -> JobView:
+        return _job_view(self.api.task(job_id, include_log=True))
+
+    def cancel_job(self, job_id: str) -> None:
+        self.api.cancel(job_id)
+
+    def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]:
+        """Follow the task on a thread of its own; the first call gives its state now."""
+        self.api.task(job_id)  # an unknown id fails here, in the caller's thread
+        call = self.api.stub.WatchTask(
+            pb.WatchTaskRequest(id=job_id, include_log=True), metadata=self.api.metadata
+        )
+        stopped = threading.Event()
+
+        def follow() -> None:
+            try:
+                for message in call:
+                    if stopped.is_set():
+                        return
+                    listener(_job_view(task_info(message)))
+            except grpc.RpcError:
+                return  # unwatched, or the server went away: the UI keeps the last state
+
+        threading.Thread(target=follow, name=f"lamina-watch-{job_id}", daemon=True).start()
+
+        def unwatch() -> None:
+            stopped.set()
+            call.cancel()
+
+        return unwatch
+
+    # ------------------------------------------------------------------ files
+
+    def list_files(self, point_id: str, path: str) -> list[FileEntry]:
+        folder = "/" + path.strip("/")
+        return [
+            FileEntry(
+                path=folder.rstrip("/") + "/" + e.name,
+                name=e.name,
+                kind=_FILE_KINDS.get(e.kind, "other"),
+                size=e.size,
+                mtime=e.mtime_ns / 1e9,
+                mode=e.mode,
+                target=e.link_target,
+            )
+            for e in self.api.list_files(point_id, path)
+        ]
+
+    def read_file(self, point_id: str, path: str, limit: int) -> bytes:
+        if limit <= 0:
+            return b""
+        return self.api.read_file(point_id, path, length=limit)
+
+    # ------------------------------------------------------------------ mounts
+
+    def mount(self, point_id: str, mountpoint: str) -> str:
+        raise UsageError("mounts are not offered through a server: run lamina mount there")
+
+    def unmount(self, point_id: str) -> None:
+        raise UsageError(f"point {point_id} is not mounted")
+
+    def mounts(self) -> dict[str, str]:
+        return {}
