@@ -383,3 +383,37 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
     assert seen[-1] == "cancelled"
     volumes = {str(p.volume) for p in Service(url).list_points()}
     assert volumes == {"local/ns/small"}
+
+
+def test_interrupting_a_client_cancels_its_task_on_the_server(tmp_path: Path) -> None:
+    url = slow_repository(tmp_path / "repo")
+    image = slow_image(tmp_path / "long.img", 24 * MiB, seed=33)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with running_server(Service(url)) as server, ApiClient(server.address, token=TOKEN) as api:
+        proc = subprocess.Popen(
+            [
+                *LAMINA,
+                "backup",
+                "--server",
+                server.address,
+                "--token-file",
+                str(token_file),
+                "--volume",
+                "v",
+                str(image),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while not any(t.progress and t.progress.done for t in api.tasks()):
+            assert proc.poll() is None and time.monotonic() < deadline, "no backup got going"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert err.strip() == "lamina: error: backup cancelled; no restore point was written"
+        (task,) = api.tasks()
+        assert task.state == "cancelled"
+        assert api.list_points() == []
