@@ -121,7 +121,7 @@ def report(name: str, samples: list[float]) -> str:
 
 async def run(service: Service, keys: int) -> list[str]:
     app = make_app(InProcessClient(service))
-    lines = []
+    lines: list[str] = []
     async with app.run_test(size=(130, 36)) as pilot:
         frames = FrameClock(app)
         while not (isinstance(app.screen, ClustersScreen) and app.screen.loaded):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
@@ -70,6 +70,12 @@ class LaminaApp(App[None]):
         self._drain_scheduled = False
         self.started = False  # the repository summary and capabilities are in
         self.redraws = 0  # job updates delivered to the screens (for measurements)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Textual's own commands, less its Quit: ours asks first when jobs are running."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
 
     def get_default_screen(self) -> Screen[None]:
         return ClustersScreen()

@@ -17,9 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+from textual.coordinate import Coordinate
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Log, Static
 
 from lamina.backend.service import Service, init_repository
@@ -101,6 +104,15 @@ async def wait_for(
         await pilot.pause(0.02)
 
 
+S = TypeVar("S", bound=Screen[Any])
+
+
+def screen_of(app: LaminaApp, kind: type[S]) -> S:
+    screen = app.screen
+    assert isinstance(screen, kind), f"on {screen!r}, not a {kind.__name__}"
+    return screen
+
+
 def finished_jobs(app: LaminaApp, kind: str) -> list[JobView]:
     return [v for v in app.job_views.values() if v.kind == kind and v.finished]
 
@@ -170,9 +182,11 @@ async def test_back_up_see_the_chain_browse_and_extract(world: World) -> None:
         await wait_for(
             pilot, lambda: isinstance(app.screen, ChainScreen) and app.screen.loaded, "the chain"
         )
-        chain = app.screen
-        assert isinstance(chain, ChainScreen)
-        rows = [str(chain.table.coordinate_to_cell_key((i, 0)).row_key.value) for i in range(2)]
+        chain = screen_of(app, ChainScreen)
+        rows = [
+            str(chain.table.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value)
+            for i in range(2)
+        ]
         assert rows == [first.point, second.point]  # the full point, then its incremental
         assert {p.id: p.parent for p in chain.points} == {
             first.point: None,
@@ -185,8 +199,7 @@ async def test_back_up_see_the_chain_browse_and_extract(world: World) -> None:
             lambda: isinstance(app.screen, FilesScreen) and app.screen.root_loaded,
             "the file tree",
         )
-        files = app.screen
-        assert isinstance(files, FilesScreen)
+        files = screen_of(app, FilesScreen)
         assert files.point.id == first.point  # the cursor was on the full point
 
         await move_to(pilot, files, "/etc")
@@ -223,8 +236,7 @@ async def test_restore_verify_and_a_failure_in_plain_words(world: World) -> None
         await wait_for(
             pilot, lambda: isinstance(app.screen, ChainScreen) and app.screen.loaded, "the chain"
         )
-        chain = app.screen
-        assert isinstance(chain, ChainScreen)
+        chain = screen_of(app, ChainScreen)
 
         await pilot.press("v")
         await wait_for(pilot, lambda: finished_jobs(app, "verify"), "the verify job")
@@ -243,7 +255,9 @@ async def test_restore_verify_and_a_failure_in_plain_words(world: World) -> None
             )
             await type_path(pilot, "restored.img")
             await wait_for(
-                pilot, lambda n=attempt: len(finished_jobs(app, "restore")) == n, "the restore"
+                pilot,
+                lambda count=attempt: len(finished_jobs(app, "restore")) == count,  # type: ignore[misc]
+                "the restore",
             )
         first, second = sorted(finished_jobs(app, "restore"), key=lambda v: v.created)
         assert first.state == "succeeded", first.error
@@ -290,8 +304,7 @@ async def test_cancel_a_running_backup(tmp_path: Path) -> None:
 
             await pilot.press("J")
             await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen), "the jobs screen")
-            jobs = app.screen
-            assert isinstance(jobs, JobsScreen)
+            jobs = screen_of(app, JobsScreen)
             selected = jobs.current_item()
             assert selected is not None and selected.state == "cancelled"
             log = jobs.query_one("#job-log", Log)
@@ -316,7 +329,7 @@ async def test_filter_sort_go_to_help_and_palette(world: World) -> None:
         def shown() -> list[str]:
             table = volumes.table
             return [
-                str(table.coordinate_to_cell_key((i, 0)).row_key.value)
+                str(table.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value)
                 for i in range(table.row_count)
             ]
 
@@ -350,8 +363,7 @@ async def test_filter_sort_go_to_help_and_palette(world: World) -> None:
         )
 
         # ctrl+p: the palette finds the screen's actions by name and runs them.
-        volumes = app.screen
-        assert isinstance(volumes, VolumesScreen)
+        volumes = screen_of(app, VolumesScreen)
         volumes.table.move_cursor(row=shown().index("local/demo/app-data"))
         await pilot.press("ctrl+p")
         await pilot.pause(0.2)
@@ -403,8 +415,7 @@ async def test_protect_and_delete_a_point(world: World) -> None:
         await wait_for(
             pilot, lambda: isinstance(app.screen, ChainScreen) and app.screen.loaded, "the chain"
         )
-        chain = app.screen
-        assert isinstance(chain, ChainScreen)
+        chain = screen_of(app, ChainScreen)
         current = chain.current_point()
         assert current is not None and current.id == full.point
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
@@ -235,10 +236,10 @@ class RecordedClient:
         }
 
     def list_volumes(self, cluster: str, namespace: str | None = None) -> list[Volume]:
-        def volume(ns: str, name: str, capacity: int, **backups: object) -> Volume:
+        def volume(ns: str, name: str, capacity: int, **backups: Any) -> Volume:
             return Volume(
                 cluster, ns, name, "Block", capacity, "local-image", True, "Bound", True, **backups
-            )  # type: ignore[arg-type]
+            )
 
         return [
             volume(
@@ -306,11 +307,33 @@ class RecordedClient:
     def mounts(self) -> dict[str, str]:
         return {}
 
-    def _refuse(self, *args: object, **kwargs: object) -> str:
-        raise AssertionError("the snapshots only look")
+    # The snapshots only look: nothing here starts or changes anything.
+    def start_backup(self, cluster: str, namespace: str, name: str) -> str:
+        raise AssertionError("not in a snapshot")
 
-    start_backup = start_verify = start_restore = start_extract = start_delete = _refuse
-    cancel_job = set_protected = mount = unmount = _refuse
+    def start_verify(self, point_id: str, deep: bool = False) -> str:
+        raise AssertionError("not in a snapshot")
+
+    def start_restore(self, point_id: str, target: str, overwrite: bool = False) -> str:
+        raise AssertionError("not in a snapshot")
+
+    def start_extract(self, point_id: str, paths: Sequence[str], to_dir: str) -> str:
+        raise AssertionError("not in a snapshot")
+
+    def start_delete(self, point_id: str) -> str:
+        raise AssertionError("not in a snapshot")
+
+    def set_protected(self, point_id: str, protected: bool) -> None:
+        raise AssertionError("not in a snapshot")
+
+    def cancel_job(self, job_id: str) -> None:
+        raise AssertionError("not in a snapshot")
+
+    def mount(self, point_id: str, mountpoint: str) -> str:
+        raise AssertionError("not in a snapshot")
+
+    def unmount(self, point_id: str) -> None:
+        raise AssertionError("not in a snapshot")
 
 
 def app() -> LaminaApp:
@@ -325,15 +348,17 @@ async def until(pilot: Pilot[None], condition: Callable[[], object], timeout: fl
 
 
 async def clusters_ready(pilot: Pilot[None]) -> None:
-    screen = pilot.app.screen
+    app = pilot.app
+    assert isinstance(app, LaminaApp)
+    screen = app.screen
     await until(
         pilot,
         lambda: (
             isinstance(screen, ClustersScreen)
             and len(screen.checks) == 3
-            and pilot.app.started  # type: ignore[attr-defined]
-            and pilot.app.job_views
-        ),  # type: ignore[attr-defined]
+            and app.started
+            and bool(app.job_views)
+        ),
     )
 
 

@@ -104,7 +104,8 @@ class LaminaScreen(Screen[None]):
             return None
 
     def can_go_back(self) -> bool:
-        return len(self.app.screen_stack) > 1
+        stack = self.app.screen_stack
+        return self in stack and stack.index(self) > 0
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "back":
@@ -228,9 +229,9 @@ class TableScreen(LaminaScreen, Generic[T]):
         key = self.current_key()
         return next((i for i in self.items if self.item_key(i) == key), None)
 
-    def update_cell(self, key: str, column: str, value: Any) -> None:
+    def update_cell(self, key: str, column: str, value: Any, *, widen: bool = False) -> None:
         try:
-            self.table.update_cell(key, column, value)
+            self.table.update_cell(key, column, value, update_width=widen)
         except Exception:  # the row is filtered out or gone
             pass
 

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 
 from ..client import Cluster, ClusterCheck
 from ..messages import ClustersChecked, ClustersLoaded
@@ -38,7 +38,7 @@ class ClustersScreen(TableScreen[Cluster]):
         Column("server", "SERVER", lambda c: c.server or "-", lambda c: c.server or ""),
         Column("namespace", "NAMESPACE", lambda c: c.namespace or "-", lambda c: c.namespace or ""),
         Column("status", "STATUS", lambda c: _status(None), width=14),
-        Column("detail", "DETAIL", lambda c: "", width=44),
+        Column("detail", "DETAIL", lambda c: ""),
     ]
 
     def __init__(self) -> None:
@@ -52,6 +52,7 @@ class ClustersScreen(TableScreen[Cluster]):
     def compose(self) -> Iterable[Any]:
         yield self.compose_top()
         yield from self.compose_table()
+        yield Static(id="cluster-detail")
         yield from self.compose_bottom()
 
     def on_mount(self) -> None:
@@ -93,6 +94,30 @@ class ClustersScreen(TableScreen[Cluster]):
     def _checked(self, message: ClustersChecked) -> None:
         self.checks.update(message.results)
         self.table_changed()
+        self.show_detail()
+
+    @on(DataTable.RowHighlighted, "#table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_detail()
+
+    def show_detail(self) -> None:
+        """The whole answer of the highlighted cluster, which the table may cut short."""
+        cluster = self.current_item()
+        line = Text()
+        if cluster is not None:
+            check = self.checks.get(cluster.name)
+            line.append(f"{cluster.name}: ", style="bold")
+            if check is None:
+                line.append("checking…", style="dim italic")
+            else:
+                line.append(check.detail, style="green" if check.ok else "red")
+            if cluster.kind == "kubernetes":
+                line.append(
+                    "\nKubernetes volumes are backed up by a data-mover Job in the cluster; "
+                    "lamina shows the command when you press b on one.",
+                    style="dim",
+                )
+        self.query_one("#cluster-detail", Static).update(line)
 
     def table_changed(self) -> None:
         for item in self.visible_items():
@@ -104,7 +129,7 @@ class ClustersScreen(TableScreen[Cluster]):
                 detail = Text(check.detail, style="" if check.ok else "red")
                 if check.ok and check.seconds >= 0.001:
                     detail.append(f"  ({check.seconds * 1000:.0f} ms)", style="dim")
-                self.update_cell(item.name, "detail", detail)
+                self.update_cell(item.name, "detail", detail, widen=True)
 
     def action_open(self) -> None:
         cluster = self.current_item()

@@ -96,8 +96,8 @@ class VolumesScreen(TableScreen[Volume]):
 
     def compose(self) -> Iterable[Any]:
         yield self.compose_top()
-        yield from self.compose_table()
         yield Static(id="empty", classes="empty-note")
+        yield from self.compose_table()
         yield from self.compose_bottom()
 
     def on_mount(self) -> None:
