@@ -66,6 +66,10 @@ class ImageReader:
         self.cache_hits = 0
         self._on_close: list[Callable[[], None]] = []
 
+    def data_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) of every range that holds data; the rest reads as zeros."""
+        return [(e.offset, e.length) for e in self._data]
+
     @property
     def allocated_bytes(self) -> int:
         return sum(e.length for e in self._data)
