@@ -268,7 +268,7 @@ def main() -> int:
         lamina(env, "repo", "init", repo)
         seq_point, results["sequential"] = sequential(env, repo, work, parse_size(args.file_size))
         print("sequential:", results["sequential"], flush=True)
-        point, results["first_listing"] = big_chain(
+        _, results["first_listing"] = big_chain(
             env, repo, work, parse_size(args.big_volume), args.chain
         )
         print("first listing:", results["first_listing"], flush=True)
