@@ -182,15 +182,18 @@ class LaminaApp(App[None]):
         if unwatch is not None:
             unwatch()
         if view.state == "succeeded":
-            self.notify(
-                f"{view.description}: {view.summary or 'done'}", title="job done", timeout=6
-            )
+            self.notify(view.summary or view.description, title=f"{view.kind} done", timeout=6)
         elif view.state == "cancelled":
-            self.notify(f"{view.description}: cancelled", severity="warning", timeout=6)
+            self.notify(
+                f"{view.description}: cancelled",
+                title=f"{view.kind} cancelled",
+                severity="warning",
+                timeout=6,
+            )
         else:
             self.notify(
                 f"{view.description} failed: {view.error or 'unknown error'}",
-                title="job failed",
+                title=f"{view.kind} failed",
                 severity="error",
                 timeout=12,
             )
@@ -298,6 +301,7 @@ class LaminaApp(App[None]):
                 f"{len(running)} job(s) still running. Cancel them and quit?",
                 "A cancelled backup leaves no point behind; earlier points stay intact.",
                 confirm_label="Cancel jobs and quit",
+                cancel_label="Stay",
             ),
             answer,
         )

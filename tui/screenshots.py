@@ -181,7 +181,7 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
         )
         files = app.screen
         assert isinstance(files, FilesScreen)
-        await pilot.press("down", "down", "down", "enter")  # data, docs, etc: open /etc
+        await pilot.press("down", "down", "enter")  # from data: docs, etc; open /etc
         await _until(pilot, "/etc", lambda: "/etc" in files.loaded)
         await pilot.press("up", "space", "down")  # mark docs/; then etc/, app.conf
         await pilot.pause(0.5)

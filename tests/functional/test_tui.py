@@ -292,9 +292,10 @@ async def test_cancel_a_running_backup(tmp_path: Path) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await open_volumes(pilot, app)
             await pilot.press("b")
-            await wait_for(pilot, lambda: app.job_views, "the job to show")
             strip = app.screen.query_one(JobStrip)
-            assert "local/db/pg-data" in strip.text  # the running job shows under the table
+            await wait_for(  # the running job shows under the table
+                pilot, lambda: "local/db/pg-data" in strip.text, "the job in the strip"
+            )
             await pilot.press("c")
             await wait_for(pilot, lambda: finished_jobs(app, "backup"), "the cancelled job")
             (view,) = finished_jobs(app, "backup")

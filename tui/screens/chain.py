@@ -154,6 +154,7 @@ class ChainScreen(LaminaScreen):
     def _loaded(self, message: PointsLoaded) -> None:
         table = self.table
         table.loading = False
+        self.refresh_bindings()  # the focused widget was hidden while loading
         self.loaded = True
         if message.error:
             self.fail(f"list the points of {self.volume.key}", message.error)
@@ -377,7 +378,10 @@ class ChainScreen(LaminaScreen):
                 )
 
         self.app.push_screen(
-            ConfirmScreen(f"Delete point {point.id}?", text, confirm_label="Delete"), delete
+            ConfirmScreen(
+                f"Delete point {point.id}?", text, confirm_label="Delete", cancel_label="Keep"
+            ),
+            delete,
         )
 
     def action_protect(self) -> None:

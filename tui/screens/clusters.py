@@ -82,6 +82,7 @@ class ClustersScreen(TableScreen[Cluster]):
     @on(ClustersLoaded)
     def _loaded(self, message: ClustersLoaded) -> None:
         self.table.loading = False
+        self.refresh_bindings()  # the focused widget was hidden while loading
         self.checks = {}
         self.show_items(message.clusters)
         if self.current_key() is None or not self.loaded:

@@ -55,11 +55,14 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),
     ]
 
-    def __init__(self, title: str, text: str = "", *, confirm_label: str = "Yes") -> None:
+    def __init__(
+        self, title: str, text: str = "", *, confirm_label: str = "Yes", cancel_label: str = "No"
+    ) -> None:
         super().__init__(classes="dialog-screen")
         self.title_text = title
         self.text = text
         self.confirm_label = confirm_label
+        self.cancel_label = cancel_label
 
     def compose(self) -> Iterable[Any]:
         with Vertical(classes="dialog"):
@@ -68,7 +71,7 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Static(self.text)
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
-                yield Button("Keep (n)", id="no")
+                yield Button(f"{self.cancel_label} (n)", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -111,6 +111,7 @@ class FilesScreen(LaminaScreen):
     def _files_loaded(self, message: FilesLoaded) -> None:
         tree = self.file_tree
         tree.loading = False
+        self.refresh_bindings()  # the focused widget was hidden while loading
         node = self.nodes.get(message.path)
         if message.error:
             self.fail(f"list {message.path}", message.error)
@@ -137,6 +138,8 @@ class FilesScreen(LaminaScreen):
             self.nodes[entry.path] = child
         if node is tree.root:
             self.root_loaded = True
+            if order and tree.cursor_node is None:
+                tree.move_cursor(node.children[0])
             if not order:
                 self.query_one("#file-info", Static).update(
                     Text("this point's filesystem is empty", style="dim")

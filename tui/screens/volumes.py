@@ -139,6 +139,7 @@ class VolumesScreen(TableScreen[Volume]):
     @on(VolumesLoaded)
     def _loaded(self, message: VolumesLoaded) -> None:
         self.table.loading = False
+        self.refresh_bindings()  # the focused widget was hidden while loading
         self.loaded = True
         empty = self.query_one("#empty", Static)
         if message.error:

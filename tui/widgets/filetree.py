@@ -37,9 +37,20 @@ def entry_label(entry: FileEntry, depth: int, marked: bool) -> Text:
     return label
 
 
-class FileTree(Tree[FileEntry]):
+class FileTree(Tree[FileEntry], inherit_bindings=False):
+    """Tree's own keys, except space: here it marks (enter opens a folder)."""
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "mark", "Mark", id="files.mark", key_display="space"),
+        Binding("enter", "select_cursor", "Open", show=False, id="files.open"),
+        Binding("up", "cursor_up", "Up", show=False, id="files.up"),
+        Binding("down", "cursor_down", "Down", show=False, id="files.down"),
+        Binding(
+            "shift+left", "cursor_parent", "To the parent folder", show=False, id="files.parent"
+        ),
+        Binding(
+            "shift+space", "toggle_expand_all", "Open or close all", show=False, id="files.all"
+        ),
         Binding("j", "cursor_down", "Down", show=False, id="files.cursor-down"),
         Binding("k", "cursor_up", "Up", show=False, id="files.cursor-up"),
     ]
