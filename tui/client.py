@@ -430,7 +430,13 @@ class InProcessClient:
         return job.id
 
     def start_backup(self, cluster: str, namespace: str, name: str) -> str:
-        job = self.service.start_volume_backup(cluster, namespace, name)
+        try:
+            job = self.service.start_volume_backup(cluster, namespace, name)
+        except UsageError as e:
+            # The data-mover command the service suggests, with this repository filled in.
+            raise UsageError(
+                str(e).replace("--repo REPO", f"--repo {self.service.repo_url}")
+            ) from None
         return self._register(job, volume_key(cluster, namespace, name), None)
 
     def start_verify(self, point_id: str, deep: bool = False) -> str:

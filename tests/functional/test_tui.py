@@ -456,3 +456,58 @@ async def test_protect_and_delete_a_point(world: World) -> None:
         assert finished_jobs(app, "restore")[0].state == "succeeded"
         restored = (world.root / "after-delete.img").read_bytes()
         assert restored == world.image.read_bytes()
+
+
+async def test_a_kubernetes_cluster_its_volumes_and_a_refusal(world: World, tmp_path: Path) -> None:
+    """Against the FAKE API server of tests/support/fake_kube.py (a test double, over HTTP)."""
+    from tests.support.fake_kube import make_tls_files, run_fake_kube, seed_standard_cluster
+
+    with run_fake_kube() as fake:
+        seed_standard_cluster(fake, make_tls_files(tmp_path / "ca", "cbt").ca_pem)
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", context="fake")
+        service = Service(
+            world.service.repo_url, kubeconfig=str(kubeconfig), local_root=world.service.local_root
+        )
+        app = make_app(InProcessClient(service))
+        async with app.run_test(size=SIZE) as pilot:
+            clusters = screen_of(app, ClustersScreen)
+            await wait_for(pilot, lambda: len(clusters.checks) == 2, "the reachability checks")
+            assert clusters.checks["fake"].ok and clusters.checks["local"].ok
+            current = clusters.current_item()
+            assert current is not None and current.name == "fake"  # the current context
+            await pilot.press("enter")
+            await wait_for(
+                pilot,
+                lambda: isinstance(app.screen, VolumesScreen) and app.screen.loaded,
+                "the PVCs",
+            )
+            volumes = screen_of(app, VolumesScreen)
+            keys = [v.key for v in volumes.items]
+            assert "fake/apps/data" in keys and "fake/default/plain" in keys
+            volumes.table.move_cursor(row=volumes.table.get_row_index("fake/apps/data"))
+            await pilot.press("b")  # a cluster volume: the data-mover Job, said in plain words
+            await wait_for(
+                pilot,
+                lambda: any(
+                    "data-mover" in n.message and f"--repo {service.repo_url}" in n.message
+                    for n in app._notifications
+                ),
+                "the data-mover message",
+            )
+            assert not app.job_views
+
+            fake.forbid("list", "persistentvolumeclaims")
+            await pilot.press("ctrl+r")
+            await wait_for(
+                pilot,
+                lambda: any(
+                    "could not list the volumes of fake" in n.message for n in app._notifications
+                ),
+                "the refusal",
+            )
+            refusal = next(n.message for n in app._notifications if "could not list" in n.message)
+            assert "RBAC forbids" in refusal and "persistentvolumeclaims" in refusal
+            assert "\n" not in refusal
+            assert "Traceback" not in refusal
+            assert app.is_running
+        service.close()

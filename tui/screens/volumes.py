@@ -24,7 +24,10 @@ def _cbt(v: Volume) -> Text:
 
 
 def _name(v: Volume) -> Text:
-    return Text(v.name, style="bold" if v.in_cluster else "dim")
+    name = Text(v.name, style="bold" if v.in_cluster else "dim")
+    if v.phase != "Bound":
+        name.append(f" ({v.phase})", style="dim italic" if v.in_cluster else "dim")
+    return name
 
 
 class VolumesScreen(TableScreen[Volume]):
