@@ -8,10 +8,12 @@ cancelled, and the log says which finished and which were cancelled.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
@@ -32,7 +34,7 @@ from ..extract import ExtractReport
 from ..service import PointInfo, Service, VerifyReport, VolumeRef
 from ..units import format_size
 from . import convert
-from .auth import BearerTokenInterceptor, is_loopback
+from .auth import BearerTokenInterceptor, is_loopback, split_address
 from .errors import (
     ERROR_CLASS_KEY,
     PathNotAllowed,
@@ -551,6 +553,25 @@ class ServeError(LaminaError):
     """The API server cannot start as asked."""
 
 
+def _check_address_free(listen: str) -> None:
+    """Fail with one line before gRPC logs its own complaint about a busy address."""
+    host, port = split_address(listen)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                reason = "the address is in use" if e.errno == errno.EADDRINUSE else e.strerror
+                raise ServeError(f"cannot listen on {listen}: {reason}") from None
+
+
 class ApiServer:
     """A running lamina.v1 server over one Service."""
 
@@ -576,6 +597,8 @@ class ApiServer:
             ),
             interceptors=interceptors,
             maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
+            # gRPC shares ports by default: a second server on a busy port must fail instead.
+            options=[("grpc.so_reuseport", 0)],
         )
         self.servicer = LaminaServicer(service, self.tasks, PathPolicy(options.allowed_paths))
         pb_grpc.add_LaminaServiceServicer_to_server(self.servicer, self._server)
@@ -584,14 +607,17 @@ class ApiServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
+        _check_address_free(options.listen)
         try:
             if options.tls_cert is not None and options.tls_key is not None:
                 credentials = grpc.ssl_server_credentials([(options.tls_key, options.tls_cert)])
                 port = self._server.add_secure_port(options.listen, credentials)
             else:
                 port = self._server.add_insecure_port(options.listen)
-        except RuntimeError as e:
-            raise ServeError(f"cannot listen on {options.listen}: {e}") from None
+        except RuntimeError:
+            raise ServeError(
+                f"cannot listen on {options.listen}: the address is in use or not on this machine"
+            ) from None
         if port == 0:
             raise ServeError(f"cannot listen on {options.listen} (address in use or not local)")
         host = options.listen.rpartition(":")[0]

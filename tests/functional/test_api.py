@@ -493,7 +493,7 @@ def test_repository_problems_map_to_status_codes(
 
 
 def test_insecure_no_auth_only_on_loopback(tmp_path: Path) -> None:
-    from lamina.backend.api.server import ApiServer, ServerOptions
+    from lamina.backend.api.server import ApiServer, ServeError, ServerOptions
     from lamina.backend.errors import UsageError
 
     url = str(tmp_path / "repo")
@@ -504,3 +504,7 @@ def test_insecure_no_auth_only_on_loopback(tmp_path: Path) -> None:
             ApiServer(service, ServerOptions(listen=listen, token=None))
     with running_server(service, token=None) as server, stub_for(server.address) as stub:
         assert list(stub.ListPoints(pb.ListPointsRequest()).points) == []
+        # the port is taken: a second server says so instead of sharing it
+        busy = f"cannot listen on {server.address}: the address is in use"
+        with pytest.raises(ServeError, match=busy):
+            ApiServer(service, ServerOptions(listen=server.address, token=None))
