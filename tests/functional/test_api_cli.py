@@ -317,9 +317,9 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
     url = slow_repository(tmp_path / "repo")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    small = slow_image(tmp_path / "small.img", 1 * MiB, seed=31)
+    small = slow_image(tmp_path / "small.img", MiB + MiB // 2, seed=31)
     big = slow_image(tmp_path / "big.img", 48 * MiB, seed=32)
-    grace = 4.0
+    grace = 6.0  # the small backup needs about 1.5 s, more on a busy machine
     proc = subprocess.Popen(
         [
             *LAMINA,
@@ -352,12 +352,12 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
             )
             watcher.start()
 
-            def going(task_id: str) -> bool:
+            def started(task_id: str) -> bool:
                 progress = client.task(task_id).progress
                 return progress is not None and progress.done > 0
 
-            deadline = time.monotonic() + 20
-            while not (going(quick.id) and going(slow_task.id)):
+            deadline = time.monotonic() + 30
+            while not (client.task(quick.id).state != "queued" and started(slow_task.id)):
                 assert time.monotonic() < deadline, "the backups did not get going"
                 time.sleep(0.05)
             assert client.task(quick.id).state == "running", "too quick: it ended before SIGTERM"
