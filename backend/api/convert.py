@@ -8,7 +8,6 @@ messages back into the very same dataclasses, so code written against the servic
 from __future__ import annotations
 
 import json
-import stat
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -392,7 +391,3 @@ def entry(message: pb.FileEntry) -> Entry:
             else None
         ),
     )
-
-
-def permission_bits(message: pb.FileEntry) -> int:
-    return stat.S_IMODE(message.mode)
