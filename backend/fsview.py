@@ -239,9 +239,13 @@ class PointFiles:
         return None
 
     def close(self) -> None:
+        """Release the reader (and its repository lock); the next use opens it again."""
         with self._lock:
             if self._reader is not None:
                 self._reader.close()
+            self._reader = None
+            self._fs = None
+            self._unavailable = None
 
     # ------------------------------------------------------------------ queries
 

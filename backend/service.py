@@ -539,6 +539,8 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     def _lock(self, job: Job | None, kind: str, purpose: str, *, optional: bool = False) -> _Held:
+        if kind == locks.EXCLUSIVE:
+            self.close_idle_views()  # our own browsing must not hold up our own prune
         if job is not None:
             job._log(
                 f"waiting for a {kind} repository lock" if kind == locks.EXCLUSIVE else "locking"
@@ -759,13 +761,44 @@ class Service:
         point = self.get_point(point_ref)
         with self._files_lock:
             kept: dict[str, PointFiles] = self.__dict__.setdefault("_files_kept", {})
+            used: dict[str, float] = self.__dict__.setdefault("_files_used", {})
             files = kept.pop(point.id, None)
             if files is None:
                 files = PointFiles(self, point, cache_bytes=cache_bytes)
             kept[point.id] = files
+            used[point.id] = time.monotonic()
             while len(kept) > self._FILES_KEPT:
-                kept.pop(next(iter(kept)))  # dropped, not closed: a caller may still hold it
+                old_id = next(iter(kept))
+                kept.pop(old_id).close()  # a caller still holding it reopens on next use
+                used.pop(old_id, None)
+            self._start_view_janitor()
             return files
+
+    _VIEW_IDLE = 60.0  # an open view holds a shared lock: give it back when unused
+
+    def _start_view_janitor(self) -> None:
+        if self.__dict__.get("_janitor") is not None:
+            return
+
+        def sweep() -> None:
+            while True:
+                time.sleep(self._VIEW_IDLE / 2)
+                self.close_idle_views(self._VIEW_IDLE)
+
+        self._janitor = threading.Thread(target=sweep, name="lamina-view-janitor", daemon=True)
+        self._janitor.start()
+
+    def close_idle_views(self, idle: float = 0.0) -> int:
+        """Close browsing views unused for ``idle`` seconds (all with 0), releasing their locks."""
+        with self._files_lock:
+            kept: dict[str, PointFiles] = self.__dict__.setdefault("_files_kept", {})
+            used: dict[str, float] = self.__dict__.setdefault("_files_used", {})
+            now = time.monotonic()
+            stale = [pid for pid in kept if now - used.get(pid, 0.0) >= idle]
+            for pid in stale:
+                kept.pop(pid).close()
+                used.pop(pid, None)
+            return len(stale)
 
     def list_files(self, point_ref: str, path: str = "/") -> list[Entry]:
         """The entries of a directory in a point's filesystem (sorted), or [the entry] of a file.

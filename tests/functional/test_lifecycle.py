@@ -515,3 +515,19 @@ def test_lock_of_a_dead_local_process_is_stale(tmp_path: Path) -> None:
     service.repo.storage.put("locks/cafe", json.dumps(lock).encode())
     assert service.list_locks()[0].stale
     run(service.start_prune())  # not held up by the dead backup's lease
+
+
+def test_browsing_files_does_not_hold_up_a_prune_in_the_same_process(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "hello.txt").write_text("hello\n")
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(32 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image)], check=True)
+    init_repository(str(tmp_path / "repo"))
+    service = Service(str(tmp_path / "repo"), lock_wait=2)
+    point = run(service.start_backup(str(image), "v"))
+    assert [e.name for e in service.list_files(point.id, "/") if e.name == "hello.txt"]  # type: ignore[attr-defined]
+    run(service.start_prune())  # the open view's shared lock is given back first
+    assert [e.name for e in service.list_files(point.id, "/") if e.name == "hello.txt"]  # type: ignore[attr-defined]
