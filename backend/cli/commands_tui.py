@@ -32,10 +32,21 @@ def register(sub: Any) -> None:
         "--local-root",
         help="folder of the local cluster (default: $LAMINA_LOCAL_ROOT, else ./demo/cluster)",
     )
+    p.add_argument(
+        "--server",
+        metavar="ADDR",
+        help="use a remote lamina server (lamina serve) instead of opening a repository here",
+    )
+    p.add_argument("--token-file", help="with --server: file holding the server's bearer token")
+    p.add_argument("--ca-file", help="with --server: CA certificate (PEM) of a TLS server")
     p.set_defaults(func=cmd_tui)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    if args.server:
+        return _remote(args)
+    if args.token_file or args.ca_file:
+        raise UsageError("--token-file and --ca-file go with --server")
     repo = args.repo or default_repo()
     if not repo:
         raise UsageError(
@@ -60,4 +71,25 @@ def cmd_tui(args: argparse.Namespace) -> int:
         make_app(InProcessClient(service)).run()
     finally:
         service.close()
+    return 0
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """The same screens over the gRPC API: every call goes to the server."""
+    if args.repo or args.local_root or args.kubeconfig or args.password_file:
+        raise UsageError(
+            "with --server the repository, clusters and password are the server's: "
+            "drop --repo, --local-root, --kubeconfig and --password-file"
+        )
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UsageError("lamina tui needs a terminal")
+    from lamina.tui.app import make_app
+    from lamina.tui.grpc_client import GrpcClient
+
+    client = GrpcClient.connect(args.server, token_file=args.token_file, ca_file=args.ca_file)
+    try:
+        client.repository()  # an unreachable server or a wrong token is one line, before the screen
+        make_app(client).run()
+    finally:
+        client.close()
     return 0

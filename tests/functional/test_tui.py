@@ -66,13 +66,24 @@ class World:
     image: Path
     blob: bytes
     config: bytes
+    server_address: str | None = None
 
     def app(self) -> LaminaApp:
-        return make_app(InProcessClient(self.service))
+        if self.server_address is None:
+            return make_app(InProcessClient(self.service))
+        from lamina.backend.api.client import ApiClient
+        from lamina.tui.grpc_client import GrpcClient
+        from tests.support.api_server import TOKEN
+
+        return make_app(GrpcClient(ApiClient(self.server_address, token=TOKEN)))
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+@pytest.fixture(params=["in-process", "grpc"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[World]:
+    """The same screens over both clients: in process, and remote through a real lamina.v1
+    server on loopback (the `lamina tui --server` path)."""
     monkeypatch.chdir(tmp_path)  # prompts suggest paths here; short relative ones are typed
     content = tmp_path / "content"
     (content / "etc").mkdir(parents=True)
@@ -87,7 +98,13 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     init_repository(str(tmp_path / "repo"))
     service = Service(str(tmp_path / "repo"), local_root=str(tmp_path / "cluster"))
     service.add_local_volume("demo", "app-data", str(image))
-    yield World(service, tmp_path, image, blob, config)
+    if request.param == "grpc":
+        from tests.support.api_server import running_server
+
+        with running_server(service, allowed_paths=[str(tmp_path)]) as server:
+            yield World(service, tmp_path, image, blob, config, server.address)
+    else:
+        yield World(service, tmp_path, image, blob, config)
     for job in service.jobs():
         job.cancel()
         job.wait(10)
@@ -276,16 +293,12 @@ async def test_restore_verify_and_a_failure_in_plain_words(world: World) -> None
 
 
 async def test_cancel_a_running_backup(tmp_path: Path) -> None:
-    """A volume large enough that the backup is still running when 'c' arrives."""
-    image = tmp_path / "big.img"
-    rng = random.Random(3)
-    with open(image, "wb") as f:
-        f.truncate(512 * MIB)
-        for i in range(48):  # 192 MiB of incompressible data in 4 MiB extents
-            f.seek(i * 10 * MIB)
-            f.write(rng.randbytes(4 * MIB))
-    init_repository(str(tmp_path / "repo"))
-    service = Service(str(tmp_path / "repo"), local_root=str(tmp_path / "cluster"))
+    """A backup slow enough (zstd level 19 on every piece) to be still running when 'c'
+    arrives, however fast the machine."""
+    from tests.support.api_server import slow_image, slow_repository
+
+    image = slow_image(tmp_path / "big.img", 64 * MIB, seed=3)
+    service = Service(slow_repository(tmp_path / "repo"), local_root=str(tmp_path / "cluster"))
     service.add_local_volume("db", "pg-data", str(image))
     app = make_app(InProcessClient(service))
     try:
