@@ -383,7 +383,7 @@ class Repository:
         days = self.retention_days
         return written + days * 86400 if days else 0.0
 
-    def put_retained(self, key: str, data: bytes, *, if_absent: bool = True) -> bool:
+    def put_retained(self, key: str, data: bytes | bytearray, *, if_absent: bool = True) -> bool:
         """Write a data or metadata object, under Object Lock retention when configured."""
         days = self.retention_days
         until = time.time() + days * 86400 if days else None
@@ -770,7 +770,9 @@ class PackWriter:
         if not self._entries:
             return
         self._raise_failures()
-        data = bytes(self._buffer) + fmt.pack_header(self.repo.sealer, self._entries)
+        # The header goes onto the buffer itself: a copy of a 16 MiB pack costs 16 MiB more RSS.
+        data = self._buffer
+        data += fmt.pack_header(self.repo.sealer, self._entries)
         entries, pack_id = self._entries, self._pack_id
         self._buffer = bytearray()
         self._entries = []
@@ -778,7 +780,9 @@ class PackWriter:
         self._slots.acquire()
         self._futures.append(self.pool.submit(self._upload, pack_id, data, entries))
 
-    def _upload(self, pack_id: bytes, data: bytes, entries: list[PieceEntry]) -> list[PieceEntry]:
+    def _upload(
+        self, pack_id: bytes, data: bytearray, entries: list[PieceEntry]
+    ) -> list[PieceEntry]:
         try:
             self.repo.put_retained(pack_key(pack_id), data)
             self.packs_written += 1

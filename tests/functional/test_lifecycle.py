@@ -103,8 +103,18 @@ def test_random_lifecycles_keep_every_point_exact(
     for op, arg in ops:
         points = service.list_points()
         if op == "backup":
-            changed = vol.change(arg)
-            point = run(service.start_backup(str(vol.path), "v", changed_ranges=changed))
+            vol.change(arg)
+            # what CBT would report: the blocks that differ from the parent's snapshot
+            parent = points[-1] if points else None
+            changed = _delta(expected[parent.id], vol.path.read_bytes()) if parent else None
+            point = run(
+                service.start_backup(
+                    str(vol.path),
+                    "v",
+                    parent=parent.id if parent else "none",
+                    changed_ranges=changed,
+                )
+            )
             expected[point.id] = vol.path.read_bytes()  # type: ignore[attr-defined]
         elif op == "forget" and points:
             run(service.start_forget(Policy(last=arg)))
@@ -123,6 +133,10 @@ def test_random_lifecycles_keep_every_point_exact(
         elif op == "protect" and points:
             service.protect(points[arg % len(points)].id)
         check_all(Service(str(tmp / "repo")), expected)
+
+
+def _delta(old: bytes, new: bytes) -> list[tuple[int, int]]:
+    return [(o, 4096) for o in range(0, len(new), 4096) if old[o : o + 4096] != new[o : o + 4096]]
 
 
 # ---------------------------------------------------------------------------- plain behaviour
