@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -53,6 +56,7 @@ __all__ = [
     "Job",
     "JobState",
     "LaminaError",
+    "MountInfo",
     "PointInfo",
     "Progress",
     "PruneReport",
@@ -155,6 +159,14 @@ class VolumeInfo:
     last_point: PointInfo
     capacity: int
     stored_bytes: int  # bytes uploaded by this volume's points (new pieces only)
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mountpoint: str
+    point: str | None  # None: the whole repository
+    pid: int
+    repo: str
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,7 @@ class Service:
         self._repo: Repository | None = None
         self._open_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._mounts: dict[str, MountInfo] = {}
         self._jobs_lock = threading.Lock()
 
     # ------------------------------------------------------------------ repository
@@ -535,6 +548,67 @@ class Service:
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {ref}", run)
+
+    # ------------------------------------------------------------------ mounts
+
+    def mount(
+        self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
+    ) -> MountInfo:
+        """Mount the repository (or one point) with FUSE in a background `lamina mount`.
+
+        Returns once the mount answers. The mount is its own process, so it outlives
+        nothing it should not: `unmount` (or `lamina umount`) ends it.
+        """
+        point = self.get_point(point_ref).id if point_ref else None
+        where = os.path.abspath(mountpoint)
+        repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
+        command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
+        command += ["--daemon", "--cache-size", str(cache_bytes)]
+        if point:
+            command += ["--point", point]
+        secret = None
+        try:
+            if self._password is not None:
+                fd, secret = tempfile.mkstemp(prefix="lamina-mount-")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self._password)
+                command += ["--password-file", secret]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        finally:
+            if secret:
+                os.unlink(secret)  # the daemon has read it once it is ready
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or [
+                f"lamina mount exited {result.returncode}"
+            ]
+            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+        info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        with self._jobs_lock:
+            self._mounts[where] = info
+        return info
+
+    def unmount(self, mountpoint: str) -> None:
+        where = os.path.abspath(mountpoint)
+        result = subprocess.run(
+            [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        with self._jobs_lock:
+            self._mounts.pop(where, None)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or [
+                f"lamina umount exited {result.returncode}"
+            ]
+            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+
+    def list_mounts(self) -> list[MountInfo]:
+        """The mounts this service started that are still mounted."""
+        with self._jobs_lock:
+            for gone in [m for m in self._mounts if not os.path.ismount(m)]:
+                del self._mounts[gone]
+            return list(self._mounts.values())
 
     # ------------------------------------------------------------------ lifecycle
 
