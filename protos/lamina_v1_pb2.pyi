@@ -4,7 +4,8 @@ isort:skip_file
 lamina's headless API, version 1: what `lamina serve` offers to scripts, other tools and
 remote terminal UIs. It covers the service layer: clusters and their volumes, the
 repository's volumes, points and chains, long operations as tasks (backup, restore,
-verify, extract, delete), and the files inside points.
+verify, extract, delete, forget, prune, consolidate), repository locks, FUSE mounts on the
+server's machine, and the files inside points.
 
 Every call needs the metadata `authorization: Bearer <token>` unless the server was
 started without authentication (loopback only). Paths in requests that start tasks are
@@ -170,7 +171,7 @@ class Capabilities(_message.Message):
     delete: _builtins.bool
     """StartDelete"""
     mount: _builtins.bool
-    """always false in v1: mounts are made with `lamina mount` on a machine"""
+    """Mount, Unmount and ListMounts"""
     protect: _builtins.bool
     """SetProtection"""
     def __init__(
@@ -1056,6 +1057,102 @@ class StartDeleteRequest(_message.Message):
 Global___StartDeleteRequest: _TypeAlias = StartDeleteRequest  # noqa: Y015
 
 @_typing.final
+class StartForgetRequest(_message.Message):
+    """Counts are per volume, newest first, as restic's forget; 0 means "not asked"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_LAST_FIELD_NUMBER: _builtins.int
+    KEEP_HOURLY_FIELD_NUMBER: _builtins.int
+    KEEP_DAILY_FIELD_NUMBER: _builtins.int
+    KEEP_WEEKLY_FIELD_NUMBER: _builtins.int
+    KEEP_MONTHLY_FIELD_NUMBER: _builtins.int
+    KEEP_YEARLY_FIELD_NUMBER: _builtins.int
+    KEEP_WITHIN_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    keep_last: _builtins.int
+    keep_hourly: _builtins.int
+    keep_daily: _builtins.int
+    keep_weekly: _builtins.int
+    keep_monthly: _builtins.int
+    keep_yearly: _builtins.int
+    keep_within: _builtins.str
+    """a duration before the volume's newest point: "30d", "12h", "1y6m" """
+    volume: _builtins.str
+    """empty: every volume; else NAME, NS/NAME or CLUSTER/NS/NAME"""
+    dry_run: _builtins.bool
+    """decide and report, remove nothing"""
+    def __init__(
+        self,
+        *,
+        keep_last: _builtins.int = ...,
+        keep_hourly: _builtins.int = ...,
+        keep_daily: _builtins.int = ...,
+        keep_weekly: _builtins.int = ...,
+        keep_monthly: _builtins.int = ...,
+        keep_yearly: _builtins.int = ...,
+        keep_within: _builtins.str = ...,
+        volume: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "keep_daily", b"keep_daily", "keep_hourly", b"keep_hourly", "keep_last", b"keep_last", "keep_monthly", b"keep_monthly", "keep_weekly", b"keep_weekly", "keep_within", b"keep_within", "keep_yearly", b"keep_yearly", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartForgetRequest: _TypeAlias = StartForgetRequest  # noqa: Y015
+
+@_typing.final
+class StartPruneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    REPACK_BELOW_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    repack_below: _builtins.float
+    """repack packs less live than this share; absent: 0.5"""
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        repack_below: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_repack_below", b"_repack_below", "repack_below", b"repack_below"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_repack_below", b"_repack_below", "dry_run", b"dry_run", "repack_below", b"repack_below"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__repack_below: _TypeAlias = _typing.Literal["repack_below"]  # noqa: Y015
+    _WhichOneofArgType__repack_below: _TypeAlias = _typing.Literal["_repack_below", b"_repack_below"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__repack_below) -> _WhichOneofReturnType__repack_below | None: ...
+
+Global___StartPruneRequest: _TypeAlias = StartPruneRequest  # noqa: Y015
+
+@_typing.final
+class StartConsolidateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    point: _builtins.str
+    until: _builtins.str
+    """the oldest ancestor to fold in; empty: down to the full point"""
+    def __init__(
+        self,
+        *,
+        point: _builtins.str = ...,
+        until: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["point", b"point", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartConsolidateRequest: _TypeAlias = StartConsolidateRequest  # noqa: Y015
+
+@_typing.final
 class Progress(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1271,6 +1368,132 @@ class DeleteResult(_message.Message):
 Global___DeleteResult: _TypeAlias = DeleteResult  # noqa: Y015
 
 @_typing.final
+class ForgetDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    KEEP_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    keep: _builtins.bool
+    @_builtins.property
+    def point(self) -> Global___Point: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """why it is kept, e.g. "last 3", "daily 2", "protected" """
+
+    def __init__(
+        self,
+        *,
+        point: Global___Point | None = ...,
+        keep: _builtins.bool = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["point", b"point"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep", b"keep", "point", b"point", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetDecision: _TypeAlias = ForgetDecision  # noqa: Y015
+
+@_typing.final
+class ForgetResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForgetDecision]:
+        """every point of the policy's volumes"""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids of the points removed (none in a dry run)"""
+
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        decisions: _abc.Iterable[Global___ForgetDecision] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "dry_run", b"dry_run", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForgetResult: _TypeAlias = ForgetResult  # noqa: Y015
+
+@_typing.final
+class PruneResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    PIECES_TOTAL_FIELD_NUMBER: _builtins.int
+    PIECES_LIVE_FIELD_NUMBER: _builtins.int
+    PACKS_TOTAL_FIELD_NUMBER: _builtins.int
+    PACKS_DELETED_FIELD_NUMBER: _builtins.int
+    PACKS_REPACKED_FIELD_NUMBER: _builtins.int
+    PACKS_KEPT_LOCKED_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    BYTES_RECLAIMED_FIELD_NUMBER: _builtins.int
+    BYTES_REWRITTEN_FIELD_NUMBER: _builtins.int
+    MAPS_DELETED_FIELD_NUMBER: _builtins.int
+    SEGMENTS_REWRITTEN_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    points: _builtins.int
+    pieces_total: _builtins.int
+    pieces_live: _builtins.int
+    packs_total: _builtins.int
+    packs_deleted: _builtins.int
+    packs_repacked: _builtins.int
+    packs_kept_locked: _builtins.int
+    """garbage kept because S3 Object Lock still holds it"""
+    bytes_total: _builtins.int
+    bytes_reclaimed: _builtins.int
+    bytes_rewritten: _builtins.int
+    maps_deleted: _builtins.int
+    segments_rewritten: _builtins.int
+    requests: _builtins.int
+    duration_seconds: _builtins.float
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        points: _builtins.int = ...,
+        pieces_total: _builtins.int = ...,
+        pieces_live: _builtins.int = ...,
+        packs_total: _builtins.int = ...,
+        packs_deleted: _builtins.int = ...,
+        packs_repacked: _builtins.int = ...,
+        packs_kept_locked: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        bytes_reclaimed: _builtins.int = ...,
+        bytes_rewritten: _builtins.int = ...,
+        maps_deleted: _builtins.int = ...,
+        segments_rewritten: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        duration_seconds: _builtins.float = ...,
+        problems: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_reclaimed", b"bytes_reclaimed", "bytes_rewritten", b"bytes_rewritten", "bytes_total", b"bytes_total", "dry_run", b"dry_run", "duration_seconds", b"duration_seconds", "maps_deleted", b"maps_deleted", "packs_deleted", b"packs_deleted", "packs_kept_locked", b"packs_kept_locked", "packs_repacked", b"packs_repacked", "packs_total", b"packs_total", "pieces_live", b"pieces_live", "pieces_total", b"pieces_total", "points", b"points", "problems", b"problems", "requests", b"requests", "segments_rewritten", b"segments_rewritten"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneResult: _TypeAlias = PruneResult  # noqa: Y015
+
+@_typing.final
 class Task(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1293,9 +1516,12 @@ class Task(_message.Message):
     VERIFY_FIELD_NUMBER: _builtins.int
     EXTRACT_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
+    FORGET_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
+    CONSOLIDATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
-    """"backup", "restore", "verify", "extract" or "delete" """
+    """"backup", "restore", "verify", "extract", "delete", "forget", "prune" or "consolidate" """
     description: _builtins.str
     state: Global___TaskState.ValueType
     queue_position: _builtins.int
@@ -1338,6 +1564,14 @@ class Task(_message.Message):
     def extract(self) -> Global___ExtractResult: ...
     @_builtins.property
     def delete(self) -> Global___DeleteResult: ...
+    @_builtins.property
+    def forget(self) -> Global___ForgetResult: ...
+    @_builtins.property
+    def prune(self) -> Global___PruneResult: ...
+    @_builtins.property
+    def consolidate(self) -> Global___Point:
+        """the point, now with fewer ancestors"""
+
     def __init__(
         self,
         *,
@@ -1360,12 +1594,15 @@ class Task(_message.Message):
         verify: Global___VerifyResult | None = ...,
         extract: Global___ExtractResult | None = ...,
         delete: Global___DeleteResult | None = ...,
+        forget: Global___ForgetResult | None = ...,
+        prune: Global___PruneResult | None = ...,
+        consolidate: Global___Point | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "created", b"created", "delete", b"delete", "extract", b"extract", "finished", b"finished", "progress", b"progress", "restore", b"restore", "result", b"result", "started", b"started", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "created", b"created", "delete", b"delete", "extract", b"extract", "finished", b"finished", "forget", b"forget", "progress", b"progress", "prune", b"prune", "restore", b"restore", "result", b"result", "started", b"started", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "created", b"created", "delete", b"delete", "description", b"description", "error", b"error", "extract", b"extract", "finished", b"finished", "id", b"id", "kind", b"kind", "log", b"log", "point", b"point", "progress", b"progress", "queue_position", b"queue_position", "restore", b"restore", "result", b"result", "started", b"started", "state", b"state", "summary", b"summary", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "created", b"created", "delete", b"delete", "description", b"description", "error", b"error", "extract", b"extract", "finished", b"finished", "forget", b"forget", "id", b"id", "kind", b"kind", "log", b"log", "point", b"point", "progress", b"progress", "prune", b"prune", "queue_position", b"queue_position", "restore", b"restore", "result", b"result", "started", b"started", "state", b"state", "summary", b"summary", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["backup", "restore", "verify", "extract", "delete"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["backup", "restore", "verify", "extract", "delete", "forget", "prune", "consolidate"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -1468,6 +1705,259 @@ class WatchTaskRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
+
+@_typing.final
+class ListLocksRequest(_message.Message):
+    """---------------------------------------------------------------------------- locks"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLocksRequest: _TypeAlias = ListLocksRequest  # noqa: Y015
+
+@_typing.final
+class Lock(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """the lock's object in the repository"""
+    kind: _builtins.str
+    """"shared" or "exclusive" """
+    purpose: _builtins.str
+    host: _builtins.str
+    pid: _builtins.int
+    stale: _builtins.bool
+    """expired, or its process on that host is gone"""
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        host: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "expires", b"expires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "expires", b"expires", "host", b"host", "key", b"key", "kind", b"kind", "pid", b"pid", "purpose", b"purpose", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lock: _TypeAlias = Lock  # noqa: Y015
+
+@_typing.final
+class ListLocksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def locks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lock]: ...
+    def __init__(
+        self,
+        *,
+        locks: _abc.Iterable[Global___Lock] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locks", b"locks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLocksResponse: _TypeAlias = ListLocksResponse  # noqa: Y015
+
+@_typing.final
+class UnlockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """remove live locks too (only when their holders are surely gone)"""
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockRequest: _TypeAlias = UnlockRequest  # noqa: Y015
+
+@_typing.final
+class UnlockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lock]: ...
+    def __init__(
+        self,
+        *,
+        removed: _abc.Iterable[Global___Lock] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlockResponse: _TypeAlias = UnlockResponse  # noqa: Y015
+
+@_typing.final
+class MountRequest(_message.Message):
+    """---------------------------------------------------------------------------- mounts"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    point: _builtins.str
+    """id or unique prefix; empty: the whole repository"""
+    mountpoint: _builtins.str
+    """absolute folder on the server"""
+    cache_bytes: _builtins.int
+    """the mount's read cache; 0: 512 MiB"""
+    def __init__(
+        self,
+        *,
+        point: _builtins.str = ...,
+        mountpoint: _builtins.str = ...,
+        cache_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_bytes", b"cache_bytes", "mountpoint", b"mountpoint", "point", b"point"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MountRequest: _TypeAlias = MountRequest  # noqa: Y015
+
+@_typing.final
+class MountInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    POINT_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    mountpoint: _builtins.str
+    point: _builtins.str
+    """absent: the whole repository"""
+    pid: _builtins.int
+    """the mount's process on the server"""
+    repository: _builtins.str
+    def __init__(
+        self,
+        *,
+        mountpoint: _builtins.str = ...,
+        point: _builtins.str | None = ...,
+        pid: _builtins.int = ...,
+        repository: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_point", b"_point", "point", b"point"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_point", b"_point", "mountpoint", b"mountpoint", "pid", b"pid", "point", b"point", "repository", b"repository"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__point: _TypeAlias = _typing.Literal["point"]  # noqa: Y015
+    _WhichOneofArgType__point: _TypeAlias = _typing.Literal["_point", b"_point"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__point) -> _WhichOneofReturnType__point | None: ...
+
+Global___MountInfo: _TypeAlias = MountInfo  # noqa: Y015
+
+@_typing.final
+class UnmountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTPOINT_FIELD_NUMBER: _builtins.int
+    mountpoint: _builtins.str
+    def __init__(
+        self,
+        *,
+        mountpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mountpoint", b"mountpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmountRequest: _TypeAlias = UnmountRequest  # noqa: Y015
+
+@_typing.final
+class UnmountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnmountResponse: _TypeAlias = UnmountResponse  # noqa: Y015
+
+@_typing.final
+class ListMountsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMountsRequest: _TypeAlias = ListMountsRequest  # noqa: Y015
+
+@_typing.final
+class ListMountsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MountInfo]: ...
+    def __init__(
+        self,
+        *,
+        mounts: _abc.Iterable[Global___MountInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mounts", b"mounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMountsResponse: _TypeAlias = ListMountsResponse  # noqa: Y015
 
 @_typing.final
 class FilePath(_message.Message):

@@ -109,6 +109,46 @@ class LaminaServiceStub:
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartDeleteRequest.SerializeToString,
                 response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
                 _registered_method=True)
+        self.StartForget = channel.unary_unary(
+                '/lamina.v1.LaminaService/StartForget',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartForgetRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+                _registered_method=True)
+        self.StartPrune = channel.unary_unary(
+                '/lamina.v1.LaminaService/StartPrune',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartPruneRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+                _registered_method=True)
+        self.StartConsolidate = channel.unary_unary(
+                '/lamina.v1.LaminaService/StartConsolidate',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartConsolidateRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+                _registered_method=True)
+        self.ListLocks = channel.unary_unary(
+                '/lamina.v1.LaminaService/ListLocks',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLocksRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLocksResponse.FromString,
+                _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/lamina.v1.LaminaService/Unlock',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.UnlockResponse.FromString,
+                _registered_method=True)
+        self.Mount = channel.unary_unary(
+                '/lamina.v1.LaminaService/Mount',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.MountRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.MountInfo.FromString,
+                _registered_method=True)
+        self.Unmount = channel.unary_unary(
+                '/lamina.v1.LaminaService/Unmount',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.UnmountRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.UnmountResponse.FromString,
+                _registered_method=True)
+        self.ListMounts = channel.unary_unary(
+                '/lamina.v1.LaminaService/ListMounts',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListMountsRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListMountsResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/lamina.v1.LaminaService/ListTasks',
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListTasksRequest.SerializeToString,
@@ -254,6 +294,61 @@ class LaminaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartForget(self, request, context):
+        """Apply a retention policy: each point kept or removed, with the reasons.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartPrune(self, request, context):
+        """Delete the data no point needs any more; repack packs that are mostly garbage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartConsolidate(self, request, context):
+        """Fold a point's ancestors into it so it no longer depends on them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLocks(self, request, context):
+        """The repository's locks, live and stale.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unlock(self, request, context):
+        """Remove stale locks (or every lock, with all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Mount(self, request, context):
+        """Mount the repository or one point with FUSE on the server's machine; read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMounts(self, request, context):
+        """The mounts this server made that are still mounted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTasks(self, request, context):
         """Tasks of this server, oldest first: queued, running and finished ones.
         """
@@ -380,6 +475,46 @@ def add_LaminaServiceServicer_to_server(servicer, server):
                     servicer.StartDelete,
                     request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.StartDeleteRequest.FromString,
                     response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'StartForget': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartForget,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.StartForgetRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'StartPrune': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartPrune,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.StartPruneRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'StartConsolidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartConsolidate,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.StartConsolidateRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'ListLocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLocks,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLocksRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLocksResponse.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.UnlockRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.UnlockResponse.SerializeToString,
+            ),
+            'Mount': grpc.unary_unary_rpc_method_handler(
+                    servicer.Mount,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.MountRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.MountInfo.SerializeToString,
+            ),
+            'Unmount': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unmount,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.UnmountRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.UnmountResponse.SerializeToString,
+            ),
+            'ListMounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMounts,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListMountsRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListMountsResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -822,6 +957,222 @@ class LaminaService:
             '/lamina.v1.LaminaService/StartDelete',
             lamina_dot_protos_dot_lamina__v1__pb2.StartDeleteRequest.SerializeToString,
             lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartForget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/StartForget',
+            lamina_dot_protos_dot_lamina__v1__pb2.StartForgetRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartPrune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/StartPrune',
+            lamina_dot_protos_dot_lamina__v1__pb2.StartPruneRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartConsolidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/StartConsolidate',
+            lamina_dot_protos_dot_lamina__v1__pb2.StartConsolidateRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ListLocks',
+            lamina_dot_protos_dot_lamina__v1__pb2.ListLocksRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.ListLocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/Unlock',
+            lamina_dot_protos_dot_lamina__v1__pb2.UnlockRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.UnlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Mount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/Mount',
+            lamina_dot_protos_dot_lamina__v1__pb2.MountRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.MountInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unmount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/Unmount',
+            lamina_dot_protos_dot_lamina__v1__pb2.UnmountRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.UnmountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ListMounts',
+            lamina_dot_protos_dot_lamina__v1__pb2.ListMountsRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.ListMountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

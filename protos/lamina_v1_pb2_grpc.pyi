@@ -4,7 +4,8 @@ isort:skip_file
 lamina's headless API, version 1: what `lamina serve` offers to scripts, other tools and
 remote terminal UIs. It covers the service layer: clusters and their volumes, the
 repository's volumes, points and chains, long operations as tasks (backup, restore,
-verify, extract, delete), and the files inside points.
+verify, extract, delete, forget, prune, consolidate), repository locks, FUSE mounts on the
+server's machine, and the files inside points.
 
 Every call needs the metadata `authorization: Bearer <token>` unless the server was
 started without authentication (loopback only). Paths in requests that start tasks are
@@ -69,6 +70,21 @@ class LaminaServiceStub:
     """Copy files and folders of a point into a folder of the server's machine."""
     StartDelete: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartDeleteRequest, _lamina_v1_pb2.Task]
     """Delete a point; its children absorb its extents."""
+    StartForget: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartForgetRequest, _lamina_v1_pb2.Task]
+    """Apply a retention policy: each point kept or removed, with the reasons."""
+    StartPrune: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartPruneRequest, _lamina_v1_pb2.Task]
+    """Delete the data no point needs any more; repack packs that are mostly garbage."""
+    StartConsolidate: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartConsolidateRequest, _lamina_v1_pb2.Task]
+    """Fold a point's ancestors into it so it no longer depends on them."""
+    ListLocks: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListLocksRequest, _lamina_v1_pb2.ListLocksResponse]
+    """The repository's locks, live and stale."""
+    Unlock: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.UnlockRequest, _lamina_v1_pb2.UnlockResponse]
+    """Remove stale locks (or every lock, with all)."""
+    Mount: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.MountRequest, _lamina_v1_pb2.MountInfo]
+    """Mount the repository or one point with FUSE on the server's machine; read-only."""
+    Unmount: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.UnmountRequest, _lamina_v1_pb2.UnmountResponse]
+    ListMounts: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListMountsRequest, _lamina_v1_pb2.ListMountsResponse]
+    """The mounts this server made that are still mounted."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListTasksRequest, _lamina_v1_pb2.ListTasksResponse]
     """Tasks of this server, oldest first: queued, running and finished ones."""
     GetTask: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetTaskRequest, _lamina_v1_pb2.Task]
@@ -118,6 +134,21 @@ class LaminaServiceAsyncStub(LaminaServiceStub):
     """Copy files and folders of a point into a folder of the server's machine."""
     StartDelete: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartDeleteRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
     """Delete a point; its children absorb its extents."""
+    StartForget: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartForgetRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
+    """Apply a retention policy: each point kept or removed, with the reasons."""
+    StartPrune: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartPruneRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
+    """Delete the data no point needs any more; repack packs that are mostly garbage."""
+    StartConsolidate: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartConsolidateRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
+    """Fold a point's ancestors into it so it no longer depends on them."""
+    ListLocks: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListLocksRequest, _lamina_v1_pb2.ListLocksResponse]  # type: ignore[assignment]
+    """The repository's locks, live and stale."""
+    Unlock: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.UnlockRequest, _lamina_v1_pb2.UnlockResponse]  # type: ignore[assignment]
+    """Remove stale locks (or every lock, with all)."""
+    Mount: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.MountRequest, _lamina_v1_pb2.MountInfo]  # type: ignore[assignment]
+    """Mount the repository or one point with FUSE on the server's machine; read-only."""
+    Unmount: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.UnmountRequest, _lamina_v1_pb2.UnmountResponse]  # type: ignore[assignment]
+    ListMounts: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListMountsRequest, _lamina_v1_pb2.ListMountsResponse]  # type: ignore[assignment]
+    """The mounts this server made that are still mounted."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListTasksRequest, _lamina_v1_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Tasks of this server, oldest first: queued, running and finished ones."""
     GetTask: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetTaskRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
@@ -254,6 +285,69 @@ class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lamina_v1_pb2.Task, _abc.Awaitable[_lamina_v1_pb2.Task]]:
         """Delete a point; its children absorb its extents."""
+
+    @_abc_1.abstractmethod
+    def StartForget(
+        self,
+        request: _lamina_v1_pb2.StartForgetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Task, _abc.Awaitable[_lamina_v1_pb2.Task]]:
+        """Apply a retention policy: each point kept or removed, with the reasons."""
+
+    @_abc_1.abstractmethod
+    def StartPrune(
+        self,
+        request: _lamina_v1_pb2.StartPruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Task, _abc.Awaitable[_lamina_v1_pb2.Task]]:
+        """Delete the data no point needs any more; repack packs that are mostly garbage."""
+
+    @_abc_1.abstractmethod
+    def StartConsolidate(
+        self,
+        request: _lamina_v1_pb2.StartConsolidateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Task, _abc.Awaitable[_lamina_v1_pb2.Task]]:
+        """Fold a point's ancestors into it so it no longer depends on them."""
+
+    @_abc_1.abstractmethod
+    def ListLocks(
+        self,
+        request: _lamina_v1_pb2.ListLocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.ListLocksResponse, _abc.Awaitable[_lamina_v1_pb2.ListLocksResponse]]:
+        """The repository's locks, live and stale."""
+
+    @_abc_1.abstractmethod
+    def Unlock(
+        self,
+        request: _lamina_v1_pb2.UnlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.UnlockResponse, _abc.Awaitable[_lamina_v1_pb2.UnlockResponse]]:
+        """Remove stale locks (or every lock, with all)."""
+
+    @_abc_1.abstractmethod
+    def Mount(
+        self,
+        request: _lamina_v1_pb2.MountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.MountInfo, _abc.Awaitable[_lamina_v1_pb2.MountInfo]]:
+        """Mount the repository or one point with FUSE on the server's machine; read-only."""
+
+    @_abc_1.abstractmethod
+    def Unmount(
+        self,
+        request: _lamina_v1_pb2.UnmountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.UnmountResponse, _abc.Awaitable[_lamina_v1_pb2.UnmountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListMounts(
+        self,
+        request: _lamina_v1_pb2.ListMountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.ListMountsResponse, _abc.Awaitable[_lamina_v1_pb2.ListMountsResponse]]:
+        """The mounts this server made that are still mounted."""
 
     @_abc_1.abstractmethod
     def ListTasks(

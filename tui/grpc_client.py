@@ -2,7 +2,7 @@
 
 ``GrpcClient`` implements ``LaminaClient`` (tui/client.py) call for call with the API's
 RPCs, so every screen works the same against a server. Paths the UI asks for (restore
-targets, extract folders) are the server's. Mounting is not offered through the API.
+targets, extract folders, mountpoints) are the server's: a mount happens on its machine.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class GrpcClient:
         return Capabilities(
             browse=c.browse,
             extract=c.extract,
-            mount=False,
+            mount=c.mount,
             delete=c.delete,
             protect=c.protect,
         )
@@ -305,10 +305,16 @@ class GrpcClient:
     # ------------------------------------------------------------------ mounts
 
     def mount(self, point_id: str, mountpoint: str) -> str:
-        raise UsageError("mounts are not offered through a server: run lamina mount there")
+        if not mountpoint.strip():
+            raise UsageError("give a folder (on the server) to mount on")
+        return self.api.mount(point_id, mountpoint).mountpoint
 
     def unmount(self, point_id: str) -> None:
-        raise UsageError(f"point {point_id} is not mounted")
+        # The server's own list: mounts made by other clients of it count too.
+        where = self.mounts().get(point_id)
+        if where is None:
+            raise UsageError(f"point {point_id} is not mounted")
+        self.api.unmount(where)
 
     def mounts(self) -> dict[str, str]:
-        return {}
+        return {m.point: m.mountpoint for m in self.api.list_mounts() if m.point is not None}

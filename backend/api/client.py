@@ -24,11 +24,14 @@ from ..errors import Cancelled, LaminaError, UsageError
 from ..extents import Range
 from ..extract import ExtractReport
 from ..fsread import Entry
+from ..lifecycle import Policy
+from ..locks import LockInfo
 from ..progress import Progress
 from ..service import (
     ClusterSummary,
     ClusterVolume,
     Job,
+    MountInfo,
     PointInfo,
     Reachability,
     RepositoryInfo,
@@ -91,7 +94,8 @@ class TaskInfo:
     volume: VolumeRef | None
     point: str
     log: tuple[str, ...] = ()
-    # PointInfo (backup), dict (restore), VerifyReport, ExtractReport, list[str] (delete)
+    # PointInfo (backup, consolidate), dict (restore), VerifyReport, ExtractReport,
+    # list[str] (delete), ForgetReport, PruneReport
     result: Any = field(default=None, compare=False)
 
     @property
@@ -112,6 +116,12 @@ def task_info(message: pb.Task) -> TaskInfo:
         result = convert.extract_report(message.extract)
     elif kind == "delete":
         result = list(message.delete.children)
+    elif kind == "forget":
+        result = convert.forget_report(message.forget)
+    elif kind == "prune":
+        result = convert.prune_report(message.prune)
+    elif kind == "consolidate":
+        result = convert.point_info(message.consolidate)
     return TaskInfo(
         id=message.id,
         kind=message.kind,
@@ -338,6 +348,55 @@ class ApiClient:
 
     def start_delete(self, point: str) -> TaskInfo:
         return task_info(self._call(self.stub.StartDelete, pb.StartDeleteRequest(point=point)))
+
+    def start_forget(
+        self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
+    ) -> TaskInfo:
+        within = ""
+        if policy.within is not None:
+            within = f"{int(policy.within.total_seconds() // 3600)}h"
+        request = pb.StartForgetRequest(
+            keep_last=policy.last,
+            keep_hourly=policy.hourly,
+            keep_daily=policy.daily,
+            keep_weekly=policy.weekly,
+            keep_monthly=policy.monthly,
+            keep_yearly=policy.yearly,
+            keep_within=within,
+            volume=volume or "",
+            dry_run=dry_run,
+        )
+        return task_info(self._call(self.stub.StartForget, request))
+
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> TaskInfo:
+        request = pb.StartPruneRequest(dry_run=dry_run, repack_below=repack_below)
+        return task_info(self._call(self.stub.StartPrune, request))
+
+    def start_consolidate(self, point: str, until: str | None = None) -> TaskInfo:
+        request = pb.StartConsolidateRequest(point=point, until=until or "")
+        return task_info(self._call(self.stub.StartConsolidate, request))
+
+    def list_locks(self) -> list[LockInfo]:
+        response = self._call(self.stub.ListLocks, pb.ListLocksRequest())
+        return [convert.lock_info(m) for m in response.locks]
+
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
+        response = self._call(self.stub.Unlock, pb.UnlockRequest(all=all_locks))
+        return [convert.lock_info(m) for m in response.removed]
+
+    # ------------------------------------------------------------------ mounts
+
+    def mount(self, point: str | None, mountpoint: str, *, cache_bytes: int = 0) -> MountInfo:
+        """Mount on the server's machine; ``mountpoint`` is a folder there."""
+        request = pb.MountRequest(point=point or "", mountpoint=mountpoint, cache_bytes=cache_bytes)
+        return convert.mount_info(self._call(self.stub.Mount, request))
+
+    def unmount(self, mountpoint: str) -> None:
+        self._call(self.stub.Unmount, pb.UnmountRequest(mountpoint=mountpoint))
+
+    def list_mounts(self) -> list[MountInfo]:
+        response = self._call(self.stub.ListMounts, pb.ListMountsRequest())
+        return [convert.mount_info(m) for m in response.mounts]
 
     def tasks(self) -> list[TaskInfo]:
         return [task_info(t) for t in self._call(self.stub.ListTasks, pb.ListTasksRequest()).tasks]

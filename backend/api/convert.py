@@ -7,6 +7,7 @@ messages back into the very same dataclasses, so code written against the servic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -17,10 +18,15 @@ from lamina.protos import lamina_v1_pb2 as pb
 from ..errors import UsageError
 from ..extract import ExtractReport, Skipped
 from ..fsread import Entry
+from ..locks import LockInfo
 from ..progress import Progress
+from ..prune import PruneReport
 from ..service import (
     ClusterSummary,
     ClusterVolume,
+    ForgetDecision,
+    ForgetReport,
+    MountInfo,
     PointInfo,
     Reachability,
     RepositoryInfo,
@@ -321,6 +327,83 @@ def verify_report(message: pb.VerifyResult) -> VerifyReport:
         bytes_checked=message.bytes_checked,
         deep=message.deep,
         problems=list(message.problems),
+    )
+
+
+def forget_message(report: ForgetReport) -> pb.ForgetResult:
+    return pb.ForgetResult(
+        dry_run=report.dry_run,
+        decisions=[
+            pb.ForgetDecision(point=point_message(d.point), keep=d.keep, reasons=d.reasons)
+            for d in report.decisions
+        ],
+        removed=report.removed,
+    )
+
+
+def forget_report(message: pb.ForgetResult) -> ForgetReport:
+    return ForgetReport(
+        dry_run=message.dry_run,
+        decisions=[
+            ForgetDecision(point_info(d.point), d.keep, list(d.reasons)) for d in message.decisions
+        ],
+        removed=list(message.removed),
+    )
+
+
+_PRUNE_FIELDS = [f.name for f in dataclasses.fields(PruneReport) if f.name != "problems"]
+
+
+def prune_message(report: PruneReport) -> pb.PruneResult:
+    message = pb.PruneResult(problems=report.problems)
+    for name in _PRUNE_FIELDS:
+        setattr(message, name, getattr(report, name))
+    return message
+
+
+def prune_report(message: pb.PruneResult) -> PruneReport:
+    counters = {name: getattr(message, name) for name in _PRUNE_FIELDS}
+    return PruneReport(**counters, problems=list(message.problems))
+
+
+def lock_message(lock: LockInfo) -> pb.Lock:
+    return pb.Lock(
+        key=lock.key,
+        kind=lock.kind,
+        purpose=lock.purpose,
+        host=lock.host,
+        pid=lock.pid,
+        created=timestamp(lock.created),
+        expires=timestamp(lock.expires),
+        stale=lock.stale,
+    )
+
+
+def lock_info(message: pb.Lock) -> LockInfo:
+    return LockInfo(
+        key=message.key,
+        kind=message.kind,
+        purpose=message.purpose,
+        host=message.host,
+        pid=message.pid,
+        created=seconds_of(message.created),
+        expires=seconds_of(message.expires),
+    )
+
+
+def mount_message(mount: MountInfo) -> pb.MountInfo:
+    message = pb.MountInfo(mountpoint=mount.mountpoint, pid=mount.pid, repository=mount.repo)
+    if mount.point is not None:
+        message.point = mount.point
+    return message
+
+
+def mount_info(message: pb.MountInfo) -> MountInfo:
+    return MountInfo(
+        mountpoint=message.mountpoint,
+        point=message.point if message.HasField("point") else None,
+        pid=message.pid,
+        repo=message.repository,
     )
 
 

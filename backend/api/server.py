@@ -31,7 +31,9 @@ from .. import __version__
 from ..errors import LaminaError, UsageError
 from ..extents import Range, checked_ranges
 from ..extract import ExtractReport
-from ..service import PointInfo, Service, VerifyReport, VolumeRef
+from ..lifecycle import Policy, parse_duration
+from ..prune import PruneReport
+from ..service import ForgetReport, PointInfo, Service, VerifyReport, VolumeRef
 from ..units import format_size
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback, split_address
@@ -146,6 +148,21 @@ def _summary(view: TaskView) -> str:
     if view.state != "succeeded":
         return view.error or ("" if view.state not in FINISHED else view.state)
     result = view.result
+    if view.kind == "consolidate" and isinstance(result, PointInfo):
+        parent = f" (now on {result.parent})" if result.parent else " (now a full point)"
+        return f"consolidated point {result.id}{parent}"
+    if isinstance(result, ForgetReport):
+        kept = sum(1 for d in result.decisions if d.keep)
+        if result.dry_run:
+            removable = len(result.decisions) - kept
+            return f"dry run: would keep {kept} point(s), remove {removable}"
+        return f"kept {kept} point(s), removed {len(result.removed)}"
+    if isinstance(result, PruneReport):
+        verb = "would reclaim" if result.dry_run else "reclaimed"
+        return (
+            f"{verb} {format_size(result.bytes_reclaimed)} of {format_size(result.bytes_total)}: "
+            f"{result.packs_deleted} pack(s) deleted, {result.packs_repacked} repacked"
+        )
     if isinstance(result, PointInfo):
         s = result.stats
         return (
@@ -195,7 +212,13 @@ def task_message(view: TaskView, *, include_log: bool = False) -> pb.Task:
     if include_log:
         message.log.extend(view.log)
     result = view.result
-    if isinstance(result, PointInfo):
+    if view.kind == "consolidate" and isinstance(result, PointInfo):
+        message.consolidate.CopyFrom(convert.point_message(result))
+    elif isinstance(result, ForgetReport):
+        message.forget.CopyFrom(convert.forget_message(result))
+    elif isinstance(result, PruneReport):
+        message.prune.CopyFrom(convert.prune_message(result))
+    elif isinstance(result, PointInfo):
         message.backup.CopyFrom(convert.point_message(result))
     elif isinstance(result, VerifyReport):
         message.verify.CopyFrom(convert.verify_message(result))
@@ -216,6 +239,28 @@ def _ranges(message: pb.ByteRanges, what: str) -> list[Range]:
     # Order, overlap and sizes now, as INVALID_ARGUMENT; the volume's bounds when it runs.
     list(checked_ranges(ranges, 1 << 63, what))
     return ranges
+
+
+def _count(value: int, what: str) -> int:
+    if value < 0:
+        raise UsageError(f"{what} must not be negative")
+    return value
+
+
+def _policy(request: pb.StartForgetRequest) -> Policy:
+    policy = Policy(
+        last=_count(request.keep_last, "keep_last"),
+        hourly=_count(request.keep_hourly, "keep_hourly"),
+        daily=_count(request.keep_daily, "keep_daily"),
+        weekly=_count(request.keep_weekly, "keep_weekly"),
+        monthly=_count(request.keep_monthly, "keep_monthly"),
+        yearly=_count(request.keep_yearly, "keep_yearly"),
+        within=parse_duration(request.keep_within) if request.keep_within else None,
+    )
+    if policy.empty:
+        # Refused before a task exists: forget never removes everything.
+        raise UsageError("give at least one keep_* field; forget never removes everything")
+    return policy
 
 
 def _required(value: str, what: str) -> str:
@@ -255,7 +300,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 read_files=self._offers("point_files"),
                 extract=self._offers("start_extract"),
                 delete=self._offers("start_delete"),
-                mount=False,
+                mount=self._can_mount(),
                 protect=self._offers("protect") and self._offers("unprotect"),
             ),
             limits=pb.Limits(
@@ -466,6 +511,101 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
             "delete", f"delete point {point}", lambda: start_delete(point), point=point
         )
         return task_message(view)
+
+    @unary
+    def StartForget(self, request: pb.StartForgetRequest, context: grpc.ServicerContext) -> pb.Task:
+        policy = _policy(request)
+        volume = request.volume or None
+        if volume is not None:
+            VolumeRef.parse(volume)  # a malformed name fails now, not in the task
+        service = self.service
+        what = f"points of {volume}" if volume else "points"
+        view = self.tasks.submit(
+            "forget",
+            f"forget {what}{' (dry run)' if request.dry_run else ''}",
+            lambda: service.start_forget(policy, volume=volume, dry_run=request.dry_run),
+        )
+        return task_message(view)
+
+    @unary
+    def StartPrune(self, request: pb.StartPruneRequest, context: grpc.ServicerContext) -> pb.Task:
+        repack_below = request.repack_below if request.HasField("repack_below") else 0.5
+        service = self.service
+        view = self.tasks.submit(
+            "prune",
+            "prune" + (" (dry run)" if request.dry_run else ""),
+            lambda: service.start_prune(dry_run=request.dry_run, repack_below=repack_below),
+        )
+        return task_message(view)
+
+    @unary
+    def StartConsolidate(
+        self, request: pb.StartConsolidateRequest, context: grpc.ServicerContext
+    ) -> pb.Task:
+        point = self._point_id(request.point)
+        until = self.service.get_point(request.until).id if request.until else None
+        service = self.service
+        view = self.tasks.submit(
+            "consolidate",
+            f"consolidate point {point}" + (f" down to {until}" if until else ""),
+            lambda: service.start_consolidate(point, until),
+            point=point,
+        )
+        return task_message(view)
+
+    # ------------------------------------------------------------------ locks
+
+    @unary
+    def ListLocks(
+        self, request: pb.ListLocksRequest, context: grpc.ServicerContext
+    ) -> pb.ListLocksResponse:
+        return pb.ListLocksResponse(
+            locks=[convert.lock_message(lock) for lock in self.service.list_locks()]
+        )
+
+    @unary
+    def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockResponse:
+        removed = self.service.unlock(all_locks=request.all)
+        return pb.UnlockResponse(removed=[convert.lock_message(lock) for lock in removed])
+
+    # ------------------------------------------------------------------ mounts
+
+    def _can_mount(self) -> bool:
+        return all(self._offers(name) for name in ("mount", "unmount", "list_mounts"))
+
+    @unary
+    def Mount(self, request: pb.MountRequest, context: grpc.ServicerContext) -> pb.MountInfo:
+        if not self._can_mount():
+            raise Unimplemented("this server cannot mount")
+        mountpoint = self.paths.check(request.mountpoint, "mountpoint")
+        if request.cache_bytes < 0:
+            raise UsageError("cache_bytes must not be negative")
+        point = self._point_id(request.point) if request.point else None
+        if request.cache_bytes:
+            mount = self.service.mount(point, mountpoint, cache_bytes=request.cache_bytes)
+        else:
+            mount = self.service.mount(point, mountpoint)
+        return convert.mount_message(mount)
+
+    @unary
+    def Unmount(
+        self, request: pb.UnmountRequest, context: grpc.ServicerContext
+    ) -> pb.UnmountResponse:
+        if not self._can_mount():
+            raise Unimplemented("this server cannot mount")
+        mountpoint = self.paths.check(request.mountpoint, "mountpoint")
+        self.service.unmount(mountpoint)
+        return pb.UnmountResponse()
+
+    @unary
+    def ListMounts(
+        self, request: pb.ListMountsRequest, context: grpc.ServicerContext
+    ) -> pb.ListMountsResponse:
+        if not self._can_mount():
+            raise Unimplemented("this server cannot mount")
+        return pb.ListMountsResponse(
+            mounts=[convert.mount_message(m) for m in self.service.list_mounts()]
+        )
 
     # ------------------------------------------------------------------ tasks
 
