@@ -14,10 +14,13 @@ from typing import NoReturn
 from ..errors import UsageError
 from ..extents import Range
 from ..fsread import Entry
+from ..lifecycle import Policy
+from ..locks import LockInfo
 from ..service import (
     ClusterSummary,
     ClusterVolume,
     Job,
+    MountInfo,
     PointInfo,
     Reachability,
     RepositoryInfo,
@@ -142,3 +145,33 @@ class RemoteService(Service):
 
     def start_delete(self, point_ref: str) -> Job:
         return self._follow(self.client.start_delete(point_ref))
+
+    def start_forget(
+        self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
+    ) -> Job:
+        return self._follow(self.client.start_forget(policy, volume=volume, dry_run=dry_run))
+
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job:
+        return self._follow(self.client.start_prune(dry_run=dry_run, repack_below=repack_below))
+
+    def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        return self._follow(self.client.start_consolidate(point_ref, until))
+
+    def list_locks(self) -> list[LockInfo]:
+        return self.client.list_locks()
+
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
+        return self.client.unlock(all_locks=all_locks)
+
+    # ------------------------------------------------------------------ mounts (the server's)
+
+    def mount(
+        self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
+    ) -> MountInfo:
+        return self.client.mount(point_ref, mountpoint, cache_bytes=cache_bytes)
+
+    def unmount(self, mountpoint: str) -> None:
+        self.client.unmount(mountpoint)
+
+    def list_mounts(self) -> list[MountInfo]:
+        return self.client.list_mounts()

@@ -20,11 +20,13 @@ import grpc
 import pytest
 
 from lamina.backend.api.client import ApiClient
+from lamina.backend.api.remote import RemoteService
 from lamina.backend.api.server import ApiServer
 from lamina.backend.errors import LaminaError
 from lamina.backend.lifecycle import Policy
 from lamina.backend.locks import SHARED, acquire
-from lamina.backend.service import JobState, PointInfo, Service, init_repository
+from lamina.backend.prune import PruneReport
+from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from lamina.tui.grpc_client import GrpcClient
@@ -200,6 +202,32 @@ def test_prune_reclaims_what_forget_left_and_points_still_restore(lab: Lab) -> N
     assert "between 0 and 1" in str(error.details())
 
 
+def test_remote_service_runs_lifecycle_jobs_on_the_server(lab: Lab) -> None:
+    """What the CLI's --server uses: the service layer's own results, from the server."""
+    ids = [p.id for p in lab.points]
+    remote = RemoteService(ApiClient(lab.server.address, token=TOKEN))
+    try:
+        job = remote.start_forget(Policy(last=3), volume=VOLUME)
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        assert isinstance(job.result, ForgetReport) and job.result.removed == [ids[0]]
+        assert [d.point.id for d in job.result.decisions if d.keep] == ids[:0:-1]
+
+        job = remote.start_consolidate(ids[3])
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        assert isinstance(job.result, PointInfo) and job.result.parent is None
+
+        job = remote.start_prune(dry_run=True)
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        assert isinstance(job.result, PruneReport) and job.result.dry_run
+        assert job.result.points == 4 and job.result.problems == []
+        assert remote.list_locks() == [] and remote.unlock() == []
+    finally:
+        remote.close()
+    assert {p.id for p in lab.service.list_points()} == {*ids[1:], lab.other.id}
+    for point in ids[1:]:
+        _restores_exactly(lab, point)
+
+
 # ---------------------------------------------------------------------------- consolidate
 
 
@@ -342,7 +370,8 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
             client.unmount(point.id)
     finally:
         client.close()
-        _force_unmount(mountpoint)
+        for where in (mountpoint, outside):  # outside too, should a refusal ever fail
+            _force_unmount(where)
 
 
 @pytest.mark.skipif(
