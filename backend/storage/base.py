@@ -42,7 +42,12 @@ class Storage(ABC):
 
     @abstractmethod
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         """Store ``data`` under ``key`` atomically.
 

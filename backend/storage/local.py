@@ -51,7 +51,12 @@ class LocalStorage(Storage):
         return self.root / key
 
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         if retain_until is not None:
             raise InvalidRequest("Object Lock retention needs an S3 repository")

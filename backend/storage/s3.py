@@ -106,7 +106,12 @@ class S3Storage(Storage):
         return str(self.client.meta.endpoint_url)
 
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         s3_key = self._key(key)
         args: dict[str, Any] = {"Bucket": self.bucket, "Key": s3_key, "Body": data}

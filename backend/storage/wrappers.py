@@ -40,7 +40,12 @@ class RetryingStorage(Storage):
         raise AssertionError("unreachable")
 
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         return self._retry(
             lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
@@ -86,7 +91,12 @@ class CountingStorage(Storage):
             self.bytes_down += size
 
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         self._count(up=len(data))
         return self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)

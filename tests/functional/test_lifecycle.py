@@ -249,8 +249,9 @@ def test_retention_buckets_follow_restic(tmp_path: Path) -> None:
         point(4, "2026-11-02T09:30:00.000000Z"),  # newest of Nov 2, hour 09
         point(5, "2026-11-20T08:00:00.000000Z"),
     ]
-    keep = {d.point.id: d.reasons for d in plan_forget(points, Policy(daily=3), set()) if d.keep}
-    assert sorted(keep) == [points[1].id, points[3].id, points[4].id]
+    daily = {d.point.id: d.reasons for d in plan_forget(points, Policy(daily=3), set()) if d.keep}
+    assert sorted(daily) == [points[1].id, points[3].id, points[4].id]
+    assert all(reasons[0].startswith("daily") for reasons in daily.values())
     keep = {
         d.point.id for d in plan_forget(points, Policy(within=timedelta(days=18)), set()) if d.keep
     }

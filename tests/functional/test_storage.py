@@ -491,7 +491,12 @@ class FlakyStorage(Storage):
         return operation()
 
     def put(
-        self, key: str, data: bytes | bytearray, *, if_absent: bool = False, retain_until: float | None = None
+        self,
+        key: str,
+        data: bytes | bytearray,
+        *,
+        if_absent: bool = False,
+        retain_until: float | None = None,
     ) -> bool:
         return self._call(
             lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
