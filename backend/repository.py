@@ -719,13 +719,20 @@ class Repository:
 
 
 def pack_runs(
-    entries: Iterable[PieceEntry], *, max_run: int = 8 * 1024 * 1024, max_gap: int = 256 * 1024
+    entries: Iterable[PieceEntry],
+    *,
+    max_run: int = 8 * 1024 * 1024,
+    max_gap: int = 256 * 1024,
+    max_raw: int = 16 * 1024 * 1024,
 ) -> list[list[PieceEntry]]:
     """Group pieces into runs of neighbours in one pack, each run read with one ranged GET.
 
-    A run spans at most ``max_run`` bytes and skips gaps of at most ``max_gap`` bytes.
+    A run spans at most ``max_run`` stored bytes, skips gaps of at most ``max_gap`` bytes,
+    and decompresses to at most ``max_raw`` bytes (text can expand fivefold: memory is
+    bounded by what a run becomes, not by what it downloads).
     """
     runs: list[list[PieceEntry]] = []
+    raw = 0
     for en in sorted(entries, key=lambda en: (en.pack_id, en.offset)):
         if runs:
             last = runs[-1][-1]
@@ -733,10 +740,13 @@ def pack_runs(
                 last.pack_id == en.pack_id
                 and en.offset - (last.offset + last.stored_size) <= max_gap
                 and en.offset + en.stored_size - runs[-1][0].offset <= max_run
+                and raw + en.raw_size <= max_raw
             ):
                 runs[-1].append(en)
+                raw += en.raw_size
                 continue
         runs.append([en])
+        raw = en.raw_size
     return runs
 
 
