@@ -127,14 +127,7 @@ class PieceIndex:
 
     def entries(self) -> Iterator[PieceEntry]:
         for i in range(len(self._pack_no)):
-            yield PieceEntry(
-                bytes(self._ids[i * ID_SIZE : (i + 1) * ID_SIZE]),
-                self._packs[self._pack_no[i]],
-                self._offset[i],
-                self._stored[i],
-                self._raw[i],
-                self._codec[i],
-            )
+            yield self.at(i)
         with self._lock:
             recent = list(self._recent.values())
         yield from recent
@@ -147,18 +140,8 @@ class PieceIndex:
         recent = self._recent.get(piece_id)
         if recent is not None:
             return recent
-        n = len(self._pack_no)
-        i = bisect.bisect_left(_IdView(self._ids), piece_id, 0, n)
-        if i < n and self._ids[i * ID_SIZE : (i + 1) * ID_SIZE] == piece_id:
-            return PieceEntry(
-                piece_id,
-                self._packs[self._pack_no[i]],
-                self._offset[i],
-                self._stored[i],
-                self._raw[i],
-                self._codec[i],
-            )
-        return None
+        i = self.position(piece_id)
+        return None if i is None else self.at(i)
 
     def __contains__(self, piece_id: bytes) -> bool:
         return self.get(piece_id) is not None

@@ -269,6 +269,70 @@ def _chain_length(point: PointInfo, by_id: dict[str, PointInfo]) -> int:
     return length
 
 
+def volumes_with_backups(
+    cluster: str, namespace: str | None, listed: Sequence[Any], points: Sequence[PointInfo]
+) -> list[Volume]:
+    """The cluster's volumes with their backups, then volumes that only have backups left.
+
+    ``listed`` holds the cluster's volumes (anything with namespace, name, mode, capacity,
+    storage_class, cbt and phase): both clients build their rows here.
+    """
+    points = [p for p in points if p.volume.cluster == cluster]
+    by_id = {p.id: p for p in points}
+    by_volume: dict[tuple[str, str], list[PointInfo]] = {}
+    for p in points:
+        by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
+
+    def backed_up(ns: str, name: str) -> dict[str, Any]:
+        mine = by_volume.get((ns, name), [])
+        if not mine:
+            return {}
+        newest = max(mine, key=lambda p: p.created)
+        return {
+            "last_backup": newest.created,
+            "last_point": newest.id,
+            "chain_length": _chain_length(newest, by_id),
+            "points": len(mine),
+            "stored": sum(int(p.stats.get("bytes_uploaded", 0)) for p in mine),
+        }
+
+    out = [
+        Volume(
+            cluster=cluster,
+            namespace=v.namespace,
+            name=v.name,
+            mode=v.mode,
+            capacity=v.capacity,
+            storage_class=v.storage_class,
+            cbt=v.cbt,
+            phase=v.phase,
+            in_cluster=True,
+            **backed_up(v.namespace, v.name),
+        )
+        for v in listed
+    ]
+    seen = {(v.namespace, v.name) for v in listed}
+    for ns, name in sorted(by_volume):
+        if (ns, name) in seen or (namespace and ns != namespace):
+            continue
+        newest = max(by_volume[(ns, name)], key=lambda p: p.created)
+        out.append(
+            Volume(
+                cluster=cluster,
+                namespace=ns,
+                name=name,
+                mode="",
+                capacity=newest.capacity,
+                storage_class="",
+                cbt=False,
+                phase="backups only",
+                in_cluster=False,
+                **backed_up(ns, name),
+            )
+        )
+    return out
+
+
 def _summary(job: Job) -> tuple[str, str | None]:
     """One line on a finished job's outcome, and the point it concerns."""
     result = job.result
@@ -354,60 +418,7 @@ class InProcessClient:
 
     def list_volumes(self, cluster: str, namespace: str | None = None) -> list[Volume]:
         listed = self.service.list_cluster_volumes(cluster, namespace)
-        points = [p for p in self.service.list_points() if p.volume.cluster == cluster]
-        by_id = {p.id: p for p in points}
-        by_volume: dict[tuple[str, str], list[PointInfo]] = {}
-        for p in points:
-            by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
-
-        def backed_up(ns: str, name: str) -> dict[str, Any]:
-            mine = by_volume.get((ns, name), [])
-            if not mine:
-                return {}
-            newest = max(mine, key=lambda p: p.created)
-            return {
-                "last_backup": newest.created,
-                "last_point": newest.id,
-                "chain_length": _chain_length(newest, by_id),
-                "points": len(mine),
-                "stored": sum(int(p.stats.get("bytes_uploaded", 0)) for p in mine),
-            }
-
-        out = [
-            Volume(
-                cluster=cluster,
-                namespace=v.namespace,
-                name=v.name,
-                mode=v.mode,
-                capacity=v.capacity,
-                storage_class=v.storage_class,
-                cbt=v.cbt,
-                phase=v.phase,
-                in_cluster=True,
-                **backed_up(v.namespace, v.name),
-            )
-            for v in listed
-        ]
-        seen = {(v.namespace, v.name) for v in listed}
-        for ns, name in sorted(by_volume):
-            if (ns, name) in seen or (namespace and ns != namespace):
-                continue
-            newest = max(by_volume[(ns, name)], key=lambda p: p.created)
-            out.append(
-                Volume(
-                    cluster=cluster,
-                    namespace=ns,
-                    name=name,
-                    mode="",
-                    capacity=newest.capacity,
-                    storage_class="",
-                    cbt=False,
-                    phase="backups only",
-                    in_cluster=False,
-                    **backed_up(ns, name),
-                )
-            )
-        return out
+        return volumes_with_backups(cluster, namespace, listed, self.service.list_points())
 
     # ------------------------------------------------------------------ points
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypedDict
 
 import grpc
 
 from lamina.backend.api.client import ApiClient, TaskInfo, task_info
 from lamina.backend.api.convert import point_info
 from lamina.backend.errors import UsageError
-from lamina.backend.service import PointInfo
 from lamina.protos import lamina_v1_pb2 as pb
 
 from .client import (
@@ -29,6 +27,7 @@ from .client import (
     RepositorySummary,
     Volume,
     volume_key,
+    volumes_with_backups,
 )
 
 __all__ = ["GrpcClient"]
@@ -90,26 +89,6 @@ def _job_view(task: TaskInfo) -> JobView:
     )
 
 
-class _Backups(TypedDict, total=False):
-    last_backup: str
-    last_point: str
-    chain_length: int
-    points: int
-    stored: int
-
-
-def _chain_length(point: PointInfo, by_id: dict[str, PointInfo]) -> int:
-    length, current, seen = 0, point, set()
-    while current.id not in seen:
-        seen.add(current.id)
-        length += 1
-        parent = by_id.get(current.parent) if current.parent else None
-        if parent is None:
-            break
-        current = parent
-    return length
-
-
 class GrpcClient:
     """``LaminaClient`` over a lamina server."""
 
@@ -157,60 +136,7 @@ class GrpcClient:
 
     def list_volumes(self, cluster: str, namespace: str | None = None) -> list[Volume]:
         listed = self.api.list_cluster_volumes(cluster, namespace)
-        points = [p for p in self.api.list_points() if p.volume.cluster == cluster]
-        by_id = {p.id: p for p in points}
-        by_volume: dict[tuple[str, str], list[PointInfo]] = {}
-        for p in points:
-            by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
-
-        def backups(ns: str, name: str) -> _Backups:
-            mine = by_volume.get((ns, name), [])
-            if not mine:
-                return {}
-            newest = max(mine, key=lambda p: p.created)
-            return {
-                "last_backup": newest.created,
-                "last_point": newest.id,
-                "chain_length": _chain_length(newest, by_id),
-                "points": len(mine),
-                "stored": sum(int(p.stats.get("bytes_uploaded", 0)) for p in mine),
-            }
-
-        out = [
-            Volume(
-                cluster=cluster,
-                namespace=v.namespace,
-                name=v.name,
-                mode=v.mode,
-                capacity=v.capacity,
-                storage_class=v.storage_class,
-                cbt=v.cbt,
-                phase=v.phase,
-                in_cluster=True,
-                **backups(v.namespace, v.name),
-            )
-            for v in listed
-        ]
-        seen = {(v.namespace, v.name) for v in listed}
-        for ns, name in sorted(by_volume):
-            if (ns, name) in seen or (namespace and ns != namespace):
-                continue
-            newest = max(by_volume[(ns, name)], key=lambda p: p.created)
-            out.append(
-                Volume(
-                    cluster=cluster,
-                    namespace=ns,
-                    name=name,
-                    mode="",
-                    capacity=newest.capacity,
-                    storage_class="",
-                    cbt=False,
-                    phase="backups only",
-                    in_cluster=False,
-                    **backups(ns, name),
-                )
-            )
-        return out
+        return volumes_with_backups(cluster, namespace, listed, self.api.list_points())
 
     # ------------------------------------------------------------------ points
 
