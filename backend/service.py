@@ -6,6 +6,7 @@ backends, the repository format or boto3; long operations run as Jobs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -353,6 +354,7 @@ class Service:
         self._open_lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._mounts: dict[str, MountInfo] = {}
+        self._created_mountpoints: set[str] = set()
         self._jobs_lock = threading.Lock()
 
     # ------------------------------------------------------------------ repository
@@ -561,6 +563,12 @@ class Service:
         """
         point = self.get_point(point_ref).id if point_ref else None
         where = os.path.abspath(mountpoint)
+        created = False
+        if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
+            os.mkdir(
+                where, 0o755
+            )  # the folder a front end suggested: made here, removed on unmount
+            created = True
         repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
         command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
         command += ["--daemon", "--cache-size", str(cache_bytes)]
@@ -581,7 +589,11 @@ class Service:
             lines = result.stderr.strip().splitlines() or [
                 f"lamina mount exited {result.returncode}"
             ]
+            if created:
+                os.rmdir(where)
             raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+        if created:
+            self._created_mountpoints.add(where)
         info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
         with self._jobs_lock:
             self._mounts[where] = info
@@ -602,6 +614,10 @@ class Service:
                 f"lamina umount exited {result.returncode}"
             ]
             raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+        if where in self._created_mountpoints:
+            self._created_mountpoints.discard(where)
+            with contextlib.suppress(OSError):
+                os.rmdir(where)
 
     def list_mounts(self) -> list[MountInfo]:
         """The mounts this service started that are still mounted."""

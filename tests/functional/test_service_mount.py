@@ -59,3 +59,11 @@ def test_the_tui_client_offers_mounts_and_reports_errors(tmp_path: Path) -> None
     finally:
         client.unmount(job.result.id)
     assert client.mounts() == {}
+    # a folder that does not exist yet (what the TUI suggests) is made, then removed
+    fresh = tmp_path / "new-mountpoint"
+    client.mount(job.result.id, str(fresh))
+    try:
+        assert (fresh / "disk.img").exists()
+    finally:
+        client.unmount(job.result.id)
+    assert not fresh.exists()
