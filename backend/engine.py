@@ -278,7 +278,7 @@ def _run_pipeline(
     # only adds pieces held in memory.
     workers = threads or max(2, min(8, os.cpu_count() or 2))
     zero_cache: dict[int, bytes] = {}
-    session: dict[bytes, PieceEntry] = {}
+    this_backup: dict[bytes, PieceEntry] = {}
     stats = {
         "bytes_read": 0,
         "bytes_new": 0,
@@ -307,7 +307,7 @@ def _run_pipeline(
         cell = parent_cells.get(offset)
         if cell is not None and cell == (length, piece_id):
             return _PieceResult(offset, length, EXTENT_DATA, piece_id, unchanged=True)
-        if piece_id in session or piece_id in repo.index:
+        if piece_id in this_backup or piece_id in repo.index:
             return _PieceResult(offset, length, EXTENT_DATA, piece_id)
         blob, codec = repo.encode_piece(piece_id, data)
         return _PieceResult(offset, length, EXTENT_DATA, piece_id, blob, codec)
@@ -328,11 +328,11 @@ def _run_pipeline(
                     raise Cancelled("backup cancelled; no restore point was written")
                 pending.append(pool.submit(work, offset, length))
                 if len(pending) >= max_ahead:
-                    _take(pending.popleft().result(), writer, session, extents, stats, tracker)
+                    _take(pending.popleft().result(), writer, this_backup, extents, stats, tracker)
             while pending:
                 if cancelled():
                     raise Cancelled("backup cancelled; no restore point was written")
-                _take(pending.popleft().result(), writer, session, extents, stats, tracker)
+                _take(pending.popleft().result(), writer, this_backup, extents, stats, tracker)
             written = writer.finish()
         except BaseException:
             for f in pending:
@@ -352,7 +352,7 @@ def _run_pipeline(
 def _take(
     r: _PieceResult,
     writer: Any,
-    session: dict[bytes, PieceEntry],
+    this_backup: dict[bytes, PieceEntry],
     extents: list[Extent],
     stats: dict[str, Any],
     tracker: ProgressTracker,
@@ -372,12 +372,12 @@ def _take(
         tracker.add(r.length, read=r.length)
         return
     extents.append(Extent(r.offset, r.length, EXTENT_DATA, r.piece_id, 0))
-    if r.blob is None or r.piece_id in session:
+    if r.blob is None or r.piece_id in this_backup:
         stats["bytes_deduplicated"] += r.length
         stats["pieces_deduplicated"] += 1
         tracker.add(r.length, deduplicated=r.length, read=r.length)
         return
-    session[r.piece_id] = writer.add(r.piece_id, r.blob, r.length, r.codec)
+    this_backup[r.piece_id] = writer.add(r.piece_id, r.blob, r.length, r.codec)
     stats["bytes_new"] += r.length
     stats["bytes_stored"] += len(r.blob)
     stats["pieces_new"] += 1
