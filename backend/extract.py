@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from .display import printable
 from .errors import Cancelled, LaminaError, UsageError
 from .fsread import Entry
 from .fsview import PointFiles, normalize
@@ -33,12 +34,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Permission bits kept: setuid and setgid are dropped, an image is untrusted.
 _KEPT_MODE = 0o1777
-
-
-def printable(text: str) -> str:
-    """A name made safe to print: control characters and undecodable bytes escaped."""
-    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw)
 
 
 def unsafe_name_reason(name: str) -> str | None:

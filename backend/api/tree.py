@@ -27,8 +27,9 @@ import grpc
 
 from lamina.protos import lamina_v1_pb2 as pb
 
+from ..display import printable
 from ..errors import LaminaError, UsageError
-from ..extract import ExtractReport, Skipped, printable, unsafe_name_reason
+from ..extract import ExtractReport, Skipped, unsafe_name_reason
 from .convert import entry_message
 from .errors import ApiError
 

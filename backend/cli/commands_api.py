@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..defaults import default_local_root
+from ..display import printable
 from ..errors import UsageError
 from ..service import Service, read_password_file
 from ..units import format_size
@@ -196,7 +197,10 @@ def cmd_files_get_remote(args: argparse.Namespace, local_handler: Any) -> int:
             report.bytes += part.bytes
             report.skipped.extend(part.skipped)
     for skipped in report.skipped:
-        print(f"lamina: warning: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+        print(
+            f"lamina: warning: skipped {printable(skipped.path)}: {printable(skipped.reason)}",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(report.as_json())
     else:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 # gRPC's C core logs TLS handshake failures at INFO on stderr; the one-line error says it all.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from ..display import printable
 from ..errors import UsageError
 from ..units import format_size
 from .common import open_service, print_json
@@ -294,8 +295,9 @@ def cmd_local_snapshots(args: argparse.Namespace) -> int:
     )
     for s in snapshots:
         print(
-            f"{s.namespace:<16} {s.name:<24} {s.handle:<36} {format_size(s.size):>10} "
-            f"{s.created[:19].replace('T', ' '):<19}  {s.source}"
+            f"{printable(s.namespace):<16} {printable(s.name):<24} {printable(s.handle):<36} "
+            f"{format_size(s.size):>10} {printable(s.created[:19]).replace('T', ' '):<19}  "
+            f"{printable(s.source)}"
         )
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..display import printable
 from ..errors import UsageError
 from ..service import (
     PointInfo,
@@ -167,9 +168,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print_json(point.as_json())
         return 0
     s = point.stats
-    print(f"{point.kind} point {point.id} of {point.volume} ({format_size(point.capacity)})")
+    print(
+        f"{point.kind} point {printable(point.id)} of {printable(str(point.volume))} "
+        f"({format_size(point.capacity)})"
+    )
     for note in point.notes:
-        print(f"  note: {note}")
+        print(f"  note: {printable(note)}")
     rate = s["bytes_read"] / s["duration_seconds"] if s.get("duration_seconds") else 0
     print(
         f"  read {format_size(s['bytes_read'])} in {elapsed(s['duration_seconds'])} ({format_rate(rate)}); "
@@ -189,9 +193,10 @@ def backup_range_options(args: argparse.Namespace) -> dict[str, Any]:
 def _point_row(p: PointInfo) -> str:
     s = p.stats
     return (
-        f"{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11}  {p.volume!s:<30}  "
+        f"{printable(p.id)}  {printable(p.created[:19]).replace('T', ' ')}  "
+        f"{printable(p.kind):<11}  {printable(str(p.volume)):<30}  "
         f"{format_size(p.capacity):>10}  {format_size(s.get('bytes_stored', 0)):>10}  "
-        f"{(p.parent or '-'):<16}"
+        f"{printable(p.parent or '-'):<16}"
     )
 
 
@@ -263,7 +268,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         for problem in report.problems:
-            print(f"problem: {problem}")
+            print(f"problem: {printable(problem)}")
         what = f"{report.points} points, {report.pieces} pieces"
         if report.deep:
             what += f", {format_size(report.bytes_checked)} re-read and re-hashed"

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..display import printable
 from ..errors import LaminaError, UsageError
 from ..units import format_size, parse_size
 from .common import add_repo_args, elapsed, open_service, print_json, run_job
@@ -219,8 +220,6 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def cmd_files_ls(args: argparse.Namespace) -> int:
-    from ..extract import printable
-
     entries = open_service(args).list_files(args.point, args.path)
     if args.json:
         print_json([_entry_json(e) for e in entries])
@@ -243,7 +242,10 @@ def cmd_files_get(args: argparse.Namespace) -> int:
     job = open_service(args).start_extract(args.point, args.paths, args.to)
     report: ExtractReport = run_job(job, quiet=args.quiet)
     for skipped in report.skipped:
-        print(f"lamina: warning: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+        print(
+            f"lamina: warning: skipped {printable(skipped.path)}: {printable(skipped.reason)}",
+            file=sys.stderr,
+        )
     if args.json:
         print_json(report.as_json())
     else:

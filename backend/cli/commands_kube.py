@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..display import printable
 from ..errors import UsageError
 from ..units import format_size
 from .common import print_json
@@ -184,9 +185,11 @@ def _namespace(args: argparse.Namespace, cluster: KubeCluster) -> str:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    # Names, labels and replies come from the cluster: escaped before the widths are taken.
+    rows = [[printable(str(c)) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _positive(value: float, what: str) -> None:
@@ -245,7 +248,7 @@ def cmd_volumes(args: argparse.Namespace) -> int:
     with _open(args) as cluster:
         listing = list_volumes(cluster, args.namespace)
     for note in listing.notes:
-        print(f"lamina: note: {note}", file=sys.stderr)
+        print(f"lamina: note: {printable(note)}", file=sys.stderr)
     if args.json:
         print_json([v.as_json() for v in listing.volumes])
         return 0
@@ -281,7 +284,7 @@ def cmd_namespaces(args: argparse.Namespace) -> int:
         print_json(names)
     else:
         for name in names:
-            print(name)
+            print(printable(name))
     return 0
 
 
@@ -304,12 +307,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info.as_json())
         return 0
-    print(f"snapshot {info.namespace}/{info.name} of PVC {info.pvc} is ready")
-    print(f"  handle        {info.handle}")
+    print(
+        f"snapshot {printable(info.namespace)}/{printable(info.name)} "
+        f"of PVC {printable(info.pvc)} is ready"
+    )
+    print(f"  handle        {printable(info.handle)}")
     print(f"  restore size  {format_size(info.restore_size)} ({info.restore_size} bytes)")
-    print(f"  driver        {info.driver}")
-    print(f"  class         {info.snapshot_class or '-'}")
-    print(f"  content       {info.content_name}")
+    print(f"  driver        {printable(info.driver)}")
+    print(f"  class         {printable(info.snapshot_class or '-')}")
+    print(f"  content       {printable(info.content_name)}")
     return 0
 
 
@@ -372,8 +378,8 @@ def cmd_cbt_endpoint(args: argparse.Namespace) -> int:
             data["token"] = endpoint.token
         print_json(data)
         return 0
-    print(f"address   {endpoint.address}")
-    print(f"audience  {endpoint.audience}")
+    print(f"address   {printable(endpoint.address)}")
+    print(f"audience  {printable(endpoint.audience)}")
     print(
         f"token     {endpoint.token if args.show_token else f'({len(endpoint.token)} characters)'}"
     )
@@ -420,8 +426,12 @@ def cmd_datamover(args: argparse.Namespace) -> int:
             poll=args.poll,
             keep_source_pvc=args.keep_source_pvc,
         )
-    print(f"Job {namespace}/{result.job} completed in {result.seconds:.1f}s")
-    print(f"  snapshot      {result.snapshot.name} (handle {result.snapshot.handle})")
+    print(f"Job {printable(namespace)}/{printable(result.job)} completed in {result.seconds:.1f}s")
+    print(
+        f"  snapshot      {printable(result.snapshot.name)} "
+        f"(handle {printable(result.snapshot.handle)})"
+    )
     print(f"  restore size  {format_size(result.snapshot.restore_size)}")
-    print(f"  source PVC    {result.source_pvc} ({'kept' if args.keep_source_pvc else 'deleted'})")
+    kept = "kept" if args.keep_source_pvc else "deleted"
+    print(f"  source PVC    {printable(result.source_pvc)} ({kept})")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..display import printable
 from ..lifecycle import Policy, parse_duration
 from ..service import ForgetReport, PointInfo, PruneReport
 from ..units import format_size
@@ -125,7 +126,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         for d in report.decisions:
             if str(d.point.volume) != volume:
                 volume = str(d.point.volume)
-                print(f"{volume}:")
+                print(f"{printable(volume)}:")
             verdict = "keep  " if d.keep else ("would remove" if report.dry_run else "remove")
             print(
                 f"  {d.point.id}  {d.point.created[:19].replace('T', ' ')}  {verdict:<12}  {', '.join(d.reasons) or 'no policy keeps it'}"
@@ -200,13 +201,13 @@ def cmd_locks(args: argparse.Namespace) -> int:
     elif not found:
         print("no locks")
     for lock in found if not args.json else []:
-        print(lock.describe())
+        print(printable(lock.describe()))
     return 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     removed = open_service(args).unlock(all_locks=args.all)
     for lock in removed:
-        print(f"removed {lock.describe()}")
+        print(f"removed {printable(lock.describe())}")
     print(f"{len(removed)} lock(s) removed")
     return 0

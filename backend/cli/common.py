@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ..display import printable
 from ..errors import LaminaError
 from ..progress import Progress
 from ..service import Job, JobState, Service, read_password_file
@@ -34,6 +35,25 @@ def open_service(args: argparse.Namespace) -> Service:
         service: Service = factory(args)
         return service
     return Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
+
+
+class PrintableOutput:
+    """A text stream that lets only visible characters, newlines and tabs through.
+
+    Every command prints names, notes and replies that others wrote. Each command makes
+    the fields it prints ``printable`` (so that a name stays on its line); this wrapper
+    around stdout is the net under them: no control character reaches the terminal.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text, keep="\n\t"))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

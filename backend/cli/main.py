@@ -6,9 +6,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TextIO, cast
 
 from .. import __version__
+from ..display import printable
 from ..errors import LaminaError
+from .common import PrintableOutput
 
 # Modules that register subcommands; a missing optional module is skipped.
 COMMAND_MODULES = [
@@ -45,16 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    sys.stdout = cast(TextIO, PrintableOutput(stdout))
     try:
         return int(args.func(args) or 0)
     except LaminaError as e:
-        print(f"lamina: error: {e}", file=sys.stderr)
+        # Errors quote paths, names and server replies: one escaped line, whatever they hold.
+        print(f"lamina: error: {printable(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""The one rule for showing strings from volumes, repositories and servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from lamina.backend.display import printable, printable_lines
+
+HOSTILE = [
+    ("clear\x1b[2Jscreen", "clear\\x1b[2Jscreen"),  # CSI: erase the display
+    ("t\x1b]0;owned\x07itle", "t\\x1b]0;owned\\x07itle"),  # OSC 0: window title
+    ("c\x1b]52;c;ZXZpbA==\x1b\\lip", "c\\x1b]52;c;ZXZpbA==\\x1b\\lip"),  # OSC 52: clipboard
+    ("c1\x9b2J", "c1\\x9b2J"),  # C1 CSI, one byte
+    ("osc\x9d0;x\x9c", "osc\\x9d0;x\\x9c"),  # C1 OSC and ST
+    ("nul\x00del\x7f", "nul\\x00del\\x7f"),
+    ("bell\x07bs\x08", "bell\\x07bs\\x08"),
+    ("two\nlines\r", "two\\nlines\\r"),
+    ("tab\tstop", "tab\\tstop"),
+    ("invoice\u202efdp.exe", "invoice\\u202efdp.exe"),  # right-to-left override
+    ("a\u2066b\u2069c\u200ed\u200fe\u061cf", "a\\u2066b\\u2069c\\u200ed\\u200fe\\u061cf"),
+    ("\u202a\u202b\u202c\u202d", "\\u202a\\u202b\\u202c\\u202d"),
+    ("zero\u200bwidth\ufeff", "zero\\u200bwidth\\ufeff"),  # other format characters
+    ("line\u2028para\u2029", "line\\u2028para\\u2029"),
+    ("tag\U000e0041", "tag\\U000e0041"),
+    ("bad\udcffutf8\udcc3", "bad\\xffutf8\\xc3"),  # surrogateescape bytes
+]
+
+
+@pytest.mark.parametrize(("raw", "shown"), HOSTILE)
+def test_hostile_text_is_escaped(raw: str, shown: str) -> None:
+    assert printable(raw) == shown
+
+
+@pytest.mark.parametrize(("raw", "shown"), HOSTILE)
+def test_the_rule_is_idempotent(raw: str, shown: str) -> None:
+    assert printable(printable(raw)) == printable(raw)
+
+
+def test_bytes_that_are_not_utf8_are_shown_as_bytes() -> None:
+    assert printable(b"caf\xc3\xa9 \xff\xfe\x1b[31m") == "café \\xff\\xfe\\x1b[31m"
+
+
+def test_ordinary_names_are_unchanged() -> None:
+    for name in ["app-data", "lost+found", "C:\\temp", "日本語.txt", "café", "a b", "[bold]x"]:
+        assert printable(name) == name
+    assert printable(None) == ""
+
+
+def test_keep_lets_chosen_controls_through() -> None:
+    assert printable("a\nb\x1bc", keep="\n") == "a\nb\\x1bc"
+
+
+def test_a_preview_keeps_its_lines_and_nothing_else() -> None:
+    text = b"first\r\n\x1b[31mred\x1b[0m\tend\rover\x0cfeed\n\xff"
+    assert printable_lines(text) == "first\n\\x1b[31mred\\x1b[0m      end\\rover\\x0cfeed\n\\xff"
