@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from .client import Capabilities, JobView, LaminaClient
 from .commands import LaminaCommands
+from .formatting import printable
 from .jobfeed import JobFeed
 from .messages import ActionFailed, JobsPending, JobStarted, JobsUpdated
 from .screens.base import LaminaScreen, plain_error
@@ -70,6 +72,28 @@ class LaminaApp(App[None]):
         self._drain_scheduled = False
         self.started = False  # the repository summary and capabilities are in
         self.redraws = 0  # job updates delivered to the screens (for measurements)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification, from any screen, as plain escaped text.
+
+        Notifications quote names, paths and server replies: never markup, never a raw
+        control character, whatever the caller asked for.
+        """
+        super().notify(
+            printable(message),
+            title=printable(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Textual's own commands, less its Quit: ours asks first when jobs are running."""

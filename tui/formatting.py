@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from rich.text import Text
+
+from lamina.backend.display import printable, printable_lines
+
+__all__ = ["printable", "printable_lines", "shown"]
+
+
+def shown(value: str | bytes | None, style: str = "") -> Text:
+    """A string from a volume, repository or server, ready to draw.
+
+    Escaped by the backend's one rule, and a ``Text``, never markup: a name such as
+    ``[bold]x`` is drawn as it is written. Every screen draws such strings through here.
+    """
+    return Text(printable(value), style=style)
+
 
 def size(n: int | float) -> str:
     """1536 -> '1.5 KiB'."""

@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Static
 
 from .. import formatting as fmt
 from ..client import JobView, Point, Volume
+from ..formatting import shown
 from ..messages import MountsChanged, PointsLoaded
 from .base import LaminaScreen, plain_error
 from .dialogs import ConfirmScreen, PromptScreen
@@ -58,7 +59,7 @@ def chain_rows(points: list[Point]) -> list[tuple[Point, str]]:
 
 def verify_cell(state: str) -> Text:
     label, style = VERIFY_STYLES.get(state, (state, ""))
-    return Text(label, style=style)
+    return shown(label, style=style)  # an unknown state is a server's word
 
 
 class ChainScreen(LaminaScreen):
@@ -165,15 +166,15 @@ class ChainScreen(LaminaScreen):
         for point, glyph in chain_rows(self.points):
             label = Text()
             label.append(glyph + " ", style="bold cyan" if point.kind == "full" else "cyan")
-            label.append(point.id, style="bold" if point.kind == "full" else "")
+            label.append_text(shown(point.id, style="bold" if point.kind == "full" else ""))
             if point.protected:
                 label.append(" protected", style="yellow")
             if point.id in self.mounts:
                 label.append(" mounted", style="magenta")
             table.add_row(
                 label,
-                fmt.short_time(point.created),
-                fmt.age(point.created, now),
+                shown(fmt.short_time(point.created)),
+                shown(fmt.age(point.created, now)),
                 Text(fmt.size(point.bytes_stored), justify="right"),
                 Text(fmt.percent(point.changed_share), justify="right"),
                 Text(fmt.size(point.bytes_deduplicated), justify="right"),
@@ -210,9 +211,9 @@ class ChainScreen(LaminaScreen):
             manifest.update("")
             if self.loaded:
                 info.update(
-                    Text(
-                        f"No backups of {self.volume.namespace}/{self.volume.name} yet.\n"
-                        "Press b to back it up.",
+                    Text.assemble(
+                        shown(f"No backups of {self.volume.namespace}/{self.volume.name} yet."),
+                        "\nPress b to back it up.",
                         style="dim",
                     )
                 )
@@ -221,10 +222,10 @@ class ChainScreen(LaminaScreen):
         facts.add_column(style="dim")
         facts.add_column()
         rows: list[tuple[str, Text | str]] = [
-            ("point", Text(point.id, style="bold")),
-            ("kind", point.kind),
-            ("parent", point.parent or "-"),
-            ("created", fmt.timestamp(point.created)),
+            ("point", shown(point.id, style="bold")),
+            ("kind", shown(point.kind)),
+            ("parent", shown(point.parent or "-")),
+            ("created", shown(fmt.timestamp(point.created))),
             ("capacity", fmt.size(point.capacity)),
             (
                 "read",
@@ -238,14 +239,15 @@ class ChainScreen(LaminaScreen):
             ("protected", "yes: kept by delete and retention" if point.protected else "no"),
         ]
         if point.id in self.mounts:
-            rows.append(("mounted at", Text(self.mounts[point.id], style="magenta")))
+            rows.append(("mounted at", shown(self.mounts[point.id], style="magenta")))
         for name, value in rows:
             facts.add_row(name, value)
         info.update(facts)
         manifest.update(
             Group(
                 Text("manifest", style="bold underline"),
-                JSON.from_data(point.manifest, indent=2, sort_keys=True),
+                # ASCII JSON: every control, bidi or format character in it comes \u-escaped.
+                JSON.from_data(point.manifest, indent=2, sort_keys=True, ensure_ascii=True),
             )
         )
 

@@ -11,6 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from ..client import Cluster, ClusterCheck
+from ..formatting import shown
 from ..messages import ClustersChecked, ClustersLoaded
 from .base import Column, TableScreen
 
@@ -33,10 +34,15 @@ class ClustersScreen(TableScreen[Cluster]):
         Column(
             "current", " ", lambda c: Text("*", style="bold yellow") if c.current else "", width=1
         ),
-        Column("name", "CLUSTER", lambda c: Text(c.name, style="bold"), lambda c: c.name),
-        Column("kind", "KIND", lambda c: c.kind, lambda c: c.kind),
-        Column("server", "SERVER", lambda c: c.server or "-", lambda c: c.server or ""),
-        Column("namespace", "NAMESPACE", lambda c: c.namespace or "-", lambda c: c.namespace or ""),
+        Column("name", "CLUSTER", lambda c: shown(c.name, style="bold"), lambda c: c.name),
+        Column("kind", "KIND", lambda c: shown(c.kind), lambda c: c.kind),
+        Column("server", "SERVER", lambda c: shown(c.server or "-"), lambda c: c.server or ""),
+        Column(
+            "namespace",
+            "NAMESPACE",
+            lambda c: shown(c.namespace or "-"),
+            lambda c: c.namespace or "",
+        ),
         Column("status", "STATUS", lambda c: _status(None), width=14),
         Column("detail", "DETAIL", lambda c: ""),
     ]
@@ -107,11 +113,12 @@ class ClustersScreen(TableScreen[Cluster]):
         line = Text()
         if cluster is not None:
             check = self.checks.get(cluster.name)
-            line.append(f"{cluster.name}: ", style="bold")
+            line.append_text(shown(cluster.name, style="bold"))
+            line.append(": ", style="bold")
             if check is None:
                 line.append("checking…", style="dim italic")
             else:
-                line.append(check.detail, style="green" if check.ok else "red")
+                line.append_text(shown(check.detail, style="green" if check.ok else "red"))
             if cluster.kind == "kubernetes":
                 line.append(
                     "\nKubernetes volumes are backed up by a data-mover Job in the cluster; "
@@ -127,7 +134,7 @@ class ClustersScreen(TableScreen[Cluster]):
                 continue
             self.update_cell(item.name, "status", _status(check))
             if check is not None:
-                detail = Text(check.detail, style="" if check.ok else "red")
+                detail = shown(check.detail, style="" if check.ok else "red")
                 if check.ok and check.seconds >= 0.001:
                     detail.append(f"  ({check.seconds * 1000:.0f} ms)", style="dim")
                 self.update_cell(item.name, "detail", detail, widen=True)

@@ -14,6 +14,8 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Static
 
+from ..formatting import printable, shown
+
 VIEWS = ["clusters", "volumes", "jobs", "help", "quit"]
 
 
@@ -32,7 +34,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> Iterable[Any]:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(shown(self.title_text), classes="dialog-title")
             yield Input(self.value, id="prompt-input")
             yield Static(
                 Text(
@@ -66,9 +68,9 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> Iterable[Any]:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(shown(self.title_text), classes="dialog-title")
             if self.text:
-                yield Static(self.text)
+                yield Static(shown(self.text))
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
                 yield Button(f"{self.cancel_label} (n)", id="no")
@@ -96,7 +98,7 @@ class GotoScreen(ModalScreen[str | None]):
         self.clusters = clusters
 
     def compose(self) -> Iterable[Any]:
-        choices = VIEWS + [f"volumes {c}" for c in self.clusters]
+        choices = VIEWS + [f"volumes {printable(c)}" for c in self.clusters]
         with Horizontal(id="goto-line"):
             yield Label(":", id="goto-prompt")
             yield Input(
@@ -146,7 +148,7 @@ class HelpScreen(ModalScreen[None]):
             seen.add(binding.id)
             table.add_row(key_label(binding), binding.description)
         with VerticalScroll(classes="dialog help"):
-            yield Label(f"Keys: {self.title_text}", classes="dialog-title")
+            yield Label(shown(f"Keys: {self.title_text}"), classes="dialog-title")
             yield Static(table)
             yield Static(
                 Text(

@@ -17,6 +17,7 @@ from textual.widgets.tree import TreeNode
 
 from .. import formatting as fmt
 from ..client import FileEntry, Point
+from ..formatting import shown
 from ..messages import FilesLoaded, PreviewLoaded
 from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label
 from .base import LaminaScreen, plain_error
@@ -26,10 +27,10 @@ PREVIEW_BYTES = 64 * 1024
 
 
 def preview_text(data: bytes, size: int) -> Text:
-    """Text as text; anything else as a short hex dump."""
+    """Text as text, every control escaped (no colour codes drawn); else a short hex dump."""
     if b"\0" not in data[:8192]:
         try:
-            text = Text(data.decode("utf-8"), no_wrap=False)
+            text = Text(fmt.printable_lines(data.decode("utf-8")), no_wrap=False)
             if size > len(data):
                 text.append(f"\n… first {fmt.size(len(data))} of {fmt.size(size)}", style="dim")
             return text
@@ -68,7 +69,9 @@ class FilesScreen(LaminaScreen):
         yield self.compose_top()
         with Horizontal(id="files-body"):
             root = FileEntry(path="/", name="/", kind="dir", size=0, mtime=0.0)
-            tree = FileTree(f"{self.point.volume} @ {self.point.id}", data=root, id="file-tree")
+            tree = FileTree(
+                shown(f"{self.point.volume} @ {self.point.id}"), data=root, id="file-tree"
+            )
             tree.show_root = False
             tree.guide_depth = GUIDE_WIDTH
             yield tree
@@ -117,7 +120,7 @@ class FilesScreen(LaminaScreen):
             self.fail(f"list {message.path}", message.error)
             if node is not None and node is not tree.root and node.data is not None:
                 label = entry_label(node.data, self.depth(node.data.path), False)
-                label.append(f"  cannot open: {message.error}", style="red")
+                label.append(f"  cannot open: {fmt.printable(message.error)}", style="red")
                 node.set_label(label)
             return
         if node is None:
@@ -188,7 +191,7 @@ class FilesScreen(LaminaScreen):
             return  # the cursor moved on
         preview = self.query_one("#file-preview", Static)
         if message.error is not None or message.data is None:
-            preview.update(Text(f"no preview: {message.error}", style="yellow"))
+            preview.update(shown(f"no preview: {message.error}", style="yellow"))
             return
         preview.update(preview_text(message.data, node.data.size))
 
@@ -196,8 +199,8 @@ class FilesScreen(LaminaScreen):
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="dim")
         facts.add_column()
-        facts.add_row("path", Text(entry.path, style="bold"))
-        facts.add_row("kind", entry.kind)
+        facts.add_row("path", shown(entry.path, style="bold"))
+        facts.add_row("kind", shown(entry.kind))
         if entry.kind != "dir":
             facts.add_row("size", f"{fmt.size(entry.size)} ({entry.size:,} bytes)")
         if entry.mtime:
@@ -205,7 +208,7 @@ class FilesScreen(LaminaScreen):
         if entry.mode:
             facts.add_row("mode", f"{entry.mode & 0o7777:04o}")
         if entry.target:
-            facts.add_row("target", entry.target)
+            facts.add_row("target", shown(entry.target))
         marks = f"{len(self.marked)} marked" if self.marked else "nothing marked"
         self.query_one("#file-info", Static).update(Group(facts, Text(marks, style="magenta")))
 

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Log, Static
 
 from .. import formatting as fmt
 from ..client import JobView
+from ..formatting import shown
 from ..widgets.jobs import JobCard, plain_log, progress_cell, shown_rate, state_text
 from .base import Column, TableScreen
 
@@ -23,16 +24,16 @@ class JobsScreen(TableScreen[JobView]):
     ]
 
     COLUMNS: ClassVar[list[Column[Any]]] = [
-        Column("id", "JOB", lambda j: j.id[:12]),
-        Column("kind", "KIND", lambda j: Text(j.kind, style="bold"), lambda j: j.kind),
+        Column("id", "JOB", lambda j: shown(j.id[:12])),
+        Column("kind", "KIND", lambda j: shown(j.kind, style="bold"), lambda j: j.kind),
         Column(
             "what",
             "WHAT",
-            lambda j: (j.volume or j.point or j.description)[:40],
+            lambda j: shown(fmt.printable(j.volume or j.point or j.description)[:40]),
             lambda j: j.description,
         ),
         Column("state", "STATE", lambda j: state_text(j.state), lambda j: j.state),
-        Column("phase", "PHASE", lambda j: j.phase or "-", lambda j: j.phase),
+        Column("phase", "PHASE", lambda j: shown(j.phase or "-"), lambda j: j.phase),
         Column("progress", "PROGRESS", lambda j: progress_cell(j, 10), lambda j: j.fraction or 0.0),
         Column(
             "rate", "RATE", lambda j: Text(fmt.rate(shown_rate(j)), justify="right"), shown_rate

@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Static
 
 from .. import formatting as fmt
 from ..client import JobView, Volume
+from ..formatting import shown
 from ..messages import VolumesLoaded
 from ..widgets.jobs import progress_cell
 from .base import Column, TableScreen
@@ -24,9 +25,9 @@ def _cbt(v: Volume) -> Text:
 
 
 def _name(v: Volume) -> Text:
-    name = Text(v.name, style="bold" if v.in_cluster else "dim")
+    name = shown(v.name, style="bold" if v.in_cluster else "dim")
     if v.phase != "Bound":
-        name.append(f" ({v.phase})", style="dim italic" if v.in_cluster else "dim")
+        name.append(f" ({fmt.printable(v.phase)})", style="dim italic" if v.in_cluster else "dim")
     return name
 
 
@@ -54,10 +55,13 @@ class VolumesScreen(TableScreen[Volume]):
         return [
             Column("mark", " ", lambda v: self._mark(v), width=1),
             Column(
-                "namespace", "NAMESPACE", lambda v: v.namespace, lambda v: (v.namespace, v.name)
+                "namespace",
+                "NAMESPACE",
+                lambda v: shown(v.namespace),
+                lambda v: (v.namespace, v.name),
             ),
             Column("name", "PVC", _name, lambda v: v.name),
-            Column("mode", "MODE", lambda v: v.mode or "-", lambda v: v.mode),
+            Column("mode", "MODE", lambda v: shown(v.mode or "-"), lambda v: v.mode),
             Column(
                 "capacity",
                 "CAPACITY",
@@ -67,7 +71,7 @@ class VolumesScreen(TableScreen[Volume]):
             Column(
                 "class",
                 "STORAGE CLASS",
-                lambda v: v.storage_class or "-",
+                lambda v: shown(v.storage_class or "-"),
                 lambda v: v.storage_class,
             ),
             Column("cbt", "CBT", _cbt, lambda v: v.cbt),
@@ -122,7 +126,7 @@ class VolumesScreen(TableScreen[Volume]):
         view = self.running_job_for(volume=v.key)
         if view is None:
             return Text("")
-        cell = Text(f"{view.phase or view.state}"[:10].ljust(11), style="italic")
+        cell = Text(fmt.printable(view.phase or view.state)[:10].ljust(11), style="italic")
         cell.append_text(progress_cell(view, 6))
         return cell
 
@@ -148,11 +152,11 @@ class VolumesScreen(TableScreen[Volume]):
         if message.error:
             self.fail(f"list the volumes of {self.cluster}", message.error)
             empty.update(
-                Text(f"cannot list the volumes of {self.cluster}: {message.error}", style="red")
+                shown(f"cannot list the volumes of {self.cluster}: {message.error}", style="red")
             )
         elif not message.volumes:
             empty.update(
-                Text(f"cluster {self.cluster} has no volumes lamina can back up.", style="dim")
+                shown(f"cluster {self.cluster} has no volumes lamina can back up.", style="dim")
             )
         empty.display = bool(message.error or not message.volumes)
         keys = {v.key for v in message.volumes}

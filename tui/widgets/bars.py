@@ -6,6 +6,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from ..formatting import shown
+
 CRUMB = " \N{SINGLE RIGHT-POINTING ANGLE QUOTATION MARK} "
 
 
@@ -34,14 +36,14 @@ class TopBar(Static):
         left.append(" lamina ", style="bold reverse")
         for crumb in self.crumbs:
             left.append(CRUMB, style="dim")
-            left.append(crumb, style="bold")
+            left.append_text(shown(crumb, style="bold"))  # cluster and volume names
         right = Text(no_wrap=True, overflow="ellipsis", justify="right")
         if self.running:
             right.append(
                 f"{self.running} job{'s' if self.running > 1 else ''} running", style="bold cyan"
             )
             right.append("  ")
-        right.append(self.repository, style="dim")
+        right.append_text(shown(self.repository, style="dim"))
         grid = Table.grid(expand=True)
         grid.add_column(ratio=3, no_wrap=True, overflow="ellipsis")
         grid.add_column(ratio=2, no_wrap=True, overflow="ellipsis", justify="right")

@@ -23,11 +23,12 @@ ICONS = {"dir": "▸", "file": " ", "symlink": "↪", "other": "?"}
 def entry_label(entry: FileEntry, depth: int, marked: bool) -> Text:
     label = Text(no_wrap=True, overflow="ellipsis")
     label.append("✔ " if marked else "  ", style="bold magenta")
-    name = entry.name + ("/" if entry.kind == "dir" else "")
+    # Names and link targets come from the volume: escaped, and never markup.
+    name = fmt.printable(entry.name) + ("/" if entry.kind == "dir" else "")
     style = {"dir": "bold blue", "symlink": "cyan", "other": "yellow"}.get(entry.kind, "")
     label.append(name, style=style)
     if entry.kind == "symlink" and entry.target:
-        label.append(f" → {entry.target}", style="dim")
+        label.append(f" → {fmt.printable(entry.target)}", style="dim")
     indent = GUIDE_WIDTH * depth + (EXPANDER_WIDTH if entry.kind == "dir" else 0)
     width = max(NAME_WIDTH - indent, len(label.plain) + 1)
     label.pad_right(width - len(label.plain))

@@ -9,6 +9,7 @@ from textual.widgets import Static
 
 from .. import formatting as fmt
 from ..client import JobView
+from ..formatting import printable, shown
 
 STATE_COLORS = {
     "queued": "grey50",
@@ -20,12 +21,12 @@ STATE_COLORS = {
 
 
 def plain_log(line: str) -> str:
-    """A job log entry for the screen: an internal error's trace shrinks to its last line."""
+    """A job log entry for the screen, escaped: an internal error's trace shrinks to its last line."""
     if "Traceback (most recent call last)" not in line:
-        return line
+        return printable(line)
     stamp = line.split(" ", 1)[0]
     last = [part for part in line.strip().splitlines() if part.strip()][-1].strip()
-    return f"{stamp} internal error: {last}"
+    return printable(f"{stamp} internal error: {last}")
 
 
 def shown_rate(view: JobView) -> float:
@@ -36,7 +37,7 @@ def shown_rate(view: JobView) -> float:
 
 
 def state_text(state: str) -> Text:
-    return Text(state, style=f"bold {STATE_COLORS.get(state, 'white')}")
+    return shown(state, style=f"bold {STATE_COLORS.get(state, 'white')}")
 
 
 def progress_cell(view: JobView, width: int = 12) -> Text:
@@ -59,9 +60,9 @@ def job_line(view: JobView) -> Text:
     """'backup local/demo/app-data  backing up ████▌ 45.0%  120.0 MiB/s ETA 0:03  read … stored … dedup …'"""
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(f"{view.kind:<7}", style="bold")
-    target = view.volume or view.point or view.description
+    target = printable(view.volume or view.point or view.description)
     line.append(f"{target[:23]:<24}")
-    line.append(f"{(view.phase or view.state)[:10]:<11}", style="italic")
+    line.append(f"{printable(view.phase or view.state)[:10]:<11}", style="italic")
     line.append_text(progress_cell(view, 10))
     line.append(f" {fmt.rate(shown_rate(view)):>12}")
     line.append(f" ETA {fmt.duration(view.eta)}")
@@ -95,11 +96,11 @@ class JobCard(Static):
             self.update(Text("no job selected", style="dim"))
             return
         head = Text()
-        head.append(view.description, style="bold")
+        head.append_text(shown(view.description, style="bold"))
         head.append("  ")
         head.append_text(state_text(view.state))
         bar = Text()
-        bar.append(f"{(view.phase or '-'):<16}", style="italic")
+        bar.append(f"{printable(view.phase or '-'):<16}", style="italic")
         bar.append_text(progress_cell(view, 40))
         facts = Table.grid(padding=(0, 2))
         for _ in range(4):
@@ -124,7 +125,7 @@ class JobCard(Static):
         )
         parts: list[Text | Table] = [head, bar, facts]
         if view.summary and view.state == "succeeded":
-            parts.append(Text(view.summary, style="green"))
+            parts.append(shown(view.summary, style="green"))
         if view.error:
-            parts.append(Text(view.error, style="bold red"))
+            parts.append(shown(view.error, style="bold red"))
         self.update(Group(*parts))
