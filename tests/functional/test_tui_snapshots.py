@@ -11,6 +11,7 @@ and look at the SVGs it writes before committing them.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -36,6 +37,7 @@ from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.volumes import VolumesScreen
+from tests.support.hostile import COLOURS, HOSTILE_DIR, HOSTILE_FILES, HOSTILE_LINK
 
 SIZE = (130, 36)
 NOW = parse_time("2026-03-14T12:00:00Z")
@@ -478,3 +480,37 @@ def test_delete_question(snap_compare: Callable[..., bool]) -> None:
 def test_narrow_terminal(snap_compare: Callable[..., bool], width: int) -> None:
     """A small terminal still shows the chain and its keys."""
     assert snap_compare(app(), terminal_size=(width, 30), run_before=to_chain)
+
+
+class HostileClient(RecordedClient):
+    """The recorded data, with a volume whose names and contents attack the terminal."""
+
+    def list_files(self, point_id: str, path: str) -> list[FileEntry]:
+        when = parse_time("2026-03-10T09:00:00Z")
+        names = [os.fsdecode(name) for name in HOSTILE_FILES]
+        entries = [
+            FileEntry(
+                "/" + os.fsdecode(HOSTILE_DIR[0]), os.fsdecode(HOSTILE_DIR[0]), "dir", 0, when
+            ),
+            *(FileEntry("/" + n, n, "file", 13, when, 0o100644) for n in names),
+            FileEntry("/link", "link", "symlink", 12, when, 0o120777, os.fsdecode(HOSTILE_LINK[1])),
+            FileEntry("/colours.txt", "colours.txt", "file", len(COLOURS), when, 0o100644),
+        ]
+        return entries if path == "/" else []
+
+    def read_file(self, point_id: str, path: str, limit: int) -> bytes:
+        return (COLOURS if path == "/colours.txt" else b"hostile name\n")[:limit]
+
+
+def test_files_with_hostile_names(snap_compare: Callable[..., bool]) -> None:
+    """Escape sequences, bidi overrides, markup and bad bytes are drawn as escapes."""
+
+    async def run(pilot: Pilot[None]) -> None:
+        screen = await to_files(pilot)
+        # G and g go to the last and the first entry; colours.txt is the sixth: its colour
+        # codes are shown, not obeyed.
+        await pilot.press("G", "g", *["down"] * 5)
+        await until(pilot, lambda: "second line" in str(screen.query_one("#file-preview").render()))
+
+    hostile = make_app(HostileClient(), clock=lambda: NOW, work_dir="/srv/restore")
+    assert snap_compare(hostile, terminal_size=SIZE, run_before=run)

@@ -16,6 +16,7 @@ from ..client import JobView, LaminaClient, LaminaError
 from ..messages import ActionFailed, JobsUpdated
 from ..widgets.bars import TopBar
 from ..widgets.jobs import JobStrip
+from ..widgets.table import LaminaTable
 
 if TYPE_CHECKING:
     from ..app import LaminaApp
@@ -160,7 +161,7 @@ class TableScreen(LaminaScreen, Generic[T]):
 
     def compose_table(self) -> Iterable[Any]:
         yield Input(placeholder="filter…  (enter keeps it, esc clears it)", id="filter")
-        table: DataTable[Any] = DataTable(id="table", cursor_type="row", zebra_stripes=True)
+        table = LaminaTable(id="table", cursor_type="row", zebra_stripes=True)
         yield table
 
     @property

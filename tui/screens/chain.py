@@ -19,6 +19,7 @@ from .. import formatting as fmt
 from ..client import JobView, Point, Volume
 from ..formatting import shown
 from ..messages import MountsChanged, PointsLoaded
+from ..widgets.table import LaminaTable
 from .base import LaminaScreen, plain_error
 from .dialogs import ConfirmScreen, PromptScreen
 
@@ -97,7 +98,7 @@ class ChainScreen(LaminaScreen):
     def compose(self) -> Iterable[Any]:
         yield self.compose_top()
         with Vertical(id="chain-body"):
-            table: DataTable[Any] = DataTable(id="points", cursor_type="row")
+            table = LaminaTable(id="points", cursor_type="row")
             yield table
             with Horizontal(id="point-detail"):
                 yield Static(id="point-info")
