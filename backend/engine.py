@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import stat
@@ -154,7 +155,11 @@ def backup(
         if mode == "scan-incremental":
             assert parent is not None
             parent_cells, unallocated = _scan_baseline(repo, parent, fd, capacity)
-        total = sum(r[1] for r in ranges) if isinstance(ranges, list) else None
+        if isinstance(ranges, list):
+            total: int | None = sum(r[1] for r in ranges)
+        else:
+            tracker.set_phase("listing ranges")
+            ranges, total = _with_total(ranges)
         tracker.set_phase("backing up", total)
         extents, stats = _run_pipeline(
             repo, fd, ranges, capacity, parent_cells, tracker, cancelled, threads
@@ -245,6 +250,20 @@ def _plan(
         "no changed-block ranges: read every allocated byte and stored only grid cells whose hash differs"
     )
     return "scan-incremental", ranges, "allocated (SEEK_DATA/SEEK_HOLE), compared with the parent"
+
+
+# A streamed range list (CBT) is read ahead up to this many ranges, about 12 MB, so that
+# the backup knows its total (percentage, bar, ETA); a longer list streams without one.
+RANGES_FOR_A_TOTAL = 100_000
+
+
+def _with_total(ranges: Iterable[Range]) -> tuple[Iterable[Range], int | None]:
+    """The ranges again, and their total length when the list is short enough to hold."""
+    iterator = iter(ranges)
+    head = list(itertools.islice(iterator, RANGES_FOR_A_TOTAL))
+    if len(head) < RANGES_FOR_A_TOTAL:
+        return head, sum(r[1] for r in head)
+    return itertools.chain(head, iterator), None
 
 
 def _scan_baseline(
@@ -476,6 +495,7 @@ def restore(
                     with lock:
                         failure.append(type(data)(f"{data} (volume offset {offset})"))
                     return
+                tracker.add(read=len(data))  # read from the repository, once per piece
                 for e in users[entry.piece_id]:
                     chunk = memoryview(data)[e.piece_offset : e.piece_offset + e.length]
                     if direct is not None:
@@ -601,7 +621,7 @@ def verify(
     repo.load_index()
     packs = {pack_id: size for pack_id, size in repo.list_packs()}
     needed: dict[bytes, list[tuple[str, int]]] = {}
-    tracker.set_phase("checking maps", len(points))
+    tracker.set_phase("checking maps", len(points), unit="points")
     for point in points:
         if cancelled():
             raise Cancelled("verify cancelled")
@@ -652,7 +672,7 @@ def verify(
                 if isinstance(data, LaminaError):
                     point_id, offset = needed[entry.piece_id][0]
                     problems.append(f"point {point_id}: {data} (volume offset {offset})")
-                tracker.add(entry.raw_size)
+                tracker.add(entry.raw_size, read=entry.raw_size)
 
         with ThreadPoolExecutor(repo.io_threads) as pool:
             list(pool.map(check, runs))

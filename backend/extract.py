@@ -201,7 +201,7 @@ class _Extractor:
             _write_sparse(fd, data, offset)
             offset += len(data)
             self.report.bytes += len(data)
-            self.tracker.add(len(data))
+            self.tracker.add(len(data), read=len(data))
         os.ftruncate(fd, entry.size)
 
     def extract_symlink(self, dir_fd: int, name: str, entry: Entry, path: str) -> None:

@@ -20,6 +20,12 @@ class Progress:
     read: int = 0  # bytes read from the source
     message: str = ""
     elapsed: float = 0.0
+    unit: str = "bytes"  # what done and total count: bytes, or items such as "points"
+
+    @property
+    def counts_bytes(self) -> bool:
+        """Whether done, total and rate are bytes (else items: no byte rate to show)."""
+        return self.unit == "bytes"
 
     @property
     def fraction(self) -> float | None:
@@ -43,15 +49,19 @@ class ProgressTracker:
     stored: int = 0
     deduplicated: int = 0
     read: int = 0
+    unit: str = "bytes"
     _phase_start: float = field(default_factory=time.monotonic)
     _start: float = field(default_factory=time.monotonic)
     _last_emit: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def set_phase(self, phase: str, total: int | None = None, message: str = "") -> None:
+    def set_phase(
+        self, phase: str, total: int | None = None, message: str = "", *, unit: str = "bytes"
+    ) -> None:
         with self._lock:
             self.phase = phase
             self.total = total
+            self.unit = unit
             self.done = 0
             self._phase_start = time.monotonic()
         self.emit(force=True, message=message)
@@ -83,6 +93,7 @@ class ProgressTracker:
                 read=self.read,
                 message=message,
                 elapsed=now - self._start,
+                unit=self.unit,
             )
 
     def emit(self, *, force: bool = False, message: str = "") -> None:

@@ -17,7 +17,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,6 +295,9 @@ class Job:
             self.error = f"internal error: {type(e).__name__}: {e}"
             self._log(traceback.format_exc())
         finally:
+            if self.progress is not None and self.state != JobState.SUCCEEDED:
+                # The last phase is over: a cancelled backup is no longer "backing up".
+                self.progress = replace(self.progress, phase=self.state, rate=0.0, eta=None)
             self.finished = time.time()
             self._done.set()
             self._notify()
@@ -524,7 +527,7 @@ class Service:
             base = previous[-1] if previous else None
             base_handle = base.manifest.get("snapshot_handle") if base else None
             lock = self._lock(job, locks.SHARED, f"backup of {ref}")
-            job._log("taking a snapshot")
+            job._on_progress(Progress(phase="taking a snapshot", message="taking a snapshot"))
             plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
             job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
             try:

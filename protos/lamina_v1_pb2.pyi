@@ -1166,6 +1166,7 @@ class Progress(_message.Message):
     DEDUPLICATED_FIELD_NUMBER: _builtins.int
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """e.g. "backing up", "restoring", "verifying", "done" """
     done: _builtins.int
@@ -1183,6 +1184,8 @@ class Progress(_message.Message):
     """bytes the repository already held"""
     elapsed_seconds: _builtins.float
     message: _builtins.str
+    unit: _builtins.str
+    """what done and total count: "bytes" (or empty), else items: "points" """
     def __init__(
         self,
         *,
@@ -1196,10 +1199,11 @@ class Progress(_message.Message):
         deduplicated: _builtins.int = ...,
         elapsed_seconds: _builtins.float = ...,
         message: _builtins.str = ...,
+        unit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_total", b"_total", "eta_seconds", b"eta_seconds", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_total", b"_total", "deduplicated", b"deduplicated", "done", b"done", "elapsed_seconds", b"elapsed_seconds", "eta_seconds", b"eta_seconds", "message", b"message", "phase", b"phase", "rate", b"rate", "read", b"read", "stored", b"stored", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_total", b"_total", "deduplicated", b"deduplicated", "done", b"done", "elapsed_seconds", b"elapsed_seconds", "eta_seconds", b"eta_seconds", "message", b"message", "phase", b"phase", "rate", b"rate", "read", b"read", "stored", b"stored", "total", b"total", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
     _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015

@@ -70,6 +70,7 @@ class LaminaApp(App[None]):
         self._unwatch_lock = threading.Lock()
         self._last_drain = 0.0
         self._drain_scheduled = False
+        self.age_interval = 10.0  # seconds between redraws of ages ("3m ago")
         self.started = False  # the repository summary and capabilities are in
         self.redraws = 0  # job updates delivered to the screens (for measurements)
 

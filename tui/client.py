@@ -147,6 +147,7 @@ class JobView:
     volume: str | None = None  # the volume a backup is of
     point: str | None = None  # the point it made, restored, verified or extracted from
     created: float = 0.0
+    unit: str = "bytes"  # what done and total count: bytes, or items ("points")
 
     @property
     def finished(self) -> bool:
@@ -505,6 +506,7 @@ class InProcessClient:
             volume=volume,
             point=made or point,
             created=job.created,
+            unit=p.unit if p else "bytes",
         )
 
     def jobs(self) -> list[JobView]:

@@ -86,6 +86,7 @@ def _job_view(task: TaskInfo) -> JobView:
         volume=volume_key(volume.cluster, volume.namespace, volume.name) if volume else None,
         point=task.point or None,
         created=task.created,
+        unit=p.unit if p else "bytes",
     )
 
 

@@ -501,7 +501,7 @@ class RemoteJob(Job):
             if info.progress is not None:
                 self._on_progress(info.progress)
             elif info.state == "queued" and info.queue_position:
-                self._on_progress(Progress(phase=f"queued (position {info.queue_position})"))
+                self._on_progress(Progress(phase=f"queued (#{info.queue_position})"))
         final = self.task
         if final.state == "succeeded":
             return final.result

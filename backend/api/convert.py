@@ -258,6 +258,7 @@ def progress_message(p: Progress) -> pb.Progress:
         deduplicated=p.deduplicated,
         elapsed_seconds=p.elapsed,
         message=p.message,
+        unit=p.unit,
     )
     if p.total is not None:
         message.total = p.total
@@ -278,6 +279,7 @@ def progress(message: pb.Progress) -> Progress:
         read=message.read,
         message=message.message,
         elapsed=message.elapsed_seconds,
+        unit=message.unit or "bytes",
     )
 
 

@@ -63,13 +63,19 @@ def print_json(data: Any, out: TextIO | None = None) -> None:
 
 def _bar(p: Progress, width: int = 28) -> str:
     frac = p.fraction
+    phase = printable(p.phase)
+    if p.counts_bytes:
+        amount, rate = format_size(p.done), format_rate(p.rate)
+    else:  # items (a quick verify checks points): a count, and no byte rate
+        amount = f"{p.done}/{p.total} {printable(p.unit)}" if p.total else f"{p.done} {p.unit}"
+        rate = ""
     if frac is None:
-        return f"{p.phase:<16} {format_size(p.done):>10}  {format_rate(p.rate):>12}"
+        return f"{phase:<17} {amount:>10}  {rate:>12}"
     filled = int(frac * width)
     eta = f"ETA {int(p.eta // 60):d}:{int(p.eta % 60):02d}" if p.eta is not None else ""
     return (
-        f"{p.phase:<16} [{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
-        f"{format_size(p.done):>10} {format_rate(p.rate):>12} {eta}"
+        f"{phase:<17} [{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}% "
+        f"{amount:>10} {rate:>12} {eta}"
     )
 
 

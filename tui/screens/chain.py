@@ -122,6 +122,16 @@ class ChainScreen(LaminaScreen):
         table.focus()
         table.loading = True
         self.load()
+        self.set_interval(self.lamina.age_interval, self.refresh_ages)
+
+    def refresh_ages(self) -> None:
+        """Ages grow while the screen is open: '3m ago' becomes '4m ago'."""
+        now = self.now()
+        for point in self.points:
+            try:
+                self.table.update_cell(point.id, "age", shown(fmt.age(point.created, now)))
+            except Exception:  # the row is being redrawn
+                pass
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         caps = self.lamina.capabilities

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Log, Static
 from .. import formatting as fmt
 from ..client import JobView
 from ..formatting import shown
-from ..widgets.jobs import JobCard, plain_log, progress_cell, shown_rate, state_text
+from ..widgets.jobs import JobCard, plain_log, progress_cell, rate_text, shown_rate, state_text
 from .base import Column, TableScreen
 
 
@@ -36,7 +36,10 @@ class JobsScreen(TableScreen[JobView]):
         Column("phase", "PHASE", lambda j: shown(j.phase or "-"), lambda j: j.phase),
         Column("progress", "PROGRESS", lambda j: progress_cell(j, 10), lambda j: j.fraction or 0.0),
         Column(
-            "rate", "RATE", lambda j: Text(fmt.rate(shown_rate(j)), justify="right"), shown_rate
+            "rate",
+            "RATE",
+            lambda j: Text(rate_text(j), justify="right"),
+            lambda j: shown_rate(j) or 0.0,
         ),
         Column("read", "READ", lambda j: Text(fmt.size(j.read), justify="right"), lambda j: j.read),
         Column(

@@ -14,7 +14,7 @@ from .. import formatting as fmt
 from ..client import JobView, Volume
 from ..formatting import shown
 from ..messages import VolumesLoaded
-from ..widgets.jobs import progress_cell
+from ..widgets.jobs import PHASE_WIDTH, progress_cell
 from .base import Column, TableScreen
 
 
@@ -78,9 +78,7 @@ class VolumesScreen(TableScreen[Volume]):
             Column(
                 "last",
                 "LAST BACKUP",
-                lambda v: Text(
-                    fmt.age(v.last_backup, self.now()), style="" if v.last_backup else "dim"
-                ),
+                lambda v: self._last_backup(v),
                 lambda v: v.last_backup or "",
             ),
             Column(
@@ -95,7 +93,7 @@ class VolumesScreen(TableScreen[Volume]):
                 lambda v: Text(fmt.size(v.stored), justify="right"),
                 lambda v: v.stored,
             ),
-            Column("job", "JOB", lambda v: self._job_cell(v), width=24),
+            Column("job", "JOB", lambda v: self._job_cell(v), width=PHASE_WIDTH + 14),
         ]
 
     def crumbs(self) -> list[str]:
@@ -112,12 +110,21 @@ class VolumesScreen(TableScreen[Volume]):
         self.query_one("#empty").display = False
         self.table.loading = True
         self.load()
+        self.set_interval(self.lamina.age_interval, self.refresh_ages)
 
     def item_key(self, item: Volume) -> str:
         return item.key
 
     def item_text(self, item: Volume) -> str:
         return f"{item.namespace}/{item.name} {item.mode} {item.storage_class} {item.phase}"
+
+    def _last_backup(self, v: Volume) -> Text:
+        return Text(fmt.age(v.last_backup, self.now()), style="" if v.last_backup else "dim")
+
+    def refresh_ages(self) -> None:
+        """Ages grow while the screen is open: '3m ago' becomes '4m ago'."""
+        for item in self.visible_items():
+            self.update_cell(item.key, "last", self._last_backup(item))
 
     def _mark(self, v: Volume) -> Text:
         return Text("✔", style="bold magenta") if v.key in self.marked else Text("")
@@ -126,7 +133,8 @@ class VolumesScreen(TableScreen[Volume]):
         view = self.running_job_for(volume=v.key)
         if view is None:
             return Text("")
-        cell = Text(fmt.printable(view.phase or view.state)[:10].ljust(11), style="italic")
+        phase = fmt.printable(view.phase or view.state)[:PHASE_WIDTH]
+        cell = Text(phase.ljust(PHASE_WIDTH + 1), style="italic")
         cell.append_text(progress_cell(view, 6))
         return cell
 

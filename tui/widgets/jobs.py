@@ -29,11 +29,32 @@ def plain_log(line: str) -> str:
     return printable(f"{stamp} internal error: {last}")
 
 
-def shown_rate(view: JobView) -> float:
-    """While running, the current rate; once finished, the average over the whole job."""
+def shown_rate(view: JobView) -> float | None:
+    """While running, the current rate; once finished, the average over the whole job.
+
+    None when the job counts items (a quick verify checks points), not bytes.
+    """
     if view.finished and view.elapsed > 0:
-        return view.read / view.elapsed if view.read else view.done / view.elapsed
-    return view.rate
+        if view.read:
+            return view.read / view.elapsed
+        return view.done / view.elapsed if view.unit == "bytes" else None
+    return view.rate if view.unit == "bytes" else None
+
+
+def rate_text(view: JobView) -> str:
+    rate = shown_rate(view)
+    return "-" if rate is None else fmt.rate(rate)
+
+
+def amount_text(view: JobView) -> str:
+    """What the phase has done: bytes, or items counted ('3/4 points')."""
+    if view.unit == "bytes":
+        return fmt.size(view.done)
+    total = f"/{view.total}" if view.total is not None else ""
+    return f"{view.done}{total} {printable(view.unit)}"
+
+
+PHASE_WIDTH = 17  # "taking a snapshot", "resolving chain": phases are never cut
 
 
 def state_text(state: str) -> Text:
@@ -48,7 +69,7 @@ def progress_cell(view: JobView, width: int = 12) -> Text:
     text = Text()
     if fraction is None:  # a streamed range list: the total is not known yet
         text.append(
-            f"{fmt.size(view.done):>{width + 7}}", style=STATE_COLORS.get(view.state, "white")
+            f"{amount_text(view):>{width + 7}}", style=STATE_COLORS.get(view.state, "white")
         )
         return text
     text.append(fmt.bar(fraction, width), style=STATE_COLORS.get(view.state, "white"))
@@ -62,9 +83,10 @@ def job_line(view: JobView) -> Text:
     line.append(f"{view.kind:<7}", style="bold")
     target = printable(view.volume or view.point or view.description)
     line.append(f"{target[:23]:<24}")
-    line.append(f"{printable(view.phase or view.state)[:10]:<11}", style="italic")
+    phase = printable(view.phase or view.state)[:PHASE_WIDTH]
+    line.append(f"{phase:<{PHASE_WIDTH + 1}}", style="italic")
     line.append_text(progress_cell(view, 10))
-    line.append(f" {fmt.rate(shown_rate(view)):>12}")
+    line.append(f" {rate_text(view):>12}")
     line.append(f" ETA {fmt.duration(view.eta)}")
     line.append(f"  read {fmt.size(view.read)}", style="dim")
     line.append(f"  stored {fmt.size(view.stored)}", style="dim")
@@ -100,14 +122,14 @@ class JobCard(Static):
         head.append("  ")
         head.append_text(state_text(view.state))
         bar = Text()
-        bar.append(f"{printable(view.phase or '-'):<16}", style="italic")
+        bar.append(f"{printable(view.phase or '-'):<{PHASE_WIDTH + 1}}", style="italic")
         bar.append_text(progress_cell(view, 40))
         facts = Table.grid(padding=(0, 2))
         for _ in range(4):
             facts.add_column()
         facts.add_row(
             Text("throughput", style="dim"),
-            fmt.rate(shown_rate(view)),
+            rate_text(view),
             Text("ETA", style="dim"),
             "-" if view.finished else fmt.duration(view.eta),
         )
