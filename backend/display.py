@@ -1,4 +1,4 @@
-"""Strings from volumes, repositories and servers, made safe to show on a terminal.
+"""How front ends show things: strings from elsewhere made safe, and trees of points.
 
 A file name, a symlink target, a point's note, a Kubernetes label or a server's reply is
 data someone else wrote. Printed raw, it can move the cursor, clear the screen, set the
@@ -13,7 +13,12 @@ kept as it is), so a front end may apply it again where it draws, without doubli
 
 from __future__ import annotations
 
-__all__ = ["printable", "printable_lines"]
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+__all__ = ["printable", "printable_lines", "tree_rows"]
+
+T = TypeVar("T")
 
 # Characters that ``str.isprintable`` accepts but that still change how the text around
 # them reads. (Every Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs except the space is refused anyway.)
@@ -79,3 +84,36 @@ def printable_lines(value: str | bytes, *, tab_size: int = 8) -> str:
             line = line[:-1]
         lines.append(printable(line, keep="\t").expandtabs(tab_size))  # tabs stop as shown
     return "\n".join(lines)
+
+
+def tree_rows(
+    nodes: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    parent: Callable[[T], str | None],
+    order: Callable[[T], Any],
+) -> list[tuple[T, str]]:
+    """Nodes in tree order, each with the connector that draws it under its own parent.
+
+    Roots (no parent among ``nodes``) newest first; under each node its children oldest
+    first, one level deeper: a chain where each point is the parent of the next is drawn
+    as a staircase, never as siblings. The connector of a root is empty.
+    """
+    present = {key(n) for n in nodes}
+    children: dict[str | None, list[T]] = {}
+    for node in sorted(nodes, key=order):
+        up = parent(node)
+        children.setdefault(up if up in present else None, []).append(node)
+    rows: list[tuple[T, str]] = []
+    # Depth first without recursion: a chain may be thousands of points long.
+    stack: list[tuple[T, str, str]] = [(r, "", "") for r in children.get(None, [])]
+    while stack:
+        node, connector, indent = stack.pop()
+        rows.append((node, connector))
+        kids = children.get(key(node), [])
+        for i, child in reversed(list(enumerate(kids))):
+            last = i == len(kids) - 1
+            stack.append(
+                (child, indent + ("└─" if last else "├─"), indent + ("  " if last else "│ "))
+            )
+    return rows

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import humanize
-
 from .errors import UsageError
 
 _UNITS = {
@@ -39,7 +37,13 @@ def parse_size(text: str) -> int:
 
 
 def format_size(n: int | float) -> str:
-    return str(humanize.naturalsize(n, binary=True, format="%.1f"))
+    """1536 -> '1.5 KiB', 0 -> '0 B': the one size format of every front end."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
 
 
 def format_rate(bytes_per_second: float) -> str:

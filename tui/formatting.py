@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from rich.text import Text
 
 from lamina.backend.display import printable, printable_lines
+from lamina.backend.units import format_size
 
 __all__ = ["printable", "printable_lines", "shown"]
 
@@ -21,13 +22,8 @@ def shown(value: str | bytes | None, style: str = "") -> Text:
 
 
 def size(n: int | float) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    """1536 -> '1.5 KiB': the backend's one size format (the CLI and the server use it too)."""
+    return format_size(n)
 
 
 def rate(bytes_per_second: float) -> str:

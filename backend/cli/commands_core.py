@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..display import printable
+from ..display import printable, tree_rows
 from ..errors import UsageError
 from ..service import (
     PointInfo,
@@ -225,14 +225,30 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.json:
         print_json([p.as_json() for p in chain])
         return 0
-    print(f"chain of {chain[0].id} ({chain[0].volume}), newest first, {len(chain)} points:")
-    for depth, p in enumerate(chain):
+    newest = chain[0]
+    print(
+        f"chain of {printable(newest.id)} ({printable(str(newest.volume))}), {len(chain)} points, "
+        "each under its parent:"
+    )
+    rows = tree_rows(
+        chain, key=lambda p: p.id, parent=lambda p: p.parent, order=lambda p: p.created
+    )
+    cells = [
+        (f"{connector}{'●' if p.kind == 'full' else '○'} {printable(p.id)}", p)
+        for p, connector in rows
+    ]
+    width = max(len(cell) for cell, _ in cells)
+    print(
+        f"  {'POINT':<{width}}  {'CREATED (UTC)':<19}  {'KIND':<11}  {'READ':>10}  {'CHANGED':>8}  "
+        f"{'STORED':>10}"
+    )
+    for cell, p in cells:
         s = p.stats
         changed = s.get("bytes_read", 0) / p.capacity * 100 if p.capacity else 0
         print(
-            f"  {'└─ ' if depth else ''}{p.id}  {p.created[:19].replace('T', ' ')}  {p.kind:<11} "
-            f"read {format_size(s.get('bytes_read', 0))} ({changed:.2f}% of volume), "
-            f"stored {format_size(s.get('bytes_stored', 0))}"
+            f"  {cell:<{width}}  {printable(p.created[:19]).replace('T', ' '):<19}  "
+            f"{printable(p.kind):<11}  {format_size(s.get('bytes_read', 0)):>10}  "
+            f"{changed:>7.2f}%  {format_size(s.get('bytes_stored', 0)):>10}"
         )
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,12 @@ def test_backup_points_chain_restore_verify(tmp_path: Path) -> None:
     assert first["id"] in human and second["id"] in human
     chain = json.loads(lamina("chain", "--repo", repo, second["id"][:6], "--json").stdout)
     assert [p["id"] for p in chain] == [second["id"], first["id"]]
+    # The human chain draws each point under its parent, the columns aligned.
+    tree = lamina("chain", "--repo", repo, second["id"]).stdout.splitlines()
+    assert tree[2].startswith(f"  ● {first['id']}  ")
+    assert tree[3].startswith(f"  └─○ {second['id']}  ")
+    created = [re.search(r"\d{4}-\d\d-\d\d \d\d:", line).start() for line in tree[2:]]  # type: ignore[union-attr]
+    assert len(set(created)) == 1 and tree[1].index("CREATED") == created[0]
     out = tmp_path / "out.img"
     lamina("restore", "--repo", repo, second["id"], str(out))
     assert sha256_file(out) == sha256_file(vol)

@@ -49,7 +49,7 @@ def _point(id: str, parent: str | None, created: str) -> Point:
                  100, 0, 0, 0, 0, 0, 0.0, "", None, "")  # fmt: skip
 
 
-def test_chain_rows_put_each_full_point_above_its_incrementals() -> None:
+def test_chain_rows_draw_each_point_under_its_own_parent() -> None:
     points = [
         _point("a", None, "2026-03-01T00:00:00Z"),
         _point("b", "a", "2026-03-02T00:00:00Z"),
@@ -62,8 +62,16 @@ def test_chain_rows_put_each_full_point_above_its_incrementals() -> None:
     assert rows == [
         ("f", "◌"),
         ("d", "●"),
-        ("e", "└─"),
+        ("e", "└─○"),
         ("a", "●"),
-        ("b", "├─"),
-        ("c", "└─"),
+        ("b", "└─○"),  # each the parent of the next: a staircase, not siblings
+        ("c", "  └─○"),
+    ]
+    # Two incrementals built on the same parent are siblings.
+    forked = [*points[:3], _point("b2", "a", "2026-03-02T12:00:00Z")]
+    assert [(p.id, glyph) for p, glyph in chain_rows(forked)] == [
+        ("a", "●"),
+        ("b", "├─○"),
+        ("c", "│ └─○"),
+        ("b2", "└─○"),
     ]

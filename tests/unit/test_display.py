@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.backend.display import printable, printable_lines
+from lamina.backend.display import printable, printable_lines, tree_rows
 
 HOSTILE = [
     ("clear\x1b[2Jscreen", "clear\\x1b[2Jscreen"),  # CSI: erase the display
@@ -53,3 +53,26 @@ def test_keep_lets_chosen_controls_through() -> None:
 def test_a_preview_keeps_its_lines_and_nothing_else() -> None:
     text = b"first\r\n\x1b[31mred\x1b[0m\tend\rover\x0cfeed\n\xff"
     assert printable_lines(text) == "first\n\\x1b[31mred\\x1b[0m      end\\rover\\x0cfeed\n\\xff"
+
+
+def test_a_long_chain_is_a_staircase_without_recursion() -> None:
+    chain = [(f"p{i}", f"p{i - 1}" if i else None) for i in range(5000)]
+    rows = tree_rows(
+        chain, key=lambda p: p[0], parent=lambda p: p[1], order=lambda p: int(p[0][1:])
+    )
+    assert [node[0] for node, _ in rows] == [p[0] for p in chain]
+    assert rows[0][1] == "" and rows[1][1] == "└─" and rows[3][1] == "    └─"
+
+
+def test_one_size_format_for_every_front_end() -> None:
+    from lamina.backend.units import format_size
+    from lamina.tui.formatting import size
+
+    for n, text in [
+        (0, "0 B"),
+        (1, "1 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (3 * 2**30, "3.0 GiB"),
+    ]:
+        assert format_size(n) == size(n) == text

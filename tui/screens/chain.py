@@ -15,6 +15,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
+from lamina.backend.display import tree_rows
+
 from .. import formatting as fmt
 from ..client import JobView, Point, Volume
 from ..formatting import shown
@@ -32,30 +34,22 @@ VERIFY_STYLES = {
 
 
 def chain_rows(points: list[Point]) -> list[tuple[Point, str]]:
-    """Points in tree order with their tree glyphs: each full point, then its incrementals.
+    """Points in tree order with their tree glyphs: each point one level under its parent.
 
-    Newest chain first; inside a chain, oldest first, so the tree reads down from the full
-    point through the incrementals built on it.
+    Newest chain first; under each point the points built on it, oldest first. A full
+    point is ●, an incremental ○, and ◌ an incremental whose parent is not listed.
     """
-    children: dict[str | None, list[Point]] = {}
-    ids = {p.id for p in points}
-    for p in sorted(points, key=lambda p: p.created):
-        parent = p.parent if p.parent in ids else None
-        children.setdefault(parent, []).append(p)
-    roots = children.get(None, [])
-    rows: list[tuple[Point, str]] = []
-    for root in sorted(roots, key=lambda p: p.created, reverse=True):
-        rows.append((root, "●" if root.kind == "full" else "◌"))
-        descendants: list[Point] = []
-        stack = list(reversed(children.get(root.id, [])))
-        while stack:
-            point = stack.pop()
-            descendants.append(point)
-            stack.extend(reversed(children.get(point.id, [])))
-        descendants.sort(key=lambda p: p.created)
-        for i, point in enumerate(descendants):
-            rows.append((point, "└─" if i == len(descendants) - 1 else "├─"))
-    return rows
+    rows = tree_rows(
+        points, key=lambda p: p.id, parent=lambda p: p.parent, order=lambda p: p.created
+    )
+    out: list[tuple[Point, str]] = []
+    for point, connector in rows:
+        if point.kind == "full":
+            marker = "●"
+        else:
+            marker = "○" if connector else "◌"
+        out.append((point, connector + marker))
+    return out
 
 
 def verify_cell(state: str) -> Text:
