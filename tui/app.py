@@ -118,6 +118,10 @@ class LaminaApp(App[None]):
             self.post_message(ActionFailed("open the repository", plain_error(e)))
             return
         label = summary.url + ("  (encrypted)" if summary.encrypted else "")
+        if summary.server:  # the header says when the repository is a server's
+            label = f"{summary.url} via server {summary.server}" + (
+                "  (encrypted)" if summary.encrypted else ""
+            )
         self.call_from_thread(self._started, label, capabilities, jobs)
         for view in jobs:
             if not view.finished:
@@ -296,6 +300,13 @@ class LaminaApp(App[None]):
             cluster = argument.strip() or self.last_cluster()
             if not cluster:
                 self.notify("which cluster? :volumes CLUSTER", severity="warning")
+                return
+            base = self.screen_stack[0]
+            known = [c.name for c in base.items] if isinstance(base, ClustersScreen) else []
+            if known and cluster not in known:
+                self.notify(
+                    f"no cluster {cluster!r}: try {', '.join(known)}", severity="warning", timeout=5
+                )
                 return
             self._to_base()
             self.push_screen(VolumesScreen(cluster))

@@ -45,6 +45,7 @@ class RepositorySummary:
     id: str
     encrypted: bool
     compression: str
+    server: str | None = None  # the lamina server the repository is reached through
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,9 @@ class GrpcClient:
 
     def repository(self) -> RepositorySummary:
         info = self.api.info()
-        return RepositorySummary(info.url, info.id, info.encrypted, info.compression)
+        return RepositorySummary(
+            info.url, info.id, info.encrypted, info.compression, server=self.api.address
+        )
 
     def capabilities(self) -> Capabilities:
         c = self.api.server_info().capabilities

@@ -10,11 +10,12 @@ from rich.text import Text
 from textual import on
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 
 from ..client import JobView, LaminaClient, LaminaError
 from ..messages import ActionFailed, JobsUpdated
 from ..widgets.bars import TopBar
+from ..widgets.footer import KeyFooter
 from ..widgets.jobs import JobStrip
 from ..widgets.table import LaminaTable
 
@@ -60,7 +61,7 @@ class LaminaScreen(Screen[None]):
 
     def compose_bottom(self) -> Iterable[Any]:
         yield JobStrip(id="job-strip")
-        yield Footer()
+        yield KeyFooter()
 
     def on_screen_resume(self) -> None:
         self._show_jobs()

@@ -64,6 +64,7 @@ class ChainScreen(LaminaScreen):
         Binding("V", "verify_deep", "Deep verify", id="chain.verify-deep", show=False),
         Binding("r", "restore", "Restore", id="chain.restore"),
         Binding("m", "mount", "Mount", id="chain.mount"),
+        Binding("m", "unmount", "Unmount", id="chain.unmount"),
         Binding("d", "delete", "Delete", id="chain.delete"),
         Binding("p", "protect", "Protect", id="chain.protect", show=False),
         Binding("b", "backup", "Back up", id="chain.backup"),
@@ -131,8 +132,13 @@ class ChainScreen(LaminaScreen):
         caps = self.lamina.capabilities
         if action == "browse" and not caps.browse:
             return False
-        if action == "mount" and not caps.mount:
-            return False
+        if action in ("mount", "unmount"):
+            # One key, labelled for what it does to the point under the cursor.
+            if not caps.mount:
+                return False
+            point = self.current_point()
+            mounted = point is not None and point.id in self.mounts
+            return mounted if action == "unmount" else not mounted
         if action == "delete" and not caps.delete:
             return False
         if action == "protect" and not caps.protect:
@@ -155,6 +161,7 @@ class ChainScreen(LaminaScreen):
     @on(MountsChanged)
     def _mounts_changed(self, message: MountsChanged) -> None:
         self.mounts = message.mounts
+        self.refresh_bindings()
 
     @on(PointsLoaded)
     def _loaded(self, message: PointsLoaded) -> None:
@@ -203,6 +210,7 @@ class ChainScreen(LaminaScreen):
     @on(DataTable.RowHighlighted, "#points")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_detail(self.current_point())
+        self.refresh_bindings()  # m mounts or unmounts the point under the cursor
 
     @on(DataTable.RowSelected, "#points")
     def _selected(self, event: DataTable.RowSelected) -> None:
@@ -332,12 +340,32 @@ class ChainScreen(LaminaScreen):
             restore,
         )
 
+    def action_unmount(self) -> None:
+        point = self._point_or_warn()
+        if point is None or point.id not in self.mounts:
+            return
+        where = self.mounts[point.id]
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.unmount_point(point.id)
+
+        self.app.push_screen(
+            ConfirmScreen(
+                f"Unmount point {point.id} from {where}?",
+                "Programs still reading files under it lose them.",
+                confirm_label="Unmount",
+                cancel_label="Keep mounted",
+            ),
+            answer,
+        )
+
     def action_mount(self) -> None:
         point = self._point_or_warn()
         if point is None:
             return
         if point.id in self.mounts:
-            self.unmount_point(point.id)
+            self.action_unmount()
             return
         suggestion = os.path.join(self.lamina.work_dir, f"mnt-{point.id[:8]}")
 
@@ -357,8 +385,12 @@ class ChainScreen(LaminaScreen):
 
     @work(thread=True, group="mount")
     def unmount_point(self, point_id: str) -> None:
-        if self.call_safely(f"unmount {point_id}", lambda: self.client.unmount(point_id)) is None:
-            pass
+        def unmount() -> bool:
+            self.client.unmount(point_id)
+            return True
+
+        if self.call_safely(f"unmount {point_id}", unmount):
+            self.app.call_from_thread(self.notify, f"point {point_id} unmounted")
         self.post_message(MountsChanged(self.client.mounts()))
         self.load()
 

@@ -11,15 +11,15 @@ from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Static, Tree
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from .. import formatting as fmt
 from ..client import FileEntry, Point
 from ..formatting import shown
 from ..messages import FilesLoaded, PreviewLoaded
-from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label
+from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label, header_label
 from .base import LaminaScreen, plain_error
 from .dialogs import PromptScreen
 
@@ -48,6 +48,7 @@ def preview_text(data: bytes, size: int) -> Text:
 class FilesScreen(LaminaScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("x", "extract", "Extract", id="files.extract"),
+        Binding("slash", "filter", "Filter", id="files.filter", key_display="/"),
         Binding("u", "clear_marks", "Unmark all", id="files.unmark", show=False),
     ]
 
@@ -59,6 +60,8 @@ class FilesScreen(LaminaScreen):
         self.marked: dict[str, FileEntry] = {}
         self.loaded: set[str] = set()
         self.nodes: dict[str, TreeNode[FileEntry]] = {}
+        self.entries: dict[str, list[FileEntry]] = {}  # each loaded folder's entries
+        self.filter_text = ""
         self.root_loaded = False
 
     def crumbs(self) -> list[str]:
@@ -74,7 +77,12 @@ class FilesScreen(LaminaScreen):
             )
             tree.show_root = False
             tree.guide_depth = GUIDE_WIDTH
-            yield tree
+            with Vertical(id="files-left"):
+                yield Input(
+                    placeholder="filter names…  (enter keeps it, esc clears it)", id="filter"
+                )
+                yield Static(header_label(), id="file-header")
+                yield tree
             with VerticalScroll(id="file-detail"):
                 yield Static(id="file-info")
                 yield Static(id="file-preview")
@@ -129,25 +137,104 @@ class FilesScreen(LaminaScreen):
         if node is not tree.root and entry is not None:
             node.set_label(entry_label(entry, self.depth(entry.path), entry.path in self.marked))
         self.loaded.add(message.path)
-        node.remove_children()
-        depth = 0 if node is tree.root else self.depth(message.path) + 1
-        order = sorted(message.entries, key=lambda e: (e.kind != "dir", e.name))
-        for entry in order:
-            label = entry_label(entry, depth, entry.path in self.marked)
-            if entry.kind == "dir":
-                child = node.add(label, data=entry, allow_expand=True)
-            else:
-                child = node.add_leaf(label, data=entry)
-            self.nodes[entry.path] = child
+        self.entries[message.path] = sorted(
+            message.entries, key=lambda e: (e.kind != "dir", e.name)
+        )
+        self.fill(node, message.path, set())
         if node is tree.root:
             self.root_loaded = True
-            if order and tree.cursor_node is None:
+            if node.children and tree.cursor_node is None:
                 tree.move_cursor(node.children[0])
-            if not order:
+            if not message.entries:
                 self.query_one("#file-info", Static).update(
                     Text("this point's filesystem is empty", style="dim")
                 )
         node.expand()
+
+    def fill(self, node: TreeNode[FileEntry], folder: str, expanded: set[str]) -> None:
+        """Put the shown entries of a loaded folder under its node, and of loaded subfolders
+        that were open under theirs."""
+        node.remove_children()
+        depth = 0 if folder == "/" else self.depth(folder) + 1
+        for entry in self.shown_entries(folder):
+            label = entry_label(entry, depth, entry.path in self.marked)
+            if entry.kind == "dir":
+                child = node.add(label, data=entry, allow_expand=True)
+                if entry.path in self.entries:
+                    self.fill(child, entry.path, expanded)
+                    if entry.path in expanded:
+                        child.expand()
+            else:
+                child = node.add_leaf(label, data=entry)
+            self.nodes[entry.path] = child
+
+    def shown_entries(self, folder: str) -> list[FileEntry]:
+        """A folder's entries that the filter lets through: names holding the text, and
+        folders with such a name somewhere below (among the folders loaded so far)."""
+        entries = self.entries.get(folder, [])
+        if not self.filter_text:
+            return entries
+        needle = self.filter_text.lower()
+
+        def matches(entry: FileEntry) -> bool:
+            if needle in entry.name.lower():
+                return True
+            return entry.kind == "dir" and any(matches(e) for e in self.entries.get(entry.path, []))
+
+        return [e for e in entries if matches(e)]
+
+    def redraw_tree(self) -> None:
+        tree = self.file_tree
+        cursor = tree.cursor_node.data.path if tree.cursor_node and tree.cursor_node.data else None
+        expanded = {path for path, node in self.nodes.items() if node.is_expanded}
+        self.nodes = {"/": tree.root}
+        self.fill(tree.root, "/", expanded)
+        target = self.nodes.get(cursor) if cursor else None
+        if target is None and tree.root.children:
+            target = tree.root.children[0]
+        if target is not None:
+            tree.move_cursor(target)
+
+    # ------------------------------------------------------------------ filter
+
+    @property
+    def filter_input(self) -> Input:
+        return self.query_one("#filter", Input)
+
+    def action_filter(self) -> None:
+        box = self.filter_input
+        box.add_class("-open")
+        box.focus()
+        self.refresh_bindings()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.redraw_tree()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            self.filter_input.remove_class("-open")
+        self.file_tree.focus()
+        self.refresh_bindings()
+
+    def can_go_back(self) -> bool:
+        return (
+            bool(self.filter_text) or self.filter_input.has_class("-open") or super().can_go_back()
+        )
+
+    def action_back(self) -> None:
+        box = self.filter_input
+        if box.has_focus or self.filter_text:
+            box.value = ""
+            box.remove_class("-open")
+            self.filter_text = ""
+            self.redraw_tree()
+            self.file_tree.focus()
+            self.refresh_bindings()
+            return
+        super().action_back()
 
     @staticmethod
     def depth(path: str) -> int:

@@ -20,6 +20,13 @@ EXPANDER_WIDTH = 2  # the ▶/▼ in front of a folder
 ICONS = {"dir": "▸", "file": " ", "symlink": "↪", "other": "?"}
 
 
+def header_label() -> Text:
+    """The column names above the tree, over the columns entry_label draws."""
+    # Names start after the expander and the mark column; sizes end where entry_label's do.
+    name = " " * (EXPANDER_WIDTH + 2) + "NAME"
+    return Text(f"{name:<{NAME_WIDTH}}{'SIZE':>10}  MODIFIED (UTC)", style="bold", no_wrap=True)
+
+
 def entry_label(entry: FileEntry, depth: int, marked: bool) -> Text:
     label = Text(no_wrap=True, overflow="ellipsis")
     label.append("✔ " if marked else "  ", style="bold magenta")
