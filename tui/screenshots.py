@@ -138,7 +138,7 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
     def save(name: str) -> None:
         saved.append(Path(app.save_screenshot(f"{name}.svg", path=str(out))))
 
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         screen = app.screen
         await _until(
             pilot, "the clusters", lambda: isinstance(screen, ClustersScreen) and screen.checks
@@ -153,8 +153,13 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
             lambda: isinstance(app.screen, VolumesScreen) and app.screen.loaded,
         )
         await pilot.press("b")  # back up db/pg-data (the first row) and photograph it running
-        await _until(
-            pilot, "the running backup", lambda: any(v.read > 0 for v in app.job_views.values())
+        await _until(  # the bar under the table is part way, with its rate and ETA
+            pilot,
+            "the running backup",
+            lambda: any(
+                v.phase == "backing up" and 0.05 < (v.fraction or 0) < 0.6 and v.eta
+                for v in app.job_views.values()
+            ),
         )
         await pilot.pause(0.3)
         save("volumes")
@@ -164,6 +169,9 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
             lambda: all(v.finished for v in app.job_views.values()),
             120,
         )
+        await _until(pilot, "the notification", lambda: bool(app._notifications))
+        await pilot.pause(0.5)
+        save("notification")  # the finished backup says which point it made
 
         await pilot.press("down", "down", "enter")  # db/pg-wal, then demo/app-data
         await _until(

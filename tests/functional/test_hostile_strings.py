@@ -165,7 +165,7 @@ async def test_the_file_browser_shows_hostile_names_and_contents_escaped(
 async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostile) -> None:
     with hostile_server(hostile.service) as address:
         app = make_app(GrpcClient(ApiClient(address)))
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=SIZE, notifications=True) as pilot:
             await until(pilot, lambda: app.started)
             home = app.screen
             await until(pilot, lambda: len(getattr(home, "checks", {})) >= 1)
@@ -180,14 +180,18 @@ async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostil
 
             app.start_job("verify", lambda: app.client.start_verify(hostile.point))
             await until(pilot, lambda: any(v.finished for v in app.job_views.values()))
+            # The notification of the finished job quotes the server's summary.
+            await until(pilot, lambda: "verify done" in screen_text(app))
+            toast = screen_text(app)
             jobs = JobsScreen()
             await app.push_screen(jobs)
             await until(pilot, lambda: bool(jobs.items))
             await pilot.pause()
             job_list = screen_text(app)
 
-    for text in (clusters, volume_list, job_list):
+    for text in (clusters, volume_list, toast, job_list):
         assert unsafe_characters(text) == [], text
+    assert "evil\\x1b[2J" in toast
     # The header, the cluster table and its detail line each show the reply, escaped;
     # a table cell holding '[bold red]' is text, not markup.
     assert "evil\\x1b[2J" in clusters and "[bold red]loud" in clusters

@@ -175,7 +175,7 @@ JOBS = [
         "verify",
         "verify point 2f6e8d1b0c9a7345 (deep)",
         "failed",
-        phase="reading pieces",
+        phase="failed",
         done=2 * MIB,
         total=3 * MIB,
         read=2 * MIB,

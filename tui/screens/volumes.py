@@ -14,7 +14,7 @@ from .. import formatting as fmt
 from ..client import JobView, Volume
 from ..formatting import shown
 from ..messages import VolumesLoaded
-from ..widgets.jobs import PHASE_WIDTH, progress_cell
+from ..widgets.jobs import PHASE_WIDTH
 from .base import Column, TableScreen
 
 
@@ -93,7 +93,7 @@ class VolumesScreen(TableScreen[Volume]):
                 lambda v: Text(fmt.size(v.stored), justify="right"),
                 lambda v: v.stored,
             ),
-            Column("job", "JOB", lambda v: self._job_cell(v), width=PHASE_WIDTH + 14),
+            Column("job", "JOB", lambda v: self._job_cell(v), width=PHASE_WIDTH + 7),
         ]
 
     def crumbs(self) -> list[str]:
@@ -130,12 +130,13 @@ class VolumesScreen(TableScreen[Volume]):
         return Text("✔", style="bold magenta") if v.key in self.marked else Text("")
 
     def _job_cell(self, v: Volume) -> Text:
+        """The volume's running job: its whole phase and how far it is (the strip has more)."""
         view = self.running_job_for(volume=v.key)
         if view is None:
             return Text("")
-        phase = fmt.printable(view.phase or view.state)[:PHASE_WIDTH]
-        cell = Text(phase.ljust(PHASE_WIDTH + 1), style="italic")
-        cell.append_text(progress_cell(view, 6))
+        cell = Text(fmt.printable(view.phase or view.state)[:PHASE_WIDTH], style="italic")
+        if view.fraction is not None:
+            cell.append(f" {fmt.percent(view.fraction):>6}", style="cyan")
         return cell
 
     # ------------------------------------------------------------------ loading
