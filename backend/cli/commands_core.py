@@ -261,7 +261,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 0
     rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
     print(
-        f"restored point {result['point']} to {result['target']}: {format_size(result['capacity'])} volume, "
+        f"restored point {printable(result['point'])} to {printable(result['target'])}: "
+        f"{format_size(result['capacity'])} volume, "
         f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
         f"({format_rate(rate)}); every piece and the image digest checked"
     )

@@ -322,7 +322,9 @@ class ChainScreen(LaminaScreen):
         point = self._point_or_warn()
         if point is None:
             return
-        suggestion = os.path.join(self.lamina.work_dir, f"{self.volume.name}-{point.id[:8]}.img")
+        suggestion = os.path.join(
+            self.lamina.work_dir, fmt.printable(f"{self.volume.name}-{point.id[:8]}.img")
+        )
 
         def restore(target: str | None) -> None:
             if target:
@@ -367,7 +369,7 @@ class ChainScreen(LaminaScreen):
         if point.id in self.mounts:
             self.action_unmount()
             return
-        suggestion = os.path.join(self.lamina.work_dir, f"mnt-{point.id[:8]}")
+        suggestion = os.path.join(self.lamina.work_dir, fmt.printable(f"mnt-{point.id[:8]}"))
 
         def mount(target: str | None) -> None:
             if target:

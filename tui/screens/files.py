@@ -330,7 +330,9 @@ class FilesScreen(LaminaScreen):
                 self.notify("mark files or folders with space first", severity="warning")
                 return
             paths = [node.data.path]
-        suggestion = os.path.join(self.lamina.work_dir, f"extract-{self.point.id[:8]}")
+        suggestion = os.path.join(
+            self.lamina.work_dir, fmt.printable(f"extract-{self.point.id[:8]}")
+        )
         what = f"{len(paths)} item(s)" if len(paths) > 1 else paths[0]
 
         def extract(target: str | None) -> None:

@@ -68,9 +68,9 @@ def progress_cell(view: JobView, width: int = 12) -> Text:
         fraction = 1.0
     text = Text()
     if fraction is None:  # a streamed range list: the total is not known yet
-        text.append(
-            f"{amount_text(view):>{width + 7}}", style=STATE_COLORS.get(view.state, "white")
-        )
+        # Nothing counted yet (taking a snapshot): the phase says it all, not "0 B".
+        amount = amount_text(view) if view.done or view.finished else ""
+        text.append(f"{amount:>{width + 7}}", style=STATE_COLORS.get(view.state, "white"))
         return text
     text.append(fmt.bar(fraction, width), style=STATE_COLORS.get(view.state, "white"))
     text.append(f" {fmt.percent(fraction):>6}")
