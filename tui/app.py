@@ -118,10 +118,8 @@ class LaminaApp(App[None]):
             self.post_message(ActionFailed("open the repository", plain_error(e)))
             return
         label = summary.url + ("  (encrypted)" if summary.encrypted else "")
-        if summary.server:  # the header says when the repository is a server's
-            label = f"{summary.url} via server {summary.server}" + (
-                "  (encrypted)" if summary.encrypted else ""
-            )
+        if summary.server:  # the header says when the repository is a server's, first
+            label = f"server {summary.server}: {label}"
         self.call_from_thread(self._started, label, capabilities, jobs)
         for view in jobs:
             if not view.finished:

@@ -43,7 +43,9 @@ def shown_rate(view: JobView) -> float | None:
 
 def rate_text(view: JobView) -> str:
     rate = shown_rate(view)
-    return "-" if rate is None else fmt.rate(rate)
+    if rate is None or (not view.finished and not view.done):
+        return "-"  # counting items, or nothing counted yet (taking a snapshot)
+    return fmt.rate(rate)
 
 
 def amount_text(view: JobView) -> str:
