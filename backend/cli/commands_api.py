@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..service import Service, read_password_file
 from ..units import format_size
 from .commands_files import parse_duration
-from .common import add_repo_args, elapsed, print_json
+from .common import PrintableFormatter, add_repo_args, elapsed, print_json
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -230,7 +230,7 @@ def _setup_logging(log_file: str | None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s lamina serve: %(message)s"))
+    handler.setFormatter(PrintableFormatter("%(asctime)s lamina serve: %(message)s"))
     root = logging.getLogger("lamina")
     root.addHandler(handler)
     root.setLevel(logging.INFO)

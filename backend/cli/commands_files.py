@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from ..display import printable
 from ..errors import LaminaError, UsageError
 from ..units import format_size, parse_size
-from .common import add_repo_args, elapsed, open_service, print_json, run_job
+from .common import (
+    PrintableFormatter,
+    add_repo_args,
+    elapsed,
+    open_service,
+    print_json,
+    run_job,
+)
 
 if TYPE_CHECKING:
     from ..extract import ExtractReport
@@ -104,7 +111,7 @@ def _setup_logging(log_file: str | None, daemon: bool) -> None:
         handler = logging.NullHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s lamina mount: %(levelname)s %(message)s"))
+    handler.setFormatter(PrintableFormatter("%(asctime)s lamina mount: %(levelname)s %(message)s"))
     root = logging.getLogger("lamina")
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -54,6 +55,14 @@ class PrintableOutput:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines quote paths, names and requests: escaped like everything else shown
+    (a traceback keeps its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep="\n")
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

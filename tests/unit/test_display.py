@@ -76,3 +76,28 @@ def test_one_size_format_for_every_front_end() -> None:
         (3 * 2**30, "3.0 GiB"),
     ]:
         assert format_size(n) == size(n) == text
+
+
+def test_log_lines_are_escaped_and_keep_their_lines() -> None:
+    import logging
+
+    from lamina.backend.cli.common import PrintableFormatter
+
+    record = logging.LogRecord(
+        "lamina", logging.INFO, __file__, 1, "read %s", ("a\x1b]0;x\x07",), None
+    )
+    assert PrintableFormatter("%(message)s").format(record) == "read a\\x1b]0;x\\x07"
+    record.exc_text = "Traceback\n  line"
+    assert PrintableFormatter("%(message)s").format(record).endswith("\nTraceback\n  line")
+
+
+def test_the_cli_stdout_lets_only_visible_text_newlines_and_tabs_through() -> None:
+    import io
+
+    from lamina.backend.cli.common import PrintableOutput
+
+    sink = io.StringIO()
+    out = PrintableOutput(sink)
+    assert out.write("name\x1b[2J\u202e\n\tnext\r") == len("name\x1b[2J\u202e\n\tnext\r")
+    assert sink.getvalue() == "name\\x1b[2J\\u202e\n\tnext\\r"
+    assert out.isatty() is False  # everything else is the stream's
