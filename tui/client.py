@@ -483,6 +483,9 @@ class InProcessClient:
     def _view(self, job: Job) -> JobView:
         with self._lock:
             volume, point = self._job_subjects.get(job.id, (None, None))
+        if volume is None and isinstance(job.result, PointInfo):  # a backup from before the UI
+            v = job.result.volume
+            volume = volume_key(v.cluster, v.namespace, v.name)
         p = job.progress
         summary, made = _summary(job) if job.done else ("", None)
         return JobView(
