@@ -143,8 +143,6 @@ async def test_the_footer_fits_80_columns_or_says_keys_are_left_out(
 async def test_the_mount_key_follows_the_state_and_unmount_is_confirmed(
     world: World, tmp_path: Path
 ) -> None:
-    if world.server_address is not None:
-        pytest.skip("the server mounts on its own machine; tested in test_api_lifecycle.py")
     if shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
         pytest.fail("FUSE is missing (fusermount3); `make test` installs it")
     app = world.app()
