@@ -239,6 +239,16 @@ class TableScreen(LaminaScreen, Generic[T]):
 
     # ------------------------------------------------------------------ actions
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open":
+            # enter opens the row (a priority key, so that the footer and the help show it,
+            # which the table's own enter would hide); in the filter box it keeps the filter.
+            try:
+                return self.table.has_focus
+            except Exception:  # not composed yet
+                return False
+        return super().check_action(action, parameters)
+
     def action_filter(self) -> None:
         box = self.filter_input
         box.add_class("-open")

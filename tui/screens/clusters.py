@@ -26,7 +26,7 @@ def _status(check: ClusterCheck | None) -> Text:
 
 class ClustersScreen(TableScreen[Cluster]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Volumes", id="clusters.open", key_display="enter"),
+        Binding("enter", "open", "Volumes", id="clusters.open", key_display="enter", priority=True),
         Binding("ctrl+r", "refresh", "Check again", id="clusters.refresh"),
     ]
 

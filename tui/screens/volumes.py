@@ -33,7 +33,7 @@ def _name(v: Volume) -> Text:
 
 class VolumesScreen(TableScreen[Volume]):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Chain", id="volumes.open", key_display="enter"),
+        Binding("enter", "open", "Chain", id="volumes.open", key_display="enter", priority=True),
         Binding("b", "backup", "Back up", id="volumes.backup"),
         Binding("space", "mark", "Mark", id="volumes.mark", key_display="space"),
         Binding("c", "cancel", "Cancel job", id="volumes.cancel"),
