@@ -159,7 +159,7 @@ def backup(
             total: int | None = sum(r[1] for r in ranges)
         else:
             tracker.set_phase("listing ranges")
-            ranges, total = _with_total(ranges)
+            ranges, total = _with_total(ranges, cancelled)
         tracker.set_phase("backing up", total)
         extents, stats = _run_pipeline(
             repo, fd, ranges, capacity, parent_cells, tracker, cancelled, threads
@@ -257,10 +257,16 @@ def _plan(
 RANGES_FOR_A_TOTAL = 100_000
 
 
-def _with_total(ranges: Iterable[Range]) -> tuple[Iterable[Range], int | None]:
+def _with_total(
+    ranges: Iterable[Range], cancelled: CancelCheck = _never
+) -> tuple[Iterable[Range], int | None]:
     """The ranges again, and their total length when the list is short enough to hold."""
     iterator = iter(ranges)
-    head = list(itertools.islice(iterator, RANGES_FOR_A_TOTAL))
+    head: list[Range] = []
+    for r in itertools.islice(iterator, RANGES_FOR_A_TOTAL):
+        head.append(r)
+        if len(head) % 1024 == 0 and cancelled():
+            raise Cancelled("backup cancelled; no restore point was written")
     if len(head) < RANGES_FOR_A_TOTAL:
         return head, sum(r[1] for r in head)
     return itertools.chain(head, iterator), None
