@@ -60,8 +60,17 @@ class FileTree(Tree[FileEntry], inherit_bindings=False):
             "shift+space", "toggle_expand_all", "Open or close all", show=False, id="files.all"
         ),
         Binding("j", "cursor_down", "Down", show=False, id="files.cursor-down"),
-        Binding("g,home", "scroll_home", "First entry", show=False, id="files.first"),
-        Binding("G,end", "scroll_end", "Last entry", show=False, id="files.last"),
+        Binding(
+            "g,home",
+            "scroll_home",
+            "First entry",
+            show=False,
+            id="files.first",
+            key_display="g/home",
+        ),
+        Binding(
+            "G,end", "scroll_end", "Last entry", show=False, id="files.last", key_display="G/end"
+        ),
         Binding("pageup", "page_up", "Page up", show=False, id="files.page-up"),
         Binding("pagedown", "page_down", "Page down", show=False, id="files.page-down"),
         Binding("k", "cursor_up", "Up", show=False, id="files.cursor-up"),

@@ -13,6 +13,10 @@ class LaminaTable(DataTable[Any]):
     End scroll sideways, which a row cursor never wants)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("g,home", "scroll_top", "First row", show=False, id="table.first"),
-        Binding("G,end", "scroll_bottom", "Last row", show=False, id="table.last"),
+        Binding(
+            "g,home", "scroll_top", "First row", show=False, id="table.first", key_display="g/home"
+        ),
+        Binding(
+            "G,end", "scroll_bottom", "Last row", show=False, id="table.last", key_display="G/end"
+        ),
     ]
