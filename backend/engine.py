@@ -123,8 +123,12 @@ def backup(
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Point:
     """Back up ``request.source`` and return the new restore point.
+
+    ``before_commit`` runs just before the manifest is written (the service checks there
+    that its lock is still held, so every piece deduplicated against still exists).
 
     Nothing becomes visible until the manifest is written, which is the last step: a crash or a
     cancel at any moment leaves the repository with every earlier point intact.
@@ -186,6 +190,8 @@ def backup(
         stats["requests"] = repo.counter.requests - requests_before + 2
         stats["duration_seconds"] = round(time.monotonic() - started, 3)
         manifest["stats"] = stats
+        if before_commit is not None:
+            before_commit()
         point = repo.save_point(manifest, extents)
         tracker.finish(f"point {point_id}")
         return point
@@ -619,23 +625,34 @@ def verify(
         tracker.add(1)
     entries: list[PieceEntry] = []
     repo.refresh_index()
-    for piece_id, where in needed.items():
+
+    def name_every_point(piece_id: bytes, problem: str) -> list[str]:
+        """One line per point that reads the piece: every affected point is named."""
+        by_point: dict[str, list[int]] = {}
+        for point_id, offset in needed[piece_id]:
+            by_point.setdefault(point_id, []).append(offset)
+        lines = []
+        for point_id, offsets in by_point.items():
+            more = f" and {len(offsets) - 1} more" if len(offsets) > 1 else ""
+            lines.append(f"point {point_id}: {problem} (volume offset {offsets[0]}{more})")
+        return lines
+
+    for piece_id in needed:
         entry = repo.index.get(piece_id)
-        point_id, offset = where[0]
         if entry is None:
-            report.problems.append(
-                f"point {point_id}: piece {piece_id.hex()[:16]} at volume offset {offset} is not in the index"
+            report.problems += name_every_point(
+                piece_id, f"piece {piece_id.hex()[:16]} is not in the index"
             )
             continue
         size = packs.get(entry.pack_id)
         if size is None:
-            report.problems.append(
-                f"point {point_id}: pack {entry.pack_id.hex()} (volume offset {offset}) is missing"
+            report.problems += name_every_point(
+                piece_id, f"pack {entry.pack_id.hex()} is missing"
             )
             continue
         if entry.offset + entry.stored_size > size:
-            report.problems.append(
-                f"point {point_id}: pack {entry.pack_id.hex()} is truncated (volume offset {offset})"
+            report.problems += name_every_point(
+                piece_id, f"pack {entry.pack_id.hex()} is truncated"
             )
             continue
         entries.append(entry)
@@ -650,8 +667,7 @@ def verify(
                 return
             for entry, data in zip(run, repo.read_pack_run(run), strict=True):
                 if isinstance(data, LaminaError):
-                    point_id, offset = needed[entry.piece_id][0]
-                    problems.append(f"point {point_id}: {data} (volume offset {offset})")
+                    problems.extend(name_every_point(entry.piece_id, str(data)))
                 tracker.add(entry.raw_size)
 
         with ThreadPoolExecutor(repo.io_threads) as pool:

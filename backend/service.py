@@ -194,6 +194,11 @@ class _Held:
         if self.lock is not None:
             self.lock.release()
 
+    def check(self) -> None:
+        """Raise unless the lock is still held (a no-op when reading without a lock)."""
+        if self.lock is not None:
+            self.lock.check_held()
+
     def __enter__(self) -> _Held:
         return self
 
@@ -419,11 +424,11 @@ class Service:
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> ImageReader:
         """Random access to a point's volume, fetched lazily (see backend/image.py)."""
-        point = self.repo.find_point(point_ref)
         lock = locks.acquire(
-            self.repo, locks.SHARED, f"read point {point.id}", wait=self.lock_wait, optional=True
+            self.repo, locks.SHARED, f"read point {point_ref}", wait=self.lock_wait, optional=True
         )
         try:
+            point = self.repo.find_point(point_ref)  # under the lock: never a stale view
             reader = ImageReader(
                 self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
             )
@@ -520,12 +525,18 @@ class Service:
         ref = VolumeRef(LOCAL, namespace, name)
 
         def run(job: Job) -> PointInfo:
-            previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
-            base = previous[-1] if previous else None
-            base_handle = base.manifest.get("snapshot_handle") if base else None
             lock = self._lock(job, locks.SHARED, f"backup of {ref}")
-            job._log("taking a snapshot")
-            plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
+            try:
+                previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
+                base = previous[-1] if previous else None
+                base_handle = base.manifest.get("snapshot_handle") if base else None
+                job._log("taking a snapshot")
+                plan = plan_local_backup(
+                    root, namespace, name, base_handle, base.id if base else None
+                )
+            except BaseException:
+                lock.release()
+                raise
             job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
             try:
                 request = BackupRequest(
@@ -543,6 +554,7 @@ class Service:
                     request,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
+                    before_commit=lock.check,
                 )
             finally:
                 plan.close()
@@ -780,12 +792,13 @@ class Service:
         )
 
         def run(job: Job) -> PointInfo:
-            with self._lock(job, locks.SHARED, f"backup of {ref}"):
+            with self._lock(job, locks.SHARED, f"backup of {ref}") as held:
                 point = engine.backup(
                     self.repo,
                     request,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
+                    before_commit=held.check,
                 )
             return PointInfo.of(point)
 
@@ -793,8 +806,8 @@ class Service:
 
     def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
         def run(job: Job) -> dict[str, Any]:
-            point = self.repo.find_point(point_ref)
-            with self._lock(job, locks.SHARED, f"restore of {point.id}", optional=True):
+            with self._lock(job, locks.SHARED, f"restore of {point_ref}", optional=True):
+                point = self.repo.find_point(point_ref)
                 return engine.restore(
                     self.repo,
                     point,
@@ -808,11 +821,12 @@ class Service:
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         def run(job: Job) -> VerifyReport:
-            if point_ref:
-                points = [self.repo.find_point(point_ref)]
-            else:
-                points = self.repo.list_points()
             with self._lock(job, locks.SHARED, "verify", optional=True):
+                # Listed under the lock: a concurrent forget cannot make false problems.
+                if point_ref:
+                    points = [self.repo.find_point(point_ref)]
+                else:
+                    points = self.repo.list_points()
                 return engine.verify(
                     self.repo,
                     points,
