@@ -646,9 +646,7 @@ def verify(
             continue
         size = packs.get(entry.pack_id)
         if size is None:
-            report.problems += name_every_point(
-                piece_id, f"pack {entry.pack_id.hex()} is missing"
-            )
+            report.problems += name_every_point(piece_id, f"pack {entry.pack_id.hex()} is missing")
             continue
         if entry.offset + entry.stored_size > size:
             report.problems += name_every_point(

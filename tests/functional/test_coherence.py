@@ -21,8 +21,8 @@ from lamina.backend.service import JobState, Service, VolumeRef, init_repository
 from lamina.backend.storage import ObjectInfo, Storage, StorageError, open_storage
 from lamina.backend.storage.local import LocalStorage
 from lamina.backend.storage.wrappers import RetryingStorage
-from tests.support.seaweedfs import S3Server
 from tests.support.s3proxy import s3_proxy
+from tests.support.seaweedfs import S3Server
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -69,7 +69,9 @@ def assert_everything_restores(url: str, expected: dict[str, bytes]) -> None:
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def repo_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = (
-        str(tmp_path / "repo") if request.param == "local" else request.getfixturevalue("s3_repo_url")
+        str(tmp_path / "repo")
+        if request.param == "local"
+        else request.getfixturevalue("s3_repo_url")
     )
     init_repository(url, grid_size=GRID)
     return url
@@ -134,7 +136,7 @@ def test_a_prune_after_points_changed_elsewhere_keeps_their_maps(
 def test_verify_lists_the_points_only_once_its_lock_is_held(
     server_and_cli: tuple[Service, Service], repo_url: str, tmp_path: Path
 ) -> None:
-    server, cli = server_and_cli
+    server, _other = server_and_cli
     source = tmp_path / "volume.img"
     tags = list(range(1, CELLS + 1))
     ids = []

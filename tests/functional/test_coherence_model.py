@@ -58,9 +58,10 @@ class LaminaServe:
         token = secrets.token_hex(16)
         token_file = workdir / "token"
         token_file.write_text(token)
+        command = [*LAMINA, "serve", "--repo", url, "--listen", "127.0.0.1:0"]
+        command += ["--token-file", str(token_file), "--grace", "1s"]
         self.proc = subprocess.Popen(
-            [*LAMINA, "serve", "--repo", url, "--listen", "127.0.0.1:0"]
-            + ["--token-file", str(token_file), "--grace", "1s"],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -180,7 +181,9 @@ def machine_for(make_url: object, env: dict[str, str]) -> type[RuleBasedStateMac
                 if then_prune:
                     finished(self.services[actor].start_prune())
 
-        @rule(actor=st.sampled_from(ACTORS), volume=st.sampled_from(VOLUMES), pick=st.integers(0, 9))
+        @rule(
+            actor=st.sampled_from(ACTORS), volume=st.sampled_from(VOLUMES), pick=st.integers(0, 9)
+        )
         def delete(self, actor: str, volume: str, pick: int) -> None:
             ids = self.ids_of(volume)
             if not ids:
@@ -268,4 +271,3 @@ def test_long_lived_processes_beside_cli_processes_lose_nothing_s3(
         return f"s3://{server.create_bucket('model')}/repo"  # type: ignore[attr-defined]
 
     _run(machine_for(make_url, s3_cli_env))
-
