@@ -514,10 +514,10 @@ class Service:
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
                 f"lamina kube datamover --context {cluster} --namespace {namespace} {name} --repo REPO --submit"
             )
+        ref = VolumeRef.of(LOCAL, namespace, name)
         if not self.local_root:
             raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
         root = self.local_root
-        ref = VolumeRef(LOCAL, namespace, name)
 
         def run(job: Job) -> PointInfo:
             previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
@@ -759,7 +759,7 @@ class Service:
         snapshot_handle: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> Job:
-        ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+        ref = volume.checked() if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
         changed: Callable[[], Iterable[Range]] | None
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import LaminaError, SourceError, UsageError
 from ..extents import allocated_ranges
+from ..names import check_name
 from ..repository import utc_now
 
 # _IOW(0x94, 9, int): clone a whole file by sharing its extents (btrfs, xfs with reflink).
@@ -72,6 +73,7 @@ class LocalSnapshot:
 
 
 def check_namespace(namespace: str) -> str:
+    check_name(namespace, "namespace")
     if not _NAMESPACE_RE.fullmatch(namespace):
         raise UsageError(
             f"not a namespace: {namespace!r} (lowercase letters, digits and '-', at most 63)"
@@ -80,6 +82,7 @@ def check_namespace(namespace: str) -> str:
 
 
 def check_snapshot_name(name: str) -> str:
+    check_name(name, "snapshot name")
     if not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"not a snapshot name: {name!r} (lowercase letters, digits, '-' and '.', at most 253)"
