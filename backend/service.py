@@ -370,6 +370,8 @@ class Service:
         return _repo_info(self.repo)
 
     def close(self) -> None:
+        """Close browsing views (giving back their shared locks), then the repository."""
+        self.close_idle_views()
         if self._repo is not None:
             self._repo.close()
 

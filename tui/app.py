@@ -8,7 +8,10 @@ about ten times a second however fast a backup reports.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -81,6 +84,9 @@ class LaminaApp(App[None]):
         return ClustersScreen()
 
     def on_mount(self) -> None:
+        if not self.is_headless:  # SIGTERM quits like `:q!`, so every cleanup runs
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.action_quit_now)
         self.startup()
 
     @work(thread=True, group="startup")

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..service import Service, read_password_file
 from ..units import format_size
 from .commands_files import parse_duration
-from .common import add_repo_args, elapsed, print_json
+from .common import add_repo_args, elapsed, opened, print_json
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -274,11 +274,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_backups_per_volume=args.max_backups_per_volume,
         allowed_paths=list(args.allow_path),
     )
-    service = Service(
-        args.repo,
-        password=read_password_file(args.password_file),
-        kubeconfig=args.kubeconfig,
-        local_root=local_root,
+    service = opened(
+        Service(
+            args.repo,
+            password=read_password_file(args.password_file),
+            kubeconfig=args.kubeconfig,
+            local_root=local_root,
+        )
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call
     _setup_logging(args.log_file)

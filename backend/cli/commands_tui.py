@@ -10,6 +10,7 @@ from typing import Any
 from ..defaults import default_local_root, default_repo
 from ..errors import UsageError
 from ..service import Service, read_password_file
+from .common import opened
 
 
 def register(sub: Any) -> None:
@@ -57,11 +58,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
         raise UsageError(f"local cluster folder {local_root} does not exist")
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("lamina tui needs a terminal")
-    service = Service(
-        repo,
-        password=read_password_file(args.password_file),
-        kubeconfig=args.kubeconfig,
-        local_root=local_root,
+    service = opened(
+        Service(
+            repo,
+            password=read_password_file(args.password_file),
+            kubeconfig=args.kubeconfig,
+            local_root=local_root,
+        )
     )
     service.info()  # a wrong URL or password is a one-line error here, before the screen opens
     from lamina.tui.app import make_app

@@ -27,13 +27,35 @@ def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     )
 
 
+# Services this command opened: main() closes them on every way out, so that browsing views
+# give back their repository locks at once.
+_opened: list[Any] = []
+
+
+def opened(service: Service) -> Service:
+    """Register a service for close_services(); returns it."""
+    _opened.append(service)
+    return service
+
+
+def close_services() -> None:
+    while _opened:
+        service = _opened.pop()
+        try:
+            service.close()
+        except Exception:  # the command's own outcome is what the user needs to see
+            pass
+
+
 def open_service(args: argparse.Namespace) -> Service:
     # A command module may give a parser another way to reach a service (--server).
     factory = getattr(args, "service_factory", None)
     if factory is not None:
         service: Service = factory(args)
-        return service
-    return Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
+        return opened(service)
+    return opened(
+        Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
+    )
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
