@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import engine, lifecycle, locks
 from .clusters import (
     LOCAL,
+    MADE_BY_BACKUP,
     ClusterSummary,
     ClusterVolume,
     Reachability,
@@ -32,9 +33,11 @@ from .clusters import (
     plan_local_backup,
 )
 from .engine import BackupRequest, VerifyReport, VolumeRef
-from .errors import Cancelled, LaminaError, UsageError
+from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
 from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from .local.cluster import LocalCluster, LocalSnapshot
+from .locks import LockInfo
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
@@ -57,6 +60,8 @@ __all__ = [
     "Job",
     "JobState",
     "LaminaError",
+    "LocalSnapshotInfo",
+    "LockInfo",
     "MountInfo",
     "PointInfo",
     "Progress",
@@ -168,6 +173,34 @@ class MountInfo:
     point: str | None  # None: the whole repository
     pid: int
     repo: str
+
+
+@dataclass(frozen=True)
+class LocalSnapshotInfo:
+    namespace: str
+    name: str
+    handle: str
+    source: str
+    size: int
+    created: str
+    made_by: str  # "backup" when a backup took it, "" when taken by hand
+    needed_by: str | None  # the point whose next incremental starts from this snapshot
+
+    @classmethod
+    def of(cls, snapshot: LocalSnapshot, needed_by: str | None) -> LocalSnapshotInfo:
+        return cls(
+            namespace=snapshot.namespace,
+            name=snapshot.name,
+            handle=snapshot.handle,
+            source=snapshot.source,
+            size=snapshot.size,
+            created=snapshot.created,
+            made_by=snapshot.made_by,
+            needed_by=needed_by,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -344,9 +377,12 @@ class Service:
         kubeconfig: str | None = None,
         local_root: str | None = None,
         lock_wait: float = 600.0,
+        ask_password: Callable[[], bytes] | None = None,
     ) -> None:
         self.repo_url = repo_url
         self._password = password
+        # Asked once, when an encrypted repository is opened without a password.
+        self._ask_password = ask_password
         self.kubeconfig = kubeconfig
         self.local_root = local_root
         self.lock_wait = lock_wait
@@ -363,7 +399,14 @@ class Service:
     def repo(self) -> Repository:
         with self._open_lock:
             if self._repo is None:
-                self._repo = Repository.open(open_storage(self.repo_url), password=self._password)
+                storage = open_storage(self.repo_url)
+                try:
+                    self._repo = Repository.open(storage, password=self._password)
+                except PasswordRequired:
+                    if self._ask_password is None:
+                        raise
+                    self._password = self._ask_password()
+                    self._repo = Repository.open(storage, password=self._password)
             return self._repo
 
     def info(self) -> RepositoryInfo:
@@ -522,12 +565,24 @@ class Service:
         root = self.local_root
 
         def run(job: Job) -> PointInfo:
+            try:
+                return backup(job)
+            finally:
+                self._tidy_local_snapshots(job)
+
+        def backup(job: Job) -> PointInfo:
             previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
             base = previous[-1] if previous else None
             base_handle = base.manifest.get("snapshot_handle") if base else None
             lock = self._lock(job, locks.SHARED, f"backup of {ref}")
             job._log("taking a snapshot")
-            plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
+            try:
+                plan = plan_local_backup(
+                    root, namespace, name, base_handle, base.id if base else None
+                )
+            except BaseException:
+                lock.release()
+                raise
             job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
             try:
                 request = BackupRequest(
@@ -552,6 +607,51 @@ class Service:
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {ref}", run)
+
+    # ------------------------------------------------------------------ local snapshots
+    # A local backup's snapshot is only worth keeping as the base of the volume's next
+    # incremental: restores come from the repository.
+
+    def _local_cluster(self) -> LocalCluster:
+        if not self.local_root:
+            raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
+        return LocalCluster(self.local_root)
+
+    def _needed_snapshots(self) -> dict[str, str]:
+        """Snapshot handle -> the newest point of a volume, whose next incremental starts there."""
+        newest: dict[VolumeRef, PointInfo] = {}
+        for point in self.list_points():
+            newest[point.volume] = point  # points come oldest first
+        return {p.snapshot_handle: p.id for p in newest.values() if p.snapshot_handle}
+
+    def list_local_snapshots(self) -> list[LocalSnapshotInfo]:
+        """The local cluster's snapshots, each with the point that still needs it (if any)."""
+        snapshots = self._local_cluster().list_snapshots()
+        needed = self._needed_snapshots()
+        return [LocalSnapshotInfo.of(s, needed.get(s.handle)) for s in snapshots]
+
+    def prune_local_snapshots(self, *, backups_only: bool = False) -> list[LocalSnapshotInfo]:
+        """Delete the local snapshots no point needs (with ``backups_only``: only those a
+        backup took). A snapshot a running backup reads is kept. Returns what went."""
+        cluster = self._local_cluster()
+        removed = []
+        for info in self.list_local_snapshots():
+            if info.needed_by is not None or (backups_only and info.made_by != MADE_BY_BACKUP):
+                continue
+            if cluster.delete_snapshot(cluster.snapshot(info.namespace, info.name)):
+                removed.append(info)
+        return removed
+
+    def _tidy_local_snapshots(self, job: Job) -> None:
+        """After a local backup, cancelled or not: drop the snapshots backups took that no
+        point needs any more (the previous base, or the new one of a failed backup)."""
+        try:
+            gone = self.prune_local_snapshots(backups_only=True)
+        except LaminaError as e:
+            job._log(f"old snapshots kept: {e}")
+            return
+        for info in gone:
+            job._log(f"deleted snapshot {info.namespace}/{info.name}: no point needs it")
 
     # ------------------------------------------------------------------ mounts
 
@@ -667,7 +767,9 @@ class Service:
                 job._log(
                     f"deleted point {point.id}; folded into {', '.join(children) or 'no child'}"
                 )
-                return children
+            if self.local_root:
+                self._tidy_local_snapshots(job)
+            return children
 
         return self._start("delete", f"delete point {point_ref}", run)
 
@@ -698,7 +800,7 @@ class Service:
                 removed = (
                     [] if dry_run else lifecycle.forget(self.repo, decisions, progress=job._log)
                 )
-                return ForgetReport(
+                report = ForgetReport(
                     dry_run=dry_run,
                     decisions=[
                         ForgetDecision(PointInfo.of(d.point), d.keep, list(d.reasons))
@@ -706,6 +808,9 @@ class Service:
                     ],
                     removed=removed,
                 )
+            if removed and self.local_root:
+                self._tidy_local_snapshots(job)
+            return report
 
         return self._start("forget", "forget points" + (" (dry run)" if dry_run else ""), run)
 
@@ -719,10 +824,10 @@ class Service:
 
         return self._start("prune", "prune" + (" (dry run)" if dry_run else ""), run)
 
-    def list_locks(self) -> list[locks.LockInfo]:
+    def list_locks(self) -> list[LockInfo]:
         return locks.list_locks(self.repo)
 
-    def unlock(self, *, all_locks: bool = False) -> list[locks.LockInfo]:
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
         return locks.remove_locks(self.repo, all_locks=all_locks)
 
     # ------------------------------------------------------------------ jobs
@@ -931,6 +1036,11 @@ class Service:
         return self._start(
             "extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run
         )
+
+
+def list_local_snapshots(root: str) -> list[LocalSnapshotInfo]:
+    """The snapshots of a local cluster, without a repository to say which are needed."""
+    return [LocalSnapshotInfo.of(s, None) for s in LocalCluster(root).list_snapshots()]
 
 
 def ranges_from_json_file(path: str) -> list[Range]:

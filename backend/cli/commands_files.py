@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaminaError, UsageError
-from ..units import format_size, parse_size
+from ..units import format_size, parse_size, plural
 from .common import add_repo_args, elapsed, open_service, print_json, run_job
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a lamina mount (also one whose process died)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the lamina mount is")
     p.set_defaults(func=cmd_umount)
 
     files = sub.add_parser("files", help="list and extract files of a point without mounting")
@@ -70,10 +70,16 @@ def register(sub: Any) -> None:
     files_sub.required = True
     p = files_sub.add_parser("ls", help="list a directory of a point's filesystem")
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        default="/",
+        help="folder or file in the point (default /)",
+    )
     p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_files_ls)
 
     p = files_sub.add_parser(
@@ -84,8 +90,8 @@ def register(sub: Any) -> None:
         "with unsafe names are skipped with a warning and make the exit status 1.",
     )
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files or folders in the point")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to extract into")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -248,8 +254,9 @@ def cmd_files_get(args: argparse.Namespace) -> int:
         print_json(report.as_json())
     else:
         print(
-            f"extracted {report.files} files, {report.directories} directories and "
-            f"{report.symlinks} symlinks ({format_size(report.bytes)}) to {report.target} "
+            f"extracted {plural(report.files, 'file')}, "
+            f"{plural(report.directories, 'directory', 'directories')} and "
+            f"{plural(report.symlinks, 'symlink')} ({format_size(report.bytes)}) to {report.target} "
             f"in {elapsed(time.monotonic() - started)}"
             + (f"; {len(report.skipped)} skipped" if report.skipped else "")
         )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LaminaError
-from .common import close_services
+from .common import close_services, resolve_repo
 
 # Modules that register subcommands; a missing optional module is skipped.
 COMMAND_MODULES = [
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        resolve_repo(args)
         return int(args.func(args) or 0)
     except LaminaError as e:
         print(f"lamina: error: {e}", file=sys.stderr)
