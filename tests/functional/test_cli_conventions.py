@@ -135,9 +135,7 @@ def test_two_different_new_passwords_create_nothing(tmp_path: Path) -> None:
 
 def test_without_a_terminal_an_encrypted_repository_needs_a_file(tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
-    assert "--password-file" in one_line_error(
-        lamina("repo", "init", repo, "--encrypt", ok=False)
-    )
+    assert "--password-file" in one_line_error(lamina("repo", "init", repo, "--encrypt", ok=False))
 
 
 # ---------------------------------------------------------------------- words
