@@ -38,6 +38,17 @@ from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .local.cluster import LocalCluster, LocalSnapshot
 from .locks import LockInfo
+from .mountstate import (
+    FS_TYPE,
+    MountEntry,
+    MountRecord,
+    live_records,
+    mount_path,
+    mount_table,
+    remove_record,
+    repo_key,
+    write_record,
+)
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
@@ -51,6 +62,7 @@ if TYPE_CHECKING:
     from .fsview import PointFiles, RepositoryView
 
 __all__ = [
+    "FS_TYPE",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -62,6 +74,7 @@ __all__ = [
     "LaminaError",
     "LocalSnapshotInfo",
     "LockInfo",
+    "MountEntry",
     "MountInfo",
     "PointInfo",
     "Progress",
@@ -73,6 +86,8 @@ __all__ = [
     "VolumeInfo",
     "VolumeRef",
     "init_repository",
+    "mount_path",
+    "mount_table",
     "read_password_file",
 ]
 
@@ -412,6 +427,11 @@ class Service:
     def info(self) -> RepositoryInfo:
         return _repo_info(self.repo)
 
+    @property
+    def password(self) -> bytes | None:
+        """The password the repository was opened with (given, or asked for)."""
+        return self._password
+
     def close(self) -> None:
         """Close browsing views (giving back their shared locks), then the repository."""
         self.close_idle_views()
@@ -664,7 +684,7 @@ class Service:
         nothing it should not: `unmount` (or `lamina umount`) ends it.
         """
         point = self.get_point(point_ref).id if point_ref else None
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
         created = False
         if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
             os.mkdir(
@@ -697,12 +717,15 @@ class Service:
         if created:
             self._created_mountpoints.add(where)
         info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        if created:  # a restarted front end must remove the folder on unmount too
+            write_record(MountRecord(where, point, info.pid, repo_key(self.repo_url), True))
         with self._jobs_lock:
             self._mounts[where] = info
         return info
 
     def unmount(self, mountpoint: str) -> None:
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
+        made = any(r.mountpoint == where and r.made_mountpoint for r in live_records())
         result = subprocess.run(
             [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
             capture_output=True,
@@ -716,17 +739,34 @@ class Service:
                 f"lamina umount exited {result.returncode}"
             ]
             raise LaminaError(lines[-1].removeprefix("lamina: error: "))
-        if where in self._created_mountpoints:
+        if where in self._created_mountpoints or made:
             self._created_mountpoints.discard(where)
             with contextlib.suppress(OSError):
                 os.rmdir(where)
 
     def list_mounts(self) -> list[MountInfo]:
-        """The mounts this service started that are still mounted."""
+        """The lamina mounts of this repository on this machine that are still mounted:
+        those this service started, and those of other processes (an earlier front end,
+        `lamina mount`), found again from their records."""
+        mine = repo_key(self.repo_url)
+        found = {
+            r.mountpoint: MountInfo(r.mountpoint, r.point, r.pid, self.repo_url)
+            for r in live_records()
+            if r.repo == mine
+        }
         with self._jobs_lock:
             for gone in [m for m in self._mounts if not os.path.ismount(m)]:
                 del self._mounts[gone]
-            return list(self._mounts.values())
+            found.update(self._mounts)
+            return sorted(found.values(), key=lambda m: m.mountpoint)
+
+    def record_mount(self, mountpoint: str, point_ref: str | None) -> None:
+        """Called by the mount process once it serves: other processes can find it."""
+        point = self.get_point(point_ref).id if point_ref else None
+        write_record(MountRecord(mountpoint, point, os.getpid(), repo_key(self.repo_url)))
+
+    def forget_mount(self, mountpoint: str) -> None:
+        remove_record(mountpoint, os.getpid())
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--log-file", help="append log lines (read errors with volume offsets) here")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--password-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a lamina mount (also one whose process died)")
@@ -133,6 +135,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
             what = f"point {args.point}" if args.point else args.repo
             print(f"mounted {what} at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
 
+    # libfuse turns SIGTERM into a clean unmount, but only where no handler is set: the
+    # main thread stays inside libfuse, so a Python handler would never run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         service = open_service(args)
         run_mount(
@@ -162,6 +167,18 @@ def _spawn_daemon(args: argparse.Namespace) -> int:
     command += [os.path.abspath(args.mountpoint), "--cache-size", args.cache_size]
     command += ["--ready-fd", str(write_fd)]
     password_file = args.password_file or os.environ.get("LAMINA_PASSWORD_FILE")
+    passed = [write_fd]
+    if not password_file and sys.stdin.isatty():
+        # The daemon has no terminal: ask here (only if the repository is encrypted) and
+        # hand the password over through a pipe, never a file or the command line.
+        service = open_service(args)
+        service.info()
+        if service.password is not None:
+            secret_read, secret_write = os.pipe()
+            os.write(secret_write, service.password)
+            os.close(secret_write)
+            command += ["--password-fd", str(secret_read)]
+            passed.append(secret_read)
     for flag, value in (
         ("--point", args.point),
         ("--idle-timeout", args.idle_timeout),
@@ -172,14 +189,15 @@ def _spawn_daemon(args: argparse.Namespace) -> int:
             command += [flag, value]
     child = subprocess.Popen(
         command,
-        pass_fds=(write_fd,),
+        pass_fds=tuple(passed),
         start_new_session=True,
         cwd="/",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    os.close(write_fd)
+    for fd in passed:
+        os.close(fd)
     with os.fdopen(read_fd, "rb") as pipe:
         answer = pipe.read().decode(errors="replace").strip()
     if answer == "ready":

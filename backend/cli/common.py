@@ -73,6 +73,10 @@ def new_password() -> bytes | None:
 
 def service_options(args: argparse.Namespace) -> dict[str, Any]:
     """password= and ask_password= for a Service of --repo."""
+    fd = getattr(args, "password_fd", None)
+    if fd is not None:  # a daemon whose parent asked on the terminal
+        with os.fdopen(fd, "rb") as pipe:
+            return {"password": pipe.read() or None}
     return {
         "password": read_password_file(getattr(args, "password_file", None)),
         "ask_password": ask_password(),

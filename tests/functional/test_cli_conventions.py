@@ -121,6 +121,29 @@ def test_the_password_is_asked_on_a_terminal(tmp_path: Path) -> None:
         assert "wrong password" in wrong.text() and "Traceback" not in wrong.text()
 
 
+def test_a_daemon_mount_asks_on_the_terminal_and_hands_the_password_over(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    init_repository(repo, password=b"s3cret")
+    service = Service(repo, password=b"s3cret")
+    job = service.start_backup(str(make_volume(tmp_path / "vol.img", 4 * MiB)), "v")
+    job.wait()
+    assert job.state == JobState.SUCCEEDED, job.error
+    service.close()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    argv = [*LAMINA, "mount", "--repo", repo, "--point", job.result.id, str(mnt), "--daemon"]
+    with TerminalProcess(argv, env=env) as mount:
+        mount.wait_for("password of the repository:")
+        mount.send("s3cret\r")
+        assert mount.wait(60) == 0, mount.text()
+    try:
+        assert (mnt / "disk.img").read_bytes() == (tmp_path / "vol.img").read_bytes()
+        assert not list(tmp_path.glob("lamina-mount-*")) and "s3cret" not in mount.text()
+    finally:
+        subprocess.run([*LAMINA, "umount", str(mnt)], check=True, timeout=60)
+
+
 def test_two_different_new_passwords_create_nothing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     with TerminalProcess([*LAMINA, "repo", "init", str(repo), "--encrypt"]) as init:
