@@ -200,6 +200,8 @@ class LocalSnapshotInfo:
     created: str
     made_by: str  # "backup" when a backup took it, "" when taken by hand
     needed_by: str | None  # the point whose next incremental starts from this snapshot
+    copy_method: str = ""
+    image: str = ""
 
     @classmethod
     def of(cls, snapshot: LocalSnapshot, needed_by: str | None) -> LocalSnapshotInfo:
@@ -212,6 +214,8 @@ class LocalSnapshotInfo:
             created=snapshot.created,
             made_by=snapshot.made_by,
             needed_by=needed_by,
+            copy_method=snapshot.copy_method,
+            image=str(snapshot.image),
         )
 
     def as_json(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import LaminaError, SourceError, UsageError
 from ..extents import allocated_ranges
-from ..names import check_name
+from ..names import name_problem, shown
 from ..repository import utc_now
 
 # _IOW(0x94, 9, int): clone a whole file by sharing its extents (btrfs, xfs with reflink).
@@ -74,8 +74,14 @@ class LocalSnapshot:
         }
 
 
+def _check_path_component(value: str, what: str) -> None:
+    problem = name_problem(value)
+    if problem is not None:
+        raise UsageError(f"not a {what}: '{shown(value)}' ({problem})")
+
+
 def check_namespace(namespace: str) -> str:
-    check_name(namespace, "namespace")
+    _check_path_component(namespace, "namespace")
     if not _NAMESPACE_RE.fullmatch(namespace):
         raise UsageError(
             f"not a namespace: {namespace!r} (lowercase letters, digits and '-', at most 63)"
@@ -84,7 +90,7 @@ def check_namespace(namespace: str) -> str:
 
 
 def check_snapshot_name(name: str) -> str:
-    check_name(name, "snapshot name")
+    _check_path_component(name, "snapshot name")
     if not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"not a snapshot name: {name!r} (lowercase letters, digits, '-' and '.', at most 253)"
