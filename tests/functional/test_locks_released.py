@@ -154,3 +154,32 @@ def test_the_tui_file_browser_gives_its_lock_back(repo: Repo, tmp_path: Path, ho
         tui.wait(60)
         assert tui.process.returncode in (0, 130, 143), tui.text()[-2000:]
     assert locks_of(repo.url) == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_a_foreground_mount_gives_its_lock_back(repo: Repo, tmp_path: Path, how: str) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount = subprocess.Popen(
+        [*LAMINA, "mount", "--repo", repo.url, "--point", repo.point, str(mnt)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mnt):
+            assert mount.poll() is None, "the mount process ended early"
+            assert time.monotonic() < deadline, "never mounted"
+            time.sleep(0.05)
+        with open(mnt / "disk.img", "rb") as image:  # reading opens the point: a shared lock
+            assert len(image.read(4096)) == 4096
+        wait_for_lock_of(repo.url, mount.pid)
+        mount.send_signal(getattr(signal, how))
+        assert mount.wait(60) == 0
+    finally:
+        if mount.poll() is None:
+            mount.kill()
+            mount.wait()
+        subprocess.run(["fusermount", "-u", "-z", str(mnt)], capture_output=True, check=False)
+    assert not os.path.ismount(mnt)
+    assert locks_of(repo.url) == []
