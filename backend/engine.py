@@ -24,6 +24,7 @@ from .errors import (
 )
 from .extents import Range, allocated_ranges, checked_ranges, image_digest, split_on_grid, subtract
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
+from .names import check_name, shown
 from .progress import ProgressCallback, ProgressTracker
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
 
@@ -39,16 +40,30 @@ class VolumeRef:
     name: str
 
     @classmethod
+    def of(cls, cluster: str, namespace: str, name: str) -> VolumeRef:
+        """A volume named by its parts, each checked to be one safe path component."""
+        return cls(cluster, namespace, name).checked()
+
+    @classmethod
     def parse(cls, text: str) -> VolumeRef:
-        """'NAME', 'NAMESPACE/NAME' or 'CLUSTER/NAMESPACE/NAME'."""
+        """'NAME', 'NAMESPACE/NAME' or 'CLUSTER/NAMESPACE/NAME', every part a valid name."""
         parts = text.strip().split("/")
-        if not all(parts) or len(parts) > 3:
-            raise UsageError(f"not a volume name: {text!r} (use NAME, NS/NAME or CLUSTER/NS/NAME)")
+        if len(parts) > 3 or (len(parts) > 1 and not all(parts)):
+            raise UsageError(
+                f"not a volume name: '{shown(text)}' (use NAME, NS/NAME or CLUSTER/NS/NAME)"
+            )
         if len(parts) == 1:
-            return cls("local", "default", parts[0])
+            return cls.of("local", "default", parts[0])
         if len(parts) == 2:
-            return cls("local", parts[0], parts[1])
-        return cls(parts[0], parts[1], parts[2])
+            return cls.of("local", parts[0], parts[1])
+        return cls.of(parts[0], parts[1], parts[2])
+
+    def checked(self) -> VolumeRef:
+        """This volume, when its cluster, namespace and name are all valid names."""
+        check_name(self.cluster, "cluster name")
+        check_name(self.namespace, "namespace")
+        check_name(self.name, "volume name")
+        return self
 
     def as_dict(self) -> dict[str, str]:
         return {"cluster": self.cluster, "namespace": self.namespace, "name": self.name}
@@ -133,6 +148,7 @@ def backup(
     Nothing becomes visible until the manifest is written, which is the last step: a crash or a
     cancel at any moment leaves the repository with every earlier point intact.
     """
+    request.volume.checked()  # its parts become folders of the FUSE view
     started = time.monotonic()
     requests_before = repo.counter.requests
     tracker = ProgressTracker(progress)

@@ -19,6 +19,7 @@ Protocol (docs/format.md, "Concurrency"):
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -41,6 +42,27 @@ REFRESH = 60.0
 SKEW = 60.0  # clock slack between hosts before a lock counts as stale
 SHARED = "shared"
 EXCLUSIVE = "exclusive"
+
+
+# Locks this process holds: whatever way it ends (return, error, Ctrl-C, a SIGTERM turned into
+# an exit), the ones still held are removed at exit instead of lingering until they expire.
+_held: set[Lock] = set()
+_held_lock = threading.Lock()
+
+
+def release_all() -> int:
+    """Release every lock this process still holds. Returns how many there were."""
+    with _held_lock:
+        held = list(_held)
+    for lock in held:
+        try:
+            lock.release()
+        except Exception as e:  # at exit nothing is left to report to: say it, then go on
+            log.warning("cannot remove repository lock %s: %s (it expires by itself)", lock.key, e)
+    return len(held)
+
+
+atexit.register(release_all)
 
 
 class RepositoryLocked(LaminaError):
@@ -176,6 +198,8 @@ class Lock:
             self.repo.storage.delete(self.key)
             return conflicts
         self.held = True
+        with _held_lock:
+            _held.add(self)
         self._thread = threading.Thread(target=self._refresh, name="lamina-lock", daemon=True)
         self._thread.start()
         return []
@@ -188,6 +212,8 @@ class Lock:
                 log.warning("cannot refresh repository lock %s: %s", self.key, e)
 
     def release(self) -> None:
+        with _held_lock:
+            _held.discard(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)

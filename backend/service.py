@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import engine, lifecycle, locks
 from .clusters import (
     LOCAL,
+    MADE_BY_BACKUP,
     ClusterSummary,
     ClusterVolume,
     Reachability,
@@ -32,9 +33,22 @@ from .clusters import (
     plan_local_backup,
 )
 from .engine import BackupRequest, VerifyReport, VolumeRef
-from .errors import Cancelled, LaminaError, UsageError
+from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
 from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from .local.cluster import LocalCluster, LocalSnapshot
+from .locks import LockInfo
+from .mountstate import (
+    FS_TYPE,
+    MountEntry,
+    MountRecord,
+    live_records,
+    mount_path,
+    mount_table,
+    remove_record,
+    repo_key,
+    write_record,
+)
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
@@ -48,6 +62,7 @@ if TYPE_CHECKING:
     from .fsview import PointFiles, RepositoryView
 
 __all__ = [
+    "FS_TYPE",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -57,6 +72,9 @@ __all__ = [
     "Job",
     "JobState",
     "LaminaError",
+    "LocalSnapshotInfo",
+    "LockInfo",
+    "MountEntry",
     "MountInfo",
     "PointInfo",
     "Progress",
@@ -68,6 +86,8 @@ __all__ = [
     "VolumeInfo",
     "VolumeRef",
     "init_repository",
+    "mount_path",
+    "mount_table",
     "read_password_file",
 ]
 
@@ -168,6 +188,38 @@ class MountInfo:
     point: str | None  # None: the whole repository
     pid: int
     repo: str
+
+
+@dataclass(frozen=True)
+class LocalSnapshotInfo:
+    namespace: str
+    name: str
+    handle: str
+    source: str
+    size: int
+    created: str
+    made_by: str  # "backup" when a backup took it, "" when taken by hand
+    needed_by: str | None  # the point whose next incremental starts from this snapshot
+    copy_method: str = ""
+    image: str = ""
+
+    @classmethod
+    def of(cls, snapshot: LocalSnapshot, needed_by: str | None) -> LocalSnapshotInfo:
+        return cls(
+            namespace=snapshot.namespace,
+            name=snapshot.name,
+            handle=snapshot.handle,
+            source=snapshot.source,
+            size=snapshot.size,
+            created=snapshot.created,
+            made_by=snapshot.made_by,
+            needed_by=needed_by,
+            copy_method=snapshot.copy_method,
+            image=str(snapshot.image),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -349,9 +401,12 @@ class Service:
         kubeconfig: str | None = None,
         local_root: str | None = None,
         lock_wait: float = 600.0,
+        ask_password: Callable[[], bytes] | None = None,
     ) -> None:
         self.repo_url = repo_url
         self._password = password
+        # Asked once, when an encrypted repository is opened without a password.
+        self._ask_password = ask_password
         self.kubeconfig = kubeconfig
         self.local_root = local_root
         self.lock_wait = lock_wait
@@ -368,13 +423,27 @@ class Service:
     def repo(self) -> Repository:
         with self._open_lock:
             if self._repo is None:
-                self._repo = Repository.open(open_storage(self.repo_url), password=self._password)
+                storage = open_storage(self.repo_url)
+                try:
+                    self._repo = Repository.open(storage, password=self._password)
+                except PasswordRequired:
+                    if self._ask_password is None:
+                        raise
+                    self._password = self._ask_password()
+                    self._repo = Repository.open(storage, password=self._password)
             return self._repo
 
     def info(self) -> RepositoryInfo:
         return _repo_info(self.repo)
 
+    @property
+    def password(self) -> bytes | None:
+        """The password the repository was opened with (given, or asked for)."""
+        return self._password
+
     def close(self) -> None:
+        """Close browsing views (giving back their shared locks), then the repository."""
+        self.close_idle_views()
         if self._repo is not None:
             self._repo.close()
 
@@ -519,14 +588,21 @@ class Service:
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
                 f"lamina kube datamover --context {cluster} --namespace {namespace} {name} --repo REPO --submit"
             )
+        ref = VolumeRef.of(LOCAL, namespace, name)
         if not self.local_root:
             raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
         root = self.local_root
-        ref = VolumeRef(LOCAL, namespace, name)
 
         def run(job: Job) -> PointInfo:
+            try:
+                return backup(job)
+            finally:
+                self._tidy_local_snapshots(job)
+
+        def backup(job: Job) -> PointInfo:
             lock = self._lock(job, locks.SHARED, f"backup of {ref}")
             try:
+                # Under the lock: the base is chosen from a view no deleter has changed since.
                 previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
                 base = previous[-1] if previous else None
                 base_handle = base.manifest.get("snapshot_handle") if base else None
@@ -563,6 +639,51 @@ class Service:
 
         return self._start("backup", f"back up {ref}", run)
 
+    # ------------------------------------------------------------------ local snapshots
+    # A local backup's snapshot is only worth keeping as the base of the volume's next
+    # incremental: restores come from the repository.
+
+    def _local_cluster(self) -> LocalCluster:
+        if not self.local_root:
+            raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
+        return LocalCluster(self.local_root)
+
+    def _needed_snapshots(self) -> dict[str, str]:
+        """Snapshot handle -> the newest point of a volume, whose next incremental starts there."""
+        newest: dict[VolumeRef, PointInfo] = {}
+        for point in self.list_points():
+            newest[point.volume] = point  # points come oldest first
+        return {p.snapshot_handle: p.id for p in newest.values() if p.snapshot_handle}
+
+    def list_local_snapshots(self) -> list[LocalSnapshotInfo]:
+        """The local cluster's snapshots, each with the point that still needs it (if any)."""
+        snapshots = self._local_cluster().list_snapshots()
+        needed = self._needed_snapshots()
+        return [LocalSnapshotInfo.of(s, needed.get(s.handle)) for s in snapshots]
+
+    def prune_local_snapshots(self, *, backups_only: bool = False) -> list[LocalSnapshotInfo]:
+        """Delete the local snapshots no point needs (with ``backups_only``: only those a
+        backup took). A snapshot a running backup reads is kept. Returns what went."""
+        cluster = self._local_cluster()
+        removed = []
+        for info in self.list_local_snapshots():
+            if info.needed_by is not None or (backups_only and info.made_by != MADE_BY_BACKUP):
+                continue
+            if cluster.delete_snapshot(cluster.snapshot(info.namespace, info.name)):
+                removed.append(info)
+        return removed
+
+    def _tidy_local_snapshots(self, job: Job) -> None:
+        """After a local backup, cancelled or not: drop the snapshots backups took that no
+        point needs any more (the previous base, or the new one of a failed backup)."""
+        try:
+            gone = self.prune_local_snapshots(backups_only=True)
+        except LaminaError as e:
+            job._log(f"old snapshots kept: {e}")
+            return
+        for info in gone:
+            job._log(f"deleted snapshot {info.namespace}/{info.name}: no point needs it")
+
     # ------------------------------------------------------------------ mounts
 
     def mount(
@@ -574,7 +695,7 @@ class Service:
         nothing it should not: `unmount` (or `lamina umount`) ends it.
         """
         point = self.get_point(point_ref).id if point_ref else None
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
         created = False
         if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
             os.mkdir(
@@ -607,12 +728,15 @@ class Service:
         if created:
             self._created_mountpoints.add(where)
         info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        if created:  # a restarted front end must remove the folder on unmount too
+            write_record(MountRecord(where, point, info.pid, repo_key(self.repo_url), True))
         with self._jobs_lock:
             self._mounts[where] = info
         return info
 
     def unmount(self, mountpoint: str) -> None:
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
+        made = any(r.mountpoint == where and r.made_mountpoint for r in live_records())
         result = subprocess.run(
             [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
             capture_output=True,
@@ -626,17 +750,34 @@ class Service:
                 f"lamina umount exited {result.returncode}"
             ]
             raise LaminaError(lines[-1].removeprefix("lamina: error: "))
-        if where in self._created_mountpoints:
+        if where in self._created_mountpoints or made:
             self._created_mountpoints.discard(where)
             with contextlib.suppress(OSError):
                 os.rmdir(where)
 
     def list_mounts(self) -> list[MountInfo]:
-        """The mounts this service started that are still mounted."""
+        """The lamina mounts of this repository on this machine that are still mounted:
+        those this service started, and those of other processes (an earlier front end,
+        `lamina mount`), found again from their records."""
+        mine = repo_key(self.repo_url)
+        found = {
+            r.mountpoint: MountInfo(r.mountpoint, r.point, r.pid, self.repo_url)
+            for r in live_records()
+            if r.repo == mine
+        }
         with self._jobs_lock:
             for gone in [m for m in self._mounts if not os.path.ismount(m)]:
                 del self._mounts[gone]
-            return list(self._mounts.values())
+            found.update(self._mounts)
+            return sorted(found.values(), key=lambda m: m.mountpoint)
+
+    def record_mount(self, mountpoint: str, point_ref: str | None) -> None:
+        """Called by the mount process once it serves: other processes can find it."""
+        point = self.get_point(point_ref).id if point_ref else None
+        write_record(MountRecord(mountpoint, point, os.getpid(), repo_key(self.repo_url)))
+
+    def forget_mount(self, mountpoint: str) -> None:
+        remove_record(mountpoint, os.getpid())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -677,7 +818,9 @@ class Service:
                 job._log(
                     f"deleted point {point.id}; folded into {', '.join(children) or 'no child'}"
                 )
-                return children
+            if self.local_root:
+                self._tidy_local_snapshots(job)
+            return children
 
         return self._start("delete", f"delete point {point_ref}", run)
 
@@ -708,7 +851,7 @@ class Service:
                 removed = (
                     [] if dry_run else lifecycle.forget(self.repo, decisions, progress=job._log)
                 )
-                return ForgetReport(
+                report = ForgetReport(
                     dry_run=dry_run,
                     decisions=[
                         ForgetDecision(PointInfo.of(d.point), d.keep, list(d.reasons))
@@ -716,6 +859,9 @@ class Service:
                     ],
                     removed=removed,
                 )
+            if removed and self.local_root:
+                self._tidy_local_snapshots(job)
+            return report
 
         return self._start("forget", "forget points" + (" (dry run)" if dry_run else ""), run)
 
@@ -729,10 +875,10 @@ class Service:
 
         return self._start("prune", "prune" + (" (dry run)" if dry_run else ""), run)
 
-    def list_locks(self) -> list[locks.LockInfo]:
+    def list_locks(self) -> list[LockInfo]:
         return locks.list_locks(self.repo)
 
-    def unlock(self, *, all_locks: bool = False) -> list[locks.LockInfo]:
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
         return locks.remove_locks(self.repo, all_locks=all_locks)
 
     # ------------------------------------------------------------------ jobs
@@ -771,7 +917,7 @@ class Service:
         snapshot_handle: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> Job:
-        ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+        ref = volume.checked() if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
         changed: Callable[[], Iterable[Range]] | None
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges
@@ -943,6 +1089,11 @@ class Service:
         return self._start(
             "extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run
         )
+
+
+def list_local_snapshots(root: str) -> list[LocalSnapshotInfo]:
+    """The snapshots of a local cluster, without a repository to say which are needed."""
+    return [LocalSnapshotInfo.of(s, None) for s in LocalCluster(root).list_snapshots()]
 
 
 def ranges_from_json_file(path: str) -> list[Range]:

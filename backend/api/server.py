@@ -438,7 +438,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def StartVolumeBackup(
         self, request: pb.StartVolumeBackupRequest, context: grpc.ServicerContext
     ) -> pb.Task:
-        ref = VolumeRef(
+        ref = VolumeRef.of(
             _required(request.cluster, "cluster"),
             _required(request.namespace, "namespace"),
             _required(request.name, "volume name"),
