@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..lifecycle import Policy, parse_duration
-from ..service import ForgetReport, PointInfo, PruneReport
+from ..lifecycle import Policy
+from ..service import ForgetReport, PointInfo, PruneReport, parse_keep_within
 from ..units import format_size
 from .common import add_repo_args, open_service, print_json, run_job
 
@@ -97,7 +97,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         weekly=args.keep_weekly,
         monthly=args.keep_monthly,
         yearly=args.keep_yearly,
-        within=parse_duration(args.keep_within) if args.keep_within else None,
+        within=parse_keep_within(args.keep_within) if args.keep_within else None,
     )
     service = open_service(args)
     report: ForgetReport = run_job(
