@@ -31,6 +31,7 @@ from .errors import LaminaError, UsageError
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
 PARTIAL_SUFFIX = ".lamina-partial"
+PATH_MAX = 4096  # Linux's limit on a path given to a system call
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _KEPT_MODE = 0o1777  # setuid and setgid dropped: the image is untrusted
@@ -186,6 +187,9 @@ def _check_path_text(path: str, what: str) -> None:
         raise TargetError(f"give the {what} to write to")
     if "\0" in path:
         raise TargetError(f"the {what} path must not contain a NUL byte")
+    size = len(os.fsencode(path))
+    if size > PATH_MAX:
+        raise TargetError(f"the {what} path is {size} bytes long; at most {PATH_MAX}")
 
 
 # ---------------------------------------------------------------------------- image targets

@@ -45,6 +45,7 @@ from ..service import (
     parse_keep_within,
     parse_volume,
 )
+from ..safewrite import PATH_MAX
 from ..units import format_size
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback, split_address
@@ -194,6 +195,8 @@ class PathPolicy:
             raise UsageError(f"give the {what} (an absolute path on the server)")
         if "\0" in path:
             raise UsageError(f"the {what} must not contain a NUL byte")
+        if len(os.fsencode(path)) > PATH_MAX:
+            raise UsageError(f"the {what} is longer than {PATH_MAX} bytes")
         if not os.path.isabs(path):
             raise UsageError(f"the {what} must be an absolute path on the server: {path!r}")
         if self.roots:
