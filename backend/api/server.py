@@ -35,6 +35,7 @@ from ..extents import Range, checked_ranges
 from ..extract import ExtractReport
 from ..lifecycle import Policy
 from ..prune import PruneReport
+from ..safewrite import PATH_MAX
 from ..service import (
     ForgetReport,
     PointInfo,
@@ -45,7 +46,6 @@ from ..service import (
     parse_keep_within,
     parse_volume,
 )
-from ..safewrite import PATH_MAX
 from ..units import format_size
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback, split_address
