@@ -186,8 +186,9 @@ def test_backup_watched_to_its_end_then_restored_byte_for_byte(
     with pytest.raises(grpc.RpcError) as refused:
         fast.StartRestore(pb.StartRestoreRequest(point=first.id, target=str(target)), metadata=AUTH)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "exists; choose a new file" in refused.value.details()
-    assert dict(refused.value.trailing_metadata())["lamina-error-class"] == "TargetExists"
+    assert "exists; choose a new file" in (refused.value.details() or "")
+    trailing = {str(k): v for k, v in refused.value.trailing_metadata() or ()}
+    assert trailing["lamina-error-class"] == "TargetExists"
 
 
 def test_cancel_mid_backup_leaves_no_point(
