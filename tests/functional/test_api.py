@@ -187,8 +187,8 @@ def test_backup_watched_to_its_end_then_restored_byte_for_byte(
         fast.StartRestore(pb.StartRestoreRequest(point=first.id, target=str(target)), metadata=AUTH)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "exists; choose a new file" in (refused.value.details() or "")
-    trailing = {str(k): v for k, v in refused.value.trailing_metadata() or ()}
-    assert trailing["lamina-error-class"] == "TargetExists"
+    trailing: Any = refused.value.trailing_metadata()
+    assert ("lamina-error-class", "TargetExists") in tuple(trailing)
 
 
 def test_cancel_mid_backup_leaves_no_point(
