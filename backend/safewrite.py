@@ -237,6 +237,12 @@ class ImageTarget:
     def _open_in(
         cls, path: str, parent_fd: int, name: str, capacity: int, overwrite: bool, follow: bool
     ) -> ImageTarget:
+        limit = os.fpathconf(parent_fd, "PC_NAME_MAX")
+        if len(os.fsencode(name + PARTIAL_SUFFIX)) > limit:
+            raise TargetError(
+                f"the file name is too long: at most {limit - len(PARTIAL_SUFFIX)} bytes "
+                f"(lamina writes it as NAME{PARTIAL_SUFFIX} first)"
+            )
         try:
             st: os.stat_result | None = os.stat(name, dir_fd=parent_fd, follow_symlinks=follow)
         except FileNotFoundError:
@@ -254,12 +260,6 @@ class ImageTarget:
         if st is not None and not overwrite:
             raise TargetExists(f"{path} exists; choose a new file, or pass --overwrite")
         partial = name + PARTIAL_SUFFIX
-        limit = os.fpathconf(parent_fd, "PC_NAME_MAX")
-        if len(os.fsencode(partial)) > limit:
-            raise TargetError(
-                f"the file name is too long: at most {limit - len(PARTIAL_SUFFIX)} bytes "
-                f"(lamina writes it as NAME{PARTIAL_SUFFIX} first)"
-            )
         fd = cls._create_partial(path, parent_fd, partial)
         try:
             os.ftruncate(fd, capacity)
@@ -283,6 +283,10 @@ class ImageTarget:
                     raise TargetError(f"{path}{PARTIAL_SUFFIX} is a folder; remove it") from None
                 os.unlink(partial, dir_fd=parent_fd)  # left by a crash: ours to replace
             except OSError as e:
+                if e.errno == errno.ENOENT:  # the folder is there: /proc and its kind
+                    raise TargetError(
+                        f"cannot create {path}: its folder does not take new files"
+                    ) from None
                 raise TargetError(f"cannot create {path}: {_reason(e)}") from None
         raise AssertionError("unreachable")
 

@@ -354,6 +354,9 @@ def init_repository(
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     object_lock_days: int = 0,
 ) -> RepositoryInfo:
+    if "://" not in url or url.startswith("file://"):
+        # A folder here: refuse one that cannot be written before anything is made.
+        check_folder_target(url.removeprefix("file://"))
     storage = open_storage(url, create=not object_lock_days)
     repo = Repository.init(
         storage,
@@ -616,10 +619,15 @@ class Service:
         point = self.get_point(point_ref).id if point_ref else None
         where = os.path.abspath(mountpoint)
         created = False
+        if os.path.lexists(where) and not os.path.isdir(where):
+            raise TargetError(f"mount point {where} is not a folder")
         if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
-            os.mkdir(
-                where, 0o755
-            )  # the folder a front end suggested: made here, removed on unmount
+            try:
+                os.mkdir(where, 0o755)  # the folder a front end suggested: removed on unmount
+            except OSError as e:
+                raise TargetError(
+                    f"cannot make the mount point {where}: {e.strerror or e}"
+                ) from None
             created = True
         repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
         command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
