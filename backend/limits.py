@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from .errors import UsageError
+from .extract import printable
 
 MAX_NAME_BYTES = 253  # a Kubernetes object name (DNS subdomain) at most
 MAX_NOTE_BYTES = 4096
@@ -25,10 +26,11 @@ _HEX = frozenset(string.hexdigits)
 
 
 def shown(text: str) -> str:
-    """``text`` for an error line: control characters escaped, at most about 60 characters."""
-    clipped = text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
-    escaped = clipped.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return repr(escaped)[1:-1] if not escaped.isprintable() else escaped
+    """``text`` for an error line: at most about 60 characters, escaped by the one helper
+    that escapes untrusted strings (``printable``)."""
+    return printable(text if len(text) <= _SHOWN else text[:_SHOWN]) + (
+        "…" if len(text) > _SHOWN else ""
+    )
 
 
 def _size(text: str) -> int:

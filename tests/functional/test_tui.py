@@ -295,7 +295,7 @@ async def test_restore_verify_and_a_failure_in_plain_words(world: World) -> None
         assert target.read_bytes() == b"to be replaced"
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: len(finished_jobs(app, "restore")) == 2, "the overwrite")
-        assert app.screen is chain
+        assert screen_of(app, ChainScreen) is chain
         assert all(v.state == "succeeded" for v in finished_jobs(app, "restore"))
         assert digest(target.read_bytes()).digest() == digest(world.image.read_bytes()).digest()
 
