@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -272,16 +273,18 @@ class ImageTarget:
 
     @staticmethod
     def _create_partial(path: str, parent_fd: int, partial: str) -> int:
+        # The writer holds an flock on its partial file: one found unlocked was left by a
+        # crash and is ours to replace; a locked one belongs to a restore still running.
         for attempt in (1, 2):
             try:
-                return os.open(partial, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+                fd = os.open(partial, _FILE_FLAGS, 0o600, dir_fd=parent_fd)
+                with contextlib.suppress(OSError):  # a filesystem without locks: no guard
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
             except FileExistsError:
                 if attempt == 2:
                     raise TargetError(f"cannot create {path}{PARTIAL_SUFFIX}: it exists") from None
-                st = os.stat(partial, dir_fd=parent_fd, follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    raise TargetError(f"{path}{PARTIAL_SUFFIX} is a folder; remove it") from None
-                os.unlink(partial, dir_fd=parent_fd)  # left by a crash: ours to replace
+                _replace_leftover(path, parent_fd, partial)
             except OSError as e:
                 if e.errno == errno.ENOENT:  # the folder is there: /proc and its kind
                     raise TargetError(
@@ -308,10 +311,8 @@ class ImageTarget:
     def commit(self) -> None:
         """Make the written image the target (a device: nothing to do)."""
         os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
         if not self.is_device:
-            try:
+            try:  # renamed while still open: our lock on it holds until it is in place
                 os.rename(
                     self.name + PARTIAL_SUFFIX,
                     self.name,
@@ -321,6 +322,8 @@ class ImageTarget:
             except OSError as e:
                 self.discard()
                 raise TargetError(f"cannot put the image at {self.path}: {_reason(e)}") from None
+        os.close(self.fd)
+        self.fd = -1
         self._finished = True
         self._close_parent()
 
@@ -346,6 +349,20 @@ class ImageTarget:
     def __exit__(self, *exc: object) -> None:
         if not self._finished:
             self.discard()
+
+
+def _replace_leftover(path: str, parent_fd: int, partial: str) -> None:
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        raise TargetError(f"{path}{PARTIAL_SUFFIX} exists and is not a file lamina wrote") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TargetError(f"another restore is writing {path} right now") from None
+    finally:
+        os.close(fd)
+    os.unlink(partial, dir_fd=parent_fd)
 
 
 def check_image_target(

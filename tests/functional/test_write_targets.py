@@ -6,6 +6,7 @@ full tmpfs mount, over-long names. Nothing is ever left behind (no `.lamina-part
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,6 +128,20 @@ def test_restore_over_an_existing_file_needs_overwrite(repo: Repo, tmp_path: Pat
     ok = lamina("restore", "--repo", repo.url, repo.raw, str(target), "--overwrite")
     assert ok.returncode == 0, ok.stderr
     assert target.stat().st_size == 4 * MiB and partials(tmp_path) == []
+
+
+def test_a_partial_file_being_written_is_not_taken_over(repo: Repo, tmp_path: Path) -> None:
+    target = tmp_path / "busy.img"
+    partial = tmp_path / "busy.img.lamina-partial"
+    with open(partial, "wb") as writer:  # as a restore still running holds it
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        result = lamina("restore", "--repo", repo.url, repo.raw, str(target))
+        assert one_line_error(result) == f"another restore is writing {target} right now"
+        assert partial.exists() and not target.exists()
+    # unlocked, it is what a crash left behind: the next restore replaces it
+    ok = lamina("restore", "--repo", repo.url, repo.raw, str(target))
+    assert ok.returncode == 0, ok.stderr
+    assert target.stat().st_size == 4 * MiB and not partial.exists()
 
 
 # ---------------------------------------------------------------------------- files get
