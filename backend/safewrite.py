@@ -128,7 +128,7 @@ def _open_beneath(path: str, within: Sequence[str], *, create: bool) -> int:
 def _folder_error(path: str, e: OSError) -> TargetError:
     if e.errno == errno.ENOENT:
         return TargetError(f"folder {path} does not exist")
-    if e.errno == errno.ENOTDIR:
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
         return TargetError(f"{path} is not a folder (or a name on its path is a file)")
     return TargetError(f"cannot use folder {path}: {_reason(e)}")
 

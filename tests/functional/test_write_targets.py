@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lamina.backend.service import JobState, Service, init_repository
+from tests.support.api_server import lamina_serve
 from tests.support.ext4_trees import make_source_tree, mkfs_ext4
 from tests.support.volumes import make_volume
 
@@ -163,6 +164,24 @@ def test_files_get_refuses_bad_target_folders(repo: Repo, tmp_path: Path, read_o
         assert one_line_error(result) == expected, target
     assert a_file.read_text() == "not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "read-only"]
+
+
+def test_files_get_over_a_server_checks_the_local_target(
+    repo: Repo, tmp_path: Path, read_only: Path
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    with lamina_serve(repo.url, tmp_path / "token") as server:
+        remote = ["--server", server.address, "--token-file", str(tmp_path / "token")]
+        for target, expected in {
+            str(a_file): f"{a_file} is not a folder (or a name on its path is a file)",
+            str(
+                read_only / "new"
+            ): f"cannot use folder {read_only}/new: the filesystem is read-only",
+        }.items():
+            result = lamina("files", "get", *remote, repo.files, "/etc", "--to", target)
+            assert one_line_error(result) == expected, target
+    assert a_file.read_text() == "not a folder"
 
 
 # ---------------------------------------------------------------------------- repo init, mount
