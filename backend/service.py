@@ -43,11 +43,13 @@ from .limits import (
     checked_volume_parts,
     checked_volume_text,
     parse_keep_within,
+    shown,
 )
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from .safewrite import (
+    PATH_MAX,
     PathNotAllowed,
     TargetError,
     TargetExists,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from .fsview import PointFiles, RepositoryView
 
 __all__ = [
+    "PATH_MAX",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -91,6 +94,7 @@ __all__ = [
     "parse_keep_within",
     "parse_volume",
     "read_password_file",
+    "shown",
 ]
 
 

@@ -35,8 +35,8 @@ from ..extents import Range, checked_ranges
 from ..extract import ExtractReport
 from ..lifecycle import Policy
 from ..prune import PruneReport
-from ..safewrite import PATH_MAX
 from ..service import (
+    PATH_MAX,
     ForgetReport,
     PointInfo,
     Service,

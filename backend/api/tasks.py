@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LaminaError
-from ..limits import shown
 from ..progress import Progress
-from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef
+from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef, shown
 from .errors import ShuttingDown, TaskNotFound
 
 log = logging.getLogger("lamina.api.tasks")
