@@ -67,8 +67,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LaminaService"].full_name
 # A server stream (WatchTask, ReadFile, ReadTree) holds a worker thread while it is open.
 # Streams are capped per client connection and in all, so the threads left over always
 # serve unary calls and health checks: the excess streams get RESOURCE_EXHAUSTED, nothing else.
-MAX_STREAMS = 64
-MAX_STREAMS_PER_CLIENT = 16
+MAX_STREAMS = 128
+MAX_STREAMS_PER_CLIENT = 32  # a terminal UI follows each of its running and queued jobs
 UNARY_WORKERS = 32
 # Calls past every worker wait in a bounded queue; beyond it gRPC answers RESOURCE_EXHAUSTED.
 MAX_CONCURRENT_CALLS = MAX_STREAMS + UNARY_WORKERS + 256

@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lamina.backend import locks
+from lamina.backend.api.server import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
@@ -253,23 +254,25 @@ def test_many_open_streams_never_starve_health_or_unary_calls(served: Served) ->
                 refused.append(e)
 
         # one client opens 20: the 17th and later are refused, the client's other calls work
-        for _ in range(20):
+        per_client, total = MAX_STREAMS_PER_CLIENT, MAX_STREAMS
+        assert total % per_client == 0 and total >= 64
+        for _ in range(per_client + 4):
             watch(first)
-        assert len(opened) == 16 and len(refused) == 4
+        assert len(opened) == per_client and len(refused) == 4
         assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
-        assert "this client has 16 streams open" in (refused[0].details() or "")
+        assert f"this client has {per_client} streams open" in (refused[0].details() or "")
         assert first.GetTask(pb.GetTaskRequest(id=task.id), metadata=AUTH).id == task.id
-        # three more clients fill the server's 64; a fifth client's stream is refused
-        for _ in range(3):
+        # more clients fill the server's streams; the next client's stream is refused
+        for _ in range(total // per_client - 1):
             other = stack.enter_context(stub_for(address, own_connection=True))
-            for _ in range(16):
+            for _ in range(per_client):
                 watch(other)
-        assert (len(opened), len(refused)) == (64, 4), [e.details() for e in refused]
+        assert (len(opened), len(refused)) == (total, 4), [e.details() for e in refused]
         late = stack.enter_context(stub_for(address, own_connection=True))
         watch(late)
         assert len(refused) == 5
-        assert "the server has 64 streams open" in (refused[-1].details() or "")
-        # with 64 streams open, health checks and unary calls are still answered
+        assert f"the server has {total} streams open" in (refused[-1].details() or "")
+        # with every stream taken, health checks and unary calls are still answered
         assert _health(address) == health_pb2.HealthCheckResponse.SERVING
         points = late.ListPoints(pb.ListPointsRequest(), metadata=AUTH).points
         assert served.raw_point in [p.id for p in points]
