@@ -170,11 +170,21 @@ def check_folder_target(path: str, *, within: Sequence[str] = ()) -> None:
             )
         if existing != absolute:
             limit = os.fpathconf(fd, "PC_NAME_MAX")
-            for name in os.path.relpath(absolute, existing).split(os.sep):
+            missing = os.path.relpath(absolute, existing).split(os.sep)
+            for name in missing:
                 if len(os.fsencode(name)) > limit:
                     raise TargetError(
                         f"the name {name[:40]}... is too long: at most {limit} bytes here"
                     )
+            # Made and removed at once: /proc and its kind refuse new folders to root too.
+            try:
+                os.mkdir(missing[0], 0o700, dir_fd=fd)
+                os.rmdir(missing[0], dir_fd=fd)
+            except FileExistsError:
+                pass  # made meanwhile by someone else: it is there now
+            except OSError as e:
+                reason = "it does not take new folders" if e.errno == errno.ENOENT else _reason(e)
+                raise TargetError(f"cannot make a folder in {existing}: {reason}") from None
     finally:
         os.close(fd)
 

@@ -155,6 +155,7 @@ def test_files_get_refuses_bad_target_folders(repo: Repo, tmp_path: Path, read_o
         str(a_file): f"{a_file} is not a folder (or a name on its path is a file)",
         str(read_only): f"cannot write in folder {read_only}: the filesystem is read-only",
         str(read_only / "new"): f"cannot write in folder {read_only}: the filesystem is read-only",
+        "/proc/lamina-files": "cannot make a folder in /proc: it does not take new folders",
         str(tmp_path / ("d" * 300)): "the name "
         + "d" * 40
         + "... is too long: at most 255 bytes here",
@@ -194,6 +195,7 @@ def test_repo_init_refuses_folders_it_cannot_write(tmp_path: Path, read_only: Pa
         str(a_file): f"{a_file} is not a folder (or a name on its path is a file)",
         str(read_only): f"cannot write in folder {read_only}: the filesystem is read-only",
         str(read_only / "repo"): f"cannot write in folder {read_only}: the filesystem is read-only",
+        "/proc/lamina-repo": "cannot make a folder in /proc: it does not take new folders",
     }
     for target, expected in cases.items():
         assert one_line_error(lamina("repo", "init", target)) == expected, target
