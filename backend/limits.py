@@ -57,6 +57,18 @@ def checked_name(text: str, what: str) -> str:
     return text
 
 
+def checked_context(text: str) -> str:
+    """A cluster as its kubeconfig context names it: EKS names are ARNs, '/' included."""
+    if not text:
+        raise UsageError("the cluster name is empty")
+    if _size(text) > MAX_NAME_BYTES or _controls(text):
+        raise UsageError(
+            f"not a cluster name (at most {MAX_NAME_BYTES} bytes, no control characters): "
+            f"{shown(text)}"
+        )
+    return text
+
+
 def checked_volume_parts(cluster: str, namespace: str, name: str) -> None:
     checked_name(cluster, "cluster name")
     checked_name(namespace, "namespace")

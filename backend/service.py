@@ -36,6 +36,7 @@ from .errors import Cancelled, LaminaError, UsageError
 from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .limits import (
+    checked_context,
     checked_labels,
     checked_name,
     checked_note,
@@ -90,6 +91,7 @@ __all__ = [
     "VolumeInfo",
     "VolumeRef",
     "check_backup_options",
+    "check_cluster_volume",
     "init_repository",
     "parse_keep_within",
     "parse_volume",
@@ -103,6 +105,14 @@ def parse_volume(volume: str | VolumeRef) -> VolumeRef:
     ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(checked_volume_text(volume))
     checked_volume_parts(ref.cluster, ref.namespace, ref.name)
     return ref
+
+
+def check_cluster_volume(cluster: str, namespace: str, name: str) -> VolumeRef:
+    """A cluster volume named by its context, namespace and name, checked (backend/limits.py)."""
+    checked_context(cluster)
+    checked_name(namespace, "namespace")
+    checked_name(name, "volume name")
+    return VolumeRef(cluster, namespace, name)
 
 
 def check_backup_options(
@@ -510,7 +520,7 @@ class Service:
         from .kube.config import check_reachability
         from .kube.config import list_clusters as kube_clusters
 
-        wanted = {checked_name(n, "cluster name") for n in names} if names is not None else None
+        wanted = {checked_context(n) for n in names} if names is not None else None
         infos = [
             c
             for c in kube_clusters(self.kubeconfig, include_local=False)
@@ -533,7 +543,7 @@ class Service:
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
     ) -> list[ClusterVolume]:
-        checked_name(cluster, "cluster name")
+        checked_context(cluster)
         if namespace:
             checked_name(namespace, "namespace")
         if cluster == LOCAL:
@@ -567,7 +577,7 @@ class Service:
 
     def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
         """Snapshot a cluster volume, ask CBT what to read, and back up exactly that."""
-        checked_volume_parts(cluster, namespace, name)
+        check_cluster_volume(cluster, namespace, name)
         if cluster != LOCAL:
             raise UsageError(
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "

@@ -41,8 +41,8 @@ from ..service import (
     PointInfo,
     Service,
     VerifyReport,
-    VolumeRef,
     check_backup_options,
+    check_cluster_volume,
     parse_keep_within,
     parse_volume,
 )
@@ -514,12 +514,10 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def StartVolumeBackup(
         self, request: pb.StartVolumeBackupRequest, context: grpc.ServicerContext
     ) -> pb.Task:
-        ref = parse_volume(
-            VolumeRef(
-                _required(request.cluster, "cluster"),
-                _required(request.namespace, "namespace"),
-                _required(request.name, "volume name"),
-            )
+        ref = check_cluster_volume(
+            _required(request.cluster, "cluster"),
+            _required(request.namespace, "namespace"),
+            _required(request.name, "volume name"),
         )
         service = self.service
         view = self.tasks.submit(

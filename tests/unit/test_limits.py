@@ -84,3 +84,14 @@ def test_notes_and_labels_have_limits() -> None:
 def test_shown_clips_and_escapes() -> None:
     assert shown("x" * 1_000_000) == "x" * 60 + "…"
     assert shown("\x1b]0;title\x07") == "\\x1b]0;title\\x07"
+
+
+def test_cluster_contexts_may_hold_a_slash_but_volume_parts_may_not() -> None:
+    from lamina.backend.limits import checked_context
+
+    eks = "arn:aws:eks:eu-west-1:123456789012:cluster/prod"
+    assert checked_context(eks) == eks
+    with pytest.raises(UsageError, match="not a cluster name"):
+        checked_context("a\0b")
+    with pytest.raises(UsageError, match="hold '/'"):
+        checked_name(eks, "cluster name")
