@@ -15,6 +15,7 @@ from .errors import UsageError
 from .extract import printable
 
 MAX_NAME_BYTES = 253  # a Kubernetes object name (DNS subdomain) at most
+MAX_HANDLE_BYTES = 1024  # a CSI snapshot handle is the driver's id, longer than a name
 MAX_NOTE_BYTES = 4096
 MAX_LABEL_KEY_BYTES = 317  # a Kubernetes label key: prefix (253) / name (63)
 MAX_LABEL_VALUE_BYTES = 1024
@@ -64,6 +65,16 @@ def checked_context(text: str) -> str:
     if _size(text) > MAX_NAME_BYTES or _controls(text):
         raise UsageError(
             f"not a cluster name (at most {MAX_NAME_BYTES} bytes, no control characters): "
+            f"{shown(text)}"
+        )
+    return text
+
+
+def checked_snapshot_handle(text: str) -> str:
+    """A CSI snapshot handle: the driver's own id (Azure's are resource paths, '/' included)."""
+    if not text or _size(text) > MAX_HANDLE_BYTES or _controls(text):
+        raise UsageError(
+            f"not a snapshot handle (1 to {MAX_HANDLE_BYTES} bytes, no control characters): "
             f"{shown(text)}"
         )
     return text

@@ -41,6 +41,7 @@ from .limits import (
     checked_name,
     checked_note,
     checked_point_ref,
+    checked_snapshot_handle,
     checked_volume_parts,
     checked_volume_text,
     parse_keep_within,
@@ -126,7 +127,7 @@ def check_backup_options(
     parent ("auto", "none" or a point id) and the labels to record."""
     ref = parse_volume(volume)
     if snapshot_handle is not None:
-        checked_name(snapshot_handle, "snapshot handle")
+        checked_snapshot_handle(snapshot_handle)
     if parent not in ("auto", "none"):
         parent = checked_point_ref(parent)
     return ref, parent, checked_labels(labels or {})
