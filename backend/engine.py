@@ -27,6 +27,7 @@ from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceE
 from .names import check_name, shown
 from .progress import ProgressCallback, ProgressTracker
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
+from .safewrite import ImageTarget, TargetError
 
 RangeSource = Callable[[], Iterable[Range]]
 
@@ -434,11 +435,16 @@ def restore(
     target: str,
     *,
     overwrite: bool = False,
+    within: Sequence[str] = (),
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Restore ``point`` to an image file or a block device, checking every piece and the digest."""
+    """Restore ``point`` to an image file or a block device, checking every piece and the digest.
+
+    The target is opened through backend/safewrite.py (``within``: the only folders it may be
+    in, opened without following symlinks); a failed restore leaves no partial file.
+    """
     tracker = ProgressTracker(progress)
     tracker.set_phase("resolving chain")
     started = time.monotonic()
@@ -453,36 +459,14 @@ def restore(
     runs, users = _plan_reads(repo, resolved)
     total = sum(e.length for e in resolved if e.kind == EXTENT_DATA)
 
-    is_device = False
-    try:
-        is_device = stat.S_ISBLK(os.stat(target).st_mode)
-    except FileNotFoundError:
-        pass
-    if is_device:
-        out_path = target
-        fd = os.open(target, os.O_WRONLY)
-        size = os.lseek(fd, 0, os.SEEK_END)
-        if size < point.capacity:
-            os.close(fd)
-            raise UsageError(
-                f"device {target} has {size} bytes, less than the volume's {point.capacity}"
-            )
-    else:
-        if os.path.exists(target) and not overwrite:
-            raise UsageError(f"{target} exists; choose a new file, or pass --overwrite")
-        parent_dir = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(parent_dir):
-            raise UsageError(f"folder {parent_dir} does not exist")
-        out_path = f"{target}.lamina-partial"
-        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, point.capacity)
-    ok = False
+    image = ImageTarget.open(target, capacity=point.capacity, overwrite=overwrite, within=within)
+    fd = image.fd
     direct: _DirectWriter | None = None
     try:
-        if is_device:
+        if image.is_device:
             _zero_gaps(fd, resolved, point.capacity, cancelled)
             os.fsync(fd)  # gaps on disk before data goes around the page cache
-        direct = _DirectWriter.open(out_path, resolved)
+        direct = _DirectWriter.open(image.fd, resolved)
         tracker.set_phase("restoring", total)
         workers = threads or repo.io_threads
         failure: list[LaminaError] = []
@@ -515,19 +499,15 @@ def restore(
             raise failure[0]
         if direct is not None:
             direct.sync()
-        os.fsync(fd)
-        ok = True
+            direct.close()
+            direct = None
+        image.commit()
+    except OSError as e:
+        raise TargetError(f"cannot write {image.path}: {e.strerror or e}") from None
     finally:
         if direct is not None:
             direct.close()
-        os.close(fd)
-        if not ok and not is_device:
-            try:
-                os.unlink(out_path)
-            except FileNotFoundError:
-                pass
-    if not is_device:
-        os.replace(out_path, target)
+        image.discard()  # after a commit: nothing left to remove
     result = {
         "point": point.id,
         "target": target,
@@ -559,12 +539,13 @@ class _DirectWriter:
         self._local = threading.local()
 
     @classmethod
-    def open(cls, path: str, resolved: Sequence[Extent]) -> _DirectWriter | None:
+    def open(cls, target_fd: int, resolved: Sequence[Extent]) -> _DirectWriter | None:
         data = [e for e in resolved if e.kind == EXTENT_DATA]
         if not data or any(e.offset % cls.ALIGN or e.length % cls.ALIGN for e in data):
             return None
         try:
-            fd = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+            # The file already open, reopened by descriptor: a path could be swapped by now.
+            fd = os.open(f"/proc/self/fd/{target_fd}", os.O_WRONLY | getattr(os, "O_DIRECT", 0))
         except OSError:  # tmpfs and some others refuse O_DIRECT: write through the cache
             return None
         return cls(fd, max(e.length for e in data))

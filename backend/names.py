@@ -11,7 +11,7 @@ import unicodedata
 
 from .errors import UsageError
 
-MAX_NAME_BYTES = 255  # one path component on ext4, xfs and FUSE
+MAX_NAME_BYTES = 253  # a Kubernetes object name at most; one path component fits 255
 
 
 def name_problem(value: str) -> str | None:

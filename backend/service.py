@@ -48,10 +48,29 @@ from .mountstate import (
     remove_record,
     repo_key,
     write_record,
+from .limits import (
+    checked_context,
+    checked_labels,
+    checked_name,
+    checked_note,
+    checked_point_ref,
+    checked_snapshot_handle,
+    checked_volume_parts,
+    checked_volume_text,
+    parse_keep_within,
+    shown,
 )
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
+from .safewrite import (
+    PATH_MAX,
+    PathNotAllowed,
+    TargetError,
+    TargetExists,
+    check_folder_target,
+    check_image_target,
+)
 from .storage import open_storage
 
 if TYPE_CHECKING:
@@ -63,6 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FS_TYPE",
+    "PATH_MAX",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -76,20 +96,60 @@ __all__ = [
     "LockInfo",
     "MountEntry",
     "MountInfo",
+    "PathNotAllowed",
     "PointInfo",
     "Progress",
     "PruneReport",
     "Reachability",
     "RepositoryInfo",
     "Service",
+    "TargetError",
+    "TargetExists",
     "VerifyReport",
     "VolumeInfo",
     "VolumeRef",
+    "check_backup_options",
+    "check_cluster_volume",
     "init_repository",
     "mount_path",
     "mount_table",
+    "parse_keep_within",
+    "parse_volume",
     "read_password_file",
+    "shown",
 ]
+
+
+def parse_volume(volume: str | VolumeRef) -> VolumeRef:
+    """A volume name as typed, or a VolumeRef, checked part by part (backend/limits.py)."""
+    ref = volume.checked() if isinstance(volume, VolumeRef) else VolumeRef.parse(checked_volume_text(volume))
+    checked_volume_parts(ref.cluster, ref.namespace, ref.name)
+    return ref
+
+
+def check_cluster_volume(cluster: str, namespace: str, name: str) -> VolumeRef:
+    """A cluster volume named by its context, namespace and name, checked (backend/limits.py)."""
+    checked_context(cluster)
+    checked_name(namespace, "namespace")
+    checked_name(name, "volume name")
+    return VolumeRef.of(cluster, namespace, name)
+
+
+def check_backup_options(
+    volume: str | VolumeRef,
+    *,
+    parent: str = "auto",
+    snapshot_handle: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[VolumeRef, str, dict[str, str]]:
+    """A backup's names, parent and labels checked (backend/limits.py): the volume, the
+    parent ("auto", "none" or a point id) and the labels to record."""
+    ref = parse_volume(volume)
+    if snapshot_handle is not None:
+        checked_snapshot_handle(snapshot_handle)
+    if parent not in ("auto", "none"):
+        parent = checked_point_ref(parent)
+    return ref, parent, checked_labels(labels or {})
 
 
 def read_password_file(path: str | None) -> bytes | None:
@@ -365,6 +425,9 @@ def init_repository(
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     object_lock_days: int = 0,
 ) -> RepositoryInfo:
+    if "://" not in url or url.startswith("file://"):
+        # A folder here: refuse one that cannot be written before anything is made.
+        check_folder_target(url.removeprefix("file://"))
     storage = open_storage(url, create=not object_lock_days)
     repo = Repository.init(
         storage,
@@ -453,20 +516,22 @@ class Service:
         protected = lifecycle.protected_ids(self.repo)
         points = [PointInfo.of(p, p.id in protected) for p in self.repo.list_points()]
         if volume is not None:
-            ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+            ref = parse_volume(volume)
             points = [p for p in points if p.volume == ref]
         return points
 
+    def find_point(self, ref: str) -> Point:
+        """A point by id or unique prefix; anything but hex digits is refused first."""
+        return self.repo.find_point(checked_point_ref(ref))
+
     def get_point(self, ref: str) -> PointInfo:
-        point = self.repo.find_point(ref)
+        point = self.find_point(ref)
         return PointInfo.of(point, point.id in lifecycle.protected_ids(self.repo))
 
     def chain(self, ref: str) -> list[PointInfo]:
         """The point and its ancestors, newest first."""
         protected = lifecycle.protected_ids(self.repo)
-        return [
-            PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.repo.find_point(ref))
-        ]
+        return [PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.find_point(ref))]
 
     def list_volumes(self) -> list[VolumeInfo]:
         by_volume: dict[VolumeRef, list[PointInfo]] = {}
@@ -497,7 +562,7 @@ class Service:
             self.repo, locks.SHARED, f"read point {point_ref}", wait=self.lock_wait, optional=True
         )
         try:
-            point = self.repo.find_point(point_ref)  # under the lock: never a stale view
+            point = self.find_point(point_ref)  # under the lock: never a stale view
             reader = ImageReader(
                 self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
             )
@@ -529,7 +594,7 @@ class Service:
         from .kube.config import check_reachability
         from .kube.config import list_clusters as kube_clusters
 
-        wanted = set(names) if names is not None else None
+        wanted = {checked_context(n) for n in names} if names is not None else None
         infos = [
             c
             for c in kube_clusters(self.kubeconfig, include_local=False)
@@ -552,6 +617,9 @@ class Service:
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
     ) -> list[ClusterVolume]:
+        checked_context(cluster)
+        if namespace:
+            checked_name(namespace, "namespace")
         if cluster == LOCAL:
             return local_volumes(self.local_root, namespace) if self.local_root else []
         from .kube.cluster import KubeCluster
@@ -583,6 +651,7 @@ class Service:
 
     def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
         """Snapshot a cluster volume, ask CBT what to read, and back up exactly that."""
+        check_cluster_volume(cluster, namespace, name)
         if cluster != LOCAL:
             raise UsageError(
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
@@ -697,10 +766,15 @@ class Service:
         point = self.get_point(point_ref).id if point_ref else None
         where = mount_path(mountpoint)
         created = False
+        if os.path.lexists(where) and not os.path.isdir(where):
+            raise TargetError(f"mount point {where} is not a folder")
         if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
-            os.mkdir(
-                where, 0o755
-            )  # the folder a front end suggested: made here, removed on unmount
+            try:
+                os.mkdir(where, 0o755)  # the folder a front end suggested: removed on unmount
+            except OSError as e:
+                raise TargetError(
+                    f"cannot make the mount point {where}: {e.strerror or e}"
+                ) from None
             created = True
         repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
         command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
@@ -788,32 +862,39 @@ class Service:
             job._log(
                 f"waiting for a {kind} repository lock" if kind == locks.EXCLUSIVE else "locking"
             )
-        lock = locks.acquire(
-            self.repo,
-            kind,
-            purpose,
-            wait=self.lock_wait,
-            optional=optional,
-            cancelled=(lambda: job.cancel_requested) if job is not None else None,
-        )
+        try:
+            lock = locks.acquire(
+                self.repo,
+                kind,
+                purpose,
+                wait=self.lock_wait,
+                optional=optional,
+                cancelled=(lambda: job.cancel_requested) if job is not None else None,
+            )
+        except locks.RepositoryLocked:
+            if job is not None and job.cancel_requested:
+                raise Cancelled(f"{purpose} cancelled while waiting for the lock") from None
+            raise
         return _Held(lock)
 
     def protect(self, point_ref: str, note: str = "") -> PointInfo:
-        point = self.repo.find_point(point_ref)
+        checked_note(note)
+        point = self.find_point(point_ref)
         lifecycle.protect(self.repo, point, note)
         return PointInfo.of(point, True)
 
     def unprotect(self, point_ref: str) -> PointInfo:
-        point = self.repo.find_point(point_ref)
+        point = self.find_point(point_ref)
         lifecycle.unprotect(self.repo, point)
         return PointInfo.of(point, False)
 
     def start_delete(self, point_ref: str) -> Job:
         """Delete a point; its children absorb its extents so they resolve as before."""
+        checked_point_ref(point_ref)
 
         def run(job: Job) -> list[str]:
             with self._lock(job, locks.EXCLUSIVE, "delete"):
-                point = self.repo.find_point(point_ref)
+                point = self.find_point(point_ref)
                 children = lifecycle.delete_point(self.repo, point)
                 job._log(
                     f"deleted point {point.id}; folded into {', '.join(children) or 'no child'}"
@@ -825,10 +906,14 @@ class Service:
         return self._start("delete", f"delete point {point_ref}", run)
 
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        checked_point_ref(point_ref)
+        if until:
+            checked_point_ref(until)
+
         def run(job: Job) -> PointInfo:
             with self._lock(job, locks.EXCLUSIVE, "consolidate"):
-                point = self.repo.find_point(point_ref)
-                stop = self.repo.find_point(until) if until else None
+                point = self.find_point(point_ref)
+                stop = self.find_point(until) if until else None
                 merged = lifecycle.consolidate(self.repo, point, until=stop)
                 return PointInfo.of(merged, merged.id in lifecycle.protected_ids(self.repo))
 
@@ -838,7 +923,7 @@ class Service:
         self, policy: lifecycle.Policy, *, volume: str | None = None, dry_run: bool = False
     ) -> Job:
         """Apply a retention policy. The result lists every point with keep/remove and why."""
-        ref = VolumeRef.parse(volume) if volume else None
+        ref = parse_volume(volume) if volume else None
 
         def run(job: Job) -> ForgetReport:
             with self._lock(job, locks.SHARED if dry_run else locks.EXCLUSIVE, "forget"):
@@ -917,7 +1002,9 @@ class Service:
         snapshot_handle: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> Job:
-        ref = volume.checked() if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+        ref, parent, labels = check_backup_options(
+            volume, parent=parent, snapshot_handle=snapshot_handle, labels=labels
+        )
         changed: Callable[[], Iterable[Range]] | None
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges
@@ -950,15 +1037,39 @@ class Service:
 
         return self._start("backup", f"back up {source} as {ref}", run)
 
-    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
+    def check_restore_target(
+        self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+    ) -> bool:
+        """Refuse a restore target that cannot be written, before anything is (TargetError;
+        TargetExists when only ``overwrite`` is missing). Returns whether it is a device."""
+        return check_image_target(target, overwrite=overwrite, within=within)
+
+    def start_restore(
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),
+    ) -> Job:
+        """Restore a point to an image file or block device.
+
+        The target is checked now (a bad one raises before any job exists) and opened again
+        when the restore starts writing; ``within`` limits it to those folders, walked
+        without following symlinks then.
+        """
+        checked_point_ref(point_ref)
+        self.check_restore_target(target, overwrite=overwrite, within=within)
+
         def run(job: Job) -> dict[str, Any]:
             with self._lock(job, locks.SHARED, f"restore of {point_ref}", optional=True):
-                point = self.repo.find_point(point_ref)
+                point = self.find_point(point_ref)
                 return engine.restore(
                     self.repo,
                     point,
                     target,
                     overwrite=overwrite,
+                    within=within,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
                 )
@@ -966,11 +1077,14 @@ class Service:
         return self._start("restore", f"restore {point_ref} to {target}", run)
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
+        if point_ref:
+            checked_point_ref(point_ref)
+
         def run(job: Job) -> VerifyReport:
             with self._lock(job, locks.SHARED, "verify", optional=True):
                 # Listed under the lock: a concurrent forget cannot make false problems.
                 if point_ref:
-                    points = [self.repo.find_point(point_ref)]
+                    points = [self.find_point(point_ref)]
                 else:
                     points = self.repo.list_points()
                 return engine.verify(
@@ -1062,15 +1176,23 @@ class Service:
             return files.listdir(path)
         return [entry]
 
-    def start_extract(self, point_ref: str, paths: Sequence[str], to_dir: str) -> Job:
+    def start_extract(
+        self, point_ref: str, paths: Sequence[str], to_dir: str, *, within: Sequence[str] = ()
+    ) -> Job:
         """Copy files and directories out of a point's filesystem into ``to_dir``.
 
-        The job's result is an ExtractReport (backend/extract.py); progress counts bytes.
+        The target folder is checked now and opened when the job starts writing (``within``:
+        as for start_restore). The job's result is an ExtractReport (backend/extract.py);
+        progress counts bytes.
         """
         from .extract import extract
         from .fsview import PointFiles
 
+        checked_point_ref(point_ref)
         wanted = list(paths)
+        if not wanted:
+            raise UsageError("name at least one path to extract")
+        check_folder_target(to_dir, within=within)
 
         def run(job: Job) -> ExtractReport:
             files = PointFiles(self, self.get_point(point_ref))
@@ -1080,6 +1202,7 @@ class Service:
                     files,
                     wanted,
                     to_dir,
+                    within=within,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
                 )

@@ -136,6 +136,14 @@ class LaminaApp(App[None]):
         except Exception as e:
             self.post_message(ActionFailed(what, plain_error(e)))
             return
+        self._follow(job_id, what)
+
+    @work(thread=True, group="jobs")
+    def follow_job(self, job_id: str, what: str) -> None:
+        """Show a job started elsewhere (a dialog) in the job strip and follow its progress."""
+        self._follow(job_id, what)
+
+    def _follow(self, job_id: str, what: str) -> None:
         self.post_message(JobStarted(job_id, what))
         self._watch(job_id)
 

@@ -6,8 +6,8 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from ..lifecycle import Policy, parse_duration
-from ..service import ForgetReport, LockInfo, PointInfo, PruneReport
+from ..lifecycle import Policy
+from ..service import ForgetReport, LockInfo, PointInfo, PruneReport, parse_keep_within
 from ..units import format_size, plural
 from .common import add_repo_args, open_service, print_json, run_job
 
@@ -100,7 +100,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         weekly=args.keep_weekly,
         monthly=args.keep_monthly,
         yearly=args.keep_yearly,
-        within=parse_duration(args.keep_within) if args.keep_within else None,
+        within=parse_keep_within(args.keep_within) if args.keep_within else None,
     )
     service = open_service(args)
     report: ForgetReport = run_job(
