@@ -48,6 +48,7 @@ from .mountstate import (
     remove_record,
     repo_key,
     write_record,
+)
 from .limits import (
     checked_context,
     checked_labels,
