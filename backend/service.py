@@ -36,6 +36,18 @@ from .engine import BackupRequest, VerifyReport, VolumeRef
 from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
 from .extents import Range
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from .limits import (
+    checked_context,
+    checked_labels,
+    checked_name,
+    checked_note,
+    checked_point_ref,
+    checked_snapshot_handle,
+    checked_volume_parts,
+    checked_volume_text,
+    parse_keep_within,
+    shown,
+)
 from .local.cluster import LocalCluster, LocalSnapshot
 from .locks import LockInfo
 from .mountstate import (
@@ -48,18 +60,6 @@ from .mountstate import (
     remove_record,
     repo_key,
     write_record,
-)
-from .limits import (
-    checked_context,
-    checked_labels,
-    checked_name,
-    checked_note,
-    checked_point_ref,
-    checked_snapshot_handle,
-    checked_volume_parts,
-    checked_volume_text,
-    parse_keep_within,
-    shown,
 )
 from .progress import Progress
 from .prune import PruneReport, prune
@@ -123,7 +123,11 @@ __all__ = [
 
 def parse_volume(volume: str | VolumeRef) -> VolumeRef:
     """A volume name as typed, or a VolumeRef, checked part by part (backend/limits.py)."""
-    ref = volume.checked() if isinstance(volume, VolumeRef) else VolumeRef.parse(checked_volume_text(volume))
+    ref = (
+        volume.checked()
+        if isinstance(volume, VolumeRef)
+        else VolumeRef.parse(checked_volume_text(volume))
+    )
     checked_volume_parts(ref.cluster, ref.namespace, ref.name)
     return ref
 
