@@ -96,7 +96,7 @@ class S3Proxy:
         up_reader = upstream.makefile("rb")
         try:
             while True:
-                head, body, method, path = _read_message(reader, request=True)
+                head, body, method, path = _read_message(reader, request=True, client=client)
                 if head is None:
                     return
                 with self._lock:
@@ -122,23 +122,39 @@ class S3Proxy:
 
 
 def _read_message(
-    reader: object, *, request: bool, head_request: bool = False
+    reader: object,
+    *,
+    request: bool,
+    head_request: bool = False,
+    client: socket.socket | None = None,
 ) -> tuple[bytes | None, bytes, str, str]:
-    """One HTTP/1.1 message as raw bytes: (head, body, method, path)."""
+    """One HTTP/1.1 message as raw bytes: (head, body, method, path).
+
+    A request's ``Expect: 100-continue`` is answered here (to ``client``) and not forwarded,
+    and interim 1xx answers of the server are skipped, so each request has one answer.
+    """
     readline = reader.readline  # type: ignore[attr-defined]
     read = reader.read  # type: ignore[attr-defined]
-    first = readline()
-    if not first:
-        return None, b"", "", ""
-    lines = [first]
-    headers: dict[str, str] = {}
     while True:
-        line = readline()
-        lines.append(line)
-        if line in (b"\r\n", b"\n", b""):
+        first = readline()
+        if not first:
+            return None, b"", "", ""
+        lines = [first]
+        headers: dict[str, str] = {}
+        while True:
+            line = readline()
+            if line in (b"\r\n", b"\n", b""):
+                lines.append(line)
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            if request and name.strip().lower() == "expect":
+                if client is not None:
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                continue
+            lines.append(line)
+            headers[name.strip().lower()] = value.strip()
+        if request or not 100 <= int(first.split(b" ")[1]) < 200:
             break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
     method, path = "", ""
     if request:
         parts = first.decode("latin-1").split(" ")
