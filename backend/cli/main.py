@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO, cast
@@ -11,7 +12,7 @@ from typing import TextIO, cast
 from .. import __version__
 from ..display import printable
 from ..errors import LaminaError
-from .common import PrintableOutput
+from .common import PrintableOutput, close_services, resolve_repo
 
 # Modules that register subcommands; a missing optional module is skipped.
 COMMAND_MODULES = [
@@ -45,12 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every cleanup on the way out runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     stdout = sys.stdout
     sys.stdout = cast(TextIO, PrintableOutput(stdout))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        resolve_repo(args)
         return int(args.func(args) or 0)
     except LaminaError as e:
         # Errors quote paths, names and server replies: one escaped line, whatever they hold.
@@ -59,9 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("lamina: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        close_services()
         sys.stdout = stdout
 
 

@@ -23,7 +23,7 @@ from ..formatting import shown
 from ..messages import MountsChanged, PointsLoaded
 from ..widgets.table import LaminaTable
 from .base import LaminaScreen, plain_error
-from .dialogs import ConfirmScreen, PromptScreen
+from .dialogs import ConfirmScreen, PromptScreen, RestoreScreen
 
 VERIFY_STYLES = {
     "ok": ("✓ verified", "green"),
@@ -326,20 +326,21 @@ class ChainScreen(LaminaScreen):
             self.lamina.work_dir, fmt.printable(f"{self.volume.name}-{point.id[:8]}.img")
         )
 
-        def restore(target: str | None) -> None:
-            if target:
-                self.lamina.start_job(
-                    f"restore {point.id}",
-                    lambda: self.client.start_restore(point.id, self.lamina.resolve_path(target)),
-                )
+        def start(target: str, overwrite: bool) -> str:
+            return self.client.start_restore(point.id, self.lamina.resolve_path(target), overwrite)
+
+        def started(job_id: str | None) -> None:
+            if job_id:
+                self.lamina.follow_job(job_id, f"restore {point.id}")
 
         self.app.push_screen(
-            PromptScreen(
+            RestoreScreen(
                 f"Restore point {point.id} to a file or block device",
                 suggestion,
+                start,
                 hint="a new file; lamina writes it sparse and checks the image digest",
             ),
-            restore,
+            started,
         )
 
     def action_unmount(self) -> None:

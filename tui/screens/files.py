@@ -15,6 +15,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from lamina.backend.units import plural
+
 from .. import formatting as fmt
 from ..client import FileEntry, Point
 from ..formatting import shown
@@ -333,7 +335,7 @@ class FilesScreen(LaminaScreen):
         suggestion = os.path.join(
             self.lamina.work_dir, fmt.printable(f"extract-{self.point.id[:8]}")
         )
-        what = f"{len(paths)} item(s)" if len(paths) > 1 else paths[0]
+        what = plural(len(paths), "item") if len(paths) > 1 else paths[0]
 
         def extract(target: str | None) -> None:
             if not target:
