@@ -89,7 +89,9 @@ def checked_volume_text(text: str) -> str:
     if _size(text) > 3 * MAX_NAME_BYTES + 2:
         raise UsageError(f"the volume name is {_size(text)} bytes long: {shown(text)}")
     if _controls(text):
-        raise UsageError(f"the volume name must not hold control characters: {shown(text)}")
+        raise UsageError(
+            f"not a valid volume name: '{shown(text)}' (it contains a control character)"
+        )
     return text
 
 
