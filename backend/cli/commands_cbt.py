@@ -334,7 +334,10 @@ def cmd_local_snapshots(args: argparse.Namespace) -> int:
         )
         return 0
     for gone in removed:
-        print(f"deleted snapshot {gone.namespace}/{gone.name} ({format_size(gone.size)})")
+        print(
+            f"deleted snapshot {printable(gone.namespace)}/{printable(gone.name)} "
+            f"({format_size(gone.size)})"
+        )
     if args.prune:
         print(f"{plural(len(removed), 'snapshot')} deleted, {len(snapshots)} kept")
     if not snapshots:

@@ -158,7 +158,7 @@ def cmd_repo_info(args: argparse.Namespace) -> int:
             ),
         }
         for k, v in shown.items():
-            print(f"{k:16} {v}")
+            print(f"{k:16} {printable(str(v))}")
     return 0
 
 

@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from lamina.backend.service import JobState, Service, init_repository
 from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.client import InProcessClient
 from lamina.tui.grpc_client import GrpcClient
+from lamina.tui.screens.dialogs import RestoreScreen
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.jobs import JobsScreen
 from lamina.tui.screens.volumes import VolumesScreen
@@ -197,3 +199,33 @@ async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostil
     assert "evil\\x1b[2J" in clusters and "[bold red]loud" in clusters
     assert "evil\\x1b[2J" in volume_list  # the volume the server says the repository holds
     assert "evil\\x1b[2J" in job_list  # the task's description, summary and log
+
+
+@pytest.mark.asyncio
+async def test_the_restore_dialog_shows_a_refused_hostile_target_escaped(hostile: Hostile) -> None:
+    """The service's refusal quotes the target, resolved under a working folder whose name
+    holds terminal sequences; the dialog draws that line escaped."""
+    client = InProcessClient(hostile.service)
+    with tempfile.TemporaryDirectory(prefix="r") as tmp:
+        work_dir = os.path.join(tmp, "evil\x1b]0;pwned\x07\x1b[2J")
+        os.makedirs(os.path.join(work_dir, "restored"))
+        app = make_app(client)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.started)
+            dialog = RestoreScreen(
+                f"Restore point {hostile.point}",
+                "restored",
+                lambda target, overwrite: client.start_restore(
+                    hostile.point, os.path.join(work_dir, target), overwrite
+                ),
+            )
+            await app.push_screen(dialog)
+            await pilot.press("enter")
+            await until(pilot, lambda: dialog.problem != "")
+            await pilot.pause()
+            text = screen_text(app)
+        assert os.listdir(os.path.join(work_dir, "restored")) == []
+
+    assert "is a folder" in dialog.problem
+    assert unsafe_characters(text) == [], text
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J/restored is a folder" in text
