@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from ..display import printable
 from ..errors import UsageError
 
 # Health checks answer without a token: probes and load balancers carry none.
@@ -28,7 +29,7 @@ def read_token_file(path: str) -> str:
     token = text.strip()
     if not token:
         raise UsageError(f"token file {path} is empty")
-    if any(c.isspace() or not c.isprintable() for c in token):
+    if any(c.isspace() for c in token) or printable(token) != token:  # visible, one word
         raise UsageError(f"token file {path} must hold one token without spaces")
     return token
 

@@ -101,3 +101,33 @@ def test_the_cli_stdout_lets_only_visible_text_newlines_and_tabs_through() -> No
     assert out.write("name\x1b[2J\u202e\n\tnext\r") == len("name\x1b[2J\u202e\n\tnext\r")
     assert sink.getvalue() == "name\\x1b[2J\\u202e\n\tnext\\r"
     assert out.isatty() is False  # everything else is the stream's
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"), [*HOSTILE, ("hidden\u3164filler", "hidden\\u3164filler")]
+)
+def test_error_lines_escape_by_the_same_rule(raw: str, shown: str) -> None:
+    """names.py and limits.py quote refused values; extract.py quotes skipped paths: all of
+    them through ``printable`` (a Hangul filler is printable to Python, blank on screen)."""
+    from lamina.backend import extract, limits, names
+
+    assert names.shown(raw) == shown
+    assert limits.shown(raw) == shown
+    assert extract.printable(raw) == shown
+    assert limits.shown(raw * 40).endswith("…") and len(limits.shown("v" * 200)) == 61
+
+
+def test_no_second_escaping_rule_in_the_code() -> None:
+    """Escaping lives in display.py alone: no other module tests characters for being
+    printable or asks unicodedata (a second rule would drift from the first)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [p for d in ("backend", "tui", "fs") for p in (root / d).rglob("*.py")]
+    offenders = [
+        str(p.relative_to(root))
+        for p in sources
+        if p.name != "display.py"
+        and ("unicodedata" in p.read_text() or ".isprintable()" in p.read_text())
+    ]
+    assert offenders == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -10,10 +11,12 @@ from textual import on, work
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
+from lamina.backend.errors import UsageError
+
 from ..client import Cluster, ClusterCheck
 from ..formatting import shown
 from ..messages import ClustersChecked, ClustersLoaded
-from .base import Column, TableScreen
+from .base import Column, TableScreen, plain_error
 
 
 def _status(check: ClusterCheck | None) -> Text:
@@ -77,13 +80,30 @@ class ClustersScreen(TableScreen[Cluster]):
         clusters = self.call_safely("list clusters", self.client.list_clusters)
         self.post_message(ClustersLoaded(clusters or []))
         if clusters:
-            checks = self.call_safely(
-                "check clusters",
-                lambda: self.client.check_clusters(
-                    [c.name for c in clusters], self.lamina.check_timeout
-                ),
-            )
+            names = [c.name for c in clusters]
+            checks = self.call_safely("check clusters", lambda: self.check_each(names))
             self.post_message(ClustersChecked(checks or {}))
+
+    def check_each(self, names: list[str]) -> dict[str, ClusterCheck]:
+        """A check of every cluster listed. A name the backend refuses to check (a context
+        name breaking its rules, say) is that cluster's failed check, in the backend's own
+        line; it does not cost the other clusters their answer."""
+        timeout = self.lamina.check_timeout
+        try:
+            return self.client.check_clusters(names, timeout)
+        except UsageError:
+            if len(names) == 1:
+                raise
+
+        def one(name: str) -> dict[str, ClusterCheck]:
+            try:
+                return self.client.check_clusters([name], timeout)
+            except UsageError as e:
+                return {name: ClusterCheck(False, plain_error(e), 0.0)}
+
+        # In parallel: each check may take up to the timeout.
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            return {k: v for result in pool.map(one, names) for k, v in result.items()}
 
     @on(ClustersLoaded)
     def _loaded(self, message: ClustersLoaded) -> None:
