@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .display import printable
+from .display import printable as printable  # skipped paths, and callers of extract.printable
 from .errors import Cancelled, LaminaError, UsageError
 from .fsread import Entry
 from .fsview import PointFiles, normalize

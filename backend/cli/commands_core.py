@@ -246,8 +246,8 @@ def cmd_chain(args: argparse.Namespace) -> int:
         return 0
     newest = chain[0]
     print(
-        f"chain of {printable(newest.id)} ({printable(str(newest.volume))}), "
-        f"{plural(len(chain), 'point')}, each under its parent:"
+        f"chain of {printable(newest.id)} ({printable(str(newest.volume))}), each point under "
+        f"its parent, {plural(len(chain), 'point')}:"
     )
     rows = tree_rows(
         chain, key=lambda p: p.id, parent=lambda p: p.parent, order=lambda p: p.created
