@@ -6,6 +6,7 @@ Object layout (docs/format.md has the details):
     packs/<aa>/<pack-id>        pieces, then a sealed header listing them
     index/<segment-id>          piece id -> (pack, offset, size) for the packs of one backup
     maps/<point-id>             the extents one restore point wrote
+    maps/<point-id>.fp          its fingerprints (one short hash per fingerprint block)
     manifests/<point-id>        the restore point itself; written last
 """
 
@@ -41,6 +42,18 @@ from .errors import (
     UsageError,
 )
 from .extents import image_digest, resolve_chain
+from .fingerprints import (
+    DEFAULT_FINGERPRINT_BLOCK,
+    MIN_FINGERPRINT_BLOCK,
+    Fingerprinter,
+    Fingerprints,
+    Run,
+    fingerprint_key,
+    resolve_fingerprints,
+    touched_runs,
+)
+from .fingerprints import decode as decode_fingerprints
+from .fingerprints import encode as encode_fingerprints
 from .format import Extent, PieceEntry
 from .storage import ObjectNotFound, ShortRead, Storage
 from .storage.wrappers import CountingStorage, RetryingStorage
@@ -227,6 +240,12 @@ class Point:
         return str(self.manifest.get("map") or f"maps/{self.id}")
 
     @property
+    def fingerprints_key(self) -> str | None:
+        """The object holding this point's fingerprints; None for points made without."""
+        key = self.manifest.get("fingerprints")
+        return str(key) if key else None
+
+    @property
     def volume_key(self) -> str:
         v = self.manifest["volume"]
         return f"{v['cluster']}/{v['namespace']}/{v['name']}"
@@ -242,6 +261,12 @@ class Repository:
         self.grid_size = int(config["grid_size"])
         self.pack_size = int(config.get("pack_size", DEFAULT_PACK_SIZE))
         self.zstd_level = int(config.get("compression", {}).get("level", DEFAULT_ZSTD_LEVEL))
+        # Repositories from before fingerprints have no such field: none are written there.
+        self.fingerprint_block = int(config.get("fingerprint_block") or 0)
+        self.fingerprinter: Fingerprinter | None = None
+        if self.fingerprint_block:
+            key = fingerprint_key(keys.id_key) if keys is not None else None
+            self.fingerprinter = Fingerprinter(self.fingerprint_block, key)
         self.index = PieceIndex()
         self._segments: set[str] = set()
         self._last_refresh = 0.0
@@ -278,7 +303,17 @@ class Repository:
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         pack_size: int = DEFAULT_PACK_SIZE,
         object_lock_days: int = 0,
+        fingerprint_block: int = DEFAULT_FINGERPRINT_BLOCK,
     ) -> Repository:
+        if fingerprint_block and (
+            fingerprint_block < MIN_FINGERPRINT_BLOCK
+            or fingerprint_block > grid_size
+            or fingerprint_block & (fingerprint_block - 1)
+        ):
+            raise UsageError(
+                f"fingerprint block must be 0 (none) or a power of two between "
+                f"{MIN_FINGERPRINT_BLOCK // 1024} KiB and the grid size, not {fingerprint_block}"
+            )
         if grid_size < MIN_GRID or grid_size > MAX_GRID or grid_size & (grid_size - 1):
             raise UsageError(
                 f"grid size must be a power of two between {MIN_GRID // 1024} KiB and "
@@ -305,6 +340,7 @@ class Repository:
             "pack_size": pack_size,
             "hash": "blake3-keyed" if password else "blake3",
             "compression": {"codec": "zstd", "level": zstd_level},
+            "fingerprint_block": fingerprint_block or None,
             "encryption": None,
             "object_lock": {"mode": "COMPLIANCE", "days": object_lock_days}
             if object_lock_days
@@ -593,11 +629,20 @@ class Repository:
             raise UsageError(f"{ref!r} matches {len(candidates)} points; give more characters")
         return candidates[0]
 
-    def save_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
-        """Write a point's extent map, then its manifest. The manifest makes the point exist."""
+    def save_point(
+        self,
+        manifest: dict[str, Any],
+        extents: Sequence[Extent],
+        fingerprints: Fingerprints | None = None,
+    ) -> Point:
+        """Write a point's extent map (and fingerprints), then its manifest. The manifest
+        makes the point exist."""
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.put_retained(f"maps/{point_id}", map_blob)
+        if fingerprints is not None and self.fingerprint_block:
+            manifest = {**manifest, "fingerprints": f"maps/{point_id}.fp"}
+            self._write_fingerprints(manifest, fingerprints)
         key = f"manifests/{point_id}"
         written = self.put_retained(key, fmt.encode_manifest(self.sealer, manifest))
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
@@ -626,18 +671,27 @@ class Repository:
                 self._maps_extents -= len(old)
         return extents
 
-    def replace_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
+    def replace_point(
+        self,
+        manifest: dict[str, Any],
+        extents: Sequence[Extent],
+        fingerprints: Fingerprints | None = None,
+    ) -> Point:
         """Give an existing point a new extent map and manifest (consolidation).
 
-        The new map goes to a new object first; then one PUT replaces the manifest, so a
-        reader sees either the old point or the new one, both whole. The old map stays
-        until prune removes it.
+        The new map (and fingerprints) go to new objects first; then one PUT replaces the
+        manifest, so a reader sees either the old point or the new one, both whole. The old
+        map stays until prune removes it.
         """
         point_id = str(manifest["id"])
         key = f"maps/{point_id}.{secrets.token_hex(4)}"
         blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.put_retained(key, blob)
         manifest = {**manifest, "map": key}
+        manifest.pop("fingerprints", None)
+        if fingerprints is not None and self.fingerprint_block:
+            manifest["fingerprints"] = f"{key}.fp"
+            self._write_fingerprints(manifest, fingerprints)
         self.put_retained(
             f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=False
         )
@@ -651,6 +705,46 @@ class Repository:
         self.storage.delete(f"manifests/{point.id}")
         with self._cache_lock:
             self._points.pop(point.id, None)
+
+    # ------------------------------------------------------------------ fingerprints
+
+    def _write_fingerprints(self, manifest: dict[str, Any], fingerprints: Fingerprints) -> None:
+        key = str(manifest["fingerprints"])
+        blob = encode_fingerprints(self.sealer, fingerprints, int(manifest["capacity"]))
+        self.put_retained(key, blob)
+
+    def load_fingerprints(self, point: Point) -> Fingerprints | None:
+        """A point's own fingerprints; None when it has none (made before them, or the object
+        is gone, or they use another block size): callers then fall back to cell hashes."""
+        key = point.fingerprints_key
+        if key is None or not self.fingerprint_block:
+            return None
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            return None
+        _capacity, fingerprints = decode_fingerprints(
+            self.sealer, blob, f"fingerprints of point {point.id}"
+        )
+        if fingerprints.block_size != self.fingerprint_block:
+            return None
+        return fingerprints
+
+    def fingerprint_layers(self, points: Sequence[Point]) -> list[list[Run]]:
+        """Each point's fingerprint runs, newest first; UNKNOWN where a point without
+        fingerprints has extents."""
+        block = self.fingerprint_block
+
+        def layer(p: Point) -> list[Run]:
+            own = self.load_fingerprints(p)
+            return own.runs if own is not None else touched_runs(self.load_map(p), block)
+
+        return self._parallel(layer, list(points))
+
+    def resolve_fingerprints(self, point: Point) -> Fingerprints:
+        """The fingerprint of every block as ``point`` reads it (see lamina.backend.fingerprints)."""
+        layers = self.fingerprint_layers(self.chain(point))
+        return resolve_fingerprints(self.fingerprint_block, layers)
 
     def chain(self, point: Point) -> list[Point]:
         """The point, its parent, and so on down to the full point, newest first."""

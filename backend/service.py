@@ -34,6 +34,7 @@ from .clusters import (
 from .engine import BackupRequest, VerifyReport, VolumeRef
 from .errors import Cancelled, LaminaError, UsageError
 from .extents import Range
+from .fingerprints import DEFAULT_FINGERPRINT_BLOCK
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 from .progress import Progress
 from .prune import PruneReport, prune
@@ -100,6 +101,7 @@ class RepositoryInfo:
     compression: str
     created: str
     object_lock_days: int = 0
+    fingerprint_block: int = 0  # 0: the repository keeps no fingerprints (made before them)
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,7 @@ def init_repository(
     password: bytes | None = None,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     object_lock_days: int = 0,
+    fingerprint_block: int = DEFAULT_FINGERPRINT_BLOCK,
 ) -> RepositoryInfo:
     storage = open_storage(url, create=not object_lock_days)
     repo = Repository.init(
@@ -315,6 +318,7 @@ def init_repository(
         password=password,
         zstd_level=zstd_level,
         object_lock_days=object_lock_days,
+        fingerprint_block=fingerprint_block,
     )
     return _repo_info(repo)
 
@@ -330,6 +334,7 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
         compression=f"zstd level {repo.zstd_level}",
         created=str(c["created"]),
         object_lock_days=repo.retention_days,
+        fingerprint_block=repo.fingerprint_block,
     )
 
 

@@ -27,6 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)"
     )
+    p.add_argument(
+        "--fingerprint-block",
+        default="64KiB",
+        help="block a scan incremental compares and stores (power of two, 4KiB to the grid; "
+        "0: none, cell hashes only)",
+    )
     p.add_argument("--compression-level", type=int, default=3, help="zstd level, 1-19 (default 3)")
     p.add_argument(
         "--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)"
@@ -120,6 +126,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         password=password if args.encrypt else None,
         zstd_level=args.compression_level,
         object_lock_days=args.object_lock_days,
+        fingerprint_block=parse_size(args.fingerprint_block),
     )
     if args.json:
         print_json(info.__dict__)
@@ -138,7 +145,8 @@ def cmd_repo_info(args: argparse.Namespace) -> int:
         print_json(info.__dict__)
     else:
         for k, v in info.__dict__.items():
-            print(f"{k:12} {format_size(v) if k == 'grid_size' else v}")
+            sized = k in ("grid_size", "fingerprint_block") and v
+            print(f"{k:12} {format_size(v) if sized else v}")
     return 0
 
 
