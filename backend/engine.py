@@ -440,10 +440,11 @@ def _run_pipeline(
         lo = spans[0][0] // fb * fb
         end = spans[-1][0] + spans[-1][1]
         hi = min(-(-end // fb) * fb, capacity)
-        buf = bytearray(_read_exact(fd, hi - lo, lo))
-        if sum(n for _, n in spans) != hi - lo:
-            _mask(buf, lo, spans)
-        view = memoryview(buf)
+        data: bytes | bytearray = _read_exact(fd, hi - lo, lo)
+        if sum(n for _, n in spans) != hi - lo:  # holes inside the read: zeros, whatever is there
+            data = bytearray(data)
+            _mask(data, lo, spans)
+        view = memoryview(data)
         blocks: list[int] = []
         for offset, length in spans:
             for b in range(offset // fb, (offset + length - 1) // fb + 1):

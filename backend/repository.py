@@ -501,8 +501,9 @@ class Repository:
 
     def encode_piece(self, piece_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
         """Compress (when it shrinks) and seal a piece. Returns the blob and its codec."""
-        compressed = self._compressor().compress(data)
-        if len(compressed) < len(data):
+        compressor = self._compressor()
+        compressed = None if _looks_incompressible(compressor, data) else compressor.compress(data)
+        if compressed is not None and len(compressed) < len(data):
             payload, codec = compressed, fmt.PIECE_ZSTD
         else:
             payload, codec = bytes(data), fmt.PIECE_RAW
@@ -793,6 +794,25 @@ class Repository:
             return [fn(i) for i in items]
         with ThreadPoolExecutor(min(self.io_threads, len(items))) as pool:
             return list(pool.map(fn, items))
+
+
+# Random data costs zstd nearly as much time as text and gains nothing: a large piece whose
+# samples (spread over it) all stay within 2% of their size is stored raw without trying.
+_SAMPLE_SIZE = 32 * 1024
+_SAMPLES = 4
+_SAMPLED_FROM = 8 * _SAMPLE_SIZE
+
+
+def _looks_incompressible(compressor: zstandard.ZstdCompressor, data: bytes | memoryview) -> bool:
+    if len(data) < _SAMPLED_FROM:
+        return False
+    step = (len(data) - _SAMPLE_SIZE) // (_SAMPLES - 1)
+    view = memoryview(data)
+    for i in range(_SAMPLES):
+        sample = view[i * step : i * step + _SAMPLE_SIZE]
+        if len(compressor.compress(sample)) < 0.98 * _SAMPLE_SIZE:
+            return False
+    return True
 
 
 def pack_runs(
