@@ -857,6 +857,10 @@ def verify(
             continue
         if image_digest(point.capacity, resolved) != point.manifest.get("image_digest"):
             report.problems.append(f"point {point.id}: image digest does not match its extent maps")
+        try:
+            repo.load_fingerprints(point)
+        except LaminaError as e:  # backups would compare whole cells instead: worth knowing
+            report.problems.append(f"point {point.id}: {e}")
         for extent in resolved:
             if extent.kind == EXTENT_DATA:
                 needed.setdefault(extent.piece_id, []).append((point.id, extent.offset))

@@ -733,11 +733,14 @@ class Repository:
 
     def fingerprint_layers(self, points: Sequence[Point]) -> list[list[Run]]:
         """Each point's fingerprint runs, newest first; UNKNOWN where a point without
-        fingerprints has extents."""
+        (readable) fingerprints has extents."""
         block = self.fingerprint_block
 
         def layer(p: Point) -> list[Run]:
-            own = self.load_fingerprints(p)
+            try:
+                own = self.load_fingerprints(p)
+            except CorruptObject:  # verify reports it; meanwhile only cell hashes are trusted
+                own = None
             return own.runs if own is not None else touched_runs(self.load_map(p), block)
 
         return self._parallel(layer, list(points))

@@ -332,3 +332,22 @@ def test_fingerprints_record_what_a_point_reads_not_what_the_source_holds(
     assert image_of(service, full.id) == data[: 100 * KiB] + bytes(MiB - 100 * KiB)
     point = backup(service, vol, allocated_ranges=lambda: [(0, 200 * KiB)])
     assert image_of(service, point.id) == data[: 200 * KiB] + bytes(MiB - 200 * KiB)
+
+
+def test_a_corrupt_fingerprint_object_is_reported_and_never_trusted(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    init_repository(url, grid_size=256 * KiB, fingerprint_block=BLOCK)
+    service = Service(url)
+    vol = tmp_path / "vol.img"
+    with open(vol, "wb") as f:
+        f.write(random.Random(8).randbytes(2 * MiB))
+    full = backup(service, vol)
+    (fp_file,) = (tmp_path / "repo" / "maps").glob("*.fp")
+    damaged = bytearray(fp_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    fp_file.write_bytes(bytes(damaged))
+    report = run(service.start_verify())
+    assert any(full.id in p and "fingerprints" in p for p in report.problems)  # type: ignore[attr-defined]
+    scattered_writes(vol, 3, 4 * KiB, 9)
+    point = backup(service, vol)
+    assert image_of(service, point.id) == read(vol)
