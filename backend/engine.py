@@ -22,8 +22,16 @@ from .errors import (
     SourceError,
     UsageError,
 )
-from .extents import Range, allocated_ranges, checked_ranges, image_digest, split_on_grid, subtract
-from .fingerprints import UNKNOWN, Collector, Fingerprints
+from .extents import (
+    Range,
+    allocated_ranges,
+    checked_ranges,
+    image_digest,
+    resolve_chain,
+    split_on_grid,
+    subtract,
+)
+from .fingerprints import UNKNOWN, Collector, Fingerprints, resolve_fingerprints
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
 from .progress import ProgressCallback, ProgressTracker
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
@@ -148,14 +156,18 @@ def backup(
                 f"source {request.source} has {source_size} bytes, less than the volume capacity {capacity}"
             )
         repo.load_index()
-        parent, notes = _choose_parent(repo, request, capacity)
+        listed = repo.list_points() if request.parent == "auto" else []
+        parent, notes = _choose_parent(repo, request, capacity, listed)
         mode, ranges, origin = _plan(request, parent, fd, capacity, notes, repo)
+        # The parent's chain, once: every manifest was just listed under this backup's lock.
+        chain = repo.chain_of(parent, listed) if parent is not None else []
+        parent_maps = repo.load_maps(chain)
         scan: _Scan | None = None
         unallocated: list[Extent] = []
         if mode == "scan-incremental":
             assert parent is not None
             ranges = list(ranges)  # read twice: for the holes and for the data
-            scan, unallocated = _scan_baseline(repo, parent, ranges)
+            scan, unallocated = _scan_baseline(repo, chain, parent_maps, ranges)
         _advise_sequential(fd)
         total = sum(r[1] for r in ranges) if isinstance(ranges, list) else None
         tracker.set_phase("backing up", total)
@@ -173,7 +185,7 @@ def backup(
             raise Cancelled("backup cancelled; no restore point was written")
         tracker.set_phase("committing")
         point_id = new_point_id()
-        resolved = repo.resolve_with(parent, extents) if parent else extents
+        resolved = resolve_chain([extents, *parent_maps])
         digest = image_digest(capacity, resolved)
         manifest: dict[str, Any] = {
             "format": fmt.FORMAT_VERSION,
@@ -202,13 +214,13 @@ def backup(
 
 
 def _choose_parent(
-    repo: Repository, request: BackupRequest, capacity: int
+    repo: Repository, request: BackupRequest, capacity: int, listed: Sequence[Point]
 ) -> tuple[Point | None, list[str]]:
     notes: list[str] = []
     if request.parent == "none":
         return None, notes
     if request.parent == "auto":
-        same = [p for p in repo.list_points() if p.volume == request.volume.as_dict()]
+        same = [p for p in listed if p.volume == request.volume.as_dict()]
         if not same:
             notes.append("full backup: no earlier point of this volume")
             return None, notes
@@ -277,11 +289,14 @@ class _Scan:
 
 
 def _scan_baseline(
-    repo: Repository, parent: Point, allocated: Sequence[Range]
+    repo: Repository,
+    chain: Sequence[Point],
+    maps: Sequence[Sequence[Extent]],
+    allocated: Sequence[Range],
 ) -> tuple[_Scan, list[Extent]]:
     """For a backup without changed ranges: what to compare with, and the data the parent had
     where the source now has holes (to be marked unallocated)."""
-    resolved = repo.resolve(parent)
+    resolved = resolve_chain(maps)
     cells = {
         e.offset: (e.length, e.piece_id)
         for e in resolved
@@ -289,7 +304,10 @@ def _scan_baseline(
     }
     parent_data = [(e.offset, e.length) for e in resolved if e.kind == EXTENT_DATA]
     gone = [Extent(o, n, EXTENT_UNALLOCATED) for o, n in subtract(parent_data, allocated)]
-    fingerprints = repo.resolve_fingerprints(parent) if repo.fingerprinter is not None else None
+    fingerprints = None
+    if repo.fingerprinter is not None:
+        layers = repo.fingerprint_layers(chain)
+        fingerprints = resolve_fingerprints(repo.fingerprint_block, layers)
     return _Scan(cells, fingerprints), gone
 
 

@@ -640,10 +640,12 @@ class Repository:
         makes the point exist."""
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
-        self.put_retained(f"maps/{point_id}", map_blob)
+        writes = [(f"maps/{point_id}", map_blob)]
         if fingerprints is not None and self.fingerprint_block:
             manifest = {**manifest, "fingerprints": f"maps/{point_id}.fp"}
-            self._write_fingerprints(manifest, fingerprints)
+            blob = encode_fingerprints(self.sealer, fingerprints, int(manifest["capacity"]))
+            writes.append((str(manifest["fingerprints"]), blob))
+        self._parallel(lambda kv: self.put_retained(*kv), writes)  # both before the manifest
         key = f"manifests/{point_id}"
         written = self.put_retained(key, fmt.encode_manifest(self.sealer, manifest))
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
@@ -772,6 +774,23 @@ class Repository:
                 continue
             seen.add(parent_id)
         return chain
+
+    def chain_of(self, point: Point, listed: Sequence[Point]) -> list[Point]:
+        """``chain(point)`` taking manifests from ``listed`` (read by this operation, under
+        its lock) instead of fetching each one again; falls back to ``chain`` when a link is
+        not there."""
+        by_id = {p.id: p for p in listed}
+        chain = [point]
+        while chain[-1].parent:
+            parent = by_id.get(str(chain[-1].parent))
+            if parent is None or parent.id in {p.id for p in chain}:
+                return self.chain(point)
+            chain.append(parent)
+        return chain
+
+    def load_maps(self, points: Sequence[Point]) -> list[list[Extent]]:
+        """The own maps of several points, fetched in parallel."""
+        return self._parallel(lambda p: self.load_map(p), list(points))
 
     def resolve(self, point: Point) -> list[Extent]:
         """The merged extent map of a point: which piece every byte comes from."""
