@@ -14,10 +14,13 @@ import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lamina.backend.engine import BackupRequest, VolumeRef
+from lamina.backend.engine import backup as engine_backup
 from lamina.backend.fingerprints import FINGERPRINT_SIZE
 from lamina.backend.repository import Repository
 from lamina.backend.service import JobState, PointInfo, Service, init_repository
 from lamina.backend.storage import open_storage
+from lamina.backend.storage.local import LocalStorage
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -351,3 +354,39 @@ def test_a_corrupt_fingerprint_object_is_reported_and_never_trusted(tmp_path: Pa
     scattered_writes(vol, 3, 4 * KiB, 9)
     point = backup(service, vol)
     assert image_of(service, point.id) == read(vol)
+
+
+class _RecordingStorage(LocalStorage):
+    """A real local folder that remembers which objects were read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.gets: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return super().get(key)
+
+
+def test_an_incremental_reads_each_manifest_and_map_once(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    init_repository(url, grid_size=256 * KiB, fingerprint_block=BLOCK)
+    vol = tmp_path / "vol.img"
+    with open(vol, "wb") as f:
+        f.write(random.Random(9).randbytes(2 * MiB))
+    service = Service(url)
+    backup(service, vol)
+    for seed in range(4):
+        backup(service, vol, changed_ranges=scattered_writes(vol, 3, 4 * KiB, seed))
+    for changed in (True, False):
+        storage = _RecordingStorage(tmp_path / "repo")
+        repo = Repository.open(storage)
+        ranges = scattered_writes(vol, 3, 4 * KiB, 20 + changed)
+        request = BackupRequest(
+            str(vol),
+            VolumeRef.parse("vol"),
+            changed_ranges=(lambda r=ranges: r) if changed else None,
+        )
+        engine_backup(repo, request)
+        metadata = [k for k in storage.gets if k.startswith(("manifests/", "maps/"))]
+        assert len(metadata) == len(set(metadata)), sorted(metadata)
