@@ -4,6 +4,7 @@ of a chain mixing changed-range, scan, consolidated and deleted points restores 
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import random
@@ -385,7 +386,7 @@ def test_an_incremental_reads_each_manifest_and_map_once(tmp_path: Path) -> None
         request = BackupRequest(
             str(vol),
             VolumeRef.parse("vol"),
-            changed_ranges=(lambda r=ranges: r) if changed else None,
+            changed_ranges=functools.partial(list, ranges) if changed else None,
         )
         engine_backup(repo, request)
         metadata = [k for k in storage.gets if k.startswith(("manifests/", "maps/"))]
