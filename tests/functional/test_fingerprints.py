@@ -75,6 +75,18 @@ def punch_hole(path: Path, offset: int, length: int) -> None:
             f.write(bytes(length))
 
 
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping ranges covering ``ranges``."""
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if out and offset <= out[-1][0] + out[-1][1]:
+            end = max(out[-1][0] + out[-1][1], offset + length)
+            out[-1] = (out[-1][0], end - out[-1][0])
+        else:
+            out.append((offset, length))
+    return out
+
+
 def read(path: Path) -> bytes:
     return path.read_bytes()
 
@@ -97,6 +109,8 @@ writes = st.lists(
         # the tail becomes one run of zeros (a hole), down to the whole image
         st.tuples(st.just("shrink"), st.integers(0, CAPACITY), st.just(0), st.just(0)),
         st.tuples(st.just("backup"), st.just(0), st.just(0), st.just(0)),
+        # a changed-ranges backup given exactly the ranges written since the last backup
+        st.tuples(st.just("backup-cbt"), st.just(0), st.just(0), st.just(0)),
     ),
     min_size=1,
     max_size=14,
@@ -104,7 +118,7 @@ writes = st.lists(
 
 
 @settings(
-    max_examples=20,
+    max_examples=int(os.environ.get("LAMINA_MODEL_EXAMPLES", "20")),  # longer runs on request
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -130,29 +144,45 @@ def test_scan_incrementals_restore_every_point_and_store_only_changed_blocks(
         point = backup(service, vol)
         expected[point.id] = read(vol)
         previous = expected[point.id]
+        written: list[tuple[int, int]] = []
         for op, a, b, seed in [*steps, ("backup", 0, 0, 0)]:
             if op == "write":
                 length = min(b, CAPACITY - a)
                 with open(vol, "r+b") as f:
                     f.seek(a)
                     f.write(random.Random(seed).randbytes(length))
+                written.append((a, length))
             elif op == "zeros":
                 with open(vol, "r+b") as f:
                     f.seek(a)
                     f.write(bytes(min(b, CAPACITY - a)))
+                written.append((a, min(b, CAPACITY - a)))
             elif op == "punch":
                 punch_hole(vol, a * 4096, min(b * 4096, CAPACITY - a * 4096))
+                written.append((a * 4096, min(b * 4096, CAPACITY - a * 4096)))
             elif op == "shrink":
                 os.truncate(vol, a)
                 os.truncate(vol, CAPACITY)
+                if a < CAPACITY:
+                    written.append((a, CAPACITY - a))
+            elif op == "backup-cbt":
+                ranges = merged(written)
+                if not ranges:
+                    continue
+                point = backup(service, vol, changed_ranges=ranges)
+                assert point.parent is not None and point.stats["bytes_read"] == sum(
+                    n for _, n in ranges
+                )
+                expected[point.id] = previous = read(vol)
+                written = []
             else:
                 point = backup(service, vol)
                 assert point.parent is not None
                 now = read(vol)
                 # Stored data stays within the fingerprint-block rounding of the true change.
                 assert stored_extent_bytes(point) <= changed_blocks_bytes(previous, now, BLOCK)
-                expected[point.id] = now
-                previous = now
+                expected[point.id] = previous = now
+                written = []
         for point_id, data in expected.items():
             assert image_of(service, point_id) == data, f"point {point_id} differs"
         report = run(service.start_verify(deep=True))
