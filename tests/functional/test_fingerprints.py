@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import blake3
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -208,10 +209,11 @@ def scattered_writes(path: Path, count: int, size: int, seed: int) -> list[tuple
     return ranges
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_chain_mixing_cbt_scan_consolidate_and_delete_resolves_correctly(
-    tmp_path: Path,
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    url = str(tmp_path / "repo")
+    url = str(tmp_path / "repo") if where == "local" else request.getfixturevalue("s3_repo_url")
     init_repository(url, grid_size=256 * KiB, fingerprint_block=BLOCK)
     service = Service(url)
     vol = tmp_path / "vol.img"
