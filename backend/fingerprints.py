@@ -95,9 +95,6 @@ class Fingerprints:
         self.runs = list(runs)
         self._starts = [r.first for r in self.runs]
 
-    def __len__(self) -> int:
-        return sum(r.count for r in self.runs)
-
     def lookup(self, block: int) -> bytes | None:
         """The block's hash, UNKNOWN, or None when no point lists it (it reads as zeros)."""
         i = bisect.bisect_right(self._starts, block) - 1
@@ -160,22 +157,18 @@ def resolve_fingerprints(block_size: int, layers: Sequence[Sequence[Run]]) -> Fi
                 layer.append(Extent(run.first, run.count, EXTENT_DATA, tag, 0))
         as_extents.append(layer)
     resolved = resolve_chain(as_extents)
+    starts = [[r.first for r in runs] for runs in layers]
     out: list[Run] = []
     for e in resolved:
         if e.kind != EXTENT_DATA:
             out.append(Run(e.offset, e.length, None))
             continue
         depth = int.from_bytes(e.piece_id, "little")
-        source = _run_containing(layers[depth], e.offset)
+        source = layers[depth][bisect.bisect_right(starts[depth], e.offset) - 1]
         i = (e.offset - source.first) * FINGERPRINT_SIZE
         assert source.hashes is not None
         out.append(Run(e.offset, e.length, source.hashes[i : i + e.length * FINGERPRINT_SIZE]))
     return Fingerprints(block_size, out)
-
-
-def _run_containing(runs: Sequence[Run], block: int) -> Run:
-    i = bisect.bisect_right([r.first for r in runs], block) - 1
-    return runs[i]
 
 
 class Collector:
@@ -194,10 +187,6 @@ class Collector:
             self._hashes += digest
         else:
             self._extra[block] = digest
-
-    def add_run(self, first: int, hashes: bytes) -> None:
-        for i in range(len(hashes) // FINGERPRINT_SIZE):
-            self.add(first + i, hashes[i * FINGERPRINT_SIZE : (i + 1) * FINGERPRINT_SIZE])
 
     def __contains__(self, block: int) -> bool:
         if block in self._extra:
