@@ -13,6 +13,7 @@ changed blocks, and back up exactly those, recording the snapshot handle for the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -25,6 +26,7 @@ from .errors import LaminaError, UsageError
 from .extents import Range
 
 LOCAL = "local"
+MADE_BY_BACKUP = "backup"  # snapshots a backup takes, and may delete once no point needs them
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
@@ -141,19 +143,29 @@ def plan_local_backup(
     if not volume.exists():
         raise LaminaError(f"no volume {namespace}/{name} in the local cluster at {root}")
     cluster = LocalCluster(root)
+    held = contextlib.ExitStack()  # the base and the new snapshot stay until the backup ends
     base = None
     if base_handle:
         try:
             base = cluster.snapshot_by_handle(base_handle)
-        except SnapshotNotFound:
+            held.enter_context(cluster.hold(base))
+        except (SnapshotNotFound, FileNotFoundError):
             base = None
-    snap = cluster.create_snapshot(str(volume), namespace, snapshot_name(name))
-    server = start_server(root, "127.0.0.1:0")
+    try:
+        snap = cluster.create_snapshot(
+            str(volume), namespace, snapshot_name(name), made_by=MADE_BY_BACKUP
+        )
+        held.enter_context(cluster.hold(snap))
+        server = start_server(root, "127.0.0.1:0")
+    except BaseException:
+        held.close()
+        raise
     client = SnapshotMetadataClient(server.address)
 
     def close() -> None:
         client.close()
         server.stop()
+        held.close()
 
     allocated = lambda: client.allocated(namespace, snap.name, capacity_hint=snap.size)  # noqa: E731
     if base is not None and base_point is not None:

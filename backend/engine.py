@@ -33,8 +33,10 @@ from .extents import (
 )
 from .fingerprints import UNKNOWN, Collector, Fingerprints, resolve_fingerprints
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
+from .names import check_name, shown
 from .progress import ProgressCallback, ProgressTracker
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
+from .safewrite import ImageTarget, TargetError
 
 RangeSource = Callable[[], Iterable[Range]]
 
@@ -48,16 +50,30 @@ class VolumeRef:
     name: str
 
     @classmethod
+    def of(cls, cluster: str, namespace: str, name: str) -> VolumeRef:
+        """A volume named by its parts, each checked to be one safe path component."""
+        return cls(cluster, namespace, name).checked()
+
+    @classmethod
     def parse(cls, text: str) -> VolumeRef:
-        """'NAME', 'NAMESPACE/NAME' or 'CLUSTER/NAMESPACE/NAME'."""
+        """'NAME', 'NAMESPACE/NAME' or 'CLUSTER/NAMESPACE/NAME', every part a valid name."""
         parts = text.strip().split("/")
-        if not all(parts) or len(parts) > 3:
-            raise UsageError(f"not a volume name: {text!r} (use NAME, NS/NAME or CLUSTER/NS/NAME)")
+        if len(parts) > 3 or (len(parts) > 1 and not all(parts)):
+            raise UsageError(
+                f"not a volume name: '{shown(text)}' (use NAME, NS/NAME or CLUSTER/NS/NAME)"
+            )
         if len(parts) == 1:
-            return cls("local", "default", parts[0])
+            return cls.of("local", "default", parts[0])
         if len(parts) == 2:
-            return cls("local", parts[0], parts[1])
-        return cls(parts[0], parts[1], parts[2])
+            return cls.of("local", parts[0], parts[1])
+        return cls.of(parts[0], parts[1], parts[2])
+
+    def checked(self) -> VolumeRef:
+        """This volume, when its cluster, namespace and name are all valid names."""
+        check_name(self.cluster, "cluster name")
+        check_name(self.namespace, "namespace")
+        check_name(self.name, "volume name")
+        return self
 
     def as_dict(self) -> dict[str, str]:
         return {"cluster": self.cluster, "namespace": self.namespace, "name": self.name}
@@ -132,12 +148,17 @@ def backup(
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Point:
     """Back up ``request.source`` and return the new restore point.
+
+    ``before_commit`` runs just before the manifest is written (the service checks there
+    that its lock is still held, so every piece deduplicated against still exists).
 
     Nothing becomes visible until the manifest is written, which is the last step: a crash or a
     cancel at any moment leaves the repository with every earlier point intact.
     """
+    request.volume.checked()  # its parts become folders of the FUSE view
     started = time.monotonic()
     requests_before = repo.counter.requests
     tracker = ProgressTracker(progress)
@@ -206,6 +227,8 @@ def backup(
         stats["requests"] = repo.counter.requests - requests_before + 2
         stats["duration_seconds"] = round(time.monotonic() - started, 3)
         manifest["stats"] = stats
+        if before_commit is not None:
+            before_commit()
         point = repo.save_point(manifest, extents, fingerprints)
         tracker.finish(f"point {point_id}")
         return point
@@ -674,11 +697,16 @@ def restore(
     target: str,
     *,
     overwrite: bool = False,
+    within: Sequence[str] = (),
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Restore ``point`` to an image file or a block device, checking every piece and the digest."""
+    """Restore ``point`` to an image file or a block device, checking every piece and the digest.
+
+    The target is opened through backend/safewrite.py (``within``: the only folders it may be
+    in, opened without following symlinks); a failed restore leaves no partial file.
+    """
     tracker = ProgressTracker(progress)
     tracker.set_phase("resolving chain")
     started = time.monotonic()
@@ -693,36 +721,14 @@ def restore(
     runs, users = _plan_reads(repo, resolved)
     total = sum(e.length for e in resolved if e.kind == EXTENT_DATA)
 
-    is_device = False
-    try:
-        is_device = stat.S_ISBLK(os.stat(target).st_mode)
-    except FileNotFoundError:
-        pass
-    if is_device:
-        out_path = target
-        fd = os.open(target, os.O_WRONLY)
-        size = os.lseek(fd, 0, os.SEEK_END)
-        if size < point.capacity:
-            os.close(fd)
-            raise UsageError(
-                f"device {target} has {size} bytes, less than the volume's {point.capacity}"
-            )
-    else:
-        if os.path.exists(target) and not overwrite:
-            raise UsageError(f"{target} exists; choose a new file, or pass --overwrite")
-        parent_dir = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(parent_dir):
-            raise UsageError(f"folder {parent_dir} does not exist")
-        out_path = f"{target}.lamina-partial"
-        fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.ftruncate(fd, point.capacity)
-    ok = False
+    image = ImageTarget.open(target, capacity=point.capacity, overwrite=overwrite, within=within)
+    fd = image.fd
     direct: _DirectWriter | None = None
     try:
-        if is_device:
+        if image.is_device:
             _zero_gaps(fd, resolved, point.capacity, cancelled)
             os.fsync(fd)  # gaps on disk before data goes around the page cache
-        direct = _DirectWriter.open(out_path, resolved)
+        direct = _DirectWriter.open(image.fd, resolved)
         tracker.set_phase("restoring", total)
         workers = threads or repo.io_threads
         failure: list[LaminaError] = []
@@ -755,19 +761,15 @@ def restore(
             raise failure[0]
         if direct is not None:
             direct.sync()
-        os.fsync(fd)
-        ok = True
+            direct.close()
+            direct = None
+        image.commit()
+    except OSError as e:
+        raise TargetError(f"cannot write {image.path}: {e.strerror or e}") from None
     finally:
         if direct is not None:
             direct.close()
-        os.close(fd)
-        if not ok and not is_device:
-            try:
-                os.unlink(out_path)
-            except FileNotFoundError:
-                pass
-    if not is_device:
-        os.replace(out_path, target)
+        image.discard()  # after a commit: nothing left to remove
     result = {
         "point": point.id,
         "target": target,
@@ -799,12 +801,13 @@ class _DirectWriter:
         self._local = threading.local()
 
     @classmethod
-    def open(cls, path: str, resolved: Sequence[Extent]) -> _DirectWriter | None:
+    def open(cls, target_fd: int, resolved: Sequence[Extent]) -> _DirectWriter | None:
         data = [e for e in resolved if e.kind == EXTENT_DATA]
         if not data or any(e.offset % cls.ALIGN or e.length % cls.ALIGN for e in data):
             return None
         try:
-            fd = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+            # The file already open, reopened by descriptor: a path could be swapped by now.
+            fd = os.open(f"/proc/self/fd/{target_fd}", os.O_WRONLY | getattr(os, "O_DIRECT", 0))
         except OSError:  # tmpfs and some others refuse O_DIRECT: write through the cache
             return None
         return cls(fd, max(e.length for e in data))
@@ -885,23 +888,32 @@ def verify(
         tracker.add(1)
     entries: list[PieceEntry] = []
     repo.refresh_index()
-    for piece_id, where in needed.items():
+
+    def name_every_point(piece_id: bytes, problem: str) -> list[str]:
+        """One line per point that reads the piece: every affected point is named."""
+        by_point: dict[str, list[int]] = {}
+        for point_id, offset in needed[piece_id]:
+            by_point.setdefault(point_id, []).append(offset)
+        lines = []
+        for point_id, offsets in by_point.items():
+            more = f" and {len(offsets) - 1} more" if len(offsets) > 1 else ""
+            lines.append(f"point {point_id}: {problem} (volume offset {offsets[0]}{more})")
+        return lines
+
+    for piece_id in needed:
         entry = repo.index.get(piece_id)
-        point_id, offset = where[0]
         if entry is None:
-            report.problems.append(
-                f"point {point_id}: piece {piece_id.hex()[:16]} at volume offset {offset} is not in the index"
+            report.problems += name_every_point(
+                piece_id, f"piece {piece_id.hex()[:16]} is not in the index"
             )
             continue
         size = packs.get(entry.pack_id)
         if size is None:
-            report.problems.append(
-                f"point {point_id}: pack {entry.pack_id.hex()} (volume offset {offset}) is missing"
-            )
+            report.problems += name_every_point(piece_id, f"pack {entry.pack_id.hex()} is missing")
             continue
         if entry.offset + entry.stored_size > size:
-            report.problems.append(
-                f"point {point_id}: pack {entry.pack_id.hex()} is truncated (volume offset {offset})"
+            report.problems += name_every_point(
+                piece_id, f"pack {entry.pack_id.hex()} is truncated"
             )
             continue
         entries.append(entry)
@@ -916,8 +928,7 @@ def verify(
                 return
             for entry, data in zip(run, repo.read_pack_run(run), strict=True):
                 if isinstance(data, LaminaError):
-                    point_id, offset = needed[entry.piece_id][0]
-                    problems.append(f"point {point_id}: {data} (volume offset {offset})")
+                    problems.extend(name_every_point(entry.piece_id, str(data)))
                 tracker.add(entry.raw_size)
 
         with ThreadPoolExecutor(repo.io_threads) as pool:

@@ -8,6 +8,7 @@ rewritten; no piece data is copied.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -35,10 +36,8 @@ def protected_ids(repo: Repository) -> set[str]:
 
 
 def protect(repo: Repository, point: Point, note: str = "") -> None:
-    repo.storage.put(
-        f"{PROTECTED_PREFIX}{point.id}",
-        f'{{"point": "{point.id}", "since": "{datetime.now(UTC).isoformat()}", "note": {note!r}}}'.encode(),
-    )
+    marker = {"point": point.id, "since": datetime.now(UTC).isoformat(), "note": note}
+    repo.storage.put(f"{PROTECTED_PREFIX}{point.id}", json.dumps(marker).encode())
 
 
 def unprotect(repo: Repository, point: Point) -> bool:

@@ -19,6 +19,7 @@ Protocol (docs/format.md, "Concurrency"):
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -43,8 +44,33 @@ SHARED = "shared"
 EXCLUSIVE = "exclusive"
 
 
+# Locks this process holds: whatever way it ends (return, error, Ctrl-C, a SIGTERM turned into
+# an exit), the ones still held are removed at exit instead of lingering until they expire.
+_held: set[Lock] = set()
+_held_lock = threading.Lock()
+
+
+def release_all() -> int:
+    """Release every lock this process still holds. Returns how many there were."""
+    with _held_lock:
+        held = list(_held)
+    for lock in held:
+        try:
+            lock.release()
+        except Exception as e:  # at exit nothing is left to report to: say it, then go on
+            log.warning("cannot remove repository lock %s: %s (it expires by itself)", lock.key, e)
+    return len(held)
+
+
+atexit.register(release_all)
+
+
 class RepositoryLocked(LaminaError):
     """Another process holds a conflicting lock."""
+
+
+class LockLost(LaminaError):
+    """Our lock expired or was removed: what we read under it may no longer hold."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,7 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
+        self._written_at = 0.0  # monotonic time of the last successful write of our lock
 
     def _body(self) -> bytes:
         data: dict[str, Any] = {
@@ -133,7 +160,29 @@ class Lock:
         return json.dumps(data).encode()
 
     def _write(self) -> None:
+        started = time.monotonic()
         self.repo.storage.put(self.key, self._body())
+        self._written_at = started
+
+    def check_held(self) -> None:
+        """Raise LockLost unless our lock is certainly still live for every other process.
+
+        Called before a backup commits: a lock that went unrefreshed past its expiry (a
+        stalled process, a lost network) may have let a prune run, which may have deleted
+        pieces this backup deduplicated against.
+        """
+        if not self.held:
+            raise LockLost("the repository lock was released before the work finished")
+        if time.monotonic() - self._written_at > TTL - REFRESH / 2:
+            raise LockLost(
+                "the repository lock could not be refreshed in time; nothing was committed "
+                "(run the job again)"
+            )
+        if self.repo.storage.head(self.key) is None:
+            raise LockLost(
+                "the repository lock was removed by another process ('lamina unlock --all'?); "
+                "nothing was committed (run the job again)"
+            )
 
     def try_acquire(self) -> list[LockInfo]:
         """Write our lock, then look for conflicts. Returns the conflicting locks (none: held)."""
@@ -149,6 +198,8 @@ class Lock:
             self.repo.storage.delete(self.key)
             return conflicts
         self.held = True
+        with _held_lock:
+            _held.add(self)
         self._thread = threading.Thread(target=self._refresh, name="lamina-lock", daemon=True)
         self._thread.start()
         return []
@@ -161,6 +212,8 @@ class Lock:
                 log.warning("cannot refresh repository lock %s: %s", self.key, e)
 
     def release(self) -> None:
+        with _held_lock:
+            _held.discard(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -203,9 +256,16 @@ def acquire(
         except StorageError as e:
             if optional:
                 log.warning("reading without a lock: %s", e)
+                repo.revalidate()
                 return None
             raise
         if not conflicts:
+            try:
+                # Nothing read before this moment may be acted on (docs/format.md, "Coherence").
+                repo.revalidate(exclusive=kind == EXCLUSIVE)
+            except BaseException:
+                lock.release()
+                raise
             return lock
         if time.monotonic() >= deadline or (cancelled is not None and cancelled()):
             raise RepositoryLocked(

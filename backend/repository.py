@@ -59,6 +59,7 @@ from .storage import ObjectNotFound, ShortRead, Storage
 from .storage.wrappers import CountingStorage, RetryingStorage
 
 CONFIG_KEY = "config"
+GENERATION_KEY = "generation"  # rewritten by every exclusive lock holder: see revalidate()
 DEFAULT_GRID = 4 * 1024 * 1024
 MIN_GRID = 64 * 1024
 MAX_GRID = 64 * 1024 * 1024
@@ -272,6 +273,7 @@ class Repository:
         self._last_refresh = 0.0
         self._index_loaded = False
         self._points: dict[str, Point] = {}
+        self._generation: str | None = None  # the generation the point cache belongs to
         self._maps: OrderedDict[str, list[Extent]] = OrderedDict()
         self._maps_extents = 0
         self._cache_lock = threading.Lock()
@@ -353,7 +355,8 @@ class Repository:
             keys = new_keys()
             config["encryption"] = wrap_keys(keys, password, repo_id)
         blob = json.dumps(config, indent=2).encode() + b"\n"
-        if not storage.put(CONFIG_KEY, blob, if_absent=True):
+        # Through the retrying wrapper: a retry that meets our own config is success.
+        if not RetryingStorage(storage).put(CONFIG_KEY, blob, if_absent=True):
             raise RepositoryExists(f"a repository already exists at {storage.url}")
         return cls(storage, config, keys)
 
@@ -407,6 +410,67 @@ class Repository:
         days = self.retention_days
         until = time.time() + days * 86400 if days else None
         return self.storage.put(key, data, if_absent=if_absent, retain_until=until)
+
+    # ------------------------------------------------------------------ coherence
+    #
+    # What this object caches (the piece index, manifests, point lists) is valid only for
+    # the repository as it was when it was read. Deleters (prune, forget, delete,
+    # consolidate) run under an exclusive lock and rewrite the `generation` object before
+    # they change anything; everyone else calls revalidate() once a lock is granted, so no
+    # process acts on state read before its lock (docs/format.md, "Coherence").
+
+    def read_generation(self) -> str:
+        try:
+            return self.storage.get(GENERATION_KEY).decode("ascii", "replace").strip()
+        except ObjectNotFound:
+            return ""
+
+    def revalidate(self, *, exclusive: bool = False) -> None:
+        """Bring every cache up to date with the repository; call once a lock is held.
+
+        With ``exclusive`` the caller is about to change points or delete objects: it bumps
+        the generation first (so every other process drops its caches), then reads
+        everything afresh. Otherwise one GET of the generation tells whether a deleter ran
+        since the caches were filled; if one did, they are revalidated.
+        """
+        if exclusive:
+            token = secrets.token_hex(16)
+            self.storage.put(GENERATION_KEY, token.encode() + b"\n")
+            self._drop_point_cache(token)
+            self._drop_index()
+            return
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        current = self.read_generation()
+        if current == self._generation:
+            return
+        self._drop_point_cache(current)
+        with self._index_lock:
+            loaded = self._index_loaded
+        if loaded:
+            self._revalidate_index()
+
+    def _drop_point_cache(self, generation: str) -> None:
+        with self._cache_lock:
+            self._points.clear()
+            self._generation = generation
+
+    def _drop_index(self) -> None:
+        with self._index_lock:
+            self.index = PieceIndex()
+            self._segments = set()
+            self._index_loaded = False
+
+    def _revalidate_index(self) -> None:
+        """A segment we loaded is gone (prune rewrote the index): rebuild; else add new ones."""
+        with self._index_lock:
+            present = {info.key for info in self.storage.list("index/")}
+            vanished = bool(self._segments - present)
+        if vanished:
+            self._drop_index()
+        else:
+            self.refresh_index()
 
     # ------------------------------------------------------------------ piece index
 
@@ -583,19 +647,29 @@ class Repository:
     # ------------------------------------------------------------------ restore points
 
     def list_points(self) -> list[Point]:
-        """Every point, oldest first. Manifests never change, so each is fetched only once."""
+        """Every point, oldest first.
+
+        Cached manifests are kept while the generation is unchanged: only deleters replace
+        or remove manifests, and every deleter bumps the generation first.
+        """
+        self._check_generation()
         ids = [info.key.rsplit("/", 1)[-1] for info in self.storage.list("manifests/")]
         with self._cache_lock:
             missing = [i for i in ids if i not in self._points]
-        fetched = self._parallel(
-            lambda i: fmt.decode_manifest(
-                self.sealer, self.storage.get(f"manifests/{i}"), f"manifest of point {i}"
-            ),
-            missing,
-        )
+
+        def fetch(point_id: str) -> dict[str, Any] | None:
+            key = f"manifests/{point_id}"
+            try:
+                blob = self.storage.get(key)
+                return fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}")
+            except ObjectNotFound:
+                return None  # deleted since the listing: the point no longer exists
+
+        fetched = self._parallel(fetch, missing)
         with self._cache_lock:
             for m in fetched:
-                self._points[str(m["id"])] = Point(m)
+                if m is not None:
+                    self._points[str(m["id"])] = Point(m)
             present = set(ids)
             for gone in [i for i in self._points if i not in present]:
                 del self._points[gone]

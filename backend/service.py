@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import engine, lifecycle, locks
 from .clusters import (
     LOCAL,
+    MADE_BY_BACKUP,
     ClusterSummary,
     ClusterVolume,
     Reachability,
@@ -32,13 +33,46 @@ from .clusters import (
     plan_local_backup,
 )
 from .engine import BackupRequest, VerifyReport, VolumeRef
-from .errors import Cancelled, LaminaError, UsageError
+from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
 from .extents import Range
 from .fingerprints import DEFAULT_FINGERPRINT_BLOCK
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from .limits import (
+    checked_context,
+    checked_labels,
+    checked_name,
+    checked_note,
+    checked_point_ref,
+    checked_snapshot_handle,
+    checked_volume_parts,
+    checked_volume_text,
+    parse_keep_within,
+    shown,
+)
+from .local.cluster import LocalCluster, LocalSnapshot
+from .locks import LockInfo
+from .mountstate import (
+    FS_TYPE,
+    MountEntry,
+    MountRecord,
+    live_records,
+    mount_path,
+    mount_table,
+    remove_record,
+    repo_key,
+    write_record,
+)
 from .progress import Progress
 from .prune import PruneReport, prune
 from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
+from .safewrite import (
+    PATH_MAX,
+    PathNotAllowed,
+    TargetError,
+    TargetExists,
+    check_folder_target,
+    check_image_target,
+)
 from .storage import open_storage
 
 if TYPE_CHECKING:
@@ -49,6 +83,8 @@ if TYPE_CHECKING:
     from .fsview import PointFiles, RepositoryView
 
 __all__ = [
+    "FS_TYPE",
+    "PATH_MAX",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -58,19 +94,68 @@ __all__ = [
     "Job",
     "JobState",
     "LaminaError",
+    "LocalSnapshotInfo",
+    "LockInfo",
+    "MountEntry",
     "MountInfo",
+    "PathNotAllowed",
     "PointInfo",
     "Progress",
     "PruneReport",
     "Reachability",
     "RepositoryInfo",
     "Service",
+    "TargetError",
+    "TargetExists",
     "VerifyReport",
     "VolumeInfo",
     "VolumeRef",
+    "check_backup_options",
+    "check_cluster_volume",
     "init_repository",
+    "mount_path",
+    "mount_table",
+    "parse_keep_within",
+    "parse_volume",
     "read_password_file",
+    "shown",
 ]
+
+
+def parse_volume(volume: str | VolumeRef) -> VolumeRef:
+    """A volume name as typed, or a VolumeRef, checked part by part (backend/limits.py)."""
+    ref = (
+        volume.checked()
+        if isinstance(volume, VolumeRef)
+        else VolumeRef.parse(checked_volume_text(volume))
+    )
+    checked_volume_parts(ref.cluster, ref.namespace, ref.name)
+    return ref
+
+
+def check_cluster_volume(cluster: str, namespace: str, name: str) -> VolumeRef:
+    """A cluster volume named by its context, namespace and name, checked (backend/limits.py)."""
+    checked_context(cluster)
+    checked_name(namespace, "namespace")
+    checked_name(name, "volume name")
+    return VolumeRef.of(cluster, namespace, name)
+
+
+def check_backup_options(
+    volume: str | VolumeRef,
+    *,
+    parent: str = "auto",
+    snapshot_handle: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[VolumeRef, str, dict[str, str]]:
+    """A backup's names, parent and labels checked (backend/limits.py): the volume, the
+    parent ("auto", "none" or a point id) and the labels to record."""
+    ref = parse_volume(volume)
+    if snapshot_handle is not None:
+        checked_snapshot_handle(snapshot_handle)
+    if parent not in ("auto", "none"):
+        parent = checked_point_ref(parent)
+    return ref, parent, checked_labels(labels or {})
 
 
 def read_password_file(path: str | None) -> bytes | None:
@@ -173,6 +258,38 @@ class MountInfo:
 
 
 @dataclass(frozen=True)
+class LocalSnapshotInfo:
+    namespace: str
+    name: str
+    handle: str
+    source: str
+    size: int
+    created: str
+    made_by: str  # "backup" when a backup took it, "" when taken by hand
+    needed_by: str | None  # the point whose next incremental starts from this snapshot
+    copy_method: str = ""
+    image: str = ""
+
+    @classmethod
+    def of(cls, snapshot: LocalSnapshot, needed_by: str | None) -> LocalSnapshotInfo:
+        return cls(
+            namespace=snapshot.namespace,
+            name=snapshot.name,
+            handle=snapshot.handle,
+            source=snapshot.source,
+            size=snapshot.size,
+            created=snapshot.created,
+            made_by=snapshot.made_by,
+            needed_by=needed_by,
+            copy_method=snapshot.copy_method,
+            image=str(snapshot.image),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class ForgetDecision:
     point: PointInfo
     keep: bool
@@ -195,6 +312,11 @@ class _Held:
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
+
+    def check(self) -> None:
+        """Raise unless the lock is still held (a no-op when reading without a lock)."""
+        if self.lock is not None:
+            self.lock.check_held()
 
     def __enter__(self) -> _Held:
         return self
@@ -311,6 +433,9 @@ def init_repository(
     object_lock_days: int = 0,
     fingerprint_block: int = DEFAULT_FINGERPRINT_BLOCK,
 ) -> RepositoryInfo:
+    if "://" not in url or url.startswith("file://"):
+        # A folder here: refuse one that cannot be written before anything is made.
+        check_folder_target(url.removeprefix("file://"))
     storage = open_storage(url, create=not object_lock_days)
     repo = Repository.init(
         storage,
@@ -349,9 +474,12 @@ class Service:
         kubeconfig: str | None = None,
         local_root: str | None = None,
         lock_wait: float = 600.0,
+        ask_password: Callable[[], bytes] | None = None,
     ) -> None:
         self.repo_url = repo_url
         self._password = password
+        # Asked once, when an encrypted repository is opened without a password.
+        self._ask_password = ask_password
         self.kubeconfig = kubeconfig
         self.local_root = local_root
         self.lock_wait = lock_wait
@@ -368,13 +496,27 @@ class Service:
     def repo(self) -> Repository:
         with self._open_lock:
             if self._repo is None:
-                self._repo = Repository.open(open_storage(self.repo_url), password=self._password)
+                storage = open_storage(self.repo_url)
+                try:
+                    self._repo = Repository.open(storage, password=self._password)
+                except PasswordRequired:
+                    if self._ask_password is None:
+                        raise
+                    self._password = self._ask_password()
+                    self._repo = Repository.open(storage, password=self._password)
             return self._repo
 
     def info(self) -> RepositoryInfo:
         return _repo_info(self.repo)
 
+    @property
+    def password(self) -> bytes | None:
+        """The password the repository was opened with (given, or asked for)."""
+        return self._password
+
     def close(self) -> None:
+        """Close browsing views (giving back their shared locks), then the repository."""
+        self.close_idle_views()
         if self._repo is not None:
             self._repo.close()
 
@@ -384,20 +526,22 @@ class Service:
         protected = lifecycle.protected_ids(self.repo)
         points = [PointInfo.of(p, p.id in protected) for p in self.repo.list_points()]
         if volume is not None:
-            ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+            ref = parse_volume(volume)
             points = [p for p in points if p.volume == ref]
         return points
 
+    def find_point(self, ref: str) -> Point:
+        """A point by id or unique prefix; anything but hex digits is refused first."""
+        return self.repo.find_point(checked_point_ref(ref))
+
     def get_point(self, ref: str) -> PointInfo:
-        point = self.repo.find_point(ref)
+        point = self.find_point(ref)
         return PointInfo.of(point, point.id in lifecycle.protected_ids(self.repo))
 
     def chain(self, ref: str) -> list[PointInfo]:
         """The point and its ancestors, newest first."""
         protected = lifecycle.protected_ids(self.repo)
-        return [
-            PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.repo.find_point(ref))
-        ]
+        return [PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.find_point(ref))]
 
     def list_volumes(self) -> list[VolumeInfo]:
         by_volume: dict[VolumeRef, list[PointInfo]] = {}
@@ -424,11 +568,11 @@ class Service:
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> ImageReader:
         """Random access to a point's volume, fetched lazily (see backend/image.py)."""
-        point = self.repo.find_point(point_ref)
         lock = locks.acquire(
-            self.repo, locks.SHARED, f"read point {point.id}", wait=self.lock_wait, optional=True
+            self.repo, locks.SHARED, f"read point {point_ref}", wait=self.lock_wait, optional=True
         )
         try:
+            point = self.find_point(point_ref)  # under the lock: never a stale view
             reader = ImageReader(
                 self.repo, point, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
             )
@@ -460,7 +604,7 @@ class Service:
         from .kube.config import check_reachability
         from .kube.config import list_clusters as kube_clusters
 
-        wanted = set(names) if names is not None else None
+        wanted = {checked_context(n) for n in names} if names is not None else None
         infos = [
             c
             for c in kube_clusters(self.kubeconfig, include_local=False)
@@ -483,6 +627,9 @@ class Service:
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
     ) -> list[ClusterVolume]:
+        checked_context(cluster)
+        if namespace:
+            checked_name(namespace, "namespace")
         if cluster == LOCAL:
             return local_volumes(self.local_root, namespace) if self.local_root else []
         from .kube.cluster import KubeCluster
@@ -514,23 +661,37 @@ class Service:
 
     def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
         """Snapshot a cluster volume, ask CBT what to read, and back up exactly that."""
+        check_cluster_volume(cluster, namespace, name)
         if cluster != LOCAL:
             raise UsageError(
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
                 f"lamina kube datamover --context {cluster} --namespace {namespace} {name} --repo REPO --submit"
             )
+        ref = VolumeRef.of(LOCAL, namespace, name)
         if not self.local_root:
             raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
         root = self.local_root
-        ref = VolumeRef(LOCAL, namespace, name)
 
         def run(job: Job) -> PointInfo:
-            previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
-            base = previous[-1] if previous else None
-            base_handle = base.manifest.get("snapshot_handle") if base else None
+            try:
+                return backup(job)
+            finally:
+                self._tidy_local_snapshots(job)
+
+        def backup(job: Job) -> PointInfo:
             lock = self._lock(job, locks.SHARED, f"backup of {ref}")
-            job._log("taking a snapshot")
-            plan = plan_local_backup(root, namespace, name, base_handle, base.id if base else None)
+            try:
+                # Under the lock: the base is chosen from a view no deleter has changed since.
+                previous = [p for p in self.repo.list_points() if PointInfo.of(p).volume == ref]
+                base = previous[-1] if previous else None
+                base_handle = base.manifest.get("snapshot_handle") if base else None
+                job._log("taking a snapshot")
+                plan = plan_local_backup(
+                    root, namespace, name, base_handle, base.id if base else None
+                )
+            except BaseException:
+                lock.release()
+                raise
             job._log(f"snapshot {plan.snapshot_handle}; ranges from {plan.origin}")
             try:
                 request = BackupRequest(
@@ -548,6 +709,7 @@ class Service:
                     request,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
+                    before_commit=lock.check,
                 )
             finally:
                 plan.close()
@@ -555,6 +717,51 @@ class Service:
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {ref}", run)
+
+    # ------------------------------------------------------------------ local snapshots
+    # A local backup's snapshot is only worth keeping as the base of the volume's next
+    # incremental: restores come from the repository.
+
+    def _local_cluster(self) -> LocalCluster:
+        if not self.local_root:
+            raise UsageError("no local cluster folder: give --local-root or set LAMINA_LOCAL_ROOT")
+        return LocalCluster(self.local_root)
+
+    def _needed_snapshots(self) -> dict[str, str]:
+        """Snapshot handle -> the newest point of a volume, whose next incremental starts there."""
+        newest: dict[VolumeRef, PointInfo] = {}
+        for point in self.list_points():
+            newest[point.volume] = point  # points come oldest first
+        return {p.snapshot_handle: p.id for p in newest.values() if p.snapshot_handle}
+
+    def list_local_snapshots(self) -> list[LocalSnapshotInfo]:
+        """The local cluster's snapshots, each with the point that still needs it (if any)."""
+        snapshots = self._local_cluster().list_snapshots()
+        needed = self._needed_snapshots()
+        return [LocalSnapshotInfo.of(s, needed.get(s.handle)) for s in snapshots]
+
+    def prune_local_snapshots(self, *, backups_only: bool = False) -> list[LocalSnapshotInfo]:
+        """Delete the local snapshots no point needs (with ``backups_only``: only those a
+        backup took). A snapshot a running backup reads is kept. Returns what went."""
+        cluster = self._local_cluster()
+        removed = []
+        for info in self.list_local_snapshots():
+            if info.needed_by is not None or (backups_only and info.made_by != MADE_BY_BACKUP):
+                continue
+            if cluster.delete_snapshot(cluster.snapshot(info.namespace, info.name)):
+                removed.append(info)
+        return removed
+
+    def _tidy_local_snapshots(self, job: Job) -> None:
+        """After a local backup, cancelled or not: drop the snapshots backups took that no
+        point needs any more (the previous base, or the new one of a failed backup)."""
+        try:
+            gone = self.prune_local_snapshots(backups_only=True)
+        except LaminaError as e:
+            job._log(f"old snapshots kept: {e}")
+            return
+        for info in gone:
+            job._log(f"deleted snapshot {info.namespace}/{info.name}: no point needs it")
 
     # ------------------------------------------------------------------ mounts
 
@@ -567,12 +774,17 @@ class Service:
         nothing it should not: `unmount` (or `lamina umount`) ends it.
         """
         point = self.get_point(point_ref).id if point_ref else None
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
         created = False
+        if os.path.lexists(where) and not os.path.isdir(where):
+            raise TargetError(f"mount point {where} is not a folder")
         if not os.path.lexists(where) and os.path.isdir(os.path.dirname(where)):
-            os.mkdir(
-                where, 0o755
-            )  # the folder a front end suggested: made here, removed on unmount
+            try:
+                os.mkdir(where, 0o755)  # the folder a front end suggested: removed on unmount
+            except OSError as e:
+                raise TargetError(
+                    f"cannot make the mount point {where}: {e.strerror or e}"
+                ) from None
             created = True
         repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
         command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
@@ -600,12 +812,15 @@ class Service:
         if created:
             self._created_mountpoints.add(where)
         info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        if created:  # a restarted front end must remove the folder on unmount too
+            write_record(MountRecord(where, point, info.pid, repo_key(self.repo_url), True))
         with self._jobs_lock:
             self._mounts[where] = info
         return info
 
     def unmount(self, mountpoint: str) -> None:
-        where = os.path.abspath(mountpoint)
+        where = mount_path(mountpoint)
+        made = any(r.mountpoint == where and r.made_mountpoint for r in live_records())
         result = subprocess.run(
             [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
             capture_output=True,
@@ -619,17 +834,34 @@ class Service:
                 f"lamina umount exited {result.returncode}"
             ]
             raise LaminaError(lines[-1].removeprefix("lamina: error: "))
-        if where in self._created_mountpoints:
+        if where in self._created_mountpoints or made:
             self._created_mountpoints.discard(where)
             with contextlib.suppress(OSError):
                 os.rmdir(where)
 
     def list_mounts(self) -> list[MountInfo]:
-        """The mounts this service started that are still mounted."""
+        """The lamina mounts of this repository on this machine that are still mounted:
+        those this service started, and those of other processes (an earlier front end,
+        `lamina mount`), found again from their records."""
+        mine = repo_key(self.repo_url)
+        found = {
+            r.mountpoint: MountInfo(r.mountpoint, r.point, r.pid, self.repo_url)
+            for r in live_records()
+            if r.repo == mine
+        }
         with self._jobs_lock:
             for gone in [m for m in self._mounts if not os.path.ismount(m)]:
                 del self._mounts[gone]
-            return list(self._mounts.values())
+            found.update(self._mounts)
+            return sorted(found.values(), key=lambda m: m.mountpoint)
+
+    def record_mount(self, mountpoint: str, point_ref: str | None) -> None:
+        """Called by the mount process once it serves: other processes can find it."""
+        point = self.get_point(point_ref).id if point_ref else None
+        write_record(MountRecord(mountpoint, point, os.getpid(), repo_key(self.repo_url)))
+
+    def forget_mount(self, mountpoint: str) -> None:
+        remove_record(mountpoint, os.getpid())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -640,45 +872,58 @@ class Service:
             job._log(
                 f"waiting for a {kind} repository lock" if kind == locks.EXCLUSIVE else "locking"
             )
-        lock = locks.acquire(
-            self.repo,
-            kind,
-            purpose,
-            wait=self.lock_wait,
-            optional=optional,
-            cancelled=(lambda: job.cancel_requested) if job is not None else None,
-        )
+        try:
+            lock = locks.acquire(
+                self.repo,
+                kind,
+                purpose,
+                wait=self.lock_wait,
+                optional=optional,
+                cancelled=(lambda: job.cancel_requested) if job is not None else None,
+            )
+        except locks.RepositoryLocked:
+            if job is not None and job.cancel_requested:
+                raise Cancelled(f"{purpose} cancelled while waiting for the lock") from None
+            raise
         return _Held(lock)
 
     def protect(self, point_ref: str, note: str = "") -> PointInfo:
-        point = self.repo.find_point(point_ref)
+        checked_note(note)
+        point = self.find_point(point_ref)
         lifecycle.protect(self.repo, point, note)
         return PointInfo.of(point, True)
 
     def unprotect(self, point_ref: str) -> PointInfo:
-        point = self.repo.find_point(point_ref)
+        point = self.find_point(point_ref)
         lifecycle.unprotect(self.repo, point)
         return PointInfo.of(point, False)
 
     def start_delete(self, point_ref: str) -> Job:
         """Delete a point; its children absorb its extents so they resolve as before."""
+        checked_point_ref(point_ref)
 
         def run(job: Job) -> list[str]:
             with self._lock(job, locks.EXCLUSIVE, "delete"):
-                point = self.repo.find_point(point_ref)
+                point = self.find_point(point_ref)
                 children = lifecycle.delete_point(self.repo, point)
                 job._log(
                     f"deleted point {point.id}; folded into {', '.join(children) or 'no child'}"
                 )
-                return children
+            if self.local_root:
+                self._tidy_local_snapshots(job)
+            return children
 
         return self._start("delete", f"delete point {point_ref}", run)
 
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        checked_point_ref(point_ref)
+        if until:
+            checked_point_ref(until)
+
         def run(job: Job) -> PointInfo:
             with self._lock(job, locks.EXCLUSIVE, "consolidate"):
-                point = self.repo.find_point(point_ref)
-                stop = self.repo.find_point(until) if until else None
+                point = self.find_point(point_ref)
+                stop = self.find_point(until) if until else None
                 merged = lifecycle.consolidate(self.repo, point, until=stop)
                 return PointInfo.of(merged, merged.id in lifecycle.protected_ids(self.repo))
 
@@ -688,7 +933,7 @@ class Service:
         self, policy: lifecycle.Policy, *, volume: str | None = None, dry_run: bool = False
     ) -> Job:
         """Apply a retention policy. The result lists every point with keep/remove and why."""
-        ref = VolumeRef.parse(volume) if volume else None
+        ref = parse_volume(volume) if volume else None
 
         def run(job: Job) -> ForgetReport:
             with self._lock(job, locks.SHARED if dry_run else locks.EXCLUSIVE, "forget"):
@@ -701,7 +946,7 @@ class Service:
                 removed = (
                     [] if dry_run else lifecycle.forget(self.repo, decisions, progress=job._log)
                 )
-                return ForgetReport(
+                report = ForgetReport(
                     dry_run=dry_run,
                     decisions=[
                         ForgetDecision(PointInfo.of(d.point), d.keep, list(d.reasons))
@@ -709,6 +954,9 @@ class Service:
                     ],
                     removed=removed,
                 )
+            if removed and self.local_root:
+                self._tidy_local_snapshots(job)
+            return report
 
         return self._start("forget", "forget points" + (" (dry run)" if dry_run else ""), run)
 
@@ -722,10 +970,10 @@ class Service:
 
         return self._start("prune", "prune" + (" (dry run)" if dry_run else ""), run)
 
-    def list_locks(self) -> list[locks.LockInfo]:
+    def list_locks(self) -> list[LockInfo]:
         return locks.list_locks(self.repo)
 
-    def unlock(self, *, all_locks: bool = False) -> list[locks.LockInfo]:
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
         return locks.remove_locks(self.repo, all_locks=all_locks)
 
     # ------------------------------------------------------------------ jobs
@@ -764,7 +1012,9 @@ class Service:
         snapshot_handle: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> Job:
-        ref = volume if isinstance(volume, VolumeRef) else VolumeRef.parse(volume)
+        ref, parent, labels = check_backup_options(
+            volume, parent=parent, snapshot_handle=snapshot_handle, labels=labels
+        )
         changed: Callable[[], Iterable[Range]] | None
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges
@@ -785,26 +1035,51 @@ class Service:
         )
 
         def run(job: Job) -> PointInfo:
-            with self._lock(job, locks.SHARED, f"backup of {ref}"):
+            with self._lock(job, locks.SHARED, f"backup of {ref}") as held:
                 point = engine.backup(
                     self.repo,
                     request,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
+                    before_commit=held.check,
                 )
             return PointInfo.of(point)
 
         return self._start("backup", f"back up {source} as {ref}", run)
 
-    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
+    def check_restore_target(
+        self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+    ) -> bool:
+        """Refuse a restore target that cannot be written, before anything is (TargetError;
+        TargetExists when only ``overwrite`` is missing). Returns whether it is a device."""
+        return check_image_target(target, overwrite=overwrite, within=within)
+
+    def start_restore(
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),
+    ) -> Job:
+        """Restore a point to an image file or block device.
+
+        The target is checked now (a bad one raises before any job exists) and opened again
+        when the restore starts writing; ``within`` limits it to those folders, walked
+        without following symlinks then.
+        """
+        checked_point_ref(point_ref)
+        self.check_restore_target(target, overwrite=overwrite, within=within)
+
         def run(job: Job) -> dict[str, Any]:
-            point = self.repo.find_point(point_ref)
-            with self._lock(job, locks.SHARED, f"restore of {point.id}", optional=True):
+            with self._lock(job, locks.SHARED, f"restore of {point_ref}", optional=True):
+                point = self.find_point(point_ref)
                 return engine.restore(
                     self.repo,
                     point,
                     target,
                     overwrite=overwrite,
+                    within=within,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
                 )
@@ -812,12 +1087,16 @@ class Service:
         return self._start("restore", f"restore {point_ref} to {target}", run)
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
+        if point_ref:
+            checked_point_ref(point_ref)
+
         def run(job: Job) -> VerifyReport:
-            if point_ref:
-                points = [self.repo.find_point(point_ref)]
-            else:
-                points = self.repo.list_points()
             with self._lock(job, locks.SHARED, "verify", optional=True):
+                # Listed under the lock: a concurrent forget cannot make false problems.
+                if point_ref:
+                    points = [self.find_point(point_ref)]
+                else:
+                    points = self.repo.list_points()
                 return engine.verify(
                     self.repo,
                     points,
@@ -907,15 +1186,23 @@ class Service:
             return files.listdir(path)
         return [entry]
 
-    def start_extract(self, point_ref: str, paths: Sequence[str], to_dir: str) -> Job:
+    def start_extract(
+        self, point_ref: str, paths: Sequence[str], to_dir: str, *, within: Sequence[str] = ()
+    ) -> Job:
         """Copy files and directories out of a point's filesystem into ``to_dir``.
 
-        The job's result is an ExtractReport (backend/extract.py); progress counts bytes.
+        The target folder is checked now and opened when the job starts writing (``within``:
+        as for start_restore). The job's result is an ExtractReport (backend/extract.py);
+        progress counts bytes.
         """
         from .extract import extract
         from .fsview import PointFiles
 
+        checked_point_ref(point_ref)
         wanted = list(paths)
+        if not wanted:
+            raise UsageError("name at least one path to extract")
+        check_folder_target(to_dir, within=within)
 
         def run(job: Job) -> ExtractReport:
             files = PointFiles(self, self.get_point(point_ref))
@@ -925,6 +1212,7 @@ class Service:
                     files,
                     wanted,
                     to_dir,
+                    within=within,
                     progress=job._on_progress,
                     cancelled=lambda: job.cancel_requested,
                 )
@@ -934,6 +1222,11 @@ class Service:
         return self._start(
             "extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run
         )
+
+
+def list_local_snapshots(root: str) -> list[LocalSnapshotInfo]:
+    """The snapshots of a local cluster, without a repository to say which are needed."""
+    return [LocalSnapshotInfo.of(s, None) for s in LocalCluster(root).list_snapshots()]
 
 
 def ranges_from_json_file(path: str) -> list[Range]:

@@ -44,3 +44,8 @@ def format_size(n: int | float) -> str:
 
 def format_rate(bytes_per_second: float) -> str:
     return format_size(bytes_per_second) + "/s"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 point', '2 points', '0 points' ('1 directory', '2 directories' with ``many``)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"

@@ -13,17 +13,15 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lamina.backend.errors import LaminaError, UsageError
-from lamina.backend.service import Service
+from lamina.backend.service import FS_TYPE, MountEntry, Service, mount_path, mount_table
 
 from .operations import LaminaOperations
 
 log = logging.getLogger("lamina.fs")
 
-FS_TYPE = "fuse.lamina"
 # The kernel reads ahead at most min(max_readahead, the bdi's read_ahead_kb): raise both.
 READ_AHEAD = 4 * 1024 * 1024
 ATTR_TIMEOUT = 60.0  # points never change; new points still appear (no negative caching)
@@ -33,48 +31,11 @@ class MountError(LaminaError):
     """A mount or unmount that cannot be done as asked."""
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    fstype: str
-    source: str
-    device: str  # major:minor
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mounts() -> list[MountEntry]:
-    entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            entries.append(
-                MountEntry(
-                    mountpoint=_unescape(fields[4]),
-                    fstype=fields[sep + 1],
-                    source=_unescape(fields[sep + 2]),
-                    device=fields[2],
-                )
-            )
-    return entries
+    return mount_table()
 
 
-def absolute(path: str) -> str:
-    """An absolute, symlink-free path without stat-ing the last component (a dead mount)."""
-    parent, name = os.path.split(os.path.abspath(path))
-    return os.path.join(os.path.realpath(parent), name)
+absolute = mount_path
 
 
 def find_mount(path: str) -> MountEntry | None:
@@ -163,6 +124,7 @@ def run_mount(
     def announce() -> None:
         initialised.wait()
         _raise_read_ahead(path)  # the first stat also proves the mount answers
+        service.record_mount(path, point)  # so that a later process finds it
         if on_ready is not None:
             on_ready()
 
@@ -187,6 +149,7 @@ def run_mount(
     except RuntimeError as e:
         raise MountError(f"cannot mount at {mountpoint} (libfuse said {e})") from None
     finally:
+        service.forget_mount(path)
         if watch is not None:
             watch.stopped.set()
         view.close()

@@ -8,7 +8,10 @@ about ten times a second however fast a backup reports.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -27,6 +30,7 @@ from .screens.base import LaminaScreen, plain_error
 from .screens.clusters import ClustersScreen
 from .screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen
 from .screens.jobs import JobsScreen
+from .screens.quit import QuitAnswer, QuitWithMountsScreen
 from .screens.volumes import VolumesScreen
 
 Clock = Callable[[], float]
@@ -81,6 +85,9 @@ class LaminaApp(App[None]):
         return ClustersScreen()
 
     def on_mount(self) -> None:
+        if not self.is_headless:  # SIGTERM quits like `:q!`, so every cleanup runs
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.action_quit_now)
         self.startup()
 
     @work(thread=True, group="startup")
@@ -129,6 +136,14 @@ class LaminaApp(App[None]):
         except Exception as e:
             self.post_message(ActionFailed(what, plain_error(e)))
             return
+        self._follow(job_id, what)
+
+    @work(thread=True, group="jobs")
+    def follow_job(self, job_id: str, what: str) -> None:
+        """Show a job started elsewhere (a dialog) in the job strip and follow its progress."""
+        self._follow(job_id, what)
+
+    def _follow(self, job_id: str, what: str) -> None:
         self.post_message(JobStarted(job_id, what))
         self._watch(job_id)
 
@@ -287,7 +302,33 @@ class LaminaApp(App[None]):
             self.pop_screen()
 
     def action_request_quit(self) -> None:
+        if self.capabilities.mount:
+            self._look_for_mounts_then_quit()  # asking for the mounts may block: not here
+        else:
+            self._ask_before_quit({})
+
+    @work(thread=True, group="quit")
+    def _look_for_mounts_then_quit(self) -> None:
+        try:
+            mounts = self.client.mounts()
+        except Exception as e:  # quitting must stay possible when the backend is gone
+            self.post_message(ActionFailed("list the mounts", plain_error(e)))
+            mounts = {}
+        self.call_from_thread(self._ask_before_quit, mounts)
+
+    def _ask_before_quit(self, mounts: dict[str, str]) -> None:
+        """Mounts outlive the UI: say so and offer to unmount. Else ask about running jobs."""
         running = [v for v in self.job_views.values() if not v.finished]
+        if mounts:
+
+            def decided(answer: QuitAnswer) -> None:
+                if answer == "unmount":
+                    self._unmount_and_exit(list(mounts), [v.id for v in running])
+                elif answer == "leave":
+                    self._cancel_all_and_exit([v.id for v in running])
+
+            self.push_screen(QuitWithMountsScreen(mounts, len(running)), decided)
+            return
         if not running:
             self.exit()
             return
@@ -308,6 +349,19 @@ class LaminaApp(App[None]):
 
     def action_quit_now(self) -> None:
         self._cancel_all_and_exit([v.id for v in self.job_views.values() if not v.finished])
+
+    @work(thread=True, group="quit")
+    def _unmount_and_exit(self, point_ids: list[str], job_ids: list[str]) -> None:
+        """Unmount every point, then quit; a mount that will not go keeps the UI open."""
+        failed = False
+        for point_id in point_ids:
+            try:
+                self.client.unmount(point_id)
+            except Exception as e:
+                failed = True
+                self.post_message(ActionFailed(f"unmount {point_id}", plain_error(e)))
+        if not failed:
+            self.call_from_thread(self._cancel_all_and_exit, job_ids)
 
     @work(thread=True, group="quit")
     def _cancel_all_and_exit(self, job_ids: list[str]) -> None:

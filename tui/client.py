@@ -383,7 +383,6 @@ class InProcessClient:
         self._lock = threading.Lock()
         self._verify_state: dict[str, str] = {}
         self._job_subjects: dict[str, tuple[str | None, str | None]] = {}
-        self._mounts: dict[str, str] = {}
 
     # ------------------------------------------------------------------ repository
 
@@ -566,23 +565,19 @@ class InProcessClient:
 
     def mount(self, point_id: str, mountpoint: str) -> str:
         result = self._optional("mount", "mount points")(point_id, mountpoint)
-        where = str(getattr(result, "mountpoint", None) or mountpoint)
-        with self._lock:
-            self._mounts[point_id] = where
-        return where
+        return str(getattr(result, "mountpoint", None) or mountpoint)
 
     def unmount(self, point_id: str) -> None:
-        with self._lock:
-            where = self._mounts.get(point_id)
+        where = self.mounts().get(point_id)
         if where is None:
             raise UsageError(f"point {point_id} is not mounted")
         self._optional("unmount", "unmount points")(where)
-        with self._lock:
-            self._mounts.pop(point_id, None)
 
     def mounts(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._mounts)
+        """Mounted points of the repository, also those mounted before this UI started."""
+        list_mounts = getattr(self.service, "list_mounts", None)
+        listed = list_mounts() if callable(list_mounts) else []
+        return {m.point: m.mountpoint for m in listed if m.point is not None}
 
 
 FILE_KINDS = {"file": "file", "dir": "dir", "symlink": "symlink"}

@@ -11,6 +11,9 @@ import grpc
 
 from .. import errors as core_errors
 from ..errors import LaminaError
+from ..service import PathNotAllowed, TargetError, TargetExists
+
+__all__ = ["PathNotAllowed", "TargetError", "TargetExists"]
 
 # Trailing metadata key carrying the class name of the server-side error.
 ERROR_CLASS_KEY = "lamina-error-class"
@@ -36,12 +39,12 @@ class SourceNotFound(LaminaError):
     """The image or device to back up is not on the server."""
 
 
-class PathNotAllowed(LaminaError):
-    """A path of the request lies outside the folders the server was told to allow."""
-
-
 class ShuttingDown(LaminaError):
     """The server stopped taking new work: it is shutting down."""
+
+
+class TooManyStreams(LaminaError):
+    """A client (or all of them) has as many server streams open as the server allows."""
 
 
 class Unimplemented(LaminaError):
@@ -57,6 +60,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     "InvalidRange": grpc.StatusCode.INVALID_ARGUMENT,
     "KubeInvalid": grpc.StatusCode.INVALID_ARGUMENT,
     "PathNotAllowed": grpc.StatusCode.PERMISSION_DENIED,
+    "TargetError": grpc.StatusCode.INVALID_ARGUMENT,
     "Unimplemented": grpc.StatusCode.UNIMPLEMENTED,
     # things that are not there
     "PointNotFound": grpc.StatusCode.NOT_FOUND,
@@ -90,13 +94,18 @@ _CODES: dict[str, grpc.StatusCode] = {
     "ShuttingDown": grpc.StatusCode.UNAVAILABLE,
     "SnapshotTimeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "Cancelled": grpc.StatusCode.CANCELLED,
+    "TooManyStreams": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+MAX_MESSAGE = 1000  # characters: an error never echoes megabytes of a request back
 
 
 def one_line(text: str) -> str:
     """A message as one line: never a traceback or a multi-line dump across the wire."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return "; ".join(lines) or "failed"
+    lines = [line.strip() for line in str(text)[: 4 * MAX_MESSAGE].splitlines() if line.strip()]
+    joined = "; ".join(lines) or "failed"
+    return joined if len(joined) <= MAX_MESSAGE else joined[: MAX_MESSAGE - 1] + "…"
 
 
 def status_of(error: LaminaError) -> tuple[grpc.StatusCode, str]:
@@ -108,8 +117,13 @@ def status_of(error: LaminaError) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.FAILED_PRECONDITION, one_line(str(error))
 
 
+_SERVICE_ERRORS: dict[str, type[LaminaError]] = {
+    cls.__name__: cls for cls in (PathNotAllowed, TargetError, TargetExists)
+}
+
+
 def _known_class(name: str) -> type[LaminaError] | None:
-    candidate = globals().get(name) or getattr(core_errors, name, None)
+    candidate = globals().get(name) or getattr(core_errors, name, None) or _SERVICE_ERRORS.get(name)
     if (
         isinstance(candidate, type)
         and issubclass(candidate, LaminaError)

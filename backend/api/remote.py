@@ -134,13 +134,33 @@ class RemoteService(Service):
     def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
         return self._follow(self.client.start_volume_backup(cluster, namespace, name))
 
-    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> Job:
+    def check_restore_target(
+        self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+    ) -> bool:
+        """The target is the server's: it checks it when StartRestore arrives."""
+        return False
+
+    def start_restore(
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),  # the server's own --allow-path applies instead
+    ) -> Job:
         return self._follow(self.client.start_restore(point_ref, target, overwrite=overwrite))
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         return self._follow(self.client.start_verify(point_ref, deep=deep))
 
-    def start_extract(self, point_ref: str, paths: Sequence[str], to_dir: str) -> Job:
+    def start_extract(
+        self,
+        point_ref: str,
+        paths: Sequence[str],
+        to_dir: str,
+        *,
+        within: Sequence[str] = (),  # the server's own --allow-path applies instead
+    ) -> Job:
         return self._follow(self.client.start_extract(point_ref, paths, to_dir))
 
     def start_delete(self, point_ref: str) -> Job:

@@ -8,6 +8,7 @@ cancelled, and the log says which finished and which were cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -15,10 +16,11 @@ import os
 import signal
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,9 +33,19 @@ from .. import __version__
 from ..errors import LaminaError, UsageError
 from ..extents import Range, checked_ranges
 from ..extract import ExtractReport
-from ..lifecycle import Policy, parse_duration
+from ..lifecycle import Policy
 from ..prune import PruneReport
-from ..service import ForgetReport, PointInfo, Service, VerifyReport, VolumeRef
+from ..service import (
+    PATH_MAX,
+    ForgetReport,
+    PointInfo,
+    Service,
+    VerifyReport,
+    check_backup_options,
+    check_cluster_volume,
+    parse_keep_within,
+    parse_volume,
+)
 from ..units import format_size
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback, split_address
@@ -41,6 +53,7 @@ from .errors import (
     ERROR_CLASS_KEY,
     PathNotAllowed,
     SourceNotFound,
+    TooManyStreams,
     Unimplemented,
     one_line,
     status_of,
@@ -51,9 +64,14 @@ from .tree import checked_path, file_chunks, tree_items
 log = logging.getLogger("lamina.api")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LaminaService"].full_name
-# Calls at once (open WatchTask streams included); more are refused with RESOURCE_EXHAUSTED
-# rather than left waiting for a worker thread.
-MAX_CONCURRENT_CALLS = 64
+# A server stream (WatchTask, ReadFile, ReadTree) holds a worker thread while it is open.
+# Streams are capped per client connection and in all, so the threads left over always
+# serve unary calls and health checks: the excess streams get RESOURCE_EXHAUSTED, nothing else.
+MAX_STREAMS = 128
+MAX_STREAMS_PER_CLIENT = 32  # a terminal UI follows each of its running and queued jobs
+UNARY_WORKERS = 32
+# Calls past every worker wait in a bounded queue; beyond it gRPC answers RESOURCE_EXHAUSTED.
+MAX_CONCURRENT_CALLS = MAX_STREAMS + UNARY_WORKERS + 256
 CANCEL_WAIT = 60.0  # after the grace period, how long cancelled tasks get to stop
 MAX_CHECK_TIMEOUT = 30.0
 
@@ -102,13 +120,58 @@ def unary(
     return wrapper
 
 
-def streaming(
-    method: Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]],
-) -> Callable[[S, Req, grpc.ServicerContext], Iterator[Resp]]:
-    @functools.wraps(method)
-    def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
+class StreamLimiter:
+    """Counts open server streams, per client connection and in all."""
+
+    def __init__(self, total: int = MAX_STREAMS, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
+        self.total = total
+        self.per_client = per_client
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, client: str) -> Iterator[None]:
+        with self._lock:
+            if self._open[client] >= self.per_client:
+                raise TooManyStreams(
+                    f"this client has {self.per_client} streams open, the most a client may; "
+                    f"close one first"
+                )
+            if sum(self._open.values()) >= self.total:
+                raise TooManyStreams(
+                    f"the server has {self.total} streams open, the most it serves; try again later"
+                )
+            self._open[client] += 1
         try:
-            yield from method(self, request, context)
+            yield
+        finally:
+            with self._lock:
+                self._open[client] -= 1
+                if not self._open[client]:
+                    del self._open[client]
+
+    def open_streams(self) -> int:
+        with self._lock:
+            return sum(self._open.values())
+
+
+class _Streams(Protocol):
+    streams: StreamLimiter
+
+
+SS = TypeVar("SS", bound=_Streams)
+
+
+def streaming(
+    method: Callable[[SS, Req, grpc.ServicerContext], Iterator[Resp]],
+) -> Callable[[SS, Req, grpc.ServicerContext], Iterator[Resp]]:
+    """A server stream: counted against the stream caps, errors answered as by ``unary``."""
+
+    @functools.wraps(method)
+    def wrapper(self: SS, request: Req, context: grpc.ServicerContext) -> Iterator[Resp]:
+        try:
+            with self.streams.slot(context.peer()):
+                yield from method(self, request, context)
         except Exception as e:
             _abort(context, e)
 
@@ -120,7 +183,9 @@ def streaming(
 
 class PathPolicy:
     """Paths of the server's machine that requests may name: absolute, and under one of
-    ``roots`` when roots are given (symlinks resolved when the request arrives)."""
+    ``roots`` when roots are given. Symlinks are resolved when the request arrives, and
+    the resolved path is what the service uses; writes then walk it from its root again
+    without following any symlink (backend/safewrite.py), so one planted meanwhile fails."""
 
     def __init__(self, roots: Sequence[str] = ()) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
@@ -130,6 +195,8 @@ class PathPolicy:
             raise UsageError(f"give the {what} (an absolute path on the server)")
         if "\0" in path:
             raise UsageError(f"the {what} must not contain a NUL byte")
+        if len(os.fsencode(path)) > PATH_MAX:
+            raise UsageError(f"the {what} is longer than {PATH_MAX} bytes")
         if not os.path.isabs(path):
             raise UsageError(f"the {what} must be an absolute path on the server: {path!r}")
         if self.roots:
@@ -138,6 +205,7 @@ class PathPolicy:
                 raise PathNotAllowed(
                     f"the {what} {path} is outside the folders this server allows (--allow-path)"
                 )
+            return real
         return path
 
 
@@ -255,7 +323,7 @@ def _policy(request: pb.StartForgetRequest) -> Policy:
         weekly=_count(request.keep_weekly, "keep_weekly"),
         monthly=_count(request.keep_monthly, "keep_monthly"),
         yearly=_count(request.keep_yearly, "keep_yearly"),
-        within=parse_duration(request.keep_within) if request.keep_within else None,
+        within=parse_keep_within(request.keep_within) if request.keep_within else None,
     )
     if policy.empty:
         # Refused before a task exists: forget never removes everything.
@@ -279,6 +347,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         self.service = service
         self.tasks = tasks
         self.paths = paths
+        self.streams = StreamLimiter()
 
     def _offers(self, name: str) -> bool:
         return callable(getattr(self.service, name, None))
@@ -396,7 +465,14 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     @unary
     def StartBackup(self, request: pb.StartBackupRequest, context: grpc.ServicerContext) -> pb.Task:
         source = self.paths.check(request.source, "source")
-        ref = VolumeRef.parse(_required(request.volume, "volume name"))
+        ref, parent, labels = check_backup_options(
+            _required(request.volume, "volume name"),
+            parent=request.parent or "auto",
+            snapshot_handle=request.snapshot_handle
+            if request.HasField("snapshot_handle")
+            else None,
+            labels=dict(request.labels),
+        )
         if not os.path.exists(source):
             raise SourceNotFound(f"source {source} does not exist on the server")
         changed = (
@@ -417,7 +493,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
             return service.start_backup(
                 source,
                 ref,
-                parent=request.parent or "auto",
+                parent=parent,
                 changed_ranges=changed,
                 changed_ranges_origin=request.changed_ranges.origin or "API request",
                 allocated_ranges=(lambda: allocated) if allocated is not None else None,
@@ -426,7 +502,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 snapshot_handle=(
                     request.snapshot_handle if request.HasField("snapshot_handle") else None
                 ),
-                labels=dict(request.labels),
+                labels=labels,
             )
 
         view = self.tasks.submit(
@@ -438,7 +514,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def StartVolumeBackup(
         self, request: pb.StartVolumeBackupRequest, context: grpc.ServicerContext
     ) -> pb.Task:
-        ref = VolumeRef(
+        ref = check_cluster_volume(
             _required(request.cluster, "cluster"),
             _required(request.namespace, "namespace"),
             _required(request.name, "volume name"),
@@ -463,7 +539,9 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         view = self.tasks.submit(
             "restore",
             f"restore {point} to {target}",
-            lambda: service.start_restore(point, target, overwrite=request.overwrite),
+            lambda: service.start_restore(
+                point, target, overwrite=request.overwrite, within=self.paths.roots
+            ),
             point=point,
         )
         return task_message(view)
@@ -496,7 +574,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         view = self.tasks.submit(
             "extract",
             f"extract {len(paths)} path(s) of {point} to {target}",
-            lambda: service.start_extract(point, paths, target),
+            lambda: service.start_extract(point, paths, target, within=self.paths.roots),
             point=point,
         )
         return task_message(view)
@@ -517,7 +595,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         policy = _policy(request)
         volume = request.volume or None
         if volume is not None:
-            VolumeRef.parse(volume)  # a malformed name fails now, not in the task
+            parse_volume(volume)  # a malformed name fails now, not in the task
         service = self.service
         what = f"points of {volume}" if volume else "points"
         view = self.tasks.submit(
@@ -733,7 +811,7 @@ class ApiServer:
         )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=MAX_CONCURRENT_CALLS, thread_name_prefix="lamina-api"
+                max_workers=MAX_STREAMS + UNARY_WORKERS, thread_name_prefix="lamina-api"
             ),
             interceptors=interceptors,
             maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,

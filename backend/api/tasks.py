@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import LaminaError
 from ..progress import Progress
-from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef
+from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef, shown
 from .errors import ShuttingDown, TaskNotFound
 
 log = logging.getLogger("lamina.api.tasks")
@@ -228,7 +228,7 @@ class TaskManager:
     def _get(self, task_id: str) -> _Task:
         task = self._tasks.get(task_id)
         if task is None:
-            raise TaskNotFound(f"no task {task_id!r} on this server")
+            raise TaskNotFound(f"no task {shown(task_id)} on this server")
         return task
 
     def _view(self, task: _Task) -> TaskView:

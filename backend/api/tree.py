@@ -6,19 +6,18 @@ chunks that cover exactly its size, in order (runs of zeros are sent as a length
 A ``skipped`` item that arrives while a file is still incomplete means that file could not
 be read: the client drops what it wrote of it.
 
-The client trusts nothing it receives. ``TreeWriter`` creates every entry relative to an
-open descriptor of its parent folder, enters folders with O_NOFOLLOW, creates files with
-O_EXCL | O_NOFOLLOW, never follows a symlink, refuses names that are empty, '.', '..' or
-hold '/' or NUL, and places an entry only inside a folder this same stream created (or
-merged into) just before it. It never writes outside its target folder.
+The client trusts nothing it receives. ``TreeWriter`` writes through backend/safewrite.py,
+the safe writer ``files get`` uses too: every entry relative to an open descriptor of its
+parent folder, folders entered with O_NOFOLLOW, files created with O_EXCL | O_NOFOLLOW, no
+symlink ever followed, names that are empty, '.', '..' or hold '/' or NUL refused. On top
+of that, an entry is placed only inside a folder this same stream created (or merged into)
+just before it. It never writes outside its target folder.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, NoReturn
@@ -28,7 +27,8 @@ import grpc
 from lamina.protos import lamina_v1_pb2 as pb
 
 from ..errors import LaminaError, UsageError
-from ..extract import ExtractReport, Skipped, printable, unsafe_name_reason
+from ..extract import ExtractReport, Skipped, printable
+from ..safewrite import EntryWriter, NotAFolder, open_folder, unsafe_name_reason, write_sparse
 from .convert import entry_message
 from .errors import ApiError
 
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 CHUNK = 1024 * 1024  # well under gRPC's default 4 MiB message limit
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_KEPT_MODE = 0o1777  # setuid and setgid dropped: the image is untrusted
 
 
 # ---------------------------------------------------------------------------- server side
@@ -148,25 +145,6 @@ def tree_items(files: PointFiles, path: str) -> Iterator[pb.TreeItem]:
 # ---------------------------------------------------------------------------- client side
 
 
-def write_sparse(fd: int, data: bytes, offset: int) -> None:
-    """Write ``data`` at ``offset``, leaving all-zero blocks as holes."""
-    view = memoryview(data)
-    start = 0
-    while start < len(data):
-        stop = min(start + HOLE_BLOCK, len(data))
-        if view[start:stop] == _ZERO_BLOCK[: stop - start]:
-            start = stop
-            continue
-        run_end = stop
-        while run_end < len(data):  # one write for a run of non-zero blocks
-            nxt = min(run_end + HOLE_BLOCK, len(data))
-            if view[run_end:nxt] == _ZERO_BLOCK[: nxt - run_end]:
-                break
-            run_end = nxt
-        while start < run_end:
-            start += os.pwrite(fd, view[start:run_end], offset + start)
-
-
 class MalformedStream(ApiError):
     """The server sent a tree that breaks the stream's rules."""
 
@@ -196,20 +174,14 @@ class TreeWriter:
     """Rebuilds a ReadTree stream inside ``target`` (created if needed)."""
 
     def __init__(self, target: str) -> None:
-        try:
-            os.makedirs(target, exist_ok=True)
-            root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise UsageError(
-                f"cannot use {target} as the target folder: {e.strerror or e}"
-            ) from None
+        root = open_folder(target, create=True)
+        self.writer = EntryWriter()
         self.report = ExtractReport(target=target)
         self._stack = [_Folder((), root, None)]
         self._file: _File | None = None
         self._skipped_prefixes: set[tuple[str, ...]] = set()
         self._ended = False
         self._closed = False
-        self.set_owner = os.geteuid() == 0
 
     # ------------------------------------------------------------------ feeding
 
@@ -299,13 +271,14 @@ class TreeWriter:
             elif entry.kind == "symlink":
                 self._make_symlink(parent, parts, shown, name, entry)
             elif entry.kind == "fifo":
-                os.mkfifo(name, 0o600, dir_fd=parent.fd)
-                self._finish_metadata(parent.fd, name, entry, None)
+                self.writer.fifo(parent.fd, name, entry)
                 self.report.others += 1
             else:
                 self._skip(parts, shown, f"{entry.kind} not extracted")
         except FileExistsError:
             self._skip(parts, shown, "already exists in the target; not replaced")
+        except NotAFolder:
+            self._skip(parts, shown, "exists in the target and is not a folder")
         except OSError as e:
             self._skip(parts, shown, f"cannot create it: {e.strerror or e}")
 
@@ -317,18 +290,7 @@ class TreeWriter:
         name: str,
         entry: pb.FileEntry,
     ) -> None:
-        created = True
-        try:
-            os.mkdir(name, 0o700, dir_fd=parent.fd)
-        except FileExistsError:
-            created = False  # merge into an existing real folder, never through a symlink
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                self._skip(parts, shown, "exists in the target and is not a folder")
-                return
-            raise
+        fd, created = self.writer.folder(parent.fd, name)
         self._stack.append(_Folder(parts, fd, entry if created else None))
         self.report.directories += 1
 
@@ -340,7 +302,7 @@ class TreeWriter:
         name: str,
         entry: pb.FileEntry,
     ) -> None:
-        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=parent.fd)
+        fd = self.writer.new_file(parent.fd, name)
         self._file = _File(parts, shown, fd, parent.fd, name, entry)
         if entry.size == 0:
             self._complete_file()
@@ -354,11 +316,11 @@ class TreeWriter:
         entry: pb.FileEntry,
     ) -> None:
         target = entry.link_target if entry.HasField("link_target") else b""
-        if not target or b"\0" in target:
-            self._skip(parts, shown, "the symlink target is empty or contains a NUL byte")
+        try:
+            self.writer.symlink(parent.fd, name, target, entry)
+        except ValueError as e:
+            self._skip(parts, shown, str(e))
             return
-        os.symlink(target, os.fsencode(name), dir_fd=parent.fd)
-        self._finish_metadata(parent.fd, name, entry, None)
         self.report.symlinks += 1
 
     # ------------------------------------------------------------------ file content
@@ -392,7 +354,7 @@ class TreeWriter:
             return
         try:
             os.ftruncate(current.fd, current.entry.size)
-            self._finish_metadata(current.folder_fd, None, current.entry, current.fd)
+            self.writer.finish_fd(current.fd, current.entry)
         finally:
             os.close(current.fd)
         self.report.files += 1
@@ -403,40 +365,16 @@ class TreeWriter:
         assert current is not None
         self._file = None
         if current.fd >= 0:
-            os.close(current.fd)
-            try:
-                os.unlink(current.name, dir_fd=current.folder_fd)
-            except OSError:
-                pass
+            self.writer.drop_file(current.folder_fd, current.name, current.fd)
         if reason is not None:
             self._skip(current.parts, current.shown, reason)
 
     # ------------------------------------------------------------------ metadata
 
-    def _finish_metadata(
-        self, dir_fd: int, name: str | None, entry: pb.FileEntry, fd: int | None
-    ) -> None:
-        times = (entry.atime_ns, entry.mtime_ns)
-        mode = stat.S_IMODE(entry.mode) & _KEPT_MODE
-        if fd is not None:
-            if self.set_owner:
-                _quietly(lambda: os.fchown(fd, entry.uid, entry.gid))
-            os.fchmod(fd, mode)
-            os.utime(fd, ns=times)
-            return
-        assert name is not None
-        if self.set_owner:
-            _quietly(
-                lambda: os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
-            )
-        if entry.kind != "symlink":  # Linux cannot chmod a symlink
-            os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
-        os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)
-
     def _finish_folder(self, folder: _Folder) -> None:
         try:
             if folder.entry is not None:
-                self._finish_metadata(folder.fd, None, folder.entry, folder.fd)
+                self.writer.finish_fd(folder.fd, folder.entry)
         finally:
             os.close(folder.fd)
 
@@ -449,10 +387,3 @@ class TreeWriter:
         while len(self._stack) > 1:
             self._finish_folder(self._stack.pop())
         os.close(self._stack.pop().fd)
-
-
-def _quietly(action: Callable[[], object]) -> None:
-    try:
-        action()
-    except OSError:
-        pass

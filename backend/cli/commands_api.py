@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..defaults import default_local_root
 from ..errors import UsageError
-from ..service import Service, read_password_file
-from ..units import format_size
+from ..service import Service
+from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import add_repo_args, elapsed, print_json
+from .common import add_repo_args, elapsed, opened, print_json, service_options
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -106,9 +106,7 @@ def _subcommand(
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    for action in parser._actions:
-        if action.dest == "repo":
-            action.required = False  # --repo or --server, checked when the command runs
+    parser.set_defaults(repo_required=False)  # --repo or --server, checked when it runs
     group = parser.add_argument_group("through a lamina server (instead of --repo)")
     group.add_argument("--server", metavar="ADDR", help="HOST:PORT of a `lamina serve`")
     # `backup` already has --token-file and --ca-file (for --cbt): with --server they name
@@ -169,8 +167,8 @@ def service_for(args: argparse.Namespace) -> Service:
         return RemoteService(_client(args))
     _refuse_stray_server_options(args)
     if not args.repo:
-        raise UsageError("give --repo REPO (or --server ADDR)")
-    return Service(args.repo, password=read_password_file(args.password_file))
+        raise UsageError("give --repo REPO or set LAMINA_REPO (or --server ADDR)")
+    return Service(args.repo, **service_options(args))
 
 
 # ---------------------------------------------------------------------- files get --server
@@ -180,7 +178,7 @@ def cmd_files_get_remote(args: argparse.Namespace, local_handler: Any) -> int:
     if not args.server:
         _refuse_stray_server_options(args)
         if not args.repo:
-            raise UsageError("give --repo REPO (or --server ADDR)")
+            raise UsageError("give --repo REPO or set LAMINA_REPO (or --server ADDR)")
         return int(local_handler(args))
     from lamina.backend.extract import ExtractReport
 
@@ -201,8 +199,9 @@ def cmd_files_get_remote(args: argparse.Namespace, local_handler: Any) -> int:
         print_json(report.as_json())
     else:
         print(
-            f"downloaded {report.files} files, {report.directories} directories and "
-            f"{report.symlinks} symlinks ({format_size(report.bytes)}) to {report.target} "
+            f"downloaded {plural(report.files, 'file')}, "
+            f"{plural(report.directories, 'directory', 'directories')} and "
+            f"{plural(report.symlinks, 'symlink')} ({format_size(report.bytes)}) to {report.target} "
             f"in {elapsed(time.monotonic() - started)}"
             + (f"; {len(report.skipped)} skipped" if report.skipped else "")
         )
@@ -274,11 +273,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_backups_per_volume=args.max_backups_per_volume,
         allowed_paths=list(args.allow_path),
     )
-    service = Service(
-        args.repo,
-        password=read_password_file(args.password_file),
-        kubeconfig=args.kubeconfig,
-        local_root=local_root,
+    service = opened(
+        Service(
+            args.repo, kubeconfig=args.kubeconfig, local_root=local_root, **service_options(args)
+        )
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call
     _setup_logging(args.log_file)

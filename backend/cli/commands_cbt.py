@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from ..errors import UsageError
-from ..units import format_size
-from .common import open_service, print_json
+from ..service import Service
+from ..units import format_size, plural
+from .common import add_repo_args, open_service, opened, print_json, service_options
 
 if TYPE_CHECKING:  # grpc costs 0.1 s to import: only the commands that speak it load it
     from ..cbt import MetadataMessage, MetadataStream, SnapshotMetadataClient
@@ -56,7 +57,12 @@ def register(sub: Any) -> None:
     p.add_argument("--token-file", metavar="FILE", help="require this security token")
     p.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM); needs --tls-key")
     p.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
-    p.add_argument("--block-type", choices=["fixed", "variable"], default="fixed")
+    p.add_argument(
+        "--block-type",
+        choices=["fixed", "variable"],
+        default="fixed",
+        help="report fixed-length blocks or variable-length extents (default fixed)",
+    )
     # For tests of stream resumption: abort streams after N messages.
     p.add_argument("--cut-streams-after", type=int, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
@@ -66,14 +72,32 @@ def register(sub: Any) -> None:
     local_sub.required = True
     p = local_sub.add_parser("snapshot", help="take a snapshot of an image file or block device")
     p.add_argument("--root", required=True, metavar="DIR", help="local cluster folder")
-    p.add_argument("--namespace", default="default", metavar="NS")
+    p.add_argument(
+        "--namespace", default="default", metavar="NS", help="namespace of the snapshot (default)"
+    )
     p.add_argument("source", metavar="SOURCE", help="image file or block device")
     p.add_argument("name", metavar="NAME", help="snapshot name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_local_snapshot)
-    p = local_sub.add_parser("snapshots", help="list the snapshots of the local cluster")
-    p.add_argument("--root", required=True, metavar="DIR", help="local cluster folder")
-    p.add_argument("--json", action="store_true")
+    p = local_sub.add_parser(
+        "snapshots",
+        help="list the snapshots of the local cluster (--prune: delete those no point needs)",
+        description="Lists every snapshot of the local cluster. With a repository (--repo or "
+        "LAMINA_REPO) it also says which point needs each one: a volume's newest point keeps "
+        "its snapshot as the base of the next incremental; no other point needs one, since "
+        "restores come from the repository. --prune deletes the snapshots no point needs, "
+        "also those taken by hand; a snapshot a running backup reads is kept.",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="local cluster folder (default: $LAMINA_LOCAL_ROOT, else ./demo/cluster)",
+    )
+    add_repo_args(p, required=False)
+    p.add_argument(
+        "--prune", action="store_true", help="delete the snapshots no point of REPO needs"
+    )
+    p.add_argument("--json", action="store_true", help="print the snapshots as JSON")
     p.set_defaults(func=cmd_local_snapshots)
 
     backup = getattr(sub, "choices", {}).get("backup")
@@ -95,7 +119,13 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--starting-offset", type=int, default=0, metavar="N", help="first byte of interest"
     )
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="a table (default) or JSON messages",
+    )
 
 
 def _add_backup_args(backup: argparse.ArgumentParser) -> None:
@@ -280,22 +310,46 @@ def cmd_local_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_local_snapshots(args: argparse.Namespace) -> int:
-    from ..local import LocalCluster
+    from ..defaults import default_local_root
+    from ..service import list_local_snapshots
 
-    snapshots = LocalCluster(args.root).list_snapshots()
+    root = args.root or default_local_root()
+    if not root:
+        raise UsageError("no local cluster folder: give --root DIR or set LAMINA_LOCAL_ROOT")
+    if not Path(root).is_dir():
+        raise UsageError(f"local cluster folder {root} does not exist")
+    if args.prune and not args.repo:
+        raise UsageError("--prune needs the repository whose points keep snapshots: give --repo")
+    if args.repo:
+        service = opened(Service(args.repo, local_root=root, **service_options(args)))
+        removed = service.prune_local_snapshots() if args.prune else []
+        snapshots = service.list_local_snapshots()
+    else:
+        removed, snapshots = [], list_local_snapshots(root)
     if args.json:
-        print_json([s.as_json() for s in snapshots])
+        data: Any = [s.as_json() for s in snapshots]
+        print_json(
+            {"removed": [s.as_json() for s in removed], "kept": data} if args.prune else data
+        )
         return 0
+    for gone in removed:
+        print(f"deleted snapshot {gone.namespace}/{gone.name} ({format_size(gone.size)})")
+    if args.prune:
+        print(f"{plural(len(removed), 'snapshot')} deleted, {len(snapshots)} kept")
     if not snapshots:
-        print(f"no snapshots in {args.root}")
+        if not args.prune:
+            print(f"no snapshots in {root}")
         return 0
+    needed = f"  {'NEEDED BY':<16}" if args.repo else ""
     print(
-        f"{'NAMESPACE':<16} {'NAME':<24} {'HANDLE':<36} {'SIZE':>10} {'CREATED (UTC)':<19}  SOURCE"
+        f"{'NAMESPACE':<16} {'NAME':<24} {'HANDLE':<36} {'SIZE':>10} {'CREATED (UTC)':<19}"
+        f"{needed}  SOURCE"
     )
     for s in snapshots:
+        needed = f"  {s.needed_by or '-':<16}" if args.repo else ""
         print(
             f"{s.namespace:<16} {s.name:<24} {s.handle:<36} {format_size(s.size):>10} "
-            f"{s.created[:19].replace('T', ' '):<19}  {s.source}"
+            f"{s.created[:19].replace('T', ' '):<19}{needed}  {s.source}"
         )
     return 0
 

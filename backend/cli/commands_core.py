@@ -14,8 +14,8 @@ from ..service import (
     ranges_from_json_file,
     read_password_file,
 )
-from ..units import format_rate, format_size, parse_size
-from .common import add_repo_args, elapsed, open_service, print_json, run_job
+from ..units import format_rate, format_size, parse_size, plural
+from .common import add_repo_args, elapsed, new_password, open_service, print_json, run_job
 
 
 def register(sub: Any) -> None:
@@ -23,7 +23,12 @@ def register(sub: Any) -> None:
     repo_sub = repo.add_subparsers(dest="repo_command", metavar="ACTION")
     repo_sub.required = True
     p = repo_sub.add_parser("init", help="create a new repository")
-    p.add_argument("repo", metavar="REPO", help="a path, file:///path or s3://bucket/prefix")
+    p.add_argument(
+        "repo",
+        metavar="REPO",
+        nargs="?",
+        help="a path, file:///path or s3://bucket/prefix (default: $LAMINA_REPO)",
+    )
     p.add_argument(
         "--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)"
     )
@@ -35,7 +40,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--compression-level", type=int, default=3, help="zstd level, 1-19 (default 3)")
     p.add_argument(
-        "--encrypt", action="store_true", help="encrypt with AES-256-GCM (needs --password-file)"
+        "--encrypt",
+        action="store_true",
+        help="encrypt with AES-256-GCM (the password from --password-file, or asked twice)",
     )
     p.add_argument("--password-file", help="file holding the password (or LAMINA_PASSWORD_FILE)")
     p.add_argument(
@@ -45,11 +52,11 @@ def register(sub: Any) -> None:
         metavar="DAYS",
         help="S3 only: keep every object under Object Lock (COMPLIANCE) retention for DAYS",
     )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_repo_init)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_repo_init, repo_from_env=True, repo_required=True)
     p = repo_sub.add_parser("info", help="show a repository's settings")
     add_repo_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_repo_info)
 
     p = sub.add_parser("backup", help="back up a volume image or block device")
@@ -77,22 +84,22 @@ def register(sub: Any) -> None:
     p = sub.add_parser("points", help="list restore points")
     add_repo_args(p)
     p.add_argument("--volume", help="only this volume")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_points)
 
     p = sub.add_parser("chain", help="show a point and its ancestors down to the full backup")
     add_repo_args(p)
     p.add_argument("point", metavar="POINT", help="point id or unique prefix")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_chain)
 
     p = sub.add_parser("restore", help="restore a point to an image file or block device")
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
     p.add_argument("target", metavar="TARGET", help="new image file, or a block device")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image file")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(
@@ -101,8 +108,8 @@ def register(sub: Any) -> None:
     add_repo_args(p)
     p.add_argument("point", metavar="POINT", nargs="?", help="one point (default: all)")
     p.add_argument("--deep", action="store_true", help="download and re-hash every piece")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -115,7 +122,11 @@ def register(sub: Any) -> None:
 def cmd_repo_init(args: argparse.Namespace) -> int:
     password = read_password_file(args.password_file)
     if args.encrypt and password is None:
-        raise UsageError("--encrypt needs --password-file (or LAMINA_PASSWORD_FILE)")
+        password = new_password()
+    if args.encrypt and password is None:
+        raise UsageError(
+            "--encrypt needs --password-file (or LAMINA_PASSWORD_FILE), or a terminal to ask on"
+        )
     if password is not None and not args.encrypt:
         raise UsageError(
             "a password was given without --encrypt; add --encrypt to encrypt the repository"
@@ -144,9 +155,19 @@ def cmd_repo_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info.__dict__)
     else:
-        for k, v in info.__dict__.items():
-            sized = k in ("grid_size", "fingerprint_block") and v
-            print(f"{k:12} {format_size(v) if sized else v}")
+        shown = {
+            **info.__dict__,
+            "grid_size": format_size(info.grid_size),
+            "fingerprint_block": (
+                format_size(info.fingerprint_block) if info.fingerprint_block else "off"
+            ),
+            "encrypted": "yes" if info.encrypted else "no",
+            "object_lock_days": (
+                plural(info.object_lock_days, "day") if info.object_lock_days else "off"
+            ),
+        }
+        for k, v in shown.items():
+            print(f"{k:17} {v}")
     return 0
 
 
@@ -183,7 +204,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"  read {format_size(s['bytes_read'])} in {elapsed(s['duration_seconds'])} ({format_rate(rate)}); "
         f"new {format_size(s['bytes_new'])} stored as {format_size(s['bytes_stored'])}; "
         f"deduplicated {format_size(s['bytes_deduplicated'])}; zero {format_size(s['bytes_zero'])}; "
-        f"{s['requests']} requests"
+        f"{plural(s['requests'], 'request')}"
     )
     return 0
 
@@ -228,7 +249,9 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.json:
         print_json([p.as_json() for p in chain])
         return 0
-    print(f"chain of {chain[0].id} ({chain[0].volume}), newest first, {len(chain)} points:")
+    print(
+        f"chain of {chain[0].id} ({chain[0].volume}), newest first, {plural(len(chain), 'point')}:"
+    )
     for depth, p in enumerate(chain):
         s = p.stats
         changed = s.get("bytes_read", 0) / p.capacity * 100 if p.capacity else 0
@@ -272,15 +295,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for problem in report.problems:
             print(f"problem: {problem}")
-        what = f"{report.points} points, {report.pieces} pieces"
+        what = f"{plural(report.points, 'point')}, {plural(report.pieces, 'piece')}"
         if report.deep:
             what += f", {format_size(report.bytes_checked)} re-read and re-hashed"
         print(
-            ("verify clean: " if report.ok else f"verify found {len(report.problems)} problems: ")
+            (
+                "verify clean: "
+                if report.ok
+                else f"verify found {plural(len(report.problems), 'problem')}: "
+            )
             + what
         )
     if not report.ok:
-        print(f"lamina: error: verify found {len(report.problems)} problems", file=sys.stderr)
+        print(
+            f"lamina: error: verify found {plural(len(report.problems), 'problem')}",
+            file=sys.stderr,
+        )
     return 0 if report.ok else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaminaError, UsageError
-from ..units import format_size, parse_size
+from ..units import format_size, parse_size, plural
 from .common import add_repo_args, elapsed, open_service, print_json, run_job
 
 if TYPE_CHECKING:
@@ -59,10 +60,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--log-file", help="append log lines (read errors with volume offsets) here")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--password-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a lamina mount (also one whose process died)")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the lamina mount is")
     p.set_defaults(func=cmd_umount)
 
     files = sub.add_parser("files", help="list and extract files of a point without mounting")
@@ -70,10 +72,16 @@ def register(sub: Any) -> None:
     files_sub.required = True
     p = files_sub.add_parser("ls", help="list a directory of a point's filesystem")
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("path", metavar="PATH", nargs="?", default="/")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        default="/",
+        help="folder or file in the point (default /)",
+    )
     p.add_argument("-l", dest="long", action="store_true", help="long listing, like ls -l")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_files_ls)
 
     p = files_sub.add_parser(
@@ -84,8 +92,8 @@ def register(sub: Any) -> None:
         "with unsafe names are skipped with a warning and make the exit status 1.",
     )
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
-    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files or folders in the point")
     p.add_argument("--to", required=True, metavar="DIR", help="folder to extract into")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -127,6 +135,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
             what = f"point {args.point}" if args.point else args.repo
             print(f"mounted {what} at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
 
+    # libfuse turns SIGTERM into a clean unmount, but only where no handler is set: the
+    # main thread stays inside libfuse, so a Python handler would never run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         service = open_service(args)
         run_mount(
@@ -156,6 +167,18 @@ def _spawn_daemon(args: argparse.Namespace) -> int:
     command += [os.path.abspath(args.mountpoint), "--cache-size", args.cache_size]
     command += ["--ready-fd", str(write_fd)]
     password_file = args.password_file or os.environ.get("LAMINA_PASSWORD_FILE")
+    passed = [write_fd]
+    if not password_file and sys.stdin.isatty():
+        # The daemon has no terminal: ask here (only if the repository is encrypted) and
+        # hand the password over through a pipe, never a file or the command line.
+        service = open_service(args)
+        service.info()
+        if service.password is not None:
+            secret_read, secret_write = os.pipe()
+            os.write(secret_write, service.password)
+            os.close(secret_write)
+            command += ["--password-fd", str(secret_read)]
+            passed.append(secret_read)
     for flag, value in (
         ("--point", args.point),
         ("--idle-timeout", args.idle_timeout),
@@ -166,14 +189,15 @@ def _spawn_daemon(args: argparse.Namespace) -> int:
             command += [flag, value]
     child = subprocess.Popen(
         command,
-        pass_fds=(write_fd,),
+        pass_fds=tuple(passed),
         start_new_session=True,
         cwd="/",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    os.close(write_fd)
+    for fd in passed:
+        os.close(fd)
     with os.fdopen(read_fd, "rb") as pipe:
         answer = pipe.read().decode(errors="replace").strip()
     if answer == "ready":
@@ -248,8 +272,9 @@ def cmd_files_get(args: argparse.Namespace) -> int:
         print_json(report.as_json())
     else:
         print(
-            f"extracted {report.files} files, {report.directories} directories and "
-            f"{report.symlinks} symlinks ({format_size(report.bytes)}) to {report.target} "
+            f"extracted {plural(report.files, 'file')}, "
+            f"{plural(report.directories, 'directory', 'directories')} and "
+            f"{plural(report.symlinks, 'symlink')} ({format_size(report.bytes)}) to {report.target} "
             f"in {elapsed(time.monotonic() - started)}"
             + (f"; {len(report.skipped)} skipped" if report.skipped else "")
         )

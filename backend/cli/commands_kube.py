@@ -47,12 +47,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=3.0, metavar="S", help="seconds per check (default 3)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_clusters)
 
     p = sub.add_parser("volumes", help="list the PVCs of a cluster: mode, size, driver, CBT")
     _add_context_args(p, namespace_help="only this namespace (default: all namespaces)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_volumes)
 
     kube = sub.add_parser("kube", help="snapshots, CBT endpoints and data-mover Jobs in a cluster")
@@ -62,26 +62,26 @@ def register(sub: Any) -> None:
 
     p = kube_sub.add_parser("namespaces", help="list the namespaces of a cluster")
     _add_context_args(p, namespace_help=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_namespaces)
 
     p = kube_sub.add_parser(
         "snapshot", help="take a CSI VolumeSnapshot of a block PVC and wait until ready"
     )
     _add_context_args(p, namespace_help=ns_help)
-    p.add_argument("pvc", metavar="PVC")
+    p.add_argument("pvc", metavar="PVC", help="the block PVC to snapshot")
     p.add_argument("--name", help="VolumeSnapshot name (default: PVC-lamina-TIMESTAMP)")
     p.add_argument("--class", dest="snapshot_class", metavar="CLASS", help="VolumeSnapshotClass")
     p.add_argument(
         "--timeout", type=float, default=300.0, metavar="S", help="seconds to wait (default 300)"
     )
     p.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between checks")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_snapshot)
 
     p = kube_sub.add_parser("delete-snapshot", help="delete a VolumeSnapshot")
     _add_context_args(p, namespace_help=ns_help)
-    p.add_argument("snapshot", metavar="NAME")
+    p.add_argument("snapshot", metavar="NAME", help="the VolumeSnapshot to delete")
     p.set_defaults(func=cmd_delete_snapshot)
 
     p = kube_sub.add_parser(
@@ -105,7 +105,7 @@ def register(sub: Any) -> None:
     p.add_argument("--token-file", metavar="FILE", help="write the token to FILE (mode 0600)")
     p.add_argument("--ca-file", metavar="FILE", help="write the CA certificate (PEM) to FILE")
     p.add_argument("--show-token", action="store_true", help="print the token itself")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_cbt_endpoint)
 
     p = kube_sub.add_parser(
@@ -113,8 +113,10 @@ def register(sub: Any) -> None:
         help="print (or --submit) a Job that backs up a PVC's snapshot inside the cluster",
     )
     _add_context_args(p, namespace_help=ns_help)
-    p.add_argument("pvc", metavar="PVC")
-    p.add_argument("--repo", required=True, help="repository URL as seen from inside the cluster")
+    p.add_argument("pvc", metavar="PVC", help="the block PVC to back up")
+    p.add_argument(
+        "--repo", help="repository URL as seen from inside the cluster (default: $LAMINA_REPO)"
+    )
     p.add_argument(
         "--image",
         default="lamina:latest",
@@ -131,7 +133,12 @@ def register(sub: Any) -> None:
         metavar="CLASS",
         help="VolumeSnapshotClass of a new snapshot",
     )
-    p.add_argument("--service-account", default="lamina-datamover", metavar="SA")
+    p.add_argument(
+        "--service-account",
+        default="lamina-datamover",
+        metavar="SA",
+        help="service account the Job runs as (default lamina-datamover)",
+    )
     p.add_argument(
         "--cluster-name", help="cluster part of the volume name (default: from the context)"
     )
@@ -163,9 +170,15 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="seconds to wait for the Job"
     )
-    p.add_argument("--snapshot-timeout", type=float, default=300.0, metavar="S")
+    p.add_argument(
+        "--snapshot-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for the snapshot to be ready (default 300)",
+    )
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between checks")
-    p.set_defaults(func=cmd_datamover)
+    p.set_defaults(func=cmd_datamover, repo_from_env=True, repo_required=True)
 
 
 # ----- helpers ---------------------------------------------------------------------------------

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from typing import Any
 
-from ..lifecycle import Policy, parse_duration
-from ..service import ForgetReport, PointInfo, PruneReport
-from ..units import format_size
+from ..lifecycle import Policy
+from ..service import ForgetReport, LockInfo, PointInfo, PruneReport, parse_keep_within
+from ..units import format_size, plural
 from .common import add_repo_args, open_service, print_json, run_job
 
 
@@ -35,12 +36,14 @@ def register(sub: Any) -> None:
         "--dry-run", action="store_true", help="print what would go and why; change nothing"
     )
     p.add_argument("--prune", action="store_true", help="prune right after forgetting")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("prune", help="delete data no point references; repack sparse packs")
     add_repo_args(p)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be freed; change nothing"
+    )
     p.add_argument(
         "--repack-below",
         type=float,
@@ -48,7 +51,7 @@ def register(sub: Any) -> None:
         metavar="SHARE",
         help="repack packs whose live share is below SHARE (default 0.5)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_prune)
 
     for name, text in (
@@ -57,28 +60,28 @@ def register(sub: Any) -> None:
     ):
         p = sub.add_parser(name, help=text)
         add_repo_args(p)
-        p.add_argument("point", metavar="POINT")
+        p.add_argument("point", metavar="POINT", help="point id or unique prefix")
         p.set_defaults(func=cmd_protect, protect=name == "protect")
 
     p = sub.add_parser(
         "consolidate", help="fold a point's ancestors into it (maps only, no data copied)"
     )
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
     p.add_argument(
         "--until", metavar="ANCESTOR", help="fold down to this ancestor (default: the full point)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_consolidate)
 
     p = sub.add_parser("delete", help="delete one point; its children keep resolving as before")
     add_repo_args(p)
-    p.add_argument("point", metavar="POINT")
+    p.add_argument("point", metavar="POINT", help="point id or unique prefix")
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("locks", help="list repository locks")
     add_repo_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_locks)
 
     p = sub.add_parser("unlock", help="remove locks left by crashed processes")
@@ -97,7 +100,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         weekly=args.keep_weekly,
         monthly=args.keep_monthly,
         yearly=args.keep_yearly,
-        within=parse_duration(args.keep_within) if args.keep_within else None,
+        within=parse_keep_within(args.keep_within) if args.keep_within else None,
     )
     service = open_service(args)
     report: ForgetReport = run_job(
@@ -132,7 +135,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
             )
         gone = sum(1 for d in report.decisions if not d.keep)
         print(
-            f"{gone} point(s) {'would be ' if report.dry_run else ''}removed, {len(report.decisions) - gone} kept"
+            f"{plural(gone, 'point')} {'would be ' if report.dry_run else ''}removed, "
+            f"{len(report.decisions) - gone} kept"
         )
         if not report.dry_run and gone and not args.prune:
             print("run 'lamina prune' to free the space they used")
@@ -152,14 +156,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return 0
     verb = "would free" if report.dry_run else "freed"
     print(
-        f"{report.points} points use {report.pieces_live} of {report.pieces_total} pieces; "
-        f"{report.packs_deleted} of {report.packs_total} packs {'would go' if report.dry_run else 'deleted'} "
+        f"{plural(report.points, 'point')} {'uses' if report.points == 1 else 'use'} "
+        f"{report.pieces_live} of {plural(report.pieces_total, 'piece')}; "
+        f"{report.packs_deleted} of {plural(report.packs_total, 'pack')} "
+        f"{'would go' if report.dry_run else 'deleted'} "
         f"({report.packs_repacked} repacked, {format_size(report.bytes_rewritten)} rewritten); "
         f"{verb} {format_size(report.bytes_reclaimed)} of {format_size(report.bytes_total)}; "
-        f"{report.maps_deleted} stray maps; {report.requests} requests"
+        f"{plural(report.maps_deleted, 'stray map')}; {plural(report.requests, 'request')}"
     )
     if report.packs_kept_locked:
-        print(f"{report.packs_kept_locked} packs are kept until their Object Lock retention ends")
+        print(
+            f"{plural(report.packs_kept_locked, 'pack')} "
+            f"{'is' if report.packs_kept_locked == 1 else 'are'} kept until their Object Lock "
+            "retention ends"
+        )
     return 0
 
 
@@ -179,15 +189,17 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     else:
         folded = point.manifest.get("consolidated", [])
         print(
-            f"point {point.id} now holds the extents of {len(folded)} ancestor(s); parent {point.parent or '- (full)'}"
+            f"point {point.id} now holds the extents of {plural(len(folded), 'ancestor')}; parent {point.parent or '- (full)'}"
         )
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    children: list[str] = run_job(open_service(args).start_delete(args.point))
+    service = open_service(args)
+    point = service.get_point(args.point)  # the full id to echo, not the prefix typed
+    children: list[str] = run_job(service.start_delete(point.id))
     print(
-        f"deleted point {args.point}" + (f"; folded into {', '.join(children)}" if children else "")
+        f"deleted point {point.id}" + (f"; folded into {', '.join(children)}" if children else "")
     )
     print("run 'lamina prune' to free the space it used")
     return 0
@@ -196,7 +208,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_locks(args: argparse.Namespace) -> int:
     found = open_service(args).list_locks()
     if args.json:
-        print_json([lock.__dict__ | {"stale": lock.stale} for lock in found])
+        print_json([_lock_json(lock) for lock in found])
     elif not found:
         print("no locks")
     for lock in found if not args.json else []:
@@ -204,9 +216,22 @@ def cmd_locks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iso(seconds: float) -> str:
+    """Seconds since the epoch as the ISO time the rest of the JSON output uses."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lock_json(lock: LockInfo) -> dict[str, Any]:
+    return lock.__dict__ | {
+        "created": _iso(lock.created),
+        "expires": _iso(lock.expires),
+        "stale": lock.stale,
+    }
+
+
 def cmd_unlock(args: argparse.Namespace) -> int:
     removed = open_service(args).unlock(all_locks=args.all)
     for lock in removed:
         print(f"removed {lock.describe()}")
-    print(f"{len(removed)} lock(s) removed")
+    print(f"{plural(len(removed), 'lock')} removed")
     return 0

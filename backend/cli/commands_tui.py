@@ -9,7 +9,8 @@ from typing import Any
 
 from ..defaults import default_local_root, default_repo
 from ..errors import UsageError
-from ..service import Service, read_password_file
+from ..service import Service
+from .common import opened, service_options
 
 
 def register(sub: Any) -> None:
@@ -25,7 +26,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--password-file",
-        help="file holding the password of an encrypted repository (or set LAMINA_PASSWORD_FILE)",
+        help="file holding the password of an encrypted repository (or set "
+        "LAMINA_PASSWORD_FILE; on a terminal lamina asks for it)",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument(
@@ -57,11 +59,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
         raise UsageError(f"local cluster folder {local_root} does not exist")
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("lamina tui needs a terminal")
-    service = Service(
-        repo,
-        password=read_password_file(args.password_file),
-        kubeconfig=args.kubeconfig,
-        local_root=local_root,
+    service = opened(
+        Service(repo, kubeconfig=args.kubeconfig, local_root=local_root, **service_options(args))
     )
     service.info()  # a wrong URL or password is a one-line error here, before the screen opens
     from lamina.tui.app import make_app

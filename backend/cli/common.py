@@ -3,28 +3,104 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..errors import LaminaError
+from ..errors import LaminaError, UsageError
 from ..progress import Progress
 from ..service import Job, JobState, Service, read_password_file
 from ..units import format_rate, format_size
 
+REPO_ENV = "LAMINA_REPO"
+
 
 def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    # Not argparse-required: $LAMINA_REPO stands in for --repo (see resolve_repo).
     p.add_argument(
         "--repo",
-        required=required,
-        help="repository URL: a path, file:///path or s3://bucket/prefix",
+        help=f"repository URL: a path, file:///path or s3://bucket/prefix (or set {REPO_ENV})",
     )
     p.add_argument(
         "--password-file",
-        help="file holding the password of an encrypted repository (or set LAMINA_PASSWORD_FILE)",
+        help="file holding the password of an encrypted repository (or set "
+        "LAMINA_PASSWORD_FILE; on a terminal lamina asks for it)",
     )
+    p.set_defaults(repo_from_env=True, repo_required=required)
+
+
+def resolve_repo(args: argparse.Namespace) -> None:
+    """--repo, else $LAMINA_REPO (like restic's RESTIC_REPOSITORY); not with --server."""
+    if not getattr(args, "repo_from_env", False) or getattr(args, "server", None):
+        return
+    if not args.repo:
+        args.repo = os.environ.get(REPO_ENV) or None
+    if not args.repo and getattr(args, "repo_required", False):
+        raise UsageError(f"no repository: give --repo REPO or set {REPO_ENV}")
+
+
+def _prompt(prompt: str) -> bytes:
+    try:
+        password = getpass.getpass(f"lamina: {prompt}")
+    except EOFError:
+        raise UsageError("no password given") from None
+    if not password:
+        raise UsageError("no password given")
+    return password.encode()
+
+
+def ask_password() -> Callable[[], bytes] | None:
+    """A prompt on the terminal for the password, or None when there is no terminal."""
+    if not sys.stdin.isatty():
+        return None
+    return lambda: _prompt("password of the repository: ")
+
+
+def new_password() -> bytes | None:
+    """A new repository's password, asked twice on the terminal (None: no terminal)."""
+    if not sys.stdin.isatty():
+        return None
+    first = _prompt("password for the new repository: ")
+    if _prompt("the same password again: ") != first:
+        raise UsageError("the two passwords differ; nothing was created")
+    return first
+
+
+def service_options(args: argparse.Namespace) -> dict[str, Any]:
+    """password= and ask_password= for a Service of --repo."""
+    fd = getattr(args, "password_fd", None)
+    if fd is not None:  # a daemon whose parent asked on the terminal
+        with os.fdopen(fd, "rb") as pipe:
+            return {"password": pipe.read() or None}
+    return {
+        "password": read_password_file(getattr(args, "password_file", None)),
+        "ask_password": ask_password(),
+    }
+
+
+# Services this command opened: main() closes them on every way out, so that browsing views
+# give back their repository locks at once.
+_opened: list[Any] = []
+
+
+def opened(service: Service) -> Service:
+    """Register a service for close_services(); returns it."""
+    _opened.append(service)
+    return service
+
+
+def close_services() -> None:
+    while _opened:
+        service = _opened.pop()
+        try:
+            service.close()
+        except Exception:  # the command's own outcome is what the user needs to see
+            pass
 
 
 def open_service(args: argparse.Namespace) -> Service:
@@ -32,8 +108,8 @@ def open_service(args: argparse.Namespace) -> Service:
     factory = getattr(args, "service_factory", None)
     if factory is not None:
         service: Service = factory(args)
-        return service
-    return Service(args.repo, password=read_password_file(getattr(args, "password_file", None)))
+        return opened(service)
+    return opened(Service(args.repo, **service_options(args)))
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

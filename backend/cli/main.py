@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import LaminaError
+from .common import close_services, resolve_repo
 
 # Modules that register subcommands; a missing optional module is skipped.
 COMMAND_MODULES = [
@@ -42,10 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every cleanup on the way out runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        resolve_repo(args)
         return int(args.func(args) or 0)
     except LaminaError as e:
         print(f"lamina: error: {e}", file=sys.stderr)
@@ -53,8 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lamina: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("lamina: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        close_services()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import LaminaError, SourceError, UsageError
 from ..extents import allocated_ranges
+from ..names import name_problem, shown
 from ..repository import utc_now
 
 # _IOW(0x94, 9, int): clone a whole file by sharing its extents (btrfs, xfs with reflink).
@@ -57,6 +58,7 @@ class LocalSnapshot:
     created: str
     copy_method: str
     image: Path
+    made_by: str = ""  # "backup": taken by a lamina backup of a local volume; "": by hand
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -68,10 +70,18 @@ class LocalSnapshot:
             "created": self.created,
             "copy_method": self.copy_method,
             "image": str(self.image),
+            "made_by": self.made_by,
         }
 
 
+def _check_path_component(value: str, what: str) -> None:
+    problem = name_problem(value)
+    if problem is not None:
+        raise UsageError(f"not a {what}: '{shown(value)}' ({problem})")
+
+
 def check_namespace(namespace: str) -> str:
+    _check_path_component(namespace, "namespace")
     if not _NAMESPACE_RE.fullmatch(namespace):
         raise UsageError(
             f"not a namespace: {namespace!r} (lowercase letters, digits and '-', at most 63)"
@@ -80,6 +90,7 @@ def check_namespace(namespace: str) -> str:
 
 
 def check_snapshot_name(name: str) -> str:
+    _check_path_component(name, "snapshot name")
     if not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"not a snapshot name: {name!r} (lowercase letters, digits, '-' and '.', at most 253)"
@@ -164,7 +175,9 @@ class LocalCluster:
     def _snapshot_dir(self, namespace: str, name: str) -> Path:
         return self.snapshots_dir / check_namespace(namespace) / check_snapshot_name(name)
 
-    def create_snapshot(self, source: str, namespace: str, name: str) -> LocalSnapshot:
+    def create_snapshot(
+        self, source: str, namespace: str, name: str, *, made_by: str = ""
+    ) -> LocalSnapshot:
         final = self._snapshot_dir(namespace, name)
         if final.exists():
             raise SnapshotExists(f"snapshot {namespace}/{name} already exists in {self.root}")
@@ -183,6 +196,8 @@ class LocalCluster:
                 "created": utc_now(),
                 "copy_method": method,
             }
+            if made_by:
+                meta["made_by"] = made_by
             _write_json(building / "meta.json", meta)
             _write_json(
                 self.handles_dir / f"{meta['handle']}.json", {"namespace": namespace, "name": name}
@@ -216,7 +231,48 @@ class LocalCluster:
             created=str(meta["created"]),
             copy_method=str(meta.get("copy_method", "")),
             image=folder / "image",
+            made_by=str(meta.get("made_by", "")),
         )
+
+    @contextlib.contextmanager
+    def hold(self, snapshot: LocalSnapshot) -> Iterator[None]:
+        """Keep ``snapshot`` from being deleted (by any process) while the block runs."""
+        fd = os.open(snapshot.image.parent / "meta.json", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def delete_snapshot(self, snapshot: LocalSnapshot) -> bool:
+        """Delete a snapshot unless a backup holds it. Returns whether it went.
+
+        The folder is renamed away first, so a crash leaves either the whole snapshot or
+        a hidden folder that the next listing ignores, never half a snapshot.
+        """
+        folder = snapshot.image.parent
+        try:
+            fd = os.open(folder / "meta.json", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a backup is reading it
+            doomed = folder.parent / f".deleting-{folder.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(folder, doomed)
+        finally:
+            os.close(fd)
+        handle_file = self.handles_dir / f"{snapshot.handle}.json"
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(handle_file.read_text()) == {
+                "namespace": snapshot.namespace,
+                "name": snapshot.name,
+            }:
+                handle_file.unlink()
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
 
     def snapshot_by_handle(self, handle: str) -> LocalSnapshot:
         if not _HANDLE_RE.fullmatch(handle):

@@ -51,7 +51,9 @@ class Storage(ABC):
     ) -> bool:
         """Store ``data`` under ``key`` atomically.
 
-        With ``if_absent``, an existing object is left alone and False is returned.
+        With ``if_absent``, an existing object is left alone and False is returned
+        (RetryingStorage returns True when that object is byte-identical to ``data``: a
+        retried write meeting its own first attempt).
         ``retain_until`` (seconds since the epoch) asks for S3 Object Lock retention; backends
         without it refuse the request.
         """

@@ -89,7 +89,8 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot write {path}: {_reason(e)}") from e
         finally:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            # Never created when the write failed early (read-only, no space): nothing to undo.
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
     def get(self, key: str) -> bytes:

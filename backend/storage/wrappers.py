@@ -47,9 +47,18 @@ class RetryingStorage(Storage):
         if_absent: bool = False,
         retain_until: float | None = None,
     ) -> bool:
-        return self._retry(
+        written = self._retry(
             lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
         )
+        if written or not if_absent:
+            return written
+        # An attempt whose answer was lost (a 500 after the write, a reset; ours or the
+        # client library's own retry) makes the next one meet our own object: that is
+        # success. Only an object with other content is a real conflict.
+        try:
+            return bool(self._retry(lambda: self.inner.get(key)) == bytes(data))
+        except ObjectNotFound:
+            return False
 
     def get(self, key: str) -> bytes:
         return self._retry(lambda: self.inner.get(key))

@@ -182,14 +182,13 @@ def test_backup_watched_to_its_end_then_restored_byte_for_byte(
         assert restored.restore.bytes_written > 0 and restored.restore.target == str(target)
         assert sha256_file(target) == sha256_file(expected)
 
-    # a second restore to the same file is refused unless overwrite is asked for
-    again = finish(
-        fast,
-        fast.StartRestore(
-            pb.StartRestoreRequest(point=first.id, target=str(target)), metadata=AUTH
-        ),
-    )
-    assert again.state == pb.TASK_STATE_FAILED and "exists" in again.error
+    # a second restore to the same file is refused, before any task, unless overwrite is asked
+    with pytest.raises(grpc.RpcError) as refused:
+        fast.StartRestore(pb.StartRestoreRequest(point=first.id, target=str(target)), metadata=AUTH)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exists; choose a new file" in (refused.value.details() or "")
+    trailing: Any = refused.value.trailing_metadata()
+    assert ("lamina-error-class", "TargetExists") in tuple(trailing)
 
 
 def test_cancel_mid_backup_leaves_no_point(
@@ -348,7 +347,8 @@ def _code_cases(servers: Servers) -> list[tuple[str, Any, grpc.StatusCode, str]]
     return [
         ("GetPoint", pb.GetPointRequest(), S.INVALID_ARGUMENT, "give the point"),
         ("GetPoint", pb.GetPointRequest(point="ffffffffff"), S.NOT_FOUND, "no restore point"),
-        ("GetChain", pb.GetChainRequest(point="nope"), S.NOT_FOUND, "no restore point"),
+        ("GetChain", pb.GetChainRequest(point="beef"), S.NOT_FOUND, "no restore point"),
+        ("GetChain", pb.GetChainRequest(point="nope"), S.INVALID_ARGUMENT, "not a point id"),
         ("ListPoints", pb.ListPointsRequest(volume="a/b/c/d"), S.INVALID_ARGUMENT, "volume"),
         (
             "StartBackup",
@@ -394,7 +394,7 @@ def _code_cases(servers: Servers) -> list[tuple[str, Any, grpc.StatusCode, str]]
         ),
         (
             "StartRestore",
-            pb.StartRestoreRequest(point="nope", target=str(root / "x.img")),
+            pb.StartRestoreRequest(point="beef", target=str(root / "x.img")),
             S.NOT_FOUND,
             "no restore point",
         ),

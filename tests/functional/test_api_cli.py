@@ -119,7 +119,8 @@ def test_backup_restore_and_verify_through_a_server(remote: Remote) -> None:
     [
         (["backup", "--volume", "v", "relative.img"], "must be an absolute path on the server", 2),
         (["restore", "POINT", "/etc/lamina-cli.img"], "outside the folders this server allows", 1),
-        (["chain", "nope"], "no restore point matches 'nope'", 1),
+        (["chain", "beef"], "no restore point matches 'beef'", 1),
+        (["chain", "nope"], "not a point id (hex digits): nope", 2),
         (["points", "--repo", "somewhere"], "give --repo or --server, not both", 2),
         (["points", "--password-file", "pw"], "--password-file is for --repo", 2),
     ],

@@ -15,7 +15,14 @@ from lamina.backend.errors import (
     UsageError,
     WrongPassword,
 )
-from lamina.backend.service import Job, JobState, PointInfo, Service, init_repository
+from lamina.backend.service import (
+    Job,
+    JobState,
+    PointInfo,
+    Service,
+    TargetExists,
+    init_repository,
+)
 from tests.support.volumes import make_volume, scribble, sha256_file, sparse_copy
 
 MiB = 1024 * 1024
@@ -210,7 +217,8 @@ def test_restore_refuses_to_overwrite_and_checks_devices(repo: Service, tmp_path
     point = _backup(repo, vol)
     out = tmp_path / "out.img"
     out.write_bytes(b"precious")
-    assert "exists" in _fail(repo.start_restore(point.id, str(out)))
+    with pytest.raises(TargetExists, match="exists; choose a new file"):  # before any job
+        repo.start_restore(point.id, str(out))
     assert out.read_bytes() == b"precious"
     job = repo.start_restore(point.id, str(out), overwrite=True)
     job.wait()

@@ -573,7 +573,7 @@ def test_retrying_storage_does_not_retry_answers(storage: Storage) -> None:
         assert flaky.calls == 1
     flaky.calls = 0
     assert retrying.put("once", b"2", if_absent=True) is False
-    assert flaky.calls == 1
+    assert flaky.calls == 2  # the put, then one GET: is the object there our own?
     assert storage.get("once") == b"1"
 
 

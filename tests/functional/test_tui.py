@@ -30,7 +30,13 @@ from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.client import InProcessClient, JobView
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
-from lamina.tui.screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen, PromptScreen
+from lamina.tui.screens.dialogs import (
+    ConfirmScreen,
+    GotoScreen,
+    HelpScreen,
+    PromptScreen,
+    RestoreScreen,
+)
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.jobs import JobsScreen
 from lamina.tui.screens.volumes import VolumesScreen
@@ -265,30 +271,52 @@ async def test_restore_verify_and_a_failure_in_plain_words(world: World) -> None
         )
 
         target = world.root / "restored.img"
-        for attempt in (1, 2):
-            await pilot.press("r")
-            await wait_for(
-                pilot, lambda: isinstance(app.screen, PromptScreen), "the restore prompt"
-            )
-            await type_path(pilot, "restored.img")
-            await wait_for(
-                pilot,
-                lambda count=attempt: len(finished_jobs(app, "restore")) == count,  # type: ignore[misc]
-                "the restore",
-            )
-        first, second = sorted(finished_jobs(app, "restore"), key=lambda v: v.created)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RestoreScreen), "the restore dialog")
+        await type_path(pilot, "restored.img")
+        await wait_for(pilot, lambda: finished_jobs(app, "restore"), "the restore")
+        (first,) = finished_jobs(app, "restore")
         assert first.state == "succeeded", first.error
         digest = hashlib.sha256
         assert digest(target.read_bytes()).digest() == digest(world.image.read_bytes()).digest()
         assert first.point == point.point
 
-        # Restoring onto the same file again is refused: the reason is one plain line in a
-        # notification and in the job, and the app goes on.
-        assert second.state == "failed"
-        assert second.error and "exists" in second.error and "\n" not in second.error
+        # Restoring onto the same file again: the dialog asks the service first, stays open
+        # with one plain line, and offers to overwrite (no advice about a CLI flag).
+        target.write_bytes(b"to be replaced")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RestoreScreen), "the restore dialog")
+        dialog = screen_of(app, RestoreScreen)
+        await type_path(pilot, "restored.img")
+        await wait_for(pilot, lambda: dialog.existing is not None, "the offer to overwrite")
+        assert dialog.problem == f"{target} exists; choose a new file, or pass --overwrite"
+        assert dialog.query_one("#restore-overwrite-row").display
+        assert app.screen is dialog and len(finished_jobs(app, "restore")) == 1
+        assert target.read_bytes() == b"to be replaced"
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: len(finished_jobs(app, "restore")) == 2, "the overwrite")
+        assert screen_of(app, ChainScreen) is chain
+        assert all(v.state == "succeeded" for v in finished_jobs(app, "restore"))
+        assert digest(target.read_bytes()).digest() == digest(world.image.read_bytes()).digest()
+
+        # A target that cannot be written (a folder) is refused in the dialog, in one line,
+        # and nothing is left behind.
+        folder = world.root / "a-folder"
+        folder.mkdir()
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RestoreScreen), "the restore dialog")
+        dialog = screen_of(app, RestoreScreen)
+        await type_path(pilot, "a-folder")
+        await wait_for(pilot, lambda: dialog.problem != "", "the refusal")
+        assert dialog.problem == f"{folder} is a folder; give a file or block device to restore to"
+        assert dialog.existing is None and not dialog.query_one("#restore-overwrite-row").display
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is chain, "the chain again")
+        assert len(finished_jobs(app, "restore")) == 2
+        assert list(world.root.glob("*.lamina-partial")) == []
+        assert list(folder.iterdir()) == []
         messages = [n.message for n in app._notifications]
-        assert any("failed" in m and "exists" in m for m in messages)
-        assert not any("Traceback" in m for m in messages)
+        assert not any("Traceback" in m or "internal error" in m for m in messages)
         assert app.is_running
 
 
@@ -463,7 +491,7 @@ async def test_protect_and_delete_a_point(world: World) -> None:
         )
         # The incremental took over the full point's data: it still restores the volume.
         await pilot.press("r")
-        await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen), "the restore prompt")
+        await wait_for(pilot, lambda: isinstance(app.screen, RestoreScreen), "the restore dialog")
         await type_path(pilot, "after-delete.img")
         await wait_for(pilot, lambda: finished_jobs(app, "restore"), "the restore")
         assert finished_jobs(app, "restore")[0].state == "succeeded"

@@ -9,9 +9,16 @@ queued, cancelled or interrupted, without big files or artificial delays.
 from __future__ import annotations
 
 import random
+import re
 import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -74,3 +81,78 @@ def stub_for(address: str) -> Iterator[pb_grpc.LaminaServiceStub]:
         yield pb_grpc.LaminaServiceStub(channel)
     finally:
         channel.close()
+
+
+LAMINA = [sys.executable, "-m", "lamina.backend.cli.main"]
+
+
+class StderrLines:
+    """The stderr of a process, read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        stream = proc.stderr
+        self.reader = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            time.sleep(0.02)
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.lines)}")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@dataclass
+class ServeProcess:
+    """A `lamina serve` process on loopback and what it logs."""
+
+    proc: subprocess.Popen[str]
+    address: str
+    log: StderrLines
+
+
+@contextmanager
+def lamina_serve(url: str, token_file: Path, *args: str) -> Iterator[ServeProcess]:
+    """Run `lamina serve --repo URL` on a free loopback port until the block ends (SIGTERM)."""
+    token_file.write_text(TOKEN + "\n")
+    proc = subprocess.Popen(
+        [
+            *LAMINA,
+            "serve",
+            "--repo",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+            "--token-file",
+            str(token_file),
+            "--grace",
+            "0",
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = StderrLines(proc)
+    try:
+        address = log.wait_for(r"listening on (\S+) ").group(1)
+        yield ServeProcess(proc, address, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.reader.join(timeout=5)

@@ -19,7 +19,7 @@ from .. import formatting as fmt
 from ..client import JobView, Point, Volume
 from ..messages import MountsChanged, PointsLoaded
 from .base import LaminaScreen, plain_error
-from .dialogs import ConfirmScreen, PromptScreen
+from .dialogs import ConfirmScreen, PromptScreen, RestoreScreen
 
 VERIFY_STYLES = {
     "ok": ("✓ verified", "green"),
@@ -309,20 +309,21 @@ class ChainScreen(LaminaScreen):
             return
         suggestion = os.path.join(self.lamina.work_dir, f"{self.volume.name}-{point.id[:8]}.img")
 
-        def restore(target: str | None) -> None:
-            if target:
-                self.lamina.start_job(
-                    f"restore {point.id}",
-                    lambda: self.client.start_restore(point.id, self.lamina.resolve_path(target)),
-                )
+        def start(target: str, overwrite: bool) -> str:
+            return self.client.start_restore(point.id, self.lamina.resolve_path(target), overwrite)
+
+        def started(job_id: str | None) -> None:
+            if job_id:
+                self.lamina.follow_job(job_id, f"restore {point.id}")
 
         self.app.push_screen(
-            PromptScreen(
+            RestoreScreen(
                 f"Restore point {point.id} to a file or block device",
                 suggestion,
+                start,
                 hint="a new file; lamina writes it sparse and checks the image digest",
             ),
-            restore,
+            started,
         )
 
     def action_mount(self) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from rich.table import Table
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.binding import ActiveBinding, Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Static
+
+from lamina.backend.service import TargetExists
+
+from .base import plain_error
 
 VIEWS = ["clusters", "volumes", "jobs", "help", "quit"]
 
@@ -44,6 +48,86 @@ class PromptScreen(ModalScreen[str | None]):
     @on(Input.Submitted, "#prompt-input")
     def _submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RestoreScreen(ModalScreen[str | None]):
+    """Ask where to restore, and start the restore from here: the service checks the
+    target first, and a problem keeps the dialog open with its one line. An existing file
+    is offered for overwriting (ctrl+o) instead of failing. Dismissed with the job id."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="restore.cancel", key_display="esc"),
+        Binding("ctrl+o", "overwrite", "Overwrite", id="restore.overwrite", priority=True),
+    ]
+
+    def __init__(
+        self, title: str, value: str, start: Callable[[str, bool], str], *, hint: str = ""
+    ) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.value = value
+        self.start = start  # (target, overwrite) -> job id; raises with one plain line
+        self.hint = hint
+        self.existing: str | None = None  # the target the service said exists
+        self.problem = ""
+
+    def compose(self) -> Iterable[Any]:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(self.value, id="restore-input")
+            yield Static("", id="restore-problem", classes="dialog-problem")
+            with Horizontal(classes="dialog-buttons", id="restore-overwrite-row"):
+                yield Button("Overwrite (ctrl+o)", variant="error", id="restore-overwrite")
+            yield Static(
+                Text(
+                    (self.hint + "\n" if self.hint else "") + "enter: restore   esc: cancel",
+                    style="dim",
+                ),
+                classes="dialog-hint",
+            )
+
+    def on_mount(self) -> None:
+        self.query_one("#restore-overwrite-row").display = False
+
+    def _show(self, problem: str, existing: str | None) -> None:
+        self.problem = problem
+        self.existing = existing
+        self.query_one("#restore-problem", Static).update(Text(problem, style="bold red"))
+        self.query_one("#restore-overwrite-row").display = existing is not None
+
+    @on(Input.Changed, "#restore-input")
+    def _changed(self, event: Input.Changed) -> None:
+        if self.existing is not None and event.value.strip() != self.existing:
+            self._show("", None)  # another path: the offer was for the old one
+
+    @on(Input.Submitted, "#restore-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        target = event.value.strip()
+        if target:
+            self._try(target, False)
+
+    @on(Button.Pressed, "#restore-overwrite")
+    def _overwrite_pressed(self) -> None:
+        self.action_overwrite()
+
+    def action_overwrite(self) -> None:
+        if self.existing is not None:
+            self._try(self.existing, True)
+
+    @work(thread=True, exclusive=True, group="restore-dialog")
+    def _try(self, target: str, overwrite: bool) -> None:
+        try:
+            job_id = self.start(target, overwrite)
+        except TargetExists as e:
+            self.app.call_from_thread(self._show, plain_error(e), target)
+            return
+        except Exception as e:
+            self.app.call_from_thread(self._show, plain_error(e), None)
+            return
+        self.app.call_from_thread(self.dismiss, job_id)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
