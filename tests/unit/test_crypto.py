@@ -165,3 +165,58 @@ def test_piece_ids_are_stable_and_accept_memoryviews(data: bytes) -> None:
         piece_id = sealer.piece_id(data)
         assert len(piece_id) == 32
         assert sealer.piece_id(memoryview(bytearray(data))) == piece_id
+
+
+# ----------------------------------------------------------------------------- hostile sections
+
+
+def _damaged(section: dict[str, Any], path: tuple[str, ...], value: object) -> dict[str, Any]:
+    damaged = copy.deepcopy(section)
+    where = damaged
+    for step in path[:-1]:
+        where = where[step]
+    if value is _MISSING:
+        del where[path[-1]]
+    else:
+        where[path[-1]] = value
+    return damaged
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("kdf", "salt"), _MISSING),
+        (("kdf", "salt"), 17),
+        (("kdf", "n"), "many"),
+        (("kdf", "n"), 3),  # not a power of two
+        (("kdf", "n"), 2**62),  # more memory than anyone has
+        (("kdf", "r"), 0),
+        (("kdf", "p"), None),
+        (("wrapped_key",), _MISSING),
+        (("wrapped_key",), "@@@not base64@@@"),
+        (("wrapped_key",), "QUJD"),  # three bytes: shorter than a nonce
+        (("wrapped_key",), ["a list"]),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, tuple) else None,
+)
+def test_damaged_encryption_section_is_corrupt(
+    wrapped: Wrapped, path: tuple[str, ...], value: object
+) -> None:
+    """The config comes from the repository: damage there is a clear error, not a crash."""
+    with pytest.raises(CorruptObject, match="encryption section"):
+        unwrap_keys(_damaged(wrapped[1], path, value), b"correct horse", REPO_ID)
+
+
+@pytest.mark.parametrize("section", [[], "aes", {"cipher": "aes-256-gcm", "kdf": "scrypt"}])
+def test_encryption_section_of_the_wrong_shape_is_unsupported(section: Any) -> None:
+    with pytest.raises(UnsupportedFormat, match="unsupported encryption"):
+        unwrap_keys(section, b"correct horse", REPO_ID)
+
+
+def test_unsupported_cipher_name_is_shown_escaped() -> None:
+    with pytest.raises(UnsupportedFormat) as refused:
+        unwrap_keys({"cipher": "evil\x1b[2J", "kdf": {}}, b"pw", REPO_ID)
+    assert str(refused.value) == "unsupported encryption in repository config: evil\\x1b[2J"
