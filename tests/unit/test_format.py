@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.backend import format as fmt
@@ -31,8 +31,7 @@ PLAIN = Sealer(None)
 SEALED = Sealer(Keys(bytes(range(32)), bytes(range(32, 64))))
 OTHER_KEYS = Sealer(Keys(bytes(32), bytes(32)))
 SEALERS = pytest.mark.parametrize("sealer", [PLAIN, SEALED], ids=["plain", "sealed"])
-# Example databases and health checks do not depend on which sealer a test runs with.
-PROPERTY = settings(max_examples=60, suppress_health_check=[HealthCheck.differing_executors])
+PROPERTY = settings(max_examples=60)
 
 piece_ids = st.binary(min_size=ID_SIZE, max_size=ID_SIZE)
 u32 = st.integers(0, 2**32 - 1)
