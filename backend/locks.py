@@ -125,7 +125,8 @@ def list_locks(repo: Repository) -> list[LockInfo]:
         except ObjectNotFound:
             continue  # released meanwhile
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-            # unreadable (a pid of 1e400, JSON nested deeper than the parser goes): treat as a live exclusive lock until it expires by age
+            # unreadable (bad JSON, a pid of 1e400, nesting deeper than the parser goes):
+            # treat as a live exclusive lock until it expires by age
             out.append(
                 LockInfo(
                     info.key, EXCLUSIVE, "unreadable lock", "?", 0, info.mtime, info.mtime + TTL

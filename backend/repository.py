@@ -357,9 +357,12 @@ class Repository:
         if not isinstance(config, dict) or config.get("format") != "lamina-repository":
             raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
         if config.get("version") != fmt.FORMAT_VERSION:
+            from .limits import shown  # here: limits sits above the engine
+
+            version = shown(str(config.get("version")))
             raise UnsupportedFormat(
-                f"repository format version {config.get('version')} is not supported by this "
-                f"lamina (it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
+                f"repository format version {version} is not supported by this lamina "
+                f"(it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
             )
         problem = _config_problem(config)
         if problem is not None:

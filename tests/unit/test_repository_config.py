@@ -93,3 +93,12 @@ def _storage_with(config: dict[str, Any]) -> MemoryStorage:
     storage = MemoryStorage()
     storage.put(CONFIG_KEY, json.dumps(config).encode())
     return storage
+
+
+def test_unknown_version_is_unsupported_and_shown_escaped() -> None:
+    with pytest.raises(UnsupportedFormat) as refused:
+        _open(json.dumps(_config_of(version="9\x1b[2J")).encode())
+    assert str(refused.value) == (
+        "repository format version 9\\x1b[2J is not supported by this lamina "
+        "(it reads version 1); upgrade lamina"
+    )
