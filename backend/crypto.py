@@ -37,7 +37,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode())
+    if not isinstance(text, str):
+        raise TypeError("not base64 text")
+    return base64.b64decode(text.encode(), validate=True)
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,35 @@ def wrap_keys(keys: Keys, password: bytes, repo_id: str) -> dict[str, Any]:
     }
 
 
-def unwrap_keys(section: dict[str, Any], password: bytes, repo_id: str) -> Keys:
-    if section.get("cipher") != "aes-256-gcm" or section.get("kdf", {}).get("name") != "scrypt":
+def unwrap_keys(section: Any, password: bytes, repo_id: str) -> Keys:
+    """The keys from a config's `encryption` section, which comes from the repository."""
+    kdf = section.get("kdf") if isinstance(section, dict) else None
+    if (
+        not isinstance(kdf, dict)
+        or section.get("cipher") != "aes-256-gcm"
+        or kdf.get("name") != "scrypt"
+    ):
+        from .limits import shown  # here: limits sits above the engine, which imports this
+
+        cipher = section.get("cipher") if isinstance(section, dict) else section
         raise UnsupportedFormat(
-            f"unsupported encryption in repository config: {section.get('cipher')}"
+            f"unsupported encryption in repository config: {shown(str(cipher))}"
         )
-    kdf = section["kdf"]
-    kek = _derive(password, _unb64(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
+    damaged = "the encryption section of the repository config is damaged"
+    try:
+        salt = _unb64(kdf["salt"])
+        n, r, p = (int(kdf[name]) for name in ("n", "r", "p"))
+        blob = _unb64(section["wrapped_key"])
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        raise CorruptObject(damaged) from None
+    if len(blob) < NONCE_SIZE + TAG_SIZE:
+        raise CorruptObject(f"{damaged}: the wrapped key is truncated")
+    try:
+        kek = _derive(password, salt, n, r, p)
+    except (ValueError, OverflowError, MemoryError):
+        raise CorruptObject(f"{damaged}: invalid scrypt parameters") from None
     from cryptography.exceptions import InvalidTag
 
-    blob = _unb64(section["wrapped_key"])
     try:
         plain = _aesgcm(kek).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], repo_id.encode())
     except InvalidTag:

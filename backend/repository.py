@@ -197,6 +197,22 @@ class PieceIndex:
         return set(self._packs) | {e.pack_id for e in self._recent.values()}
 
 
+def _config_problem(config: dict[str, Any]) -> str | None:
+    """What makes a config unusable, or None. It comes from the repository: check every field."""
+    if not isinstance(config.get("id"), str):
+        return "it has no repository id"
+    grid = config.get("grid_size")
+    if type(grid) is not int or not MIN_GRID <= grid <= MAX_GRID or grid & (grid - 1):
+        return "the grid size is not a power of two between 64 KiB and 64 MiB"
+    pack = config.get("pack_size", DEFAULT_PACK_SIZE)
+    if type(pack) is not int or pack <= 0:
+        return "the pack size is not a positive integer"
+    compression = config.get("compression", {})
+    if not isinstance(compression, dict) or type(compression.get("level", 0)) is not int:
+        return "the compression section holds no zstd level"
+    return None
+
+
 class _IdView:
     def __init__(self, ids: bytearray) -> None:
         self._ids = ids
@@ -370,17 +386,23 @@ class Repository:
             ) from None
         try:
             config = json.loads(blob)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, huge integers, deep nesting
             raise CorruptObject(
                 f"the repository config at {storage.url} is not valid JSON"
             ) from None
         if not isinstance(config, dict) or config.get("format") != "lamina-repository":
             raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
         if config.get("version") != fmt.FORMAT_VERSION:
+            from .limits import shown  # here: limits sits above the engine
+
+            version = shown(str(config.get("version")))
             raise UnsupportedFormat(
-                f"repository format version {config.get('version')} is not supported by this "
-                f"lamina (it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
+                f"repository format version {version} is not supported by this lamina "
+                f"(it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
             )
+        problem = _config_problem(config)
+        if problem is not None:
+            raise CorruptObject(f"the repository config at {storage.url} is damaged: {problem}")
         keys = None
         if config.get("encryption"):
             if password is None:
