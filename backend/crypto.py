@@ -8,16 +8,19 @@ the key). The master key is stored wrapped by a key derived from the password wi
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CorruptObject, UnsupportedFormat, WrongPassword
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+# cryptography (and scrypt in hashlib) are imported when a repository is encrypted: most
+# commands on plain repositories never need them, and they cost a good part of start-up.
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -34,7 +37,9 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.b64decode(text.encode())
+    if not isinstance(text, str):
+        raise TypeError("not base64 text")
+    return base64.b64decode(text.encode(), validate=True)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,15 @@ def new_keys() -> Keys:
     return Keys(os.urandom(32), os.urandom(32))
 
 
+def _aesgcm(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 def _derive(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    import hashlib
+
     return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32)
 
 
@@ -58,7 +71,7 @@ def wrap_keys(keys: Keys, password: bytes, repo_id: str) -> dict[str, Any]:
     salt = os.urandom(16)
     kek = _derive(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
     nonce = os.urandom(NONCE_SIZE)
-    wrapped = AESGCM(kek).encrypt(nonce, keys.data_key + keys.id_key, repo_id.encode())
+    wrapped = _aesgcm(kek).encrypt(nonce, keys.data_key + keys.id_key, repo_id.encode())
     return {
         "cipher": "aes-256-gcm",
         "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": _b64(salt)},
@@ -66,16 +79,37 @@ def wrap_keys(keys: Keys, password: bytes, repo_id: str) -> dict[str, Any]:
     }
 
 
-def unwrap_keys(section: dict[str, Any], password: bytes, repo_id: str) -> Keys:
-    if section.get("cipher") != "aes-256-gcm" or section.get("kdf", {}).get("name") != "scrypt":
+def unwrap_keys(section: Any, password: bytes, repo_id: str) -> Keys:
+    """The keys from a config's `encryption` section, which comes from the repository."""
+    kdf = section.get("kdf") if isinstance(section, dict) else None
+    if (
+        not isinstance(kdf, dict)
+        or section.get("cipher") != "aes-256-gcm"
+        or kdf.get("name") != "scrypt"
+    ):
+        from .limits import shown  # here: limits sits above the engine, which imports this
+
+        cipher = section.get("cipher") if isinstance(section, dict) else section
         raise UnsupportedFormat(
-            f"unsupported encryption in repository config: {section.get('cipher')}"
+            f"unsupported encryption in repository config: {shown(str(cipher))}"
         )
-    kdf = section["kdf"]
-    kek = _derive(password, _unb64(kdf["salt"]), int(kdf["n"]), int(kdf["r"]), int(kdf["p"]))
-    blob = _unb64(section["wrapped_key"])
+    damaged = "the encryption section of the repository config is damaged"
     try:
-        plain = AESGCM(kek).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], repo_id.encode())
+        salt = _unb64(kdf["salt"])
+        n, r, p = (int(kdf[name]) for name in ("n", "r", "p"))
+        blob = _unb64(section["wrapped_key"])
+    except (KeyError, TypeError, ValueError):  # binascii.Error is a ValueError
+        raise CorruptObject(damaged) from None
+    if len(blob) < NONCE_SIZE + TAG_SIZE:
+        raise CorruptObject(f"{damaged}: the wrapped key is truncated")
+    try:
+        kek = _derive(password, salt, n, r, p)
+    except (ValueError, OverflowError, MemoryError):
+        raise CorruptObject(f"{damaged}: invalid scrypt parameters") from None
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        plain = _aesgcm(kek).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], repo_id.encode())
     except InvalidTag:
         raise WrongPassword("wrong password for this repository") from None
     return Keys(plain[:32], plain[32:64])
@@ -86,7 +120,7 @@ class Sealer:
 
     def __init__(self, keys: Keys | None) -> None:
         self.keys = keys
-        self._aead = AESGCM(keys.data_key) if keys else None
+        self._aead = _aesgcm(keys.data_key) if keys else None
 
     @property
     def encrypted(self) -> bool:
@@ -107,6 +141,8 @@ class Sealer:
             return blob
         if len(blob) < NONCE_SIZE + TAG_SIZE:
             raise CorruptObject(f"{what} is truncated")
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], aad)
         except InvalidTag:

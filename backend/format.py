@@ -29,6 +29,7 @@ KIND_PACK_HEADER = 1
 KIND_INDEX = 2
 KIND_MAP = 3
 KIND_MANIFEST = 4
+KIND_FINGERPRINTS = 5
 
 FLAG_SEALED = 1
 FLAG_ZSTD = 2
@@ -244,7 +245,9 @@ def decode_manifest(sealer: Sealer, blob: bytes, what: str) -> dict[str, Any]:
         raise CorruptObject(f"{what} is not encrypted in an encrypted repository (tampered?)")
     try:
         manifest = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers bad UTF-8, bad JSON and integers too long to convert; a hostile
+        # manifest can also nest deeper than the parser recurses.
         raise CorruptObject(f"{what} is not valid JSON (corrupt)") from None
     if not isinstance(manifest, dict) or "id" not in manifest:
         raise CorruptObject(f"{what} is not a restore point manifest")

@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import CorruptObject, LaminaError, UsageError
 from .extents import image_digest, resolve_chain
+from .fingerprints import resolve_fingerprints
 from .repository import Point, Repository
 
 PROTECTED_PREFIX = "protected/"
@@ -73,7 +74,12 @@ def _fold(repo: Repository, point: Point, ancestors: Sequence[Point]) -> Point:
         *point.manifest.get("consolidated", []),
         *[p.id for p in ancestors],
     ]
-    return repo.replace_point(manifest, folded)
+    # The folded point lists what each folded point listed, newest first, as its map does.
+    fingerprints = None
+    if repo.fingerprinter is not None and any(p.fingerprints_key for p in (point, *ancestors)):
+        layers = repo.fingerprint_layers([point, *ancestors])
+        fingerprints = resolve_fingerprints(repo.fingerprint_block, layers)
+    return repo.replace_point(manifest, folded, fingerprints)
 
 
 def delete_point(

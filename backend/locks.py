@@ -99,7 +99,7 @@ class LockInfo:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process has such a pid
         return False
     except PermissionError:
         return True
@@ -124,8 +124,9 @@ def list_locks(repo: Repository) -> list[LockInfo]:
             )
         except ObjectNotFound:
             continue  # released meanwhile
-        except (ValueError, KeyError, TypeError):
-            # unreadable: treat as a live exclusive lock until it expires by age
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+            # unreadable (bad JSON, a pid of 1e400, nesting deeper than the parser goes):
+            # treat as a live exclusive lock until it expires by age
             out.append(
                 LockInfo(
                     info.key, EXCLUSIVE, "unreadable lock", "?", 0, info.mtime, info.mtime + TTL

@@ -116,6 +116,7 @@ def prune(
     report.packs_deleted = len(doomed) + len(repack)
     report.packs_repacked = len(repack)
     referenced_maps = {p.map_key for p in points}
+    referenced_maps |= {key for p in points if (key := p.fingerprints_key)}
     stray_maps = [
         info.key
         for info in repo.storage.list("maps/")

@@ -6,6 +6,7 @@ Object layout (docs/format.md has the details):
     packs/<aa>/<pack-id>        pieces, then a sealed header listing them
     index/<segment-id>          piece id -> (pack, offset, size) for the packs of one backup
     maps/<point-id>             the extents one restore point wrote
+    maps/<point-id>.fp          its fingerprints (one short hash per fingerprint block)
     manifests/<point-id>        the restore point itself; written last
 """
 
@@ -41,6 +42,18 @@ from .errors import (
     UsageError,
 )
 from .extents import image_digest, resolve_chain
+from .fingerprints import (
+    DEFAULT_FINGERPRINT_BLOCK,
+    MIN_FINGERPRINT_BLOCK,
+    Fingerprinter,
+    Fingerprints,
+    Run,
+    fingerprint_key,
+    resolve_fingerprints,
+    touched_runs,
+)
+from .fingerprints import decode as decode_fingerprints
+from .fingerprints import encode as encode_fingerprints
 from .format import Extent, PieceEntry
 from .storage import ObjectNotFound, ShortRead, Storage
 from .storage.wrappers import CountingStorage, RetryingStorage
@@ -184,6 +197,22 @@ class PieceIndex:
         return set(self._packs) | {e.pack_id for e in self._recent.values()}
 
 
+def _config_problem(config: dict[str, Any]) -> str | None:
+    """What makes a config unusable, or None. It comes from the repository: check every field."""
+    if not isinstance(config.get("id"), str):
+        return "it has no repository id"
+    grid = config.get("grid_size")
+    if type(grid) is not int or not MIN_GRID <= grid <= MAX_GRID or grid & (grid - 1):
+        return "the grid size is not a power of two between 64 KiB and 64 MiB"
+    pack = config.get("pack_size", DEFAULT_PACK_SIZE)
+    if type(pack) is not int or pack <= 0:
+        return "the pack size is not a positive integer"
+    compression = config.get("compression", {})
+    if not isinstance(compression, dict) or type(compression.get("level", 0)) is not int:
+        return "the compression section holds no zstd level"
+    return None
+
+
 class _IdView:
     def __init__(self, ids: bytearray) -> None:
         self._ids = ids
@@ -228,6 +257,12 @@ class Point:
         return str(self.manifest.get("map") or f"maps/{self.id}")
 
     @property
+    def fingerprints_key(self) -> str | None:
+        """The object holding this point's fingerprints; None for points made without."""
+        key = self.manifest.get("fingerprints")
+        return str(key) if key else None
+
+    @property
     def volume_key(self) -> str:
         v = self.manifest["volume"]
         return f"{v['cluster']}/{v['namespace']}/{v['name']}"
@@ -243,6 +278,12 @@ class Repository:
         self.grid_size = int(config["grid_size"])
         self.pack_size = int(config.get("pack_size", DEFAULT_PACK_SIZE))
         self.zstd_level = int(config.get("compression", {}).get("level", DEFAULT_ZSTD_LEVEL))
+        # Repositories from before fingerprints have no such field: none are written there.
+        self.fingerprint_block = int(config.get("fingerprint_block") or 0)
+        self.fingerprinter: Fingerprinter | None = None
+        if self.fingerprint_block:
+            key = fingerprint_key(keys.id_key) if keys is not None else None
+            self.fingerprinter = Fingerprinter(self.fingerprint_block, key)
         self.index = PieceIndex()
         self._segments: set[str] = set()
         self._last_refresh = 0.0
@@ -280,7 +321,17 @@ class Repository:
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         pack_size: int = DEFAULT_PACK_SIZE,
         object_lock_days: int = 0,
+        fingerprint_block: int = DEFAULT_FINGERPRINT_BLOCK,
     ) -> Repository:
+        if fingerprint_block and (
+            fingerprint_block < MIN_FINGERPRINT_BLOCK
+            or fingerprint_block > grid_size
+            or fingerprint_block & (fingerprint_block - 1)
+        ):
+            raise UsageError(
+                f"fingerprint block must be 0 (none) or a power of two between "
+                f"{MIN_FINGERPRINT_BLOCK // 1024} KiB and the grid size, not {fingerprint_block}"
+            )
         if grid_size < MIN_GRID or grid_size > MAX_GRID or grid_size & (grid_size - 1):
             raise UsageError(
                 f"grid size must be a power of two between {MIN_GRID // 1024} KiB and "
@@ -307,6 +358,7 @@ class Repository:
             "pack_size": pack_size,
             "hash": "blake3-keyed" if password else "blake3",
             "compression": {"codec": "zstd", "level": zstd_level},
+            "fingerprint_block": fingerprint_block or None,
             "encryption": None,
             "object_lock": {"mode": "COMPLIANCE", "days": object_lock_days}
             if object_lock_days
@@ -334,17 +386,23 @@ class Repository:
             ) from None
         try:
             config = json.loads(blob)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, huge integers, deep nesting
             raise CorruptObject(
                 f"the repository config at {storage.url} is not valid JSON"
             ) from None
         if not isinstance(config, dict) or config.get("format") != "lamina-repository":
             raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
         if config.get("version") != fmt.FORMAT_VERSION:
+            from .limits import shown  # here: limits sits above the engine
+
+            version = shown(str(config.get("version")))
             raise UnsupportedFormat(
-                f"repository format version {config.get('version')} is not supported by this "
-                f"lamina (it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
+                f"repository format version {version} is not supported by this lamina "
+                f"(it reads version {fmt.FORMAT_VERSION}); upgrade lamina"
             )
+        problem = _config_problem(config)
+        if problem is not None:
+            raise CorruptObject(f"the repository config at {storage.url} is damaged: {problem}")
         keys = None
         if config.get("encryption"):
             if password is None:
@@ -529,8 +587,9 @@ class Repository:
 
     def encode_piece(self, piece_id: bytes, data: bytes | memoryview) -> tuple[bytes, int]:
         """Compress (when it shrinks) and seal a piece. Returns the blob and its codec."""
-        compressed = self._compressor().compress(data)
-        if len(compressed) < len(data):
+        compressor = self._compressor()
+        compressed = None if _looks_incompressible(compressor, data) else compressor.compress(data)
+        if compressed is not None and len(compressed) < len(data):
             payload, codec = compressed, fmt.PIECE_ZSTD
         else:
             payload, codec = bytes(data), fmt.PIECE_RAW
@@ -667,11 +726,22 @@ class Repository:
             raise UsageError(f"{ref!r} matches {len(candidates)} points; give more characters")
         return candidates[0]
 
-    def save_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
-        """Write a point's extent map, then its manifest. The manifest makes the point exist."""
+    def save_point(
+        self,
+        manifest: dict[str, Any],
+        extents: Sequence[Extent],
+        fingerprints: Fingerprints | None = None,
+    ) -> Point:
+        """Write a point's extent map (and fingerprints), then its manifest. The manifest
+        makes the point exist."""
         point_id = str(manifest["id"])
         map_blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
-        self.put_retained(f"maps/{point_id}", map_blob)
+        writes = [(f"maps/{point_id}", map_blob)]
+        if fingerprints is not None and self.fingerprint_block:
+            manifest = {**manifest, "fingerprints": f"maps/{point_id}.fp"}
+            blob = encode_fingerprints(self.sealer, fingerprints, int(manifest["capacity"]))
+            writes.append((str(manifest["fingerprints"]), blob))
+        self._parallel(lambda kv: self.put_retained(*kv), writes)  # both before the manifest
         key = f"manifests/{point_id}"
         written = self.put_retained(key, fmt.encode_manifest(self.sealer, manifest))
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
@@ -700,18 +770,27 @@ class Repository:
                 self._maps_extents -= len(old)
         return extents
 
-    def replace_point(self, manifest: dict[str, Any], extents: Sequence[Extent]) -> Point:
+    def replace_point(
+        self,
+        manifest: dict[str, Any],
+        extents: Sequence[Extent],
+        fingerprints: Fingerprints | None = None,
+    ) -> Point:
         """Give an existing point a new extent map and manifest (consolidation).
 
-        The new map goes to a new object first; then one PUT replaces the manifest, so a
-        reader sees either the old point or the new one, both whole. The old map stays
-        until prune removes it.
+        The new map (and fingerprints) go to new objects first; then one PUT replaces the
+        manifest, so a reader sees either the old point or the new one, both whole. The old
+        map stays until prune removes it.
         """
         point_id = str(manifest["id"])
         key = f"maps/{point_id}.{secrets.token_hex(4)}"
         blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.put_retained(key, blob)
         manifest = {**manifest, "map": key}
+        manifest.pop("fingerprints", None)
+        if fingerprints is not None and self.fingerprint_block:
+            manifest["fingerprints"] = f"{key}.fp"
+            self._write_fingerprints(manifest, fingerprints)
         self.put_retained(
             f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=False
         )
@@ -725,6 +804,49 @@ class Repository:
         self.storage.delete(f"manifests/{point.id}")
         with self._cache_lock:
             self._points.pop(point.id, None)
+
+    # ------------------------------------------------------------------ fingerprints
+
+    def _write_fingerprints(self, manifest: dict[str, Any], fingerprints: Fingerprints) -> None:
+        key = str(manifest["fingerprints"])
+        blob = encode_fingerprints(self.sealer, fingerprints, int(manifest["capacity"]))
+        self.put_retained(key, blob)
+
+    def load_fingerprints(self, point: Point) -> Fingerprints | None:
+        """A point's own fingerprints; None when it has none (made before them, or the object
+        is gone, or they use another block size): callers then fall back to cell hashes."""
+        key = point.fingerprints_key
+        if key is None or not self.fingerprint_block:
+            return None
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            return None
+        _capacity, fingerprints = decode_fingerprints(
+            self.sealer, blob, f"fingerprints of point {point.id}"
+        )
+        if fingerprints.block_size != self.fingerprint_block:
+            return None
+        return fingerprints
+
+    def fingerprint_layers(self, points: Sequence[Point]) -> list[list[Run]]:
+        """Each point's fingerprint runs, newest first; UNKNOWN where a point without
+        (readable) fingerprints has extents."""
+        block = self.fingerprint_block
+
+        def layer(p: Point) -> list[Run]:
+            try:
+                own = self.load_fingerprints(p)
+            except CorruptObject:  # verify reports it; meanwhile only cell hashes are trusted
+                own = None
+            return own.runs if own is not None else touched_runs(self.load_map(p), block)
+
+        return self._parallel(layer, list(points))
+
+    def resolve_fingerprints(self, point: Point) -> Fingerprints:
+        """The fingerprint of every block as ``point`` reads it (see lamina.backend.fingerprints)."""
+        layers = self.fingerprint_layers(self.chain(point))
+        return resolve_fingerprints(self.fingerprint_block, layers)
 
     def chain(self, point: Point) -> list[Point]:
         """The point, its parent, and so on down to the full point, newest first."""
@@ -748,6 +870,23 @@ class Repository:
                 continue
             seen.add(parent_id)
         return chain
+
+    def chain_of(self, point: Point, listed: Sequence[Point]) -> list[Point]:
+        """``chain(point)`` taking manifests from ``listed`` (read by this operation, under
+        its lock) instead of fetching each one again; falls back to ``chain`` when a link is
+        not there."""
+        by_id = {p.id: p for p in listed}
+        chain = [point]
+        while chain[-1].parent:
+            parent = by_id.get(str(chain[-1].parent))
+            if parent is None or parent.id in {p.id for p in chain}:
+                return self.chain(point)
+            chain.append(parent)
+        return chain
+
+    def load_maps(self, points: Sequence[Point]) -> list[list[Extent]]:
+        """The own maps of several points, fetched in parallel."""
+        return self._parallel(lambda p: self.load_map(p), list(points))
 
     def resolve(self, point: Point) -> list[Extent]:
         """The merged extent map of a point: which piece every byte comes from."""
@@ -773,6 +912,25 @@ class Repository:
             return [fn(i) for i in items]
         with ThreadPoolExecutor(min(self.io_threads, len(items))) as pool:
             return list(pool.map(fn, items))
+
+
+# Random data costs zstd nearly as much time as text and gains nothing: a large piece whose
+# samples (spread over it) all stay within 2% of their size is stored raw without trying.
+_SAMPLE_SIZE = 32 * 1024
+_SAMPLES = 4
+_SAMPLED_FROM = 8 * _SAMPLE_SIZE
+
+
+def _looks_incompressible(compressor: zstandard.ZstdCompressor, data: bytes | memoryview) -> bool:
+    if len(data) < _SAMPLED_FROM:
+        return False
+    step = (len(data) - _SAMPLE_SIZE) // (_SAMPLES - 1)
+    view = memoryview(data)
+    for i in range(_SAMPLES):
+        sample = view[i * step : i * step + _SAMPLE_SIZE]
+        if len(compressor.compress(sample)) < 0.98 * _SAMPLE_SIZE:
+            return False
+    return True
 
 
 def pack_runs(

@@ -14,10 +14,8 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +33,9 @@ from .clusters import (
 from .engine import BackupRequest, VerifyReport, VolumeRef
 from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
 from .extents import Range
+from .fingerprints import DEFAULT_FINGERPRINT_BLOCK
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from .jobs import BackupCaps, Job, JobRunner, JobState
 from .limits import (
     checked_context,
     checked_labels,
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FS_TYPE",
     "PATH_MAX",
+    "BackupCaps",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
@@ -185,6 +186,7 @@ class RepositoryInfo:
     compression: str
     created: str
     object_lock_days: int = 0
+    fingerprint_block: int = 0  # 0: the repository keeps no fingerprints (made before them)
 
 
 @dataclass(frozen=True)
@@ -323,108 +325,6 @@ class _Held:
         self.release()
 
 
-class JobState:
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINISHED = (SUCCEEDED, FAILED, CANCELLED)
-
-
-@dataclass
-class Job:
-    """A long operation running in a thread: progress events, a result or an error, cancel()."""
-
-    kind: str
-    description: str
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    state: str = JobState.QUEUED
-    progress: Progress | None = None
-    result: Any = None
-    error: str | None = None
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    log: list[str] = field(default_factory=list)
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    _done: threading.Event = field(default_factory=threading.Event, repr=False)
-    _listeners: list[Callable[[Job], None]] = field(default_factory=list, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-        self._log("cancel requested")
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def subscribe(self, listener: Callable[[Job], None]) -> Callable[[], None]:
-        """Call ``listener(job)`` on every change. Returns a function that unsubscribes."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
-
-    def _notify(self) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(self)
-            except Exception:  # a broken listener must not break the job
-                pass
-
-    def _log(self, line: str) -> None:
-        self.log.append(f"{time.strftime('%H:%M:%S')} {line}")
-
-    def _on_progress(self, p: Progress) -> None:
-        self.progress = p
-        if p.message:
-            self._log(p.message)
-        self._notify()
-
-    def _run(self, fn: Callable[[Job], Any]) -> None:
-        self.state = JobState.RUNNING
-        self._log(f"started: {self.description}")
-        self._notify()
-        try:
-            self.result = fn(self)
-            self.state = JobState.SUCCEEDED
-            self._log("succeeded")
-        except Cancelled as e:
-            self.state = JobState.CANCELLED
-            self.error = str(e)
-            self._log(str(e))
-        except LaminaError as e:
-            self.state = JobState.FAILED
-            self.error = str(e)
-            self._log(f"failed: {e}")
-        except Exception as e:  # an engine bug: keep the trace in the job log, not on the screen
-            self.state = JobState.FAILED
-            self.error = f"internal error: {type(e).__name__}: {e}"
-            self._log(traceback.format_exc())
-        finally:
-            if self.progress is not None and self.state != JobState.SUCCEEDED:
-                # The last phase is over: a cancelled backup is no longer "backing up".
-                self.progress = replace(self.progress, phase=self.state, rate=0.0, eta=None)
-            self.finished = time.time()
-            self._done.set()
-            self._notify()
-
-
 def init_repository(
     url: str,
     *,
@@ -432,6 +332,7 @@ def init_repository(
     password: bytes | None = None,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     object_lock_days: int = 0,
+    fingerprint_block: int = DEFAULT_FINGERPRINT_BLOCK,
 ) -> RepositoryInfo:
     if "://" not in url or url.startswith("file://"):
         # A folder here: refuse one that cannot be written before anything is made.
@@ -443,6 +344,7 @@ def init_repository(
         password=password,
         zstd_level=zstd_level,
         object_lock_days=object_lock_days,
+        fingerprint_block=fingerprint_block,
     )
     return _repo_info(repo)
 
@@ -458,6 +360,7 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
         compression=f"zstd level {repo.zstd_level}",
         created=str(c["created"]),
         object_lock_days=repo.retention_days,
+        fingerprint_block=repo.fingerprint_block,
     )
 
 
@@ -473,6 +376,7 @@ class Service:
         local_root: str | None = None,
         lock_wait: float = 600.0,
         ask_password: Callable[[], bytes] | None = None,
+        backup_caps: BackupCaps | None = None,
     ) -> None:
         self.repo_url = repo_url
         self._password = password
@@ -487,6 +391,8 @@ class Service:
         self._mounts: dict[str, MountInfo] = {}
         self._created_mountpoints: set[str] = set()
         self._jobs_lock = threading.Lock()
+        # The backup caps and their queue: one per service, shared by every front end.
+        self._runner = JobRunner(backup_caps)
 
     # ------------------------------------------------------------------ repository
 
@@ -714,7 +620,7 @@ class Service:
                 lock.release()
             return PointInfo.of(point)
 
-        return self._start("backup", f"back up {ref}", run)
+        return self._start("backup", f"back up {ref}", run, volume=ref)
 
     # ------------------------------------------------------------------ local snapshots
     # A local backup's snapshot is only worth keeping as the base of the volume's next
@@ -987,14 +893,29 @@ class Service:
             except KeyError:
                 raise UsageError(f"no job {job_id}") from None
 
-    def _start(self, kind: str, description: str, fn: Callable[[Job], Any]) -> Job:
-        job = Job(kind=kind, description=description)
+    @property
+    def backup_caps(self) -> BackupCaps:
+        return self._runner.caps
+
+    def set_backup_caps(self, caps: BackupCaps) -> None:
+        """At most ``caps.max_backups`` backups run at once, ``caps.max_backups_per_volume``
+        of one volume; the rest wait, queued, for every front end of this service."""
+        self._runner.set_caps(caps)
+
+    def _start(
+        self,
+        kind: str,
+        description: str,
+        fn: Callable[[Job], Any],
+        *,
+        volume: VolumeRef | None = None,
+    ) -> Job:
+        """Run ``fn`` as a job; a backup (``volume`` given) waits, queued, while the caps
+        are reached."""
+        job = Job(kind=kind, description=description, volume=volume)
         with self._jobs_lock:
             self._jobs[job.id] = job
-        threading.Thread(
-            target=job._run, args=(fn,), name=f"lamina-job-{job.id}", daemon=True
-        ).start()
-        return job
+        return self._runner.start(job, fn)
 
     def start_backup(
         self,
@@ -1043,7 +964,7 @@ class Service:
                 )
             return PointInfo.of(point)
 
-        return self._start("backup", f"back up {source} as {ref}", run)
+        return self._start("backup", f"back up {source} as {ref}", run, volume=ref)
 
     def check_restore_target(
         self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()

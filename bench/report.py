@@ -12,6 +12,9 @@ GiB = 1024 * MiB
 PASS, MISS, ERROR, INFO = "PASS", "MISS", "ERROR", "info"
 RSS_LIMIT = 300 * MiB
 RSS_FLATNESS = 1.25  # peak RSS at the largest size / at the smallest
+INCREMENTAL_FLATNESS = 0.10  # changed-ranges incremental time, largest size vs smallest
+SCAN_STORED_LIMIT = 1.5  # scan incremental: stored / zstd(changed data)
+SCAN_RESTIC_GOAL = 4.0  # scan incremental: restic time / lamina time, at 4 GiB and above
 
 
 @dataclass
@@ -86,8 +89,9 @@ class SizeResults:
             0.90,
         )
         self._incremental(out)
+        self._scan(out)
         self._speedup(
-            out, "restore from S3: restic time / lamina time", "s3.restore", "restic", 1.5
+            out, "restore from S3: restic time / lamina time", "s3.restore", "restic", 2.0
         )
         self._ceiling(
             out,
@@ -96,7 +100,7 @@ class SizeResults:
             "get",
             0.80,
         )
-        self._speedup(out, "local full backup: borg time / lamina time", "local.full", "borg", 1.0)
+        self._speedup(out, "local full backup: borg time / lamina time", "local.full", "borg", 1.3)
         self._speedup(out, "local restore: borg time / lamina time", "local.restore", "borg", 1.5)
         rss = self.peak_rss()
         if rss is not None:
@@ -177,11 +181,11 @@ class SizeResults:
         )
         full = self.get("s3.full.lamina")
         applies = self.size >= 4 * GiB
-        goal_text = "<= 5%" + ("" if applies else " (target at 4 GiB)")
+        goal_text = "<= 3%" + ("" if applies else " (target at 4 GiB)")
         if incr.ok and full is not None:
             assert incr.seconds and full.seconds
             share = incr.seconds / full.seconds
-            status = (PASS if share <= 0.05 else MISS) if applies else INFO
+            status = (PASS if share <= 0.03 else MISS) if applies else INFO
             out.append(
                 Verdict(
                     "incremental 1%: time / full backup time",
@@ -213,6 +217,93 @@ class SizeResults:
                 )
             )
 
+    def _scan(self, out: list[Verdict]) -> None:
+        scan = self.rows.get("s3.scan.lamina")
+        if scan is None:
+            return
+        applies = self.size >= 4 * GiB
+        ours, theirs, problem = self._pair("s3.scan", "restic")
+        goal_text = f">= {SCAN_RESTIC_GOAL:g}x" + ("" if applies else " (target at 4 GiB)")
+        target = "scan incremental 1%: restic time / lamina time"
+        if problem is not None:
+            out.append(Verdict(target, problem, goal_text, ERROR))
+        elif ours is not None and theirs is not None:
+            assert ours.seconds and theirs.seconds
+            ratio = theirs.seconds / ours.seconds
+            status = (PASS if ratio >= SCAN_RESTIC_GOAL else MISS) if applies else INFO
+            out.append(Verdict(target, f"{ratio:.2f}x", goal_text, status, ratio))
+        reference = self.facts.get("scan_change_bytes_zstd")
+        if scan.ok and scan.stored_bytes is not None and reference:
+            ratio = scan.stored_bytes / reference
+            out.append(
+                Verdict(
+                    "scan incremental 1%: bucket growth / zstd(changed data)",
+                    f"{ratio:.2f}x ({format_size(scan.stored_bytes)} / {format_size(reference)})",
+                    f"<= {SCAN_STORED_LIMIT:g}x",
+                    PASS if ratio <= SCAN_STORED_LIMIT else MISS,
+                    ratio,
+                )
+            )
+        restic = self.get("s3.scan.restic")
+        if restic is not None and restic.stored_bytes is not None and reference:
+            out.append(
+                Verdict(
+                    "scan incremental 1%: restic bucket growth / zstd(changed data)",
+                    f"{restic.stored_bytes / reference:.2f}x",
+                    "-",
+                    INFO,
+                    restic.stored_bytes / reference,
+                )
+            )
+
+
+def sparse_verdicts(sparse: SizeResults, sized: list[SizeResults]) -> list[Verdict]:
+    """A sparse volume: scan time against the time to read its data; changed-ranges time
+    against the same change on the smaller volumes."""
+    out: list[Verdict] = []
+    scan, read = sparse.get("sparse.scan.lamina"), sparse.get("sparse.read.reference")
+    if scan and read and scan.seconds and read.seconds:
+        out.append(
+            Verdict(
+                "sparse: scan incremental time / time to read the allocated bytes",
+                f"{scan.seconds:.2f} s / {read.seconds:.2f} s ({scan.seconds / read.seconds:.2f}x)",
+                "follows the allocated bytes (about 1x plus start-up)",
+                INFO,
+                scan.seconds / read.seconds,
+            )
+        )
+    changed = sparse.get("sparse.changed.lamina")
+    if changed and changed.seconds:
+        others = [
+            (r.size, row.seconds)
+            for r in sized
+            if (row := r.get("s3.incremental.lamina")) is not None and row.seconds
+        ]
+        compared = ", ".join(f"{format_size(size)}: {sec:.2f} s" for size, sec in others)
+        out.append(
+            Verdict(
+                "sparse: changed-ranges incremental time",
+                f"{changed.seconds:.2f} s" + (f" (S3 incrementals {compared})" if compared else ""),
+                "follows the changed bytes, not the volume size",
+                INFO,
+                changed.seconds,
+            )
+        )
+    for key in ("sparse.scan.lamina", "sparse.changed.lamina"):
+        row = sparse.get(key)
+        reference = row.extra.get("change_bytes_zstd") if row else None
+        if row and row.stored_bytes is not None and reference:
+            out.append(
+                Verdict(
+                    f"sparse: {row.step.split(': ', 1)[-1]}: stored / zstd(changed data)",
+                    f"{row.stored_bytes / reference:.2f}x",
+                    f"<= {SCAN_STORED_LIMIT:g}x",
+                    PASS if row.stored_bytes / reference <= SCAN_STORED_LIMIT else MISS,
+                    row.stored_bytes / reference,
+                )
+            )
+    return out
+
 
 def scaling_verdicts(results: list[SizeResults]) -> list[Verdict]:
     """How lamina's peak RSS and incremental time move as the volume grows."""
@@ -237,13 +328,26 @@ def scaling_verdicts(results: list[SizeResults]) -> list[Verdict]:
     first, last = smallest.get("s3.incremental.lamina"), largest.get("s3.incremental.lamina")
     if first and last and first.seconds and last.seconds:
         ratio = last.seconds / first.seconds
+        flat = abs(ratio - 1) <= INCREMENTAL_FLATNESS
         out.append(
             Verdict(
-                f"lamina incremental time, {span} (volume x{growth:g})",
+                f"lamina changed-ranges incremental time, {span} (volume x{growth:g})",
                 f"{first.seconds:.2f} s -> {last.seconds:.2f} s ({ratio:.2f}x)",
-                "flat (restic grows with the volume)",
-                INFO,
+                f"flat, within +-{INCREMENTAL_FLATNESS:.0%}",
+                PASS if flat else MISS,
                 ratio,
+            )
+        )
+    first, last = smallest.get("s3.scan.lamina"), largest.get("s3.scan.lamina")
+    if first and last and first.seconds and last.seconds:
+        out.append(
+            Verdict(
+                f"lamina scan incremental time, {span} (volume x{growth:g})",
+                f"{first.seconds:.2f} s -> {last.seconds:.2f} s "
+                f"({last.seconds / first.seconds:.2f}x)",
+                "follows the allocated bytes",
+                INFO,
+                last.seconds / first.seconds,
             )
         )
     restic_first, restic_last = (

@@ -36,6 +36,7 @@ from report import (
     format_size,
     measurements_table,
     scaling_verdicts,
+    sparse_verdicts,
     verdicts_table,
 )
 
@@ -43,7 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 from tests.support.seaweedfs import S3Server, find_weed, seaweedfs_s3  # noqa: E402
 
-SECTIONS = ("ceiling", "s3", "incremental", "local")
+SECTIONS = ("ceiling", "s3", "incremental", "local", "sparse")
+PER_SIZE_SECTIONS = {"ceiling", "s3", "incremental", "local"}
 CHANGE_FRACTION = 0.01
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -423,6 +425,60 @@ class SizeRun:
             lamina_restore_incremental,
             repeat=False,
         )
+        self.scan_incrementals()
+
+    def scan_incrementals(self) -> None:
+        """The same kind of change again, backed up without changed ranges (a scan), by
+        lamina and by restic, each on top of the previous backup."""
+        change = volume.apply_changes(self.image, CHANGE_FRACTION, self.seed + 2000)
+        changed_digest = volume.file_digest(self.image)
+        self.results.facts.update(
+            {"scan_change_bytes": change.bytes_changed, "scan_change_bytes_zstd": change.bytes_zstd}
+        )
+
+        def lamina_scan(row: Row) -> None:
+            self._need_point("incremental")
+            before = ceiling.bucket_bytes(self.client, self.lamina_bucket)
+            backup = self.lamina.backup(self.lamina_url, self.image)
+            self.fill(row, backup.measured)
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.lamina_bucket) - before
+            if backup.point.get("kind") != "incremental":
+                raise measure.StepFailed(
+                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
+                )
+            self.lamina_points["scan"] = str(backup.point["id"])
+            self._note_point(row, backup.point)
+            row.extra["note"] = f"{row.extra['note']}, no changed ranges (scan)"
+
+        def restic_scan(row: Row) -> None:
+            restic = self._need_restic()
+            before = ceiling.bucket_bytes(self.client, self.restic_bucket)
+            self.fill(row, restic.backup(self.image))
+            row.stored_bytes = ceiling.bucket_bytes(self.client, self.restic_bucket) - before
+            row.extra["note"] = "re-reads the whole image"
+
+        def lamina_restore_scan(row: Row) -> None:
+            point = self._need_point("scan")
+            target = self.restore_dir / "lamina-scan.img"
+            self.restore_timed(
+                row, lambda: self.lamina.restore(self.lamina_url, point, target), target
+            )
+            self.check_restored(target, changed_digest)
+            row.extra["note"] = "correctness check of the chain"
+
+        self.step(
+            "s3.scan.lamina", "scan incremental 1% to S3", "lamina", lamina_scan, repeat=False
+        )
+        self.step(
+            "s3.scan.restic", "scan incremental 1% to S3", "restic", restic_scan, repeat=False
+        )
+        self.step(
+            "s3.restore-scan.lamina",
+            "restore scan incremental from S3",
+            "lamina",
+            lamina_restore_scan,
+            repeat=False,
+        )
 
     def _need_point(self, which: str) -> str:
         point = self.lamina_points.get(which)
@@ -435,6 +491,97 @@ class SizeRun:
         if self.restic is None or row is None or not row.ok:
             raise measure.StepFailed("no restic full backup to build on")
         return self.restic
+
+
+class SparseRun(SizeRun):
+    """A large, mostly empty volume (64 GiB holding 2 GiB by default) backed up to a local
+    folder: a scan incremental's time should follow the allocated bytes, a changed-ranges
+    incremental's the changed bytes, and neither the volume size."""
+
+    def __init__(self, folder: Path, server: S3Server, args: argparse.Namespace) -> None:
+        super().__init__(args.sparse_size, {"sparse"}, folder, server, args)
+        self.data_bytes: int = args.sparse_data
+
+    def make_volume(self) -> None:
+        started = time.perf_counter()
+        layout = volume.plan_sparse_layout(self.size, self.data_bytes, self.seed)
+        volume.write_image(self.image, layout, self.seed)
+        self.results.facts.update(
+            {
+                "volume_bytes": self.size,
+                "allocated_bytes": layout.allocated,
+                "generate_seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+        print(
+            f"  [{format_size(self.size)} sparse] volume: {format_size(layout.allocated)} "
+            "allocated, rest holes",
+            flush=True,
+        )
+
+    def run(self) -> SizeResults:
+        self.make_volume()
+        repo = self.folder / "lamina-sparse"
+        points: dict[str, str] = {}
+
+        def full(row: Row) -> None:
+            shutil.rmtree(repo, ignore_errors=True)
+            self.lamina.init(str(repo))
+            backup = self.lamina.backup(str(repo), self.image)
+            self.fill(row, backup.measured)
+            row.stored_bytes = folder_bytes(repo)
+            points["full"] = str(backup.point["id"])
+            self._note_point(row, backup.point)
+
+        def read_allocated(row: Row) -> None:
+            script = str(Path(volume.__file__).resolve())
+            self.fill(
+                row,
+                measure.run_measured(
+                    [sys.executable, script, "read", str(self.image)], env=dict(os.environ)
+                ),
+            )
+            row.extra["note"] = "reads every allocated byte once, 4 MiB at a time: a scan's floor"
+
+        def incremental(row: Row, changed_ranges: bool, seed: int) -> None:
+            if "full" not in points:
+                raise measure.StepFailed("no full backup to build on")
+            change = volume.apply_changes(self.image, CHANGE_FRACTION, seed, within_data=True)
+            ranges = None
+            if changed_ranges:
+                ranges = self.folder / "changed-ranges.json"
+                volume.write_ranges_json(ranges, change.ranges)
+            before = folder_bytes(repo)
+            backup = self.lamina.backup(str(repo), self.image, changed_ranges=ranges)
+            self.fill(row, backup.measured)
+            row.stored_bytes = folder_bytes(repo) - before
+            row.extra["change_bytes"] = change.bytes_changed
+            row.extra["change_bytes_zstd"] = change.bytes_zstd
+            self._note_point(row, backup.point)
+            row.extra["note"] = (
+                f"{row.extra['note']}, {format_size(change.bytes_changed)} changed"
+                + (", with --changed-ranges" if changed_ranges else ", no changed ranges (scan)")
+            )
+
+        label = f"{format_size(self.size)} sparse"
+        self.step("sparse.full.lamina", f"{label}: full, local", "lamina", full, repeat=False)
+        self.step("sparse.read.reference", f"{label}: read allocated", "python", read_allocated)
+        self.step(
+            "sparse.scan.lamina",
+            f"{label}: scan incremental 1% of data",
+            "lamina",
+            lambda row: incremental(row, False, self.seed + 3000),
+            repeat=False,
+        )
+        self.step(
+            "sparse.changed.lamina",
+            f"{label}: changed-ranges incremental",
+            "lamina",
+            lambda row: incremental(row, True, self.seed + 4000),
+            repeat=False,
+        )
+        shutil.rmtree(repo, ignore_errors=True)
+        return self.results
 
 
 def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
@@ -485,6 +632,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workdir", type=Path, help="where images and repositories go (default: a temp dir)"
     )
     p.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    p.add_argument(
+        "--sparse-size",
+        type=parse_size,
+        default=parse_size("64GiB"),
+        help="volume size of the sparse section (default 64GiB)",
+    )
+    p.add_argument(
+        "--sparse-data",
+        type=parse_size,
+        default=parse_size("2GiB"),
+        help="data the sparse volume holds (default 2GiB)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the generated volume (default 1)")
     p.add_argument(
         "--drop-caches",
@@ -546,13 +705,21 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     all_results: list[SizeResults] = []
+    sparse: SizeResults | None = None
     try:
-        for size in sizes:
+        for size in sizes if args.only & PER_SIZE_SECTIONS else []:
             folder = work_root / f"size-{size // volume.MiB}MiB"
             folder.mkdir(parents=True, exist_ok=True)
             with seaweedfs_s3(folder / "s3") as server:
                 results = SizeRun(size, args.only, folder, server, args).run()
             all_results.append(results)
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        if "sparse" in args.only:
+            folder = work_root / "sparse"
+            folder.mkdir(parents=True, exist_ok=True)
+            with seaweedfs_s3(folder / "s3") as server:
+                sparse = SparseRun(folder, server, args).run()
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
     finally:
@@ -564,15 +731,25 @@ def main(argv: list[str] | None = None) -> int:
         print(measurements_table(results))
         print(f"\n=== {format_size(results.size)} volume: targets ===")
         print(verdicts_table(results.verdicts()))
+    if sparse is not None:
+        print(f"\n=== {format_size(sparse.size)} sparse volume: measurements ===")
+        print(measurements_table(sparse))
+        print(f"\n=== {format_size(sparse.size)} sparse volume: targets ===")
+        print(verdicts_table(sparse_verdicts(sparse, all_results)))
     if scaling:
         print("\n=== scaling ===")
         print(verdicts_table(scaling))
     facts["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    document = {
+    document: dict[str, Any] = {
         "machine": facts,
         "sizes": [as_json(r) for r in all_results],
         "scaling": [v.__dict__ for v in scaling],
     }
+    if sparse is not None:
+        document["sparse"] = {
+            **as_json(sparse),
+            "verdicts": [v.__dict__ for v in sparse_verdicts(sparse, all_results)],
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(f"\nresults written to {out}")

@@ -111,6 +111,24 @@ def plan_layout(size: int, seed: int) -> Layout:
     return Layout(size, tuple(runs))
 
 
+def plan_sparse_layout(size: int, data: int, seed: int) -> Layout:
+    """A mostly empty volume: about ``data`` bytes in runs of 1-32 MiB (half text, half
+    random) spread evenly over ``size`` bytes, holes between them."""
+    if size % BLOCK or data > size:
+        raise ValueError(f"sizes must be multiples of {BLOCK} bytes, data <= size")
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    while sum(lengths) < data:
+        lengths.append(min(rng.randint(1, 32) * BLOCK, data - sum(lengths)))
+    stride = size // len(lengths) // BLOCK * BLOCK
+    runs: list[tuple[int, int, str]] = []
+    for i, length in enumerate(lengths):
+        slack = max(0, stride - length) // BLOCK
+        offset = i * stride + rng.randint(0, slack) * BLOCK if slack else i * stride
+        runs.append((offset, length, rng.choice((TEXT, RANDOM))))
+    return Layout(size, tuple(runs))
+
+
 def write_image(path: Path, layout: Layout, seed: int) -> None:
     """Write a sparse image: holes stay holes, data runs are written block by block."""
     maker = DataMaker(seed)
@@ -137,17 +155,25 @@ class Change:
     bytes_zstd: int  # the changed data, each write compressed on its own with zstd level 3
 
 
-def apply_changes(path: Path, fraction: float, seed: int) -> Change:
+def apply_changes(path: Path, fraction: float, seed: int, *, within_data: bool = False) -> Change:
     """Overwrite ``fraction`` of the volume in 64 KiB writes at random aligned places.
 
     Writes land anywhere, holes included (a filesystem allocates as it goes); the data mix
-    matches the volume's: half text-like, half random.
+    matches the volume's: half text-like, half random. With ``within_data``, they land only
+    in the allocated data and ``fraction`` is of the allocated bytes (a sparse volume whose
+    files change in place).
     """
     size = path.stat().st_size
-    slots = size // CHANGE_SIZE
-    count = max(1, round(size * fraction / CHANGE_SIZE))
     rng = random.Random(seed)
-    chosen = sorted(rng.sample(range(slots), count))
+    if within_data:
+        candidates: list[int] = []
+        for offset, length in data_ranges(path):  # whole 64 KiB slots inside the data
+            candidates.extend(range(-(-offset // CHANGE_SIZE), (offset + length) // CHANGE_SIZE))
+        count = max(1, round(len(candidates) * fraction))
+        chosen = sorted(rng.sample(candidates, count))
+    else:
+        count = max(1, round(size * fraction / CHANGE_SIZE))
+        chosen = sorted(rng.sample(range(size // CHANGE_SIZE), count))
     maker = DataMaker(seed)
     compressor = zstandard.ZstdCompressor(level=3)
     compressed = 0
@@ -209,3 +235,29 @@ def _update_zeros(h: blake3.blake3, zeros: bytes, count: int) -> None:
         n = min(count, len(zeros))
         h.update(zeros[:n] if n < len(zeros) else zeros)
         count -= n
+
+
+def read_allocated(path: Path) -> int:
+    """Read every allocated byte once in 4 MiB reads (the floor of any scan); returns the
+    number of bytes read."""
+    total = 0
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for start, length in data_ranges(path):
+            done = 0
+            while done < length:
+                chunk = os.pread(fd, min(4 * MiB, length - done), start + done)
+                if not chunk:
+                    raise OSError(f"{path} shrank while reading")
+                done += len(chunk)
+            total += length
+    return total
+
+
+if __name__ == "__main__":
+    import sys
+
+    # `python bench/volume.py read PATH`: the reference reader the benchmark times.
+    if len(sys.argv) != 3 or sys.argv[1] != "read":
+        sys.exit("usage: volume.py read PATH")
+    print(read_allocated(Path(sys.argv[2])))

@@ -373,8 +373,8 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 protect=self._offers("protect") and self._offers("unprotect"),
             ),
             limits=pb.Limits(
-                max_backups=self.tasks.max_backups,
-                max_backups_per_volume=self.tasks.max_backups_per_volume,
+                max_backups=self.service.backup_caps.max_backups,
+                max_backups_per_volume=self.service.backup_caps.max_backups_per_volume,
                 restricted_paths=bool(self.paths.roots),
             ),
         )
@@ -505,9 +505,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 labels=labels,
             )
 
-        view = self.tasks.submit(
-            "backup", f"back up {source} as {ref}", launch, limited=True, volume=ref
-        )
+        view = self.tasks.submit("backup", f"back up {source} as {ref}", launch, volume=ref)
         return task_message(view)
 
     @unary
@@ -524,7 +522,6 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
             "backup",
             f"back up {ref}",
             lambda: service.start_volume_backup(ref.cluster, ref.namespace, ref.name),
-            limited=True,
             volume=ref,
         )
         return task_message(view)
@@ -762,8 +759,6 @@ class ServerOptions:
     token: str | None  # None: no authentication (loopback addresses only)
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
-    max_backups: int = 2
-    max_backups_per_volume: int = 1
     allowed_paths: list[str] = field(default_factory=list)
 
 
@@ -802,10 +797,7 @@ class ApiServer:
             raise UsageError("TLS needs both --tls-cert and --tls-key")
         self.service = service
         self.options = options
-        self.tasks = TaskManager(
-            max_backups=options.max_backups,
-            max_backups_per_volume=options.max_backups_per_volume,
-        )
+        self.tasks = TaskManager()
         interceptors: list[grpc.ServerInterceptor] = (
             [BearerTokenInterceptor(options.token)] if options.token else []
         )
@@ -896,8 +888,8 @@ def serve(
             "TLS" if server.tls else "plaintext",
             "token required" if options.token else "no authentication",
             service.repo_url,
-            options.max_backups,
-            options.max_backups_per_volume,
+            service.backup_caps.max_backups,
+            service.backup_caps.max_backups_per_volume,
         )
         if on_ready is not None:
             on_ready(server)

@@ -1,9 +1,9 @@
-"""Tasks: the service layer's Jobs behind a queue with backup limits, watchable by many.
+"""Tasks: the service layer's Jobs as the API shows them, with ids and watch streams.
 
-A backup waits in the queue until it fits both caps: at most ``max_backups`` running in
-all and at most ``max_backups_per_volume`` of one volume (1 by default, so two backups of
-one volume never interleave). A queued task that cannot start yet does not hold up a later
-one that can. Restores, verifies, extracts and deletes start at once.
+The backup caps and the queue belong to the service (backend/jobs.py): a backup started
+here that does not fit them comes back as a queued job, and its task shows it with its
+queue position. This module only adds what the API needs on top: the tasks of this
+server, snapshots that many watchers can read, and a clean stop.
 
 Every change of a task (state, progress, queue position) bumps its ``version`` and wakes
 the watchers, who then take a consistent ``TaskView`` snapshot.
@@ -14,13 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LaminaError
 from ..progress import Progress
 from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef, shown
 from .errors import ShuttingDown, TaskNotFound
@@ -46,22 +43,20 @@ FINISHED_TASKS_KEPT = 1000
 
 @dataclass
 class _Task:
-    id: str
     kind: str
     description: str
-    launch: Callable[[], Job]
-    limited: bool  # counts against the backup caps
+    job: Job
     volume: VolumeRef | None
     point: str
-    created: float = field(default_factory=time.time)
     state: str = QUEUED
-    started: float | None = None
-    finished: float | None = None
-    job: Job | None = None
     error: str | None = None
     version: int = 0
     cancel_requested: bool = False
     unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.job.id
 
 
 @dataclass(frozen=True)
@@ -89,25 +84,22 @@ class TaskView:
         return self.state in FINISHED
 
 
-def _log_lines(job: Job | None) -> tuple[str, ...]:
+def _log_lines(job: Job) -> tuple[str, ...]:
     """The job's log without multi-line entries (tracebacks stay in the server's log)."""
-    if job is None:
-        return ()
     lines = [line for line in list(job.log) if "\n" not in line.strip()]
     return tuple(lines[-LOG_LINES_KEPT:])
 
 
+def _state(job: Job) -> str:
+    if job.done:
+        return _FROM_JOB.get(job.state, FAILED)
+    return QUEUED if job.state == JobState.QUEUED else RUNNING
+
+
 class TaskManager:
-    def __init__(self, *, max_backups: int = 2, max_backups_per_volume: int = 1) -> None:
-        if max_backups < 1 or max_backups_per_volume < 1:
-            raise ValueError("backup limits must be at least 1")
-        self.max_backups = max_backups
-        self.max_backups_per_volume = max_backups_per_volume
+    def __init__(self) -> None:
         self._cond = threading.Condition(threading.RLock())
         self._tasks: dict[str, _Task] = {}
-        self._queue: list[_Task] = []
-        self._running_backups = 0
-        self._running_by_volume: Counter[VolumeRef] = Counter()
         self._closing = False
 
     # ------------------------------------------------------------------ submitting
@@ -118,79 +110,48 @@ class TaskManager:
         description: str,
         launch: Callable[[], Job],
         *,
-        limited: bool = False,
         volume: VolumeRef | None = None,
         point: str = "",
     ) -> TaskView:
-        """Start now if a slot is free, else queue. A launch that fails at once raises."""
+        """Start the service's job (it may come back queued). A launch that fails at once raises."""
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new tasks")
-            task = _Task(
-                id=uuid.uuid4().hex[:12],
-                kind=kind,
-                description=description,
-                launch=launch,
-                limited=limited,
-                volume=volume,
-                point=point,
-            )
-            if self._fits(task):
-                self._launch(task, raise_errors=True)
-            else:
-                self._queue.append(task)
-                log.info(
-                    "task %s queued at position %d: %s", task.id, len(self._queue), description
-                )
+        job = launch()  # outside the lock: the service may notify listeners while it starts
+        with self._cond:
+            if self._closing:  # the server began to stop while the job was starting
+                job.cancel()
+                raise ShuttingDown("the server is shutting down and takes no new tasks")
+            task = _Task(kind=kind, description=description, job=job, volume=volume, point=point)
             self._tasks[task.id] = task
+            task.unsubscribe = job.subscribe(lambda j: self._on_job(task))
+            self._on_job(task)
+            if task.state == QUEUED:
+                log.info(
+                    "task %s queued at position %d: %s",
+                    task.id,
+                    job.queue_position,
+                    description,
+                )
+            elif task.state == RUNNING:
+                log.info("task %s started: %s", task.id, description)
             self._forget_old()
-            self._changed(task)
             return self._view(task)
 
-    def _fits(self, task: _Task) -> bool:
-        if not task.limited:
-            return True
-        assert task.volume is not None
-        return (
-            self._running_backups < self.max_backups
-            and self._running_by_volume[task.volume] < self.max_backups_per_volume
-        )
-
-    def _launch(self, task: _Task, *, raise_errors: bool = False) -> None:
-        try:
-            job = task.launch()
-        except LaminaError as e:
-            if raise_errors:
-                raise
-            task.state, task.error, task.finished = FAILED, str(e), time.time()
-            log.info("task %s failed to start: %s", task.id, e)
-            return
-        task.job, task.state, task.started = job, RUNNING, time.time()
-        if task.limited:
-            assert task.volume is not None
-            self._running_backups += 1
-            self._running_by_volume[task.volume] += 1
-        log.info("task %s started: %s", task.id, task.description)
-        task.unsubscribe = job.subscribe(lambda j: self._on_job(task, j))
-        if job.done:
-            self._on_job(task, job)
-
-    def _on_job(self, task: _Task, job: Job) -> None:
+    def _on_job(self, task: _Task) -> None:
         with self._cond:
             if task.state in FINISHED:
                 return
-            if job.done:
-                task.state = _FROM_JOB.get(job.state, FAILED)
-                task.error = job.error
-                task.finished = job.finished or time.time()
+            job = task.job
+            was, task.state = task.state, _state(job)
+            if was == QUEUED and task.state == RUNNING and task.version:
+                log.info("task %s started: %s", task.id, task.description)
+            if task.state in FINISHED:
+                task.error = task.error or job.error
                 if task.state == SUCCEEDED and isinstance(job.result, PointInfo):
                     task.point = job.result.id
                 if task.unsubscribe is not None:
                     task.unsubscribe()
-                if task.limited:
-                    assert task.volume is not None
-                    self._running_backups -= 1
-                    self._running_by_volume[task.volume] -= 1
                 log.info(
                     "task %s %s: %s%s",
                     task.id,
@@ -198,21 +159,7 @@ class TaskManager:
                     task.description,
                     f" ({task.error})" if task.error else "",
                 )
-                self._schedule()
             self._changed(task)
-
-    def _schedule(self) -> None:
-        """Start every queued task that fits now, oldest first."""
-        started = False
-        for task in list(self._queue):
-            if self._fits(task):
-                self._queue.remove(task)
-                self._launch(task)
-                self._changed(task)
-                started = True
-        if started:
-            for waiting in self._queue:  # their positions moved
-                self._changed(waiting)
 
     def _changed(self, task: _Task) -> None:
         task.version += 1
@@ -234,25 +181,23 @@ class TaskManager:
     def _view(self, task: _Task) -> TaskView:
         job = task.job
         state = task.state
-        if state == RUNNING and (
-            task.cancel_requested or (job is not None and job.cancel_requested)
-        ):
+        if state == RUNNING and (task.cancel_requested or job.cancel_requested):
             state = CANCELLING
         return TaskView(
             id=task.id,
             kind=task.kind,
             description=task.description,
             state=state,
-            queue_position=self._queue.index(task) + 1 if task in self._queue else 0,
-            progress=job.progress if job is not None else None,
+            queue_position=job.queue_position if state == QUEUED else 0,
+            progress=job.progress,
             error=task.error,
-            created=task.created,
-            started=task.started,
-            finished=task.finished,
+            created=job.created,
+            started=job.started,
+            finished=job.finished if state in FINISHED else None,
             volume=task.volume,
             point=task.point,
             log=_log_lines(job),
-            result=job.result if job is not None and state == SUCCEEDED else None,
+            result=job.result if state == SUCCEEDED else None,
             version=task.version,
         )
 
@@ -273,7 +218,7 @@ class TaskManager:
                     continue
                 if task.state in (QUEUED, RUNNING):
                     states[task.point] = "verifying"
-                elif task.state == SUCCEEDED and task.job is not None:
+                elif task.state == SUCCEEDED:
                     report = task.job.result
                     ok = isinstance(report, VerifyReport) and report.ok
                     states[task.point] = "ok" if ok else "corrupt"
@@ -310,19 +255,16 @@ class TaskManager:
     def cancel(self, task_id: str) -> TaskView:
         with self._cond:
             task = self._get(task_id)
+            if task.state not in (QUEUED, RUNNING) or task.cancel_requested:
+                return self._view(task)
+            task.cancel_requested = True
             if task.state == QUEUED:
-                self._queue.remove(task)
-                task.state, task.finished = CANCELLED, time.time()
-                task.error = "cancelled before it started"
                 log.info("task %s cancelled while queued: %s", task.id, task.description)
-                for waiting in self._queue:
-                    self._changed(waiting)
-            elif task.state == RUNNING and not task.cancel_requested:
-                task.cancel_requested = True
-                assert task.job is not None
-                task.job.cancel()
+            else:
                 log.info("task %s: cancel requested", task.id)
-            self._changed(task)
+        task.job.cancel()  # a queued job ends at once, without running
+        with self._cond:
+            self._on_job(task)
             return self._view(task)
 
     def shutdown(
@@ -332,12 +274,10 @@ class TaskManager:
         rest. Returns (tasks that finished on their own, tasks that were cancelled)."""
         with self._cond:
             self._closing = True
-            dropped = list(self._queue)
+            dropped = [t for t in self._tasks.values() if t.state == QUEUED]
             for task in dropped:
-                self._queue.remove(task)
-                task.state, task.finished = CANCELLED, time.time()
                 task.error = "cancelled: the server shut down before it started"
-                self._changed(task)
+                self.cancel(task.id)
             running = [t for t in self._tasks.values() if t.state == RUNNING]
             deadline = time.monotonic() + grace
             while any(t.state == RUNNING for t in running):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..defaults import default_local_root
 from ..display import printable
 from ..errors import UsageError
-from ..service import Service
+from ..service import BackupCaps, Service
 from ..units import format_size, plural
 from .commands_files import parse_duration
 from .common import PrintableFormatter, add_repo_args, elapsed, opened, print_json, service_options
@@ -242,6 +242,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     grace = 0.0 if args.grace.strip() in ("0", "0s") else parse_duration(args.grace)
     if args.max_backups < 1 or args.max_backups_per_volume < 1:
         raise UsageError("--max-backups and --max-backups-per-volume must be at least 1")
+    caps = BackupCaps(
+        max_backups=args.max_backups, max_backups_per_volume=args.max_backups_per_volume
+    )
     if args.insecure_no_auth:
         if args.token_file:
             raise UsageError("give --token-file or --insecure-no-auth, not both")
@@ -273,13 +276,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=token,
         tls_cert=_read(args.tls_cert, "TLS certificate"),
         tls_key=_read(args.tls_key, "TLS key"),
-        max_backups=args.max_backups,
-        max_backups_per_volume=args.max_backups_per_volume,
         allowed_paths=list(args.allow_path),
     )
     service = opened(
         Service(
-            args.repo, kubeconfig=args.kubeconfig, local_root=local_root, **service_options(args)
+            args.repo,
+            kubeconfig=args.kubeconfig,
+            local_root=local_root,
+            backup_caps=caps,
+            **service_options(args),
         )
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call

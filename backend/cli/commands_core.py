@@ -33,6 +33,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--grid-size", default="4MiB", help="grid for full backups (power of two >= 64KiB)"
     )
+    p.add_argument(
+        "--fingerprint-block",
+        default="64KiB",
+        help="block a scan incremental compares and stores (power of two, 4KiB to the grid; "
+        "0: none, cell hashes only)",
+    )
     p.add_argument("--compression-level", type=int, default=3, help="zstd level, 1-19 (default 3)")
     p.add_argument(
         "--encrypt",
@@ -132,6 +138,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         password=password if args.encrypt else None,
         zstd_level=args.compression_level,
         object_lock_days=args.object_lock_days,
+        fingerprint_block=parse_size(args.fingerprint_block),
     )
     if args.json:
         print_json(info.__dict__)
@@ -152,13 +159,16 @@ def cmd_repo_info(args: argparse.Namespace) -> int:
         shown = {
             **info.__dict__,
             "grid_size": format_size(info.grid_size),
+            "fingerprint_block": (
+                format_size(info.fingerprint_block) if info.fingerprint_block else "off"
+            ),
             "encrypted": "yes" if info.encrypted else "no",
             "object_lock_days": (
                 plural(info.object_lock_days, "day") if info.object_lock_days else "off"
             ),
         }
         for k, v in shown.items():
-            print(f"{k:16} {printable(str(v))}")
+            print(f"{k:17} {printable(str(v))}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""S3 and S3-compatible object stores, through boto3.
+"""S3 and S3-compatible object stores, through botocore (the core of boto3).
 
 The standard AWS configuration applies: environment variables, profiles and
 ``AWS_ENDPOINT_URL``. Every write is a single PUT, so objects appear whole or not at all.
@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.session
 
 from ..errors import StorageUnavailable
 from .base import (
@@ -58,8 +58,9 @@ class S3Storage(Storage):
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
-            session = boto3.session.Session()
-            client = session.client(
+            # botocore's own session: boto3's would import s3transfer too, start-up for nothing.
+            session = botocore.session.get_session()
+            client = session.create_client(
                 "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), config=config
             )
         self.client = client

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from lamina.backend.api.client import ApiClient
 from lamina.backend.api.errors import ApiError
 from lamina.backend.errors import PasswordRequired, PointNotFound, StorageUnavailable, WrongPassword
-from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service import BackupCaps, JobState, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from tests.support.api_server import (
@@ -59,7 +59,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     with (
         running_server(fast_service, allowed_paths=allowed) as fast,
         running_server(
-            slow_service, max_backups=2, max_backups_per_volume=1, allowed_paths=allowed
+            slow_service,
+            backup_caps=BackupCaps(max_backups=2, max_backups_per_volume=1),
+            allowed_paths=allowed,
         ) as slow,
     ):
         yield Servers(root, fast.address, slow.address, job.result.id)

@@ -202,6 +202,7 @@ def test_repo_info_speaks_words_not_python(one_point: tuple[str, str]) -> None:
     assert "True" not in info and "False" not in info
     assert any(line.split() == ["encrypted", "no"] for line in info.splitlines()), info
     assert any(line.split() == ["object_lock_days", "off"] for line in info.splitlines()), info
+    assert any(line.split() == ["fingerprint_block", "64.0", "KiB"] for line in info.splitlines())
 
 
 def test_locks_json_uses_iso_times(one_point: tuple[str, str]) -> None:

@@ -106,7 +106,9 @@ def machine_for(make_url: object, env: dict[str, str]) -> type[RuleBasedStateMac
             super().__init__()
             self.workdir = Path(tempfile.mkdtemp(prefix="lamina-model-"))
             self.url: str = make_url(self.workdir)  # type: ignore[operator]
-            init_repository(self.url, grid_size=GRID)
+            # Fingerprint blocks as large as the grid: a scan incremental stores whole cells,
+            # so a forgotten pattern's piece dies whole and prune deletes it.
+            init_repository(self.url, grid_size=GRID, fingerprint_block=GRID)
             self.server = LaminaServe(self.url, self.workdir, env)
             self.services = {
                 "server": self.server.service,

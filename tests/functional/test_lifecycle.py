@@ -399,8 +399,12 @@ def test_kill_9_of_prune_loses_nothing(tmp_path: Path) -> None:
         ),
         "an old pack deleted": lambda r: bool(_repoint(packs, pristine, r) - _files(r, "packs")),
     }
+    # The random moment is drawn from a printed seed, so that a failure there can be repeated.
+    seed = int(os.environ.get("LAMINA_KILL_SEED", random.randrange(2**32)))
+    print(f"kill moment seed: {seed} (LAMINA_KILL_SEED={seed} repeats it)")
+    random_moment = random.Random(seed).uniform(0.3, 0.7)
     interrupted = []
-    for name, reached in [*moments.items(), ("a random moment", None)]:
+    for name, reached in [*moments.items(), (f"a random moment (seed {seed})", None)]:
         repo = tmp_path / "repo"
         shutil.rmtree(repo, ignore_errors=True)
         shutil.copytree(pristine, repo)
@@ -409,7 +413,7 @@ def test_kill_9_of_prune_loses_nothing(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + (random.uniform(0.3, 0.7) if reached is None else 60)
+        deadline = time.monotonic() + (random_moment if reached is None else 60)
         while proc.poll() is None and time.monotonic() < deadline:
             if reached is not None and reached(repo):
                 break

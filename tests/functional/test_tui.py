@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from textual.command import Command, CommandList, CommandPalette
 from textual.coordinate import Coordinate
 from textual.pilot import Pilot
 from textual.screen import Screen
@@ -125,6 +126,20 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.02)
+
+
+def palette_settled(app: LaminaApp, highlighted: str) -> bool:
+    """The command palette is open, done searching, and highlights a hit starting so."""
+    palette = app.screen
+    if not isinstance(palette, CommandPalette) or not palette.has_class("-ready"):
+        return False
+    if any(worker.node is palette and not worker.is_finished for worker in app.workers):
+        return False
+    hits = palette.query_one(CommandList)
+    if hits.highlighted is None:
+        return not highlighted
+    option = hits.get_option_at_index(hits.highlighted)
+    return isinstance(option, Command) and (option.hit.text or "").startswith(highlighted)
 
 
 S = TypeVar("S", bound=Screen[Any])
@@ -408,9 +423,9 @@ async def test_filter_sort_go_to_help_and_palette(world: World) -> None:
         volumes = screen_of(app, VolumesScreen)
         volumes.table.move_cursor(row=shown().index("local/demo/app-data"))
         await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: palette_settled(app, ""), "the command palette")
         await pilot.press(*"back up")
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: palette_settled(app, "Back up"), "the palette to find it")
         await pilot.press("enter")
         await wait_for(pilot, lambda: finished_jobs(app, "backup"), "the backup from the palette")
         assert finished_jobs(app, "backup")[0].volume == "local/demo/app-data"

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from lamina.backend.api.server import ApiServer, ServerOptions
-from lamina.backend.service import Service, init_repository
+from lamina.backend.service import BackupCaps, Service, init_repository
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
 TOKEN = secrets.token_hex(24)
@@ -53,19 +53,16 @@ def running_server(
     service: Service,
     *,
     token: str | None = TOKEN,
-    max_backups: int = 2,
-    max_backups_per_volume: int = 1,
+    backup_caps: BackupCaps | None = None,
     allowed_paths: list[str] | None = None,
 ) -> Iterator[ApiServer]:
+    """A server over ``service``; ``backup_caps`` sets the service's caps (as `lamina serve
+    --max-backups` does), else the service keeps its own."""
+    if backup_caps is not None:
+        service.set_backup_caps(backup_caps)
     server = ApiServer(
         service,
-        ServerOptions(
-            listen="127.0.0.1:0",
-            token=token,
-            max_backups=max_backups,
-            max_backups_per_volume=max_backups_per_volume,
-            allowed_paths=allowed_paths or [],
-        ),
+        ServerOptions(listen="127.0.0.1:0", token=token, allowed_paths=allowed_paths or []),
     )
     server.start()
     try:

@@ -176,7 +176,7 @@ class HostileServicer(LaminaServicer):
 def hostile_server(service: Service) -> Iterator[str]:
     """A lamina.v1 server on loopback (no token) whose replies are hostile; yields its address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    servicer = HostileServicer(service, TaskManager(max_backups=2), PathPolicy([]))
+    servicer = HostileServicer(service, TaskManager(), PathPolicy([]))
     pb_grpc.add_LaminaServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
