@@ -22,6 +22,7 @@ from .fsread import Entry
 from .fsview import PointFiles, normalize
 from .progress import ProgressCallback, ProgressTracker
 from .safewrite import EntryWriter, NotAFolder, open_folder, unsafe_name_reason, write_sparse
+from .units import plural
 
 log = logging.getLogger("lamina.extract")
 
@@ -219,7 +220,9 @@ def extract(
             except LaminaError as e:
                 worker.skip(path, str(e))
         total = sum(worker.total_bytes(entry, path) for path, _, entry in entries)
-        tracker.set_phase("extracting", total, f"extracting {len(entries)} path(s) to {target}")
+        tracker.set_phase(
+            "extracting", total, f"extracting {plural(len(entries), 'path')} to {target}"
+        )
         for path, name, entry in entries:
             if name is not None:
                 worker.extract_into(root_fd, name, entry, path)

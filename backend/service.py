@@ -73,6 +73,7 @@ from .safewrite import (
     check_image_target,
 )
 from .storage import open_storage
+from .units import plural
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -1139,7 +1140,7 @@ class Service:
                 files.close()
 
         return self._start(
-            "extract", f"extract {len(wanted)} path(s) of {point_ref} to {to_dir}", run
+            "extract", f"extract {plural(len(wanted), 'path')} of {point_ref} to {to_dir}", run
         )
 
 

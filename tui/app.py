@@ -23,6 +23,8 @@ from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from lamina.backend.units import plural
+
 from .client import Capabilities, JobView, LaminaClient
 from .commands import LaminaCommands
 from .formatting import printable
@@ -373,7 +375,8 @@ class LaminaApp(App[None]):
 
         self.push_screen(
             ConfirmScreen(
-                f"{len(running)} job(s) still running. Cancel them and quit?",
+                f"{plural(len(running), 'job')} still running. Cancel "
+                f"{'it' if len(running) == 1 else 'them'} and quit?",
                 "A cancelled backup leaves no point behind; earlier points stay intact.",
                 confirm_label="Cancel jobs and quit",
                 cancel_label="Stay",

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from lamina.backend.errors import LaminaError, UsageError
 from lamina.backend.service import Job, JobState, PointInfo, Service, VerifyReport
+from lamina.backend.units import plural
 
 __all__ = [
     "Capabilities",
@@ -353,8 +354,8 @@ def _summary(job: Job) -> tuple[str, str | None]:
         )
     if isinstance(result, VerifyReport):
         if result.ok:
-            return f"{result.pieces} pieces checked, no problem found", None
-        return f"{len(result.problems)} problem(s): {result.problems[0]}", None
+            return f"{plural(result.pieces, 'piece')} checked, no problem found", None
+        return f"{plural(len(result.problems), 'problem')}: {result.problems[0]}", None
     if isinstance(result, dict) and "bytes_written" in result:
         return (
             f"restored {_size(result['bytes_written'])} to {result.get('target', '')}",
@@ -362,7 +363,7 @@ def _summary(job: Job) -> tuple[str, str | None]:
         )
     if hasattr(result, "files") and hasattr(result, "skipped"):  # an extract report
         text = (
-            f"extracted {result.files} file(s), {result.directories} folder(s), "
+            f"extracted {plural(result.files, 'file')}, {plural(result.directories, 'folder')}, "
             f"{_size(result.bytes)} to {result.target}"
         )
         if result.skipped:

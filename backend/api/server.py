@@ -46,7 +46,7 @@ from ..service import (
     parse_keep_within,
     parse_volume,
 )
-from ..units import format_size
+from ..units import format_size, plural
 from . import convert
 from .auth import BearerTokenInterceptor, is_loopback, split_address
 from .errors import (
@@ -223,13 +223,13 @@ def _summary(view: TaskView) -> str:
         kept = sum(1 for d in result.decisions if d.keep)
         if result.dry_run:
             removable = len(result.decisions) - kept
-            return f"dry run: would keep {kept} point(s), remove {removable}"
-        return f"kept {kept} point(s), removed {len(result.removed)}"
+            return f"dry run: would keep {plural(kept, 'point')}, remove {removable}"
+        return f"kept {plural(kept, 'point')}, removed {len(result.removed)}"
     if isinstance(result, PruneReport):
         verb = "would reclaim" if result.dry_run else "reclaimed"
         return (
             f"{verb} {format_size(result.bytes_reclaimed)} of {format_size(result.bytes_total)}: "
-            f"{result.packs_deleted} pack(s) deleted, {result.packs_repacked} repacked"
+            f"{plural(result.packs_deleted, 'pack')} deleted, {result.packs_repacked} repacked"
         )
     if isinstance(result, PointInfo):
         s = result.stats
@@ -240,11 +240,11 @@ def _summary(view: TaskView) -> str:
         )
     if isinstance(result, VerifyReport):
         if result.ok:
-            return f"{result.points} point(s), {result.pieces} pieces checked, no problem found"
-        return f"{len(result.problems)} problem(s): {result.problems[0]}"
+            return f"{plural(result.points, 'point')}, {plural(result.pieces, 'piece')} checked, no problem found"
+        return f"{plural(len(result.problems), 'problem')}: {result.problems[0]}"
     if isinstance(result, ExtractReport):
         text = (
-            f"extracted {result.files} file(s), {result.directories} folder(s), "
+            f"extracted {plural(result.files, 'file')}, {plural(result.directories, 'folder')}, "
             f"{format_size(result.bytes)} to {result.target}"
         )
         if result.skipped:
@@ -570,7 +570,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         service = self.service
         view = self.tasks.submit(
             "extract",
-            f"extract {len(paths)} path(s) of {point} to {target}",
+            f"extract {plural(len(paths), 'path')} of {point} to {target}",
             lambda: service.start_extract(point, paths, target, within=self.paths.roots),
             point=point,
         )
@@ -898,7 +898,7 @@ def serve(
         running = [t for t in server.tasks.all() if t.state in ("running", "cancelling")]
         queued = [t for t in server.tasks.all() if t.state == "queued"]
         log.info(
-            "%s received: shutting down; %d running task(s) get up to %s s, %d queued are cancelled",
+            "%s received: shutting down; running tasks (%d) get up to %s s, %d queued are cancelled",
             received[0],
             len(running),
             f"{grace:g}",
@@ -915,7 +915,9 @@ def serve(
                 view.state,
                 f" ({view.error})" if view.error else "",
             )
-        log.info("stopped: %d task(s) finished, %d cancelled", len(finished), len(cancelled))
+        log.info(
+            "stopped: %s finished, %d cancelled", plural(len(finished), "task"), len(cancelled)
+        )
         return 0
     finally:
         for sig, handler in previous.items():

@@ -378,7 +378,7 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
     assert f"finished: task {quick.id} (back up {small} as local/ns/small): succeeded" in text
     assert f"cancelled: task {slow_task.id} (back up {big} as local/ns/big): cancelled" in text
     assert f"cancelled: task {waiting.id}" in text
-    assert "stopped: 1 task(s) finished, 2 cancelled" in text
+    assert "stopped: 1 task finished, 2 cancelled" in text
     assert "Traceback" not in text
     # the open watch saw the cancelled end before the server stopped
     assert seen[-1] == "cancelled"

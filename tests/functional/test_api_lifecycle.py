@@ -130,7 +130,7 @@ def test_forget_dry_run_decides_then_the_real_run_removes(lab: Lab) -> None:
         (ids[0], False, []),
     ]
     assert dry.forget.dry_run and list(dry.forget.removed) == []
-    assert dry.summary == "dry run: would keep 2 point(s), remove 2"
+    assert dry.summary == "dry run: would keep 2 points, remove 2"
     assert _point_ids(lab) == {*ids, lab.other.id}
 
     # protecting a point keeps it, with the reason given

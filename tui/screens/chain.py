@@ -16,6 +16,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from lamina.backend.display import tree_rows
+from lamina.backend.units import plural
 
 from .. import formatting as fmt
 from ..client import JobView, Point, Volume
@@ -408,7 +409,11 @@ class ChainScreen(LaminaScreen):
             return
         children = [p for p in self.points if p.parent == point.id]
         text = (
-            f"{len(children)} point(s) built on it take over its data and restore as before."
+            (
+                f"{plural(len(children), 'point')} built on it "
+                f"{'takes' if len(children) == 1 else 'take'} over its data and restore"
+                f"{'s' if len(children) == 1 else ''} as before."
+            )
             if children
             else "No point is built on it."
         )
