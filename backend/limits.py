@@ -131,7 +131,7 @@ def checked_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 def parse_keep_within(text: str) -> timedelta:
     """A retention window ('30d', '12h', '2w', '1y6m'): at most 100 years."""
-    from .lifecycle import parse_duration
+    from .engine.lifecycle import parse_duration
 
     if len(text) > 32:
         raise UsageError(f"not a duration: {shown(text)} (examples: 30d, 12h, 2w, 1y6m)")

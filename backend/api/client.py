@@ -20,12 +20,12 @@ import grpc
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
+from ..engine.extents import Range
+from ..engine.extract import ExtractReport
+from ..engine.lifecycle import Policy
+from ..engine.locks import LockInfo
 from ..errors import Cancelled, LaminaError, UsageError
-from ..extents import Range
-from ..extract import ExtractReport
 from ..fsread import Entry
-from ..lifecycle import Policy
-from ..locks import LockInfo
 from ..progress import Progress
 from ..service import (
     ClusterSummary,

@@ -15,12 +15,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lamina.protos import lamina_v1_pb2 as pb
 
+from ..engine.extract import ExtractReport, Skipped
+from ..engine.locks import LockInfo
+from ..engine.prune import PruneReport
 from ..errors import UsageError
-from ..extract import ExtractReport, Skipped
 from ..fsread import Entry
-from ..locks import LockInfo
 from ..progress import Progress
-from ..prune import PruneReport
 from ..service import (
     ClusterSummary,
     ClusterVolume,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
+from ..engine.extents import Range
+from ..engine.lifecycle import Policy
+from ..engine.locks import LockInfo
 from ..errors import UsageError
-from ..extents import Range
 from ..fsread import Entry
-from ..lifecycle import Policy
-from ..locks import LockInfo
 from ..service import (
     ClusterSummary,
     ClusterVolume,

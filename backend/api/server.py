@@ -30,11 +30,11 @@ from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
 from .. import __version__
+from ..engine.extents import Range, checked_ranges
+from ..engine.extract import ExtractReport
+from ..engine.lifecycle import Policy
+from ..engine.prune import PruneReport
 from ..errors import LaminaError, UsageError
-from ..extents import Range, checked_ranges
-from ..extract import ExtractReport
-from ..lifecycle import Policy
-from ..prune import PruneReport
 from ..service import (
     PATH_MAX,
     ForgetReport,

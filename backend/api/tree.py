@@ -27,15 +27,21 @@ import grpc
 from lamina.protos import lamina_v1_pb2 as pb
 
 from ..display import printable
+from ..engine.extract import ExtractReport, Skipped
+from ..engine.safewrite import (
+    EntryWriter,
+    NotAFolder,
+    open_folder,
+    unsafe_name_reason,
+    write_sparse,
+)
 from ..errors import LaminaError, UsageError
-from ..extract import ExtractReport, Skipped
-from ..safewrite import EntryWriter, NotAFolder, open_folder, unsafe_name_reason, write_sparse
 from .convert import entry_message
 from .errors import ApiError
 
 if TYPE_CHECKING:
+    from ..engine.fsview import PointFiles
     from ..fsread import Entry
-    from ..fsview import PointFiles
 
 CHUNK = 1024 * 1024  # well under gRPC's default 4 MiB message limit
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written

@@ -20,8 +20,8 @@ import grpc
 from lamina.protos import snapshotmetadata_pb2 as pb
 from lamina.protos import snapshotmetadata_pb2_grpc as pb_grpc
 
+from ..engine.extents import Range
 from ..errors import ChangedRangesError, LaminaError, UsageError
-from ..extents import Range
 
 BLOCK_TYPE_NAMES: dict[int, str] = {
     pb.FIXED_LENGTH: "FIXED_LENGTH",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 
-from ..extents import Range, allocated_ranges
+from ..engine.extents import Range, allocated_ranges
 
 BLOCK_SIZE = 4096
 CHUNK_SIZE = 4 * 1024 * 1024

@@ -22,8 +22,8 @@ import grpc
 from lamina.protos import snapshotmetadata_pb2 as pb
 from lamina.protos import snapshotmetadata_pb2_grpc as pb_grpc
 
+from ..engine.extents import Range
 from ..errors import LaminaError, UsageError
-from ..extents import Range
 from ..local import LocalCluster, LocalSnapshot, SnapshotNotFound
 from .scan import BLOCK_SIZE, allocated_runs, changed_runs
 

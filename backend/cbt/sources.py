@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..extents import Range
+from ..engine.extents import Range
 from .client import SnapshotMetadataClient
 
 RangeFactory = Callable[[], Iterator[Range]]

@@ -181,7 +181,7 @@ def cmd_files_get_remote(args: argparse.Namespace, local_handler: Any) -> int:
         if not args.repo:
             raise UsageError("give --repo REPO or set LAMINA_REPO (or --server ADDR)")
         return int(local_handler(args))
-    from lamina.backend.extract import ExtractReport
+    from lamina.backend.engine.extract import ExtractReport
 
     started = time.monotonic()
     report = ExtractReport(target=args.to)

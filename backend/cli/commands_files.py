@@ -26,7 +26,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..extract import ExtractReport
+    from ..engine.extract import ExtractReport
     from ..fsread import Entry
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine.extents import allocated_ranges
+from ..engine.repository import utc_now
 from ..errors import LaminaError, SourceError, UsageError
-from ..extents import allocated_ranges
 from ..names import name_problem, shown
-from ..repository import utc_now
 
 # _IOW(0x94, 9, int): clone a whole file by sharing its extents (btrfs, xfs with reflink).
 FICLONE = 0x40049409

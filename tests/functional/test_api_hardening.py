@@ -18,8 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lamina.backend import locks
 from lamina.backend.api.server import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
+from lamina.backend.engine import locks
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc

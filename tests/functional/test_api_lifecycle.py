@@ -22,10 +22,10 @@ import pytest
 from lamina.backend.api.client import ApiClient
 from lamina.backend.api.remote import RemoteService
 from lamina.backend.api.server import ApiServer
+from lamina.backend.engine.lifecycle import Policy
+from lamina.backend.engine.locks import SHARED, acquire
+from lamina.backend.engine.prune import PruneReport
 from lamina.backend.errors import LaminaError
-from lamina.backend.lifecycle import Policy
-from lamina.backend.locks import SHARED, acquire
-from lamina.backend.prune import PruneReport
 from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc

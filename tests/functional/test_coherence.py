@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend import engine, lifecycle, locks
+from lamina.backend.engine import lifecycle, locks
+from lamina.backend.engine import pipelines as engine
+from lamina.backend.engine.lifecycle import Policy
+from lamina.backend.engine.repository import Repository
+from lamina.backend.engine.storage import ObjectInfo, Storage, StorageError, open_storage
+from lamina.backend.engine.storage.local import LocalStorage
+from lamina.backend.engine.storage.wrappers import RetryingStorage
 from lamina.backend.errors import LaminaError
-from lamina.backend.lifecycle import Policy
-from lamina.backend.repository import Repository
 from lamina.backend.service import JobState, Service, VolumeRef, init_repository
-from lamina.backend.storage import ObjectInfo, Storage, StorageError, open_storage
-from lamina.backend.storage.local import LocalStorage
-from lamina.backend.storage.wrappers import RetryingStorage
 from tests.support.s3proxy import s3_proxy
 from tests.support.seaweedfs import S3Server
 

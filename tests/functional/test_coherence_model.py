@@ -32,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from lamina.backend.api.client import ApiClient
 from lamina.backend.api.remote import RemoteService
-from lamina.backend.lifecycle import Policy
+from lamina.backend.engine.lifecycle import Policy
 from lamina.backend.service import JobState, Service, init_repository
 
 KiB = 1024

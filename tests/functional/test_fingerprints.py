@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lamina.backend.engine import BackupRequest, VolumeRef
-from lamina.backend.engine import backup as engine_backup
-from lamina.backend.fingerprints import FINGERPRINT_SIZE
-from lamina.backend.repository import Repository
+from lamina.backend.engine.fingerprints import FINGERPRINT_SIZE
+from lamina.backend.engine.pipelines import BackupRequest, VolumeRef
+from lamina.backend.engine.pipelines import backup as engine_backup
+from lamina.backend.engine.repository import Repository
+from lamina.backend.engine.storage import open_storage
+from lamina.backend.engine.storage.local import LocalStorage
 from lamina.backend.service import JobState, PointInfo, Service, init_repository
-from lamina.backend.storage import open_storage
-from lamina.backend.storage.local import LocalStorage
 
 KiB = 1024
 MiB = 1024 * KiB

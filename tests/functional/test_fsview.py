@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend.fsview import RepositoryView, point_dir_name, time_ns
+from lamina.backend.engine.fsview import RepositoryView, point_dir_name, time_ns
 from lamina.backend.service import JobState, PointInfo, Service, init_repository
 from tests.support.ext4_trees import (
     BASE_TIME,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend.fsview import point_dir_name
+from lamina.backend.engine.fsview import point_dir_name
 from lamina.backend.service import JobState, PointInfo, Service, init_repository
 from tests.support.ext4_trees import (
     BASE_TIME,
@@ -168,7 +168,7 @@ def test_every_point_reads_back_exactly(chain: Chain, tmp_path: Path) -> None:
 
 
 def _created_seconds(point: PointInfo) -> int:
-    from lamina.backend.fsview import time_ns
+    from lamina.backend.engine.fsview import time_ns
 
     return time_ns(point.created) // 10**9
 

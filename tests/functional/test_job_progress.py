@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend import locks
 from lamina.backend.api.client import ApiClient
 from lamina.backend.cli.common import _bar
+from lamina.backend.engine import locks
 from lamina.backend.progress import Progress
 from lamina.backend.service import Job, JobState, Service
 from lamina.tui.client import InProcessClient, JobView, LaminaClient

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lamina.backend.engine.lifecycle import Policy
+from lamina.backend.engine.locks import EXCLUSIVE, SHARED, RepositoryLocked, acquire
 from lamina.backend.errors import LaminaError
-from lamina.backend.lifecycle import Policy
-from lamina.backend.locks import EXCLUSIVE, SHARED, RepositoryLocked, acquire
 from lamina.backend.service import JobState, Service, init_repository
 from tests.support.volumes import sha256_file
 
@@ -235,8 +235,8 @@ def test_prune_reclaims_overwritten_data_and_repacks(tmp_path: Path) -> None:
 
 
 def test_retention_buckets_follow_restic(tmp_path: Path) -> None:
-    from lamina.backend.lifecycle import plan_forget
-    from lamina.backend.repository import Point
+    from lamina.backend.engine.lifecycle import plan_forget
+    from lamina.backend.engine.repository import Point
 
     def point(i: int, created: str) -> Point:
         volume = {"cluster": "local", "namespace": "default", "name": "v"}

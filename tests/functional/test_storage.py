@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lamina.backend.errors import StorageUnavailable, UsageError
-from lamina.backend.storage import (
+from lamina.backend.engine.storage import (
     InvalidRequest,
     ObjectInfo,
     ObjectNotFound,
@@ -27,10 +26,11 @@ from lamina.backend.storage import (
     StorageError,
     open_storage,
 )
-from lamina.backend.storage.local import LocalStorage
-from lamina.backend.storage.memory import MemoryStorage
-from lamina.backend.storage.s3 import S3Storage
-from lamina.backend.storage.wrappers import CountingStorage, RetryingStorage
+from lamina.backend.engine.storage.local import LocalStorage
+from lamina.backend.engine.storage.memory import MemoryStorage
+from lamina.backend.engine.storage.s3 import S3Storage
+from lamina.backend.engine.storage.wrappers import CountingStorage, RetryingStorage
+from lamina.backend.errors import StorageUnavailable, UsageError
 from tests.support.seaweedfs import S3Server
 
 MiB = 1024 * 1024

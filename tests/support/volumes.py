@@ -53,7 +53,7 @@ def scribble(
 
 def sparse_copy(source: Path, target: Path) -> Path:
     """Copy an image keeping its allocation exactly: data ranges (zeros included) and holes."""
-    from lamina.backend.extents import allocated_ranges
+    from lamina.backend.engine.extents import allocated_ranges
 
     size = os.path.getsize(source)
     with open(source, "rb") as src, open(target, "wb") as dst:

@@ -15,9 +15,9 @@ FORBIDDEN = (
     "boto3",
     "botocore",
     "kubernetes",
-    "lamina.backend.storage",
-    "lamina.backend.repository",
-    "lamina.backend.format",
+    "lamina.backend.engine.storage",
+    "lamina.backend.engine.repository",
+    "lamina.backend.engine.format",
     "lamina.backend.engine",
 )
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.backend.crypto import (
+from lamina.backend.engine.crypto import (
     NONCE_SIZE,
     TAG_SIZE,
     Keys,

@@ -109,7 +109,8 @@ def test_the_cli_stdout_lets_only_visible_text_newlines_and_tabs_through() -> No
 def test_error_lines_escape_by_the_same_rule(raw: str, shown: str) -> None:
     """names.py and limits.py quote refused values; extract.py quotes skipped paths: all of
     them through ``printable`` (a Hangul filler is printable to Python, blank on screen)."""
-    from lamina.backend import extract, limits, names
+    from lamina.backend import limits, names
+    from lamina.backend.engine import extract
 
     assert names.shown(raw) == shown
     assert limits.shown(raw) == shown

@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.backend.errors import ChangedRangesError
-from lamina.backend.extents import (
+from lamina.backend.engine.extents import (
     checked_ranges,
     image_digest,
     resolve_chain,
     split_on_grid,
     subtract,
 )
-from lamina.backend.format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent
+from lamina.backend.engine.format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent
+from lamina.backend.errors import ChangedRangesError
 
 CAPACITY = 256
 

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from lamina.backend.errors import CorruptObject
-from lamina.backend.fingerprints import (
+from lamina.backend.engine.fingerprints import (
     UNKNOWN,
     Fingerprints,
     Run,
@@ -16,7 +15,8 @@ from lamina.backend.fingerprints import (
     resolve_fingerprints,
     touched_runs,
 )
-from lamina.backend.format import EXTENT_UNALLOCATED, Extent
+from lamina.backend.engine.format import EXTENT_UNALLOCATED, Extent
+from lamina.backend.errors import CorruptObject
 
 BLOCK = 64 * 1024
 

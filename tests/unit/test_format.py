@@ -12,10 +12,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.backend import format as fmt
-from lamina.backend.crypto import ID_SIZE, Keys, Sealer, checksum
-from lamina.backend.errors import CorruptObject
-from lamina.backend.format import (
+from lamina.backend.engine import format as fmt
+from lamina.backend.engine.crypto import ID_SIZE, Keys, Sealer, checksum
+from lamina.backend.engine.format import (
     EXTENT_DATA,
     EXTENT_UNALLOCATED,
     EXTENT_ZERO,
@@ -26,6 +25,7 @@ from lamina.backend.format import (
     Extent,
     PieceEntry,
 )
+from lamina.backend.errors import CorruptObject
 
 PLAIN = Sealer(None)
 SEALED = Sealer(Keys(bytes(range(32)), bytes(range(32, 64))))

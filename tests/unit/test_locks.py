@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lamina.backend import locks
-from lamina.backend.locks import (
+from lamina.backend.engine import locks
+from lamina.backend.engine.locks import (
     EXCLUSIVE,
     SHARED,
     SKEW,
@@ -25,8 +25,8 @@ from lamina.backend.locks import (
     list_locks,
     remove_locks,
 )
-from lamina.backend.repository import Repository
-from lamina.backend.storage.memory import MemoryStorage
+from lamina.backend.engine.repository import Repository
+from lamina.backend.engine.storage.memory import MemoryStorage
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from lamina.backend.format import PIECE_RAW, PIECE_ZSTD, PieceEntry
-from lamina.backend.repository import Repository
-from lamina.backend.storage.memory import MemoryStorage
+from lamina.backend.engine.format import PIECE_RAW, PIECE_ZSTD, PieceEntry
+from lamina.backend.engine.repository import Repository
+from lamina.backend.engine.storage.memory import MemoryStorage
 
 MiB = 1024 * 1024
 

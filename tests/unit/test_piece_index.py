@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lamina.backend.format import PIECE_RAW, PIECE_ZSTD, PieceEntry
-from lamina.backend.repository import PieceIndex
+from lamina.backend.engine.format import PIECE_RAW, PIECE_ZSTD, PieceEntry
+from lamina.backend.engine.repository import PieceIndex
 
 
 def _piece(n: int) -> bytes:

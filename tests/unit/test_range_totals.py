@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lamina.backend.engine import RANGES_FOR_A_TOTAL, _with_total
+from lamina.backend.engine.pipelines import RANGES_FOR_A_TOTAL, _with_total
 from lamina.backend.errors import Cancelled
 
 

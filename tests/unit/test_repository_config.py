@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from lamina.backend.engine.repository import CONFIG_KEY, Repository
+from lamina.backend.engine.storage.memory import MemoryStorage
 from lamina.backend.errors import CorruptObject, LaminaError, UnsupportedFormat
-from lamina.backend.repository import CONFIG_KEY, Repository
-from lamina.backend.storage.memory import MemoryStorage
 
 
 def _config_of(**changes: Any) -> dict[str, Any]:

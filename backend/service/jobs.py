@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import Cancelled, LaminaError, UsageError
-from .progress import Progress
+from ..errors import Cancelled, LaminaError, UsageError
+from ..progress import Progress
 
 if TYPE_CHECKING:
-    from .engine import VolumeRef
+    from ..engine.pipelines import VolumeRef
 
 DEFAULT_MAX_BACKUPS = 2
 DEFAULT_MAX_BACKUPS_PER_VOLUME = 1

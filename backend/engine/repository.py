@@ -28,9 +28,7 @@ from typing import Any
 
 import zstandard
 
-from . import format as fmt
-from .crypto import ID_SIZE, Keys, Sealer, new_keys, unwrap_keys, wrap_keys
-from .errors import (
+from ..errors import (
     CorruptObject,
     LaminaError,
     MissingObject,
@@ -41,6 +39,8 @@ from .errors import (
     UnsupportedFormat,
     UsageError,
 )
+from . import format as fmt
+from .crypto import ID_SIZE, Keys, Sealer, new_keys, unwrap_keys, wrap_keys
 from .extents import image_digest, resolve_chain
 from .fingerprints import (
     DEFAULT_FINGERPRINT_BLOCK,
@@ -393,7 +393,7 @@ class Repository:
         if not isinstance(config, dict) or config.get("format") != "lamina-repository":
             raise CorruptObject(f"{storage.url} does not hold a lamina repository config")
         if config.get("version") != fmt.FORMAT_VERSION:
-            from .limits import shown  # here: limits sits above the engine
+            from ..limits import shown  # here: limits sits above the engine
 
             version = shown(str(config.get("version")))
             raise UnsupportedFormat(
@@ -844,7 +844,7 @@ class Repository:
         return self._parallel(layer, list(points))
 
     def resolve_fingerprints(self, point: Point) -> Fingerprints:
-        """The fingerprint of every block as ``point`` reads it (see lamina.backend.fingerprints)."""
+        """The fingerprint of every block as ``point`` reads it (see lamina.backend.engine.fingerprints)."""
         layers = self.fingerprint_layers(self.chain(point))
         return resolve_fingerprints(self.fingerprint_block, layers)
 

@@ -15,7 +15,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.session
 
-from ..errors import StorageUnavailable
+from ...errors import StorageUnavailable
 from .base import (
     ObjectInfo,
     ObjectNotFound,

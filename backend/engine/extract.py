@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from .display import printable as printable  # skipped paths, and callers of extract.printable
-from .errors import Cancelled, LaminaError, UsageError
-from .fsread import Entry
+from ..display import printable as printable  # skipped paths, and callers of extract.printable
+from ..errors import Cancelled, LaminaError, UsageError
+from ..fsread import Entry
+from ..progress import ProgressCallback, ProgressTracker
+from ..units import plural
 from .fsview import PointFiles, normalize
-from .progress import ProgressCallback, ProgressTracker
 from .safewrite import EntryWriter, NotAFolder, open_folder, unsafe_name_reason, write_sparse
-from .units import plural
 
 log = logging.getLogger("lamina.extract")
 

@@ -14,8 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import format as fmt
-from .errors import (
+from ..errors import (
     Cancelled,
     CorruptObject,
     LaminaError,
@@ -23,6 +22,9 @@ from .errors import (
     SourceError,
     UsageError,
 )
+from ..names import check_name, shown
+from ..progress import ProgressCallback, ProgressTracker
+from . import format as fmt
 from .extents import (
     Range,
     allocated_ranges,
@@ -34,8 +36,6 @@ from .extents import (
 )
 from .fingerprints import UNKNOWN, Collector, Fingerprints, resolve_fingerprints
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
-from .names import check_name, shown
-from .progress import ProgressCallback, ProgressTracker
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
 from .safewrite import ImageTarget, TargetError
 

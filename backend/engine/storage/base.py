@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..errors import LaminaError
+from ...errors import LaminaError
 
 
 class StorageError(LaminaError):

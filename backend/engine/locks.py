@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LaminaError
+from ..errors import LaminaError
 from .repository import Repository
 from .storage import ObjectNotFound, StorageError
 

@@ -19,24 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import engine, lifecycle, locks
-from .clusters import (
-    LOCAL,
-    MADE_BY_BACKUP,
-    ClusterSummary,
-    ClusterVolume,
-    Reachability,
-    add_local_volume,
-    local_volumes,
-    plan_local_backup,
+from ..engine import lifecycle, locks
+from ..engine import pipelines as engine
+from ..engine.extents import Range
+from ..engine.fingerprints import DEFAULT_FINGERPRINT_BLOCK
+from ..engine.image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from ..engine.locks import LockInfo
+from ..engine.pipelines import BackupRequest, VerifyReport, VolumeRef
+from ..engine.prune import PruneReport, prune
+from ..engine.repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
+from ..engine.safewrite import (
+    PATH_MAX,
+    PathNotAllowed,
+    TargetError,
+    TargetExists,
+    check_folder_target,
+    check_image_target,
 )
-from .engine import BackupRequest, VerifyReport, VolumeRef
-from .errors import Cancelled, LaminaError, PasswordRequired, UsageError
-from .extents import Range
-from .fingerprints import DEFAULT_FINGERPRINT_BLOCK
-from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
-from .jobs import BackupCaps, Job, JobRunner, JobState
-from .limits import (
+from ..engine.storage import open_storage
+from ..errors import Cancelled, LaminaError, PasswordRequired, UsageError
+from ..limits import (
     checked_context,
     checked_labels,
     checked_name,
@@ -48,9 +50,21 @@ from .limits import (
     parse_keep_within,
     shown,
 )
-from .local.cluster import LocalCluster, LocalSnapshot
-from .locks import LockInfo
-from .mountstate import (
+from ..local.cluster import LocalCluster, LocalSnapshot
+from ..progress import Progress
+from ..units import plural
+from .clusters import (
+    LOCAL,
+    MADE_BY_BACKUP,
+    ClusterSummary,
+    ClusterVolume,
+    Reachability,
+    add_local_volume,
+    local_volumes,
+    plan_local_backup,
+)
+from .jobs import BackupCaps, Job, JobRunner, JobState
+from .mounts import (
     FS_TYPE,
     MountEntry,
     MountRecord,
@@ -61,26 +75,13 @@ from .mountstate import (
     repo_key,
     write_record,
 )
-from .progress import Progress
-from .prune import PruneReport, prune
-from .repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
-from .safewrite import (
-    PATH_MAX,
-    PathNotAllowed,
-    TargetError,
-    TargetExists,
-    check_folder_target,
-    check_image_target,
-)
-from .storage import open_storage
-from .units import plural
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .extract import ExtractReport
-    from .fsread import Entry
-    from .fsview import PointFiles, RepositoryView
+    from ..engine.extract import ExtractReport
+    from ..engine.fsview import PointFiles, RepositoryView
+    from ..fsread import Entry
 
 __all__ = [
     "FS_TYPE",
@@ -493,7 +494,7 @@ class Service:
 
     def list_clusters(self) -> list[ClusterSummary]:
         """The kubeconfig's contexts (none when there is no kubeconfig), then the local cluster."""
-        from .kube.config import list_clusters
+        from ..kube.config import list_clusters
 
         out = [
             ClusterSummary(c.name, "kubernetes", c.current, c.server, c.namespace)
@@ -506,8 +507,8 @@ class Service:
         self, names: Iterable[str] | None = None, *, timeout: float = 3.0
     ) -> dict[str, Reachability]:
         """Whether each cluster answers, probed in parallel; never hangs past the timeout."""
-        from .kube.config import check_reachability
-        from .kube.config import list_clusters as kube_clusters
+        from ..kube.config import check_reachability
+        from ..kube.config import list_clusters as kube_clusters
 
         wanted = {checked_context(n) for n in names} if names is not None else None
         infos = [
@@ -537,8 +538,8 @@ class Service:
             checked_name(namespace, "namespace")
         if cluster == LOCAL:
             return local_volumes(self.local_root, namespace) if self.local_root else []
-        from .kube.cluster import KubeCluster
-        from .kube.volumes import list_volumes
+        from ..kube.cluster import KubeCluster
+        from ..kube.volumes import list_volumes
 
         with KubeCluster.open(cluster, self.kubeconfig) as kube:
             listing = list_volumes(kube, namespace)
@@ -1042,7 +1043,7 @@ class Service:
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> RepositoryView:
         """The repository (or one point) as a read-only tree of paths (see backend/fsview.py)."""
-        from .fsview import RepositoryView
+        from ..engine.fsview import RepositoryView
 
         return RepositoryView(
             self, point=point_ref, cache_bytes=cache_bytes, readahead_bytes=readahead_bytes
@@ -1050,7 +1051,7 @@ class Service:
 
     def point_files(self, point_ref: str, *, cache_bytes: int = 64 * 1024 * 1024) -> PointFiles:
         """The filesystem inside a point's volume; the last few stay open for browsing."""
-        from .fsview import PointFiles
+        from ..engine.fsview import PointFiles
 
         point = self.get_point(point_ref)
         with self._files_lock:
@@ -1115,8 +1116,8 @@ class Service:
         as for start_restore). The job's result is an ExtractReport (backend/extract.py);
         progress counts bytes.
         """
-        from .extract import extract
-        from .fsview import PointFiles
+        from ..engine.extract import extract
+        from ..engine.fsview import PointFiles
 
         checked_point_ref(point_ref)
         wanted = list(paths)

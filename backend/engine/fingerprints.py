@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import blake3
 
+from ..errors import CorruptObject
 from . import format as fmt
 from .crypto import Sealer
-from .errors import CorruptObject
 from .extents import resolve_chain
 from .format import EXTENT_DATA, EXTENT_ZERO, Extent
 

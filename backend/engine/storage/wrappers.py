@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from ..errors import StorageUnavailable
+from ...errors import StorageUnavailable
 from .base import InvalidRequest, ObjectInfo, ObjectNotFound, ShortRead, Storage, StorageError
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import CorruptObject, LaminaError, UsageError
+from ..errors import CorruptObject, LaminaError, UsageError
 from .extents import image_digest, resolve_chain
 from .fingerprints import resolve_fingerprints
 from .repository import Point, Repository

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import blake3
 
-from .errors import ChangedRangesError
+from ..errors import ChangedRangesError
 from .format import EXTENT_DATA, Extent
 
 Range = tuple[int, int]  # (offset, length)

@@ -27,7 +27,7 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .errors import LaminaError, UsageError
+from ..errors import LaminaError, UsageError
 
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written
 _ZERO_BLOCK = bytes(HOLE_BLOCK)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from .errors import CorruptObject, UnsupportedFormat, WrongPassword
+from ..errors import CorruptObject, UnsupportedFormat, WrongPassword
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -87,7 +87,7 @@ def unwrap_keys(section: Any, password: bytes, repo_id: str) -> Keys:
         or section.get("cipher") != "aes-256-gcm"
         or kdf.get("name") != "scrypt"
     ):
-        from .limits import shown  # here: limits sits above the engine, which imports this
+        from ..limits import shown  # here: limits sits above the engine, which imports this
 
         cipher = section.get("cipher") if isinstance(section, dict) else section
         raise UnsupportedFormat(

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LaminaError, UsageError
-from .extents import Range
+from ..engine.extents import Range
+from ..errors import LaminaError, UsageError
 
 LOCAL = "local"
 MADE_BY_BACKUP = "backup"  # snapshots a backup takes, and may delete once no point needs them
@@ -135,9 +135,9 @@ def plan_local_backup(
     root: str | Path, namespace: str, name: str, base_handle: str | None, base_point: str | None
 ) -> LocalBackupPlan:
     """Snapshot a local volume and open a CBT session for it over real gRPC on loopback."""
-    from .cbt.client import SnapshotMetadataClient
-    from .cbt.server import start_server
-    from .local.cluster import LocalCluster, SnapshotNotFound
+    from ..cbt.client import SnapshotMetadataClient
+    from ..cbt.server import start_server
+    from ..local.cluster import LocalCluster, SnapshotNotFound
 
     volume = Path(root) / "volumes" / namespace / name
     if not volume.exists():

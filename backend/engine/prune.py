@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import LaminaError
+from ..errors import LaminaError
 from .format import PieceEntry
 from .repository import Repository, pack_key, pack_runs
 

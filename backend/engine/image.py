@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .errors import LaminaError
+from ..errors import LaminaError
 from .format import EXTENT_DATA, Extent, PieceEntry
 from .repository import Point, Repository, pack_runs
 

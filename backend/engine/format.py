@@ -19,8 +19,8 @@ from typing import Any
 
 import zstandard
 
+from ..errors import CorruptObject
 from .crypto import ID_SIZE, Sealer, checksum
-from .errors import CorruptObject
 
 FORMAT_VERSION = 1
 MAGIC = b"LAMN"

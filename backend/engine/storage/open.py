@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlparse
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Storage
 
 

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
-from .errors import LaminaError
-from .fsread import Entry, FileSystem, open_filesystem
-from .fsread.errors import FsReadError, NotADirectory
+from ..errors import LaminaError
+from ..fsread import Entry, FileSystem, open_filesystem
+from ..fsread.errors import FsReadError, NotADirectory
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
 
 if TYPE_CHECKING:
-    from .service import PointInfo, Service
+    from ..service import PointInfo, Service
 
 log = logging.getLogger("lamina.fsview")
 
