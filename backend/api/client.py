@@ -4,6 +4,9 @@
         task = client.start_backup("/dev/vg/db", "prod/db")
         final = client.wait(task.id, on_update=lambda t: print(t.state))
 
+Tasks come back as the service's ``JobView``s, points as ``PointInfo``s: the models of
+backend/service/models.py, converted by backend/service/wire.py.
+
 Calls raise LaminaError subclasses with one line (ApiError carries the status code).
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,49 +24,31 @@ from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
 from ..engine.extents import Range
-from ..engine.extract import ExtractReport
 from ..engine.lifecycle import Policy
-from ..engine.locks import LockInfo
 from ..errors import Cancelled, LaminaError, UsageError
-from ..fsread import Entry
 from ..progress import Progress
 from ..service import (
+    Capabilities,
     ClusterSummary,
     ClusterVolume,
+    ExtractReport,
+    FileEntry,
     Job,
+    JobView,
+    LockInfo,
     MountInfo,
     PointInfo,
     Reachability,
     RepositoryInfo,
     VolumeInfo,
     VolumeRef,
+    wire,
 )
-from . import convert
 from .auth import read_token_file
 from .errors import error_from_rpc
 from .tree import TreeWriter
 
 DEFAULT_TIMEOUT = 60.0
-
-_STATE_NAMES = {
-    pb.TASK_STATE_QUEUED: "queued",
-    pb.TASK_STATE_RUNNING: "running",
-    pb.TASK_STATE_CANCELLING: "cancelling",
-    pb.TASK_STATE_CANCELLED: "cancelled",
-    pb.TASK_STATE_SUCCEEDED: "succeeded",
-    pb.TASK_STATE_FAILED: "failed",
-}
-FINISHED_STATES = ("cancelled", "succeeded", "failed")
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    browse: bool
-    read_files: bool
-    extract: bool
-    delete: bool
-    mount: bool
-    protect: bool
 
 
 @dataclass(frozen=True)
@@ -74,71 +59,6 @@ class ServerInfo:
     max_backups: int
     max_backups_per_volume: int
     restricted_paths: bool
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """A task as the server reported it at one moment."""
-
-    id: str
-    kind: str
-    description: str
-    state: str  # queued, running, cancelling, cancelled, succeeded, failed
-    queue_position: int
-    progress: Progress | None
-    error: str
-    summary: str
-    created: float
-    started: float | None
-    finished: float | None
-    volume: VolumeRef | None
-    point: str
-    log: tuple[str, ...] = ()
-    # PointInfo (backup, consolidate), dict (restore), VerifyReport, ExtractReport,
-    # list[str] (delete), ForgetReport, PruneReport
-    result: Any = field(default=None, compare=False)
-
-    @property
-    def done(self) -> bool:
-        return self.state in FINISHED_STATES
-
-
-def task_info(message: pb.Task) -> TaskInfo:
-    kind = message.WhichOneof("result")
-    result: Any = None
-    if kind == "backup":
-        result = convert.point_info(message.backup)
-    elif kind == "restore":
-        result = convert.restore_result(message.restore)
-    elif kind == "verify":
-        result = convert.verify_report(message.verify)
-    elif kind == "extract":
-        result = convert.extract_report(message.extract)
-    elif kind == "delete":
-        result = list(message.delete.children)
-    elif kind == "forget":
-        result = convert.forget_report(message.forget)
-    elif kind == "prune":
-        result = convert.prune_report(message.prune)
-    elif kind == "consolidate":
-        result = convert.point_info(message.consolidate)
-    return TaskInfo(
-        id=message.id,
-        kind=message.kind,
-        description=message.description,
-        state=_STATE_NAMES.get(message.state, "unknown"),
-        queue_position=message.queue_position,
-        progress=convert.progress(message.progress) if message.HasField("progress") else None,
-        error=message.error,
-        summary=message.summary,
-        created=convert.seconds_of(message.created),
-        started=convert.seconds_of(message.started) if message.HasField("started") else None,
-        finished=convert.seconds_of(message.finished) if message.HasField("finished") else None,
-        volume=convert.volume_ref(message.volume) if message.HasField("volume") else None,
-        point=message.point,
-        log=tuple(message.log),
-        result=result,
-    )
 
 
 Resp = TypeVar("Resp")
@@ -220,13 +140,10 @@ class ApiClient:
 
     def server_info(self) -> ServerInfo:
         m = self._call(self.stub.GetServerInfo, pb.GetServerInfoRequest())
-        c = m.capabilities
         return ServerInfo(
             version=m.version,
-            repository=convert.repository_info(m.repository),
-            capabilities=Capabilities(
-                c.browse, c.read_files, c.extract, c.delete, c.mount, c.protect
-            ),
+            repository=wire.repository_info(m.repository, server=self.address),
+            capabilities=wire.capabilities(m.capabilities),
             max_backups=m.limits.max_backups,
             max_backups_per_volume=m.limits.max_backups_per_volume,
             restricted_paths=m.limits.restricted_paths,
@@ -237,7 +154,7 @@ class ApiClient:
 
     def list_clusters(self) -> list[ClusterSummary]:
         m = self._call(self.stub.ListClusters, pb.ListClustersRequest())
-        return [convert.cluster_summary(c) for c in m.clusters]
+        return [wire.cluster_summary(c) for c in m.clusters]
 
     def check_clusters(
         self, names: Iterable[str] | None = None, *, timeout: float = 3.0
@@ -247,52 +164,37 @@ class ApiClient:
             return {}
         request = pb.CheckClustersRequest(names=wanted or [], timeout_seconds=timeout)
         m = self._call(self.stub.CheckClusters, request)
-        return {c.name: convert.reachability(c) for c in m.checks}
+        return {c.name: wire.reachability(c) for c in m.checks}
 
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
     ) -> list[ClusterVolume]:
         request = pb.ListClusterVolumesRequest(cluster=cluster, namespace=namespace or "")
         m = self._call(self.stub.ListClusterVolumes, request)
-        return [convert.cluster_volume(v) for v in m.volumes]
+        return [wire.cluster_volume(v) for v in m.volumes]
 
     def list_volumes(self) -> list[VolumeInfo]:
         m = self._call(self.stub.ListVolumes, pb.ListVolumesRequest())
-        return [convert.volume_info(v) for v in m.volumes]
-
-    def point_messages(
-        self, volume: str | VolumeRef | None = None, *, include_manifest: bool = False
-    ) -> list[pb.Point]:
-        """Points as sent, with what PointInfo has no room for (verify_state)."""
-        request = pb.ListPointsRequest(
-            volume=str(volume) if volume is not None else "", include_manifest=include_manifest
-        )
-        return list(self._call(self.stub.ListPoints, request).points)
+        return [wire.volume_info(v) for v in m.volumes]
 
     def list_points(
         self, volume: str | VolumeRef | None = None, *, include_manifest: bool = False
     ) -> list[PointInfo]:
-        return [
-            convert.point_info(p)
-            for p in self.point_messages(volume, include_manifest=include_manifest)
-        ]
+        request = pb.ListPointsRequest(
+            volume=str(volume) if volume is not None else "", include_manifest=include_manifest
+        )
+        return [wire.point_info(p) for p in self._call(self.stub.ListPoints, request).points]
 
     def get_point(self, ref: str) -> PointInfo:
-        return convert.point_info(self._call(self.stub.GetPoint, pb.GetPointRequest(point=ref)))
-
-    def chain_messages(self, ref: str, *, include_manifest: bool = False) -> list[pb.Point]:
-        request = pb.GetChainRequest(point=ref, include_manifest=include_manifest)
-        return list(self._call(self.stub.GetChain, request).points)
+        return wire.point_info(self._call(self.stub.GetPoint, pb.GetPointRequest(point=ref)))
 
     def chain(self, ref: str, *, include_manifest: bool = False) -> list[PointInfo]:
-        return [
-            convert.point_info(p)
-            for p in self.chain_messages(ref, include_manifest=include_manifest)
-        ]
+        request = pb.GetChainRequest(point=ref, include_manifest=include_manifest)
+        return [wire.point_info(p) for p in self._call(self.stub.GetChain, request).points]
 
     def set_protection(self, point: str, protected: bool, *, note: str = "") -> PointInfo:
         request = pb.SetProtectionRequest(point=point, protected=protected, note=note)
-        return convert.point_info(self._call(self.stub.SetProtection, request))
+        return wire.point_info(self._call(self.stub.SetProtection, request))
 
     # ------------------------------------------------------------------ tasks
 
@@ -309,7 +211,7 @@ class ApiClient:
         capacity: int | None = None,
         snapshot_handle: str | None = None,
         labels: dict[str, str] | None = None,
-    ) -> TaskInfo:
+    ) -> JobView:
         """Back up ``source``, a path on the server's machine."""
         request = pb.StartBackupRequest(
             source=source, volume=str(volume), parent=parent, labels=labels or {}
@@ -324,34 +226,34 @@ class ApiClient:
             request.capacity = capacity
         if snapshot_handle is not None:
             request.snapshot_handle = snapshot_handle
-        return task_info(self._call(self.stub.StartBackup, request))
+        return wire.job_view(self._call(self.stub.StartBackup, request))
 
-    def start_volume_backup(self, cluster: str, namespace: str, name: str) -> TaskInfo:
+    def start_volume_backup(self, cluster: str, namespace: str, name: str) -> JobView:
         request = pb.StartVolumeBackupRequest(cluster=cluster, namespace=namespace, name=name)
-        return task_info(self._call(self.stub.StartVolumeBackup, request))
+        return wire.job_view(self._call(self.stub.StartVolumeBackup, request))
 
-    def start_restore(self, point: str, target: str, *, overwrite: bool = False) -> TaskInfo:
+    def start_restore(self, point: str, target: str, *, overwrite: bool = False) -> JobView:
         """Restore to ``target``, a path on the server's machine."""
         request = pb.StartRestoreRequest(point=point, target=target, overwrite=overwrite)
-        return task_info(self._call(self.stub.StartRestore, request))
+        return wire.job_view(self._call(self.stub.StartRestore, request))
 
-    def start_verify(self, point: str | None = None, *, deep: bool = False) -> TaskInfo:
+    def start_verify(self, point: str | None = None, *, deep: bool = False) -> JobView:
         request = pb.StartVerifyRequest(point=point or "", deep=deep)
-        return task_info(self._call(self.stub.StartVerify, request))
+        return wire.job_view(self._call(self.stub.StartVerify, request))
 
-    def start_extract(self, point: str, paths: Sequence[str], target: str) -> TaskInfo:
+    def start_extract(self, point: str, paths: Sequence[str], target: str) -> JobView:
         """Extract into ``target``, a folder on the server's machine."""
         request = pb.StartExtractRequest(
-            point=point, paths=[convert.file_path_message(p) for p in paths], target=target
+            point=point, paths=[wire.file_path_message(p) for p in paths], target=target
         )
-        return task_info(self._call(self.stub.StartExtract, request))
+        return wire.job_view(self._call(self.stub.StartExtract, request))
 
-    def start_delete(self, point: str) -> TaskInfo:
-        return task_info(self._call(self.stub.StartDelete, pb.StartDeleteRequest(point=point)))
+    def start_delete(self, point: str) -> JobView:
+        return wire.job_view(self._call(self.stub.StartDelete, pb.StartDeleteRequest(point=point)))
 
     def start_forget(
         self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
-    ) -> TaskInfo:
+    ) -> JobView:
         within = ""
         if policy.within is not None:
             within = f"{int(policy.within.total_seconds() // 3600)}h"
@@ -366,76 +268,78 @@ class ApiClient:
             volume=volume or "",
             dry_run=dry_run,
         )
-        return task_info(self._call(self.stub.StartForget, request))
+        return wire.job_view(self._call(self.stub.StartForget, request))
 
-    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> TaskInfo:
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> JobView:
         request = pb.StartPruneRequest(dry_run=dry_run, repack_below=repack_below)
-        return task_info(self._call(self.stub.StartPrune, request))
+        return wire.job_view(self._call(self.stub.StartPrune, request))
 
-    def start_consolidate(self, point: str, until: str | None = None) -> TaskInfo:
+    def start_consolidate(self, point: str, until: str | None = None) -> JobView:
         request = pb.StartConsolidateRequest(point=point, until=until or "")
-        return task_info(self._call(self.stub.StartConsolidate, request))
+        return wire.job_view(self._call(self.stub.StartConsolidate, request))
 
     def list_locks(self) -> list[LockInfo]:
         response = self._call(self.stub.ListLocks, pb.ListLocksRequest())
-        return [convert.lock_info(m) for m in response.locks]
+        return [wire.lock_info(m) for m in response.locks]
 
     def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
         response = self._call(self.stub.Unlock, pb.UnlockRequest(all=all_locks))
-        return [convert.lock_info(m) for m in response.removed]
+        return [wire.lock_info(m) for m in response.removed]
 
     # ------------------------------------------------------------------ mounts
 
     def mount(self, point: str | None, mountpoint: str, *, cache_bytes: int = 0) -> MountInfo:
         """Mount on the server's machine; ``mountpoint`` is a folder there."""
         request = pb.MountRequest(point=point or "", mountpoint=mountpoint, cache_bytes=cache_bytes)
-        return convert.mount_info(self._call(self.stub.Mount, request))
+        return wire.mount_info(self._call(self.stub.Mount, request))
 
     def unmount(self, mountpoint: str) -> None:
         self._call(self.stub.Unmount, pb.UnmountRequest(mountpoint=mountpoint))
 
     def list_mounts(self) -> list[MountInfo]:
         response = self._call(self.stub.ListMounts, pb.ListMountsRequest())
-        return [convert.mount_info(m) for m in response.mounts]
+        return [wire.mount_info(m) for m in response.mounts]
 
-    def tasks(self) -> list[TaskInfo]:
-        return [task_info(t) for t in self._call(self.stub.ListTasks, pb.ListTasksRequest()).tasks]
+    def tasks(self) -> list[JobView]:
+        return [
+            wire.job_view(t) for t in self._call(self.stub.ListTasks, pb.ListTasksRequest()).tasks
+        ]
 
-    def task(self, task_id: str, *, include_log: bool = False) -> TaskInfo:
+    def task(self, task_id: str, *, include_log: bool = False) -> JobView:
         request = pb.GetTaskRequest(id=task_id, include_log=include_log)
-        return task_info(self._call(self.stub.GetTask, request))
+        return wire.job_view(self._call(self.stub.GetTask, request))
 
-    def cancel(self, task_id: str) -> TaskInfo:
-        return task_info(self._call(self.stub.CancelTask, pb.CancelTaskRequest(id=task_id)))
+    def cancel(self, task_id: str) -> JobView:
+        return wire.job_view(self._call(self.stub.CancelTask, pb.CancelTaskRequest(id=task_id)))
 
-    def watch(self, task_id: str, *, include_log: bool = False) -> Iterator[TaskInfo]:
+    def watch(self, task_id: str, *, include_log: bool = False) -> Iterator[JobView]:
         """The task now, then at every change, ending with its finished state."""
         request = pb.WatchTaskRequest(id=task_id, include_log=include_log)
         for message in self._stream(self.stub.WatchTask, request):
-            yield task_info(message)
+            yield wire.job_view(message)
 
-    def wait(
-        self, task_id: str, *, on_update: Callable[[TaskInfo], None] | None = None
-    ) -> TaskInfo:
+    def wait(self, task_id: str, *, on_update: Callable[[JobView], None] | None = None) -> JobView:
         """Watch a task to its end; returns its final state (whatever that is)."""
-        last: TaskInfo | None = None
+        last: JobView | None = None
         for info in self.watch(task_id):
             last = info
             if on_update is not None:
                 on_update(info)
-        if last is None or not last.done:
+        if last is None or not last.finished:
             raise LaminaError(f"the server stopped reporting task {task_id} before it ended")
         return last
 
-    def job(self, task: TaskInfo) -> RemoteJob:
+    def job(self, task: JobView) -> RemoteJob:
         """A service-layer Job that mirrors a remote task (progress, result, cancel)."""
         return RemoteJob.follow(self, task)
 
     # ------------------------------------------------------------------ files
 
-    def list_files(self, point: str, path: str = "/") -> list[Entry]:
-        request = pb.ListFilesRequest(point=point, path=convert.file_path_message(path))
-        return [convert.entry(e) for e in self._call(self.stub.ListFiles, request).entries]
+    def list_files(self, point: str, path: str = "/") -> list[FileEntry]:
+        request = pb.ListFilesRequest(point=point, path=wire.file_path_message(path))
+        folder = "/" + path.strip("/")
+        entries = self._call(self.stub.ListFiles, request).entries
+        return [wire.file_entry(e, folder) for e in entries]
 
     def read_file(self, point: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
         """Bytes of a file from ``offset`` (``length`` 0: to its end), held in memory."""
@@ -448,7 +352,7 @@ class ApiClient:
         self, point: str, path: str, *, offset: int = 0, length: int = 0
     ) -> Iterator[pb.Chunk]:
         request = pb.ReadFileRequest(
-            point=point, path=convert.file_path_message(path), offset=offset, length=length
+            point=point, path=wire.file_path_message(path), offset=offset, length=length
         )
         for message in self._stream(self.stub.ReadFile, request):
             if message.WhichOneof("item") == "chunk":
@@ -456,7 +360,7 @@ class ApiClient:
 
     def download(self, point: str, path: str, target_dir: str) -> ExtractReport:
         """Copy a file or folder of a point into ``target_dir`` on this machine, safely."""
-        request = pb.ReadTreeRequest(point=point, path=convert.file_path_message(path))
+        request = pb.ReadTreeRequest(point=point, path=wire.file_path_message(path))
         writer = TreeWriter(target_dir)
         try:
             for item in self._stream(self.stub.ReadTree, request):
@@ -471,18 +375,19 @@ class RemoteJob(Job):
     """A Job whose work runs on a server: it follows the task and mirrors its progress.
 
     ``cancel()`` asks the server to cancel the task. The result is what the service's own
-    job would return (PointInfo, a restore dict, VerifyReport, ExtractReport).
+    job would return (PointInfo, RestoreReport, VerifyReport, ExtractReport, ...).
     """
 
     client: ApiClient
-    task: TaskInfo
+    task: JobView
 
     @classmethod
-    def follow(cls, client: ApiClient, task: TaskInfo) -> RemoteJob:
+    def follow(cls, client: ApiClient, task: JobView) -> RemoteJob:
         job = cls(kind=task.kind, description=task.description, id=task.id)
         job.client = client
         job.task = task
         job.created = task.created
+        job.volume, job.point = task.volume, task.point or ""
         threading.Thread(
             target=job._run, args=(job._follow,), name=f"lamina-remote-{task.id}", daemon=True
         ).start()

@@ -8,18 +8,25 @@ this process fails with one clear line.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
+import grpc
+
+from lamina.protos import lamina_v1_pb2 as pb
+
 from ..engine.extents import Range
 from ..engine.lifecycle import Policy
-from ..engine.locks import LockInfo
 from ..errors import UsageError
-from ..fsread import Entry
 from ..service import (
+    Capabilities,
     ClusterSummary,
     ClusterVolume,
+    FileEntry,
     Job,
+    JobView,
+    LockInfo,
     MountInfo,
     PointInfo,
     Reachability,
@@ -27,8 +34,10 @@ from ..service import (
     Service,
     VolumeInfo,
     VolumeRef,
+    wire,
 )
-from .client import ApiClient, TaskInfo
+from ..service.service import volumes_with_backups
+from .client import ApiClient
 
 
 def _plain(
@@ -56,7 +65,7 @@ class RemoteService(Service):
     def close(self) -> None:
         self.client.close()
 
-    def _follow(self, task: TaskInfo) -> Job:
+    def _follow(self, task: JobView) -> Job:
         job = self.client.job(task)
         with self._jobs_lock:
             self._jobs[job.id] = job
@@ -66,6 +75,9 @@ class RemoteService(Service):
 
     def info(self) -> RepositoryInfo:
         return self.client.info()
+
+    def capabilities(self) -> Capabilities:
+        return self.client.server_info().capabilities
 
     def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
         return self.client.list_points(volume, include_manifest=True)
@@ -88,12 +100,18 @@ class RemoteService(Service):
         return self.client.check_clusters(names, timeout=timeout)
 
     def list_cluster_volumes(
-        self, cluster: str, namespace: str | None = None
+        self, cluster: str, namespace: str | None = None, *, with_backups: bool = False
     ) -> list[ClusterVolume]:
-        return self.client.list_cluster_volumes(cluster, namespace)
+        listed = self.client.list_cluster_volumes(cluster, namespace)
+        if not with_backups:
+            return listed
+        return volumes_with_backups(cluster, namespace, listed, self.client.list_points())
 
-    def list_files(self, point_ref: str, path: str = "/") -> list[Entry]:
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
         return self.client.list_files(point_ref, path)
+
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        return self.client.read_file(point_ref, path, offset=offset, length=length)
 
     def protect(self, point_ref: str, note: str = "") -> PointInfo:
         return self.client.set_protection(point_ref, True, note=note)
@@ -176,6 +194,42 @@ class RemoteService(Service):
 
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
         return self._follow(self.client.start_consolidate(point_ref, until))
+
+    # ------------------------------------------------------------------ the server's jobs
+
+    def job_views(self) -> list[JobView]:
+        return self.client.tasks()
+
+    def job_view(self, job_id: str) -> JobView:
+        return self.client.task(job_id, include_log=True)
+
+    def cancel_job(self, job_id: str) -> None:
+        self.client.cancel(job_id)
+
+    def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]:
+        """Follow the task on a thread of its own; the first call gives its state now."""
+        self.client.task(job_id)  # an unknown id fails here, in the caller's thread
+        call = self.client.stub.WatchTask(
+            pb.WatchTaskRequest(id=job_id, include_log=True), metadata=self.client.metadata
+        )
+        stopped = threading.Event()
+
+        def follow() -> None:
+            try:
+                for message in call:
+                    if stopped.is_set():
+                        return
+                    listener(wire.job_view(message))
+            except grpc.RpcError:
+                return  # unwatched, or the server went away: the watcher keeps the last state
+
+        threading.Thread(target=follow, name=f"lamina-watch-{job_id}", daemon=True).start()
+
+        def unwatch() -> None:
+            stopped.set()
+            call.cancel()
+
+        return unwatch
 
     def list_locks(self) -> list[LockInfo]:
         return self.client.list_locks()

@@ -36,7 +36,7 @@ from ..engine.safewrite import (
     write_sparse,
 )
 from ..errors import LaminaError, UsageError
-from .convert import entry_message
+from ..service.wire import entry_message
 from .errors import ApiError
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from ..display import printable, tree_rows
 from ..errors import UsageError
 from ..service import (
     PointInfo,
+    RestoreReport,
     VerifyReport,
     init_repository,
     ranges_from_json_file,
@@ -284,16 +285,15 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     job = open_service(args).start_restore(args.point, args.target, overwrite=args.overwrite)
-    result = run_job(job, quiet=args.quiet)
+    report: RestoreReport = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(result)
+        print_json(report.as_json())
         return 0
-    rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
     print(
-        f"restored point {printable(result['point'])} to {printable(result['target'])}: "
-        f"{format_size(result['capacity'])} volume, "
-        f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
-        f"({format_rate(rate)}); every piece and the image digest checked"
+        f"restored point {printable(report.point)} to {printable(report.target)}: "
+        f"{format_size(report.capacity)} volume, "
+        f"{format_size(report.bytes_written)} of data in {elapsed(report.duration_seconds)} "
+        f"({format_rate(report.rate)}); every piece and the image digest checked"
     )
     return 0
 

@@ -112,6 +112,37 @@ class VerifyReport:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore wrote: every piece checked against its id, then the image digest."""
+
+    point: str
+    target: str
+    capacity: int
+    bytes_written: int
+    pieces: int
+    image_digest: str
+    requests: int
+    duration_seconds: float
+    digest_checked: bool = True  # a restore fails rather than end with a digest unchecked
+
+    @property
+    def rate(self) -> float:
+        return self.bytes_written / self.duration_seconds if self.duration_seconds else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "point": self.point,
+            "target": self.target,
+            "capacity": self.capacity,
+            "bytes_written": self.bytes_written,
+            "pieces": self.pieces,
+            "image_digest": self.image_digest,
+            "requests": self.requests,
+            "duration_seconds": self.duration_seconds,
+        }
+
+
 CancelCheck = Callable[[], bool]
 
 
@@ -726,7 +757,7 @@ def restore(
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> RestoreReport:
     """Restore ``point`` to an image file or a block device, checking every piece and the digest.
 
     The target is opened through backend/safewrite.py (``within``: the only folders it may be
@@ -796,15 +827,16 @@ def restore(
         if direct is not None:
             direct.close()
         image.discard()  # after a commit: nothing left to remove
-    result = {
-        "point": point.id,
-        "target": target,
-        "capacity": point.capacity,
-        "bytes_written": total,
-        "image_digest": digest,
-        "requests": repo.counter.requests - requests_before,
-        "duration_seconds": round(time.monotonic() - started, 3),
-    }
+    result = RestoreReport(
+        point=point.id,
+        target=target,
+        capacity=point.capacity,
+        bytes_written=total,
+        pieces=len(users),
+        image_digest=digest,
+        requests=repo.counter.requests - requests_before,
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
     tracker.finish(f"restored {point.id}")
     return result
 

@@ -24,40 +24,11 @@ from pathlib import Path
 
 from ..engine.extents import Range
 from ..errors import LaminaError, UsageError
+from .models import ClusterVolume
 
 LOCAL = "local"
 MADE_BY_BACKUP = "backup"  # snapshots a backup takes, and may delete once no point needs them
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-
-
-@dataclass(frozen=True)
-class ClusterSummary:
-    name: str
-    kind: str  # "local" or "kubernetes"
-    current: bool
-    server: str | None
-    namespace: str | None = None
-
-
-@dataclass(frozen=True)
-class Reachability:
-    ok: bool
-    detail: str  # a version when ok, else what went wrong, in plain words
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ClusterVolume:
-    cluster: str
-    namespace: str
-    name: str
-    mode: str  # "Block" or "Filesystem"
-    capacity: int
-    storage_class: str
-    driver: str
-    cbt: bool  # the driver offers changed-block tracking
-    source: str | None = None  # the image or device of a local volume
-    phase: str = "Bound"
 
 
 def local_volumes(root: str | Path, namespace: str | None = None) -> list[ClusterVolume]:

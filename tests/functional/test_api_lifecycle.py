@@ -29,7 +29,7 @@ from lamina.backend.errors import LaminaError
 from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
-from lamina.tui.grpc_client import GrpcClient
+from lamina.tui.client import mount_point, mounted_points, unmount_point
 from tests.support.api_server import AUTH, TOKEN, MiB, running_server, stub_for
 from tests.support.volumes import make_volume, scribble, sha256_file
 
@@ -332,10 +332,10 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
     mountpoint.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    client = GrpcClient(ApiClient(lab.server.address, token=TOKEN))
+    client = RemoteService(ApiClient(lab.server.address, token=TOKEN))
     try:
         assert client.capabilities().mount
-        assert client.mounts() == {}
+        assert mounted_points(client) == {}
 
         # --allow-path covers mountpoints, symlinks resolved; relative paths are refused
         sneaky = lab.allowed / "sneaky"
@@ -354,7 +354,7 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert not _is_mounted(outside) and not _is_mounted(mountpoint)
 
-        assert client.mount(point.id[:10], str(mountpoint)) == str(mountpoint)
+        assert mount_point(client, point.id[:10], str(mountpoint)) == str(mountpoint)
         assert _is_mounted(mountpoint)
         # the volume holds no filesystem, so there is no files/ tree to browse
         assert sorted(os.listdir(mountpoint)) == ["disk.img", "files.unavailable", "manifest.json"]
@@ -363,13 +363,13 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
         assert len(listed) == 1
         assert listed[0].mountpoint == str(mountpoint) and listed[0].point == point.id
         assert listed[0].pid > 0 and os.path.exists(f"/proc/{listed[0].pid}")
-        assert client.mounts() == {point.id: str(mountpoint)}
+        assert mounted_points(client) == {point.id: str(mountpoint)}
 
-        client.unmount(point.id)
+        unmount_point(client, point.id)
         assert not _is_mounted(mountpoint)
-        assert client.mounts() == {}
+        assert mounted_points(client) == {}
         with pytest.raises(LaminaError, match=f"point {point.id} is not mounted"):
-            client.unmount(point.id)
+            unmount_point(client, point.id)
     finally:
         client.close()
         for where in (mountpoint, outside):  # outside too, should a refusal ever fail
