@@ -44,9 +44,7 @@ from ..service import (
     parse_volume,
     wire,
 )
-from ..units import plural
-from .auth import BearerTokenInterceptor, is_loopback, split_address
-from .errors import (
+from ..service.rpc_errors import (
     ERROR_CLASS_KEY,
     PathNotAllowed,
     SourceNotFound,
@@ -55,6 +53,8 @@ from .errors import (
     one_line,
     status_of,
 )
+from ..units import plural
+from .auth import BearerTokenInterceptor, is_loopback, split_address
 from .tasks import TaskManager
 from .tree import checked_path, file_chunks, tree_items
 

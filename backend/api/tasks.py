@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from ..service import Job, JobState, JobView, shown, summary, view_of
-from .errors import ShuttingDown, TaskNotFound
+from ..service.rpc_errors import ShuttingDown, TaskNotFound
 
 log = logging.getLogger("lamina.api.tasks")
 

@@ -81,8 +81,7 @@ def _remote(args: argparse.Namespace) -> int:
         )
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("lamina tui needs a terminal")
-    from lamina.backend.api.client import ApiClient
-    from lamina.backend.api.remote import RemoteService
+    from lamina.backend.service.remote import ApiClient, RemoteService
     from lamina.tui.app import make_app
 
     service = RemoteService(

@@ -1,7 +1,7 @@
 """The service contract: what every front end may ask of lamina, in process or over the API.
 
 ``Service`` (service.py, the repository in this process) and ``RemoteService``
-(backend/api/remote.py, a lamina server over gRPC) both satisfy ``LaminaService``; the TUI
+(remote.py, a lamina server over gRPC) both satisfy ``LaminaService``; the TUI
 takes either, the CLI's ``--server`` option swaps one for the other. mypy checks both
 against it (tests/unit/test_service_contract.py). Everything comes back as the
 models of models.py; long operations come back as ``Job``s, shown as ``JobView``s.

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lamina.backend.api.client import ApiClient
 from lamina.backend.api.server import ApiServer, ServerOptions
 from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient
 from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
 from tests.support.ext4_trees import describe_tree, make_source_tree, mkfs_ext4
 from tests.support.volumes import make_volume, sha256_file

@@ -19,14 +19,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.api.server import ApiServer
 from lamina.backend.engine.lifecycle import Policy
 from lamina.backend.engine.locks import SHARED, acquire
 from lamina.backend.engine.prune import PruneReport
 from lamina.backend.errors import LaminaError
 from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from lamina.tui.client import mount_point, mounted_points, unmount_point

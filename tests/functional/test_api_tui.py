@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.errors import LaminaError
 from lamina.backend.service import JobView, LaminaService, Service, init_repository
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.tui.client import mount_point, mounted_points
 from tests.support.api_server import TOKEN, MiB, running_server
 from tests.support.ext4_trees import make_source_tree, mkfs_ext4

@@ -21,9 +21,8 @@ import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.client import start_restore
 from lamina.tui.screens.dialogs import RestoreScreen

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.cli.common import _bar
 from lamina.backend.engine import locks
 from lamina.backend.progress import Progress
 from lamina.backend.service import Job, JobState, JobView, LaminaService, Service
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.tui.widgets.jobs import job_line, rate_text
 from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
 

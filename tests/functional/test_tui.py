@@ -77,8 +77,7 @@ class World:
     def app(self) -> LaminaApp:
         if self.server_address is None:
             return make_app(self.service)
-        from lamina.backend.api.client import ApiClient
-        from lamina.backend.api.remote import RemoteService
+        from lamina.backend.service.remote import ApiClient, RemoteService
         from tests.support.api_server import TOKEN
 
         return make_app(RemoteService(ApiClient(self.server_address, token=TOKEN)))

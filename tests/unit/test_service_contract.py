@@ -10,8 +10,8 @@ import inspect
 
 import pytest
 
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.service import LaminaService, Service
+from lamina.backend.service.remote import RemoteService
 
 
 def _in_process(service: Service) -> LaminaService:

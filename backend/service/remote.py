@@ -1,13 +1,19 @@
-"""A typed client of the lamina.v1 API: the service layer's dataclasses, over the wire.
+"""The service contract over the lamina.v1 API: ``RemoteService``, and ``ApiClient`` under it.
+
+``RemoteService`` keeps the service contract (contract.py) through a lamina server: it
+answers the queries and starts the jobs through the API, so a command or a screen written
+against ``Service`` runs unchanged against a server (the CLI's ``--server``, ``lamina tui
+--server``). Its jobs are ``RemoteJob``s that follow the server's tasks. Anything that
+needs the repository itself in this process fails with one clear line.
+
+``ApiClient`` is the typed client one level down, one method per RPC:
 
     with ApiClient("127.0.0.1:7443", token=token) as client:
         task = client.start_backup("/dev/vg/db", "prod/db")
         final = client.wait(task.id, on_update=lambda t: print(t.state))
 
-Tasks come back as the service's ``JobView``s, points as ``PointInfo``s: the models of
-backend/service/models.py, converted by backend/service/wire.py.
-
-Calls raise LaminaError subclasses with one line (ApiError carries the status code).
+Everything comes back as the models of models.py (tasks as ``JobView``s), converted by
+wire.py. Calls raise LaminaError subclasses with one line (ApiError carries the status code).
 """
 
 from __future__ import annotations
@@ -16,24 +22,26 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
+from ..display import printable
 from ..engine.extents import Range
 from ..engine.lifecycle import Policy
 from ..errors import Cancelled, LaminaError, UsageError
 from ..progress import Progress
-from ..service import (
+from . import wire
+from .jobs import Job
+from .models import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
     ExtractReport,
     FileEntry,
-    Job,
     JobView,
     LockInfo,
     MountInfo,
@@ -42,11 +50,27 @@ from ..service import (
     RepositoryInfo,
     VolumeInfo,
     VolumeRef,
-    wire,
 )
-from .auth import read_token_file
-from .errors import error_from_rpc
-from .tree import TreeWriter
+from .rpc_errors import error_from_rpc
+from .service import Service, volumes_with_backups
+from .tree_writer import TreeWriter
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``: one line, surrounding whitespace dropped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot read token file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"token file {path} is not UTF-8 text") from None
+    token = text.strip()
+    if not token:
+        raise UsageError(f"token file {path} is empty")
+    if any(c.isspace() for c in token) or printable(token) != token:  # visible, one word
+        raise UsageError(f"token file {path} must hold one token without spaces")
+    return token
+
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -415,3 +439,217 @@ class RemoteJob(Job):
         if final.state == "failed":
             raise LaminaError(final.error or "failed")
         raise LaminaError(f"the server stopped reporting task {self.id} before it ended")
+
+
+# ---------------------------------------------------------------------------- the service contract
+
+
+def _plain(
+    ranges: Iterable[Range] | Callable[[], Iterable[Range]] | None, what: str
+) -> list[Range] | None:
+    if ranges is None:
+        return None
+    if callable(ranges):  # a live range source (CBT) of this machine means nothing there
+        raise UsageError(f"{what} from a range source of this machine cannot go to a server")
+    return list(ranges)
+
+
+class RemoteService(Service):
+    def __init__(self, client: ApiClient) -> None:
+        super().__init__(f"lamina server {client.address}")
+        self.client = client
+
+    @property
+    def repo(self) -> NoReturn:
+        raise UsageError(
+            f"this operation needs the repository itself; it cannot run through the server "
+            f"at {self.client.address}"
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _follow(self, task: JobView) -> Job:
+        job = self.client.job(task)
+        with self._jobs_lock:
+            self._jobs[job.id] = job
+        return job
+
+    # ------------------------------------------------------------------ queries
+
+    def info(self) -> RepositoryInfo:
+        return self.client.info()
+
+    def capabilities(self) -> Capabilities:
+        return self.client.server_info().capabilities
+
+    def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
+        return self.client.list_points(volume, include_manifest=True)
+
+    def get_point(self, ref: str) -> PointInfo:
+        return self.client.get_point(ref)
+
+    def chain(self, ref: str) -> list[PointInfo]:
+        return self.client.chain(ref, include_manifest=True)
+
+    def list_volumes(self) -> list[VolumeInfo]:
+        return self.client.list_volumes()
+
+    def list_clusters(self) -> list[ClusterSummary]:
+        return self.client.list_clusters()
+
+    def check_clusters(
+        self, names: Iterable[str] | None = None, *, timeout: float = 3.0
+    ) -> dict[str, Reachability]:
+        return self.client.check_clusters(names, timeout=timeout)
+
+    def list_cluster_volumes(
+        self, cluster: str, namespace: str | None = None, *, with_backups: bool = False
+    ) -> list[ClusterVolume]:
+        listed = self.client.list_cluster_volumes(cluster, namespace)
+        if not with_backups:
+            return listed
+        return volumes_with_backups(cluster, namespace, listed, self.client.list_points())
+
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
+        return self.client.list_files(point_ref, path)
+
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        return self.client.read_file(point_ref, path, offset=offset, length=length)
+
+    def protect(self, point_ref: str, note: str = "") -> PointInfo:
+        return self.client.set_protection(point_ref, True, note=note)
+
+    def unprotect(self, point_ref: str) -> PointInfo:
+        return self.client.set_protection(point_ref, False)
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_backup(
+        self,
+        source: str,
+        volume: str | VolumeRef,
+        *,
+        parent: str = "auto",
+        changed_ranges: Iterable[Range] | Callable[[], Iterable[Range]] | None = None,
+        changed_ranges_origin: str = "",
+        allocated_ranges: Callable[[], Iterable[Range]] | None = None,
+        allocated_ranges_origin: str = "",
+        capacity: int | None = None,
+        snapshot_handle: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Job:
+        task = self.client.start_backup(
+            source,
+            volume,
+            parent=parent,
+            changed_ranges=_plain(changed_ranges, "changed ranges"),
+            changed_ranges_origin=changed_ranges_origin,
+            allocated_ranges=_plain(allocated_ranges, "allocated ranges"),
+            allocated_ranges_origin=allocated_ranges_origin,
+            capacity=capacity,
+            snapshot_handle=snapshot_handle,
+            labels=labels,
+        )
+        return self._follow(task)
+
+    def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
+        return self._follow(self.client.start_volume_backup(cluster, namespace, name))
+
+    def check_restore_target(
+        self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+    ) -> bool:
+        """The target is the server's: it checks it when StartRestore arrives."""
+        return False
+
+    def start_restore(
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),  # the server's own --allow-path applies instead
+    ) -> Job:
+        return self._follow(self.client.start_restore(point_ref, target, overwrite=overwrite))
+
+    def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
+        return self._follow(self.client.start_verify(point_ref, deep=deep))
+
+    def start_extract(
+        self,
+        point_ref: str,
+        paths: Sequence[str],
+        to_dir: str,
+        *,
+        within: Sequence[str] = (),  # the server's own --allow-path applies instead
+    ) -> Job:
+        return self._follow(self.client.start_extract(point_ref, paths, to_dir))
+
+    def start_delete(self, point_ref: str) -> Job:
+        return self._follow(self.client.start_delete(point_ref))
+
+    def start_forget(
+        self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
+    ) -> Job:
+        return self._follow(self.client.start_forget(policy, volume=volume, dry_run=dry_run))
+
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job:
+        return self._follow(self.client.start_prune(dry_run=dry_run, repack_below=repack_below))
+
+    def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        return self._follow(self.client.start_consolidate(point_ref, until))
+
+    # ------------------------------------------------------------------ the server's jobs
+
+    def job_views(self) -> list[JobView]:
+        return self.client.tasks()
+
+    def job_view(self, job_id: str) -> JobView:
+        return self.client.task(job_id, include_log=True)
+
+    def cancel_job(self, job_id: str) -> None:
+        self.client.cancel(job_id)
+
+    def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]:
+        """Follow the task on a thread of its own; the first call gives its state now."""
+        self.client.task(job_id)  # an unknown id fails here, in the caller's thread
+        call = self.client.stub.WatchTask(
+            pb.WatchTaskRequest(id=job_id, include_log=True), metadata=self.client.metadata
+        )
+        stopped = threading.Event()
+
+        def follow() -> None:
+            try:
+                for message in call:
+                    if stopped.is_set():
+                        return
+                    listener(wire.job_view(message))
+            except grpc.RpcError:
+                return  # unwatched, or the server went away: the watcher keeps the last state
+
+        threading.Thread(target=follow, name=f"lamina-watch-{job_id}", daemon=True).start()
+
+        def unwatch() -> None:
+            stopped.set()
+            call.cancel()
+
+        return unwatch
+
+    def list_locks(self) -> list[LockInfo]:
+        return self.client.list_locks()
+
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
+        return self.client.unlock(all_locks=all_locks)
+
+    # ------------------------------------------------------------------ mounts (the server's)
+
+    def mount(
+        self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
+    ) -> MountInfo:
+        return self.client.mount(point_ref, mountpoint, cache_bytes=cache_bytes)
+
+    def unmount(self, mountpoint: str) -> None:
+        self.client.unmount(mountpoint)
+
+    def list_mounts(self) -> list[MountInfo]:
+        return self.client.list_mounts()
