@@ -30,24 +30,24 @@ def _where(service: LaminaService) -> str:
     return " (on the server)" if service.info().server else ""
 
 
-def start_restore(service: LaminaService, point_id: str, target: str, overwrite: bool) -> str:
+def start_restore(service: LaminaService, point_ref: str, target: str, overwrite: bool) -> str:
     if not target.strip():
         raise UsageError(f"give a file or device{_where(service)} to restore to")
-    return service.start_restore(point_id, target, overwrite=overwrite).id
+    return service.start_restore(point_ref, target, overwrite=overwrite).id
 
 
-def start_extract(service: LaminaService, point_id: str, paths: Sequence[str], to_dir: str) -> str:
+def start_extract(service: LaminaService, point_ref: str, paths: Sequence[str], to_dir: str) -> str:
     if not paths:
         raise UsageError("mark files or folders to extract first")
     if not to_dir.strip():
         raise UsageError(f"give a folder{_where(service)} to extract to")
-    return service.start_extract(point_id, list(paths), to_dir).id
+    return service.start_extract(point_ref, list(paths), to_dir).id
 
 
-def mount_point(service: LaminaService, point_id: str, mountpoint: str) -> str:
+def mount_point(service: LaminaService, point_ref: str, mountpoint: str) -> str:
     if not mountpoint.strip():
         raise UsageError(f"give a folder{_where(service)} to mount on")
-    return service.mount(point_id, mountpoint).mountpoint
+    return service.mount(point_ref, mountpoint).mountpoint
 
 
 def mounted_points(service: LaminaService) -> dict[str, str]:
@@ -56,8 +56,8 @@ def mounted_points(service: LaminaService) -> dict[str, str]:
     return {m.point: m.mountpoint for m in service.list_mounts() if m.point is not None}
 
 
-def unmount_point(service: LaminaService, point_id: str) -> None:
-    where = mounted_points(service).get(point_id)
+def unmount_point(service: LaminaService, point_ref: str) -> None:
+    where = mounted_points(service).get(point_ref)
     if where is None:
-        raise UsageError(f"point {point_id} is not mounted")
+        raise UsageError(f"point {point_ref} is not mounted")
     service.unmount(where)

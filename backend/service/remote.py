@@ -209,15 +209,15 @@ class ApiClient:
         )
         return [wire.point_info(p) for p in self._call(self.stub.ListPoints, request).points]
 
-    def get_point(self, ref: str) -> PointInfo:
-        return wire.point_info(self._call(self.stub.GetPoint, pb.GetPointRequest(point=ref)))
+    def get_point(self, point_ref: str) -> PointInfo:
+        return wire.point_info(self._call(self.stub.GetPoint, pb.GetPointRequest(point=point_ref)))
 
-    def chain(self, ref: str, *, include_manifest: bool = False) -> list[PointInfo]:
-        request = pb.GetChainRequest(point=ref, include_manifest=include_manifest)
+    def chain(self, point_ref: str, *, include_manifest: bool = False) -> list[PointInfo]:
+        request = pb.GetChainRequest(point=point_ref, include_manifest=include_manifest)
         return [wire.point_info(p) for p in self._call(self.stub.GetChain, request).points]
 
-    def set_protection(self, point: str, protected: bool, *, note: str = "") -> PointInfo:
-        request = pb.SetProtectionRequest(point=point, protected=protected, note=note)
+    def set_protection(self, point_ref: str, protected: bool, *, note: str = "") -> PointInfo:
+        request = pb.SetProtectionRequest(point=point_ref, protected=protected, note=note)
         return wire.point_info(self._call(self.stub.SetProtection, request))
 
     # ------------------------------------------------------------------ tasks
@@ -256,24 +256,26 @@ class ApiClient:
         request = pb.StartVolumeBackupRequest(cluster=cluster, namespace=namespace, name=name)
         return wire.job_view(self._call(self.stub.StartVolumeBackup, request))
 
-    def start_restore(self, point: str, target: str, *, overwrite: bool = False) -> JobView:
+    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> JobView:
         """Restore to ``target``, a path on the server's machine."""
-        request = pb.StartRestoreRequest(point=point, target=target, overwrite=overwrite)
+        request = pb.StartRestoreRequest(point=point_ref, target=target, overwrite=overwrite)
         return wire.job_view(self._call(self.stub.StartRestore, request))
 
-    def start_verify(self, point: str | None = None, *, deep: bool = False) -> JobView:
-        request = pb.StartVerifyRequest(point=point or "", deep=deep)
+    def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> JobView:
+        request = pb.StartVerifyRequest(point=point_ref or "", deep=deep)
         return wire.job_view(self._call(self.stub.StartVerify, request))
 
-    def start_extract(self, point: str, paths: Sequence[str], target: str) -> JobView:
+    def start_extract(self, point_ref: str, paths: Sequence[str], target: str) -> JobView:
         """Extract into ``target``, a folder on the server's machine."""
         request = pb.StartExtractRequest(
-            point=point, paths=[wire.file_path_message(p) for p in paths], target=target
+            point=point_ref, paths=[wire.file_path_message(p) for p in paths], target=target
         )
         return wire.job_view(self._call(self.stub.StartExtract, request))
 
-    def start_delete(self, point: str) -> JobView:
-        return wire.job_view(self._call(self.stub.StartDelete, pb.StartDeleteRequest(point=point)))
+    def start_delete(self, point_ref: str) -> JobView:
+        return wire.job_view(
+            self._call(self.stub.StartDelete, pb.StartDeleteRequest(point=point_ref))
+        )
 
     def start_forget(
         self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
@@ -298,8 +300,8 @@ class ApiClient:
         request = pb.StartPruneRequest(dry_run=dry_run, repack_below=repack_below)
         return wire.job_view(self._call(self.stub.StartPrune, request))
 
-    def start_consolidate(self, point: str, until: str | None = None) -> JobView:
-        request = pb.StartConsolidateRequest(point=point, until=until or "")
+    def start_consolidate(self, point_ref: str, until: str | None = None) -> JobView:
+        request = pb.StartConsolidateRequest(point=point_ref, until=until or "")
         return wire.job_view(self._call(self.stub.StartConsolidate, request))
 
     def list_locks(self) -> list[LockInfo]:
@@ -312,9 +314,11 @@ class ApiClient:
 
     # ------------------------------------------------------------------ mounts
 
-    def mount(self, point: str | None, mountpoint: str, *, cache_bytes: int = 0) -> MountInfo:
+    def mount(self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 0) -> MountInfo:
         """Mount on the server's machine; ``mountpoint`` is a folder there."""
-        request = pb.MountRequest(point=point or "", mountpoint=mountpoint, cache_bytes=cache_bytes)
+        request = pb.MountRequest(
+            point=point_ref or "", mountpoint=mountpoint, cache_bytes=cache_bytes
+        )
         return wire.mount_info(self._call(self.stub.Mount, request))
 
     def unmount(self, mountpoint: str) -> None:
@@ -359,32 +363,32 @@ class ApiClient:
 
     # ------------------------------------------------------------------ files
 
-    def list_files(self, point: str, path: str = "/") -> list[FileEntry]:
-        request = pb.ListFilesRequest(point=point, path=wire.file_path_message(path))
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
+        request = pb.ListFilesRequest(point=point_ref, path=wire.file_path_message(path))
         folder = "/" + path.strip("/")
         entries = self._call(self.stub.ListFiles, request).entries
         return [wire.file_entry(e, folder) for e in entries]
 
-    def read_file(self, point: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
         """Bytes of a file from ``offset`` (``length`` 0: to its end), held in memory."""
         out = bytearray()
-        for chunk in self.file_chunks(point, path, offset=offset, length=length):
+        for chunk in self.file_chunks(point_ref, path, offset=offset, length=length):
             out += chunk.data if chunk.data else bytes(chunk.zero_length)
         return bytes(out)
 
     def file_chunks(
-        self, point: str, path: str, *, offset: int = 0, length: int = 0
+        self, point_ref: str, path: str, *, offset: int = 0, length: int = 0
     ) -> Iterator[pb.Chunk]:
         request = pb.ReadFileRequest(
-            point=point, path=wire.file_path_message(path), offset=offset, length=length
+            point=point_ref, path=wire.file_path_message(path), offset=offset, length=length
         )
         for message in self._stream(self.stub.ReadFile, request):
             if message.WhichOneof("item") == "chunk":
                 yield message.chunk
 
-    def download(self, point: str, path: str, target_dir: str) -> ExtractReport:
+    def download(self, point_ref: str, path: str, target_dir: str) -> ExtractReport:
         """Copy a file or folder of a point into ``target_dir`` on this machine, safely."""
-        request = pb.ReadTreeRequest(point=point, path=wire.file_path_message(path))
+        request = pb.ReadTreeRequest(point=point_ref, path=wire.file_path_message(path))
         writer = TreeWriter(target_dir)
         try:
             for item in self._stream(self.stub.ReadTree, request):
@@ -486,11 +490,11 @@ class RemoteService(Service):
     def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
         return self.client.list_points(volume, include_manifest=True)
 
-    def get_point(self, ref: str) -> PointInfo:
-        return self.client.get_point(ref)
+    def get_point(self, point_ref: str) -> PointInfo:
+        return self.client.get_point(point_ref)
 
-    def chain(self, ref: str) -> list[PointInfo]:
-        return self.client.chain(ref, include_manifest=True)
+    def chain(self, point_ref: str) -> list[PointInfo]:
+        return self.client.chain(point_ref, include_manifest=True)
 
     def list_volumes(self) -> list[VolumeInfo]:
         return self.client.list_volumes()

@@ -334,17 +334,17 @@ class Service:
             points = [p for p in points if p.volume == ref]
         return points
 
-    def find_point(self, ref: str) -> Point:
+    def find_point(self, point_ref: str) -> Point:
         """A point by id or unique prefix; anything but hex digits is refused first."""
-        return self.repo.find_point(checked_point_ref(ref))
+        return self.repo.find_point(checked_point_ref(point_ref))
 
-    def get_point(self, ref: str) -> PointInfo:
-        return self._info(self.find_point(ref))
+    def get_point(self, point_ref: str) -> PointInfo:
+        return self._info(self.find_point(point_ref))
 
-    def chain(self, ref: str) -> list[PointInfo]:
+    def chain(self, point_ref: str) -> list[PointInfo]:
         """The point and its ancestors, newest first."""
         protected = lifecycle.protected_ids(self.repo)
-        return [self._info(p, protected) for p in self.repo.chain(self.find_point(ref))]
+        return [self._info(p, protected) for p in self.repo.chain(self.find_point(point_ref))]
 
     def list_volumes(self) -> list[VolumeInfo]:
         by_volume: dict[VolumeRef, list[PointInfo]] = {}
