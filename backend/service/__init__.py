@@ -3,8 +3,13 @@
 Front ends import this package and nothing deeper of the backend (ARCHITECTURE.md).
 """
 
+from ..engine.image import ImageReader, ImageReadError
+from ..engine.safewrite import PATH_MAX, PathNotAllowed, TargetError, TargetExists
+from ..errors import LaminaError
+from ..limits import parse_keep_within, shown
+from ..progress import Progress
 from .contract import LaminaService
-from .jobs import summary, view_of
+from .jobs import BackupCaps, Job, JobState, summary, view_of
 from .models import (
     Capabilities,
     ClusterSummary,
@@ -27,32 +32,16 @@ from .models import (
     VolumeInfo,
     VolumeRef,
 )
+from .mounts import FS_TYPE, MountEntry, mount_path, mount_table
 from .service import (
-    FS_TYPE,
-    PATH_MAX,
-    BackupCaps,
-    ImageReader,
-    ImageReadError,
-    Job,
-    JobState,
-    LaminaError,
-    MountEntry,
-    PathNotAllowed,
-    Progress,
     Service,
-    TargetError,
-    TargetExists,
     check_backup_options,
     check_cluster_volume,
     init_repository,
     list_local_snapshots,
-    mount_path,
-    mount_table,
-    parse_keep_within,
     parse_volume,
     ranges_from_json_file,
     read_password_file,
-    shown,
 )
 
 __all__ = [

@@ -32,6 +32,7 @@ from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from ..display import printable
 from ..engine.extents import Range
 from ..engine.lifecycle import Policy
+from ..engine.pipelines import BackupRequest
 from ..errors import Cancelled, LaminaError, UsageError
 from ..progress import Progress
 from . import wire
@@ -52,7 +53,7 @@ from .models import (
     VolumeRef,
 )
 from .rpc_errors import error_from_rpc
-from .service import Service, volumes_with_backups
+from .service import FixedRanges, Service, volumes_with_backups
 from .tree_writer import TreeWriter
 
 
@@ -448,12 +449,10 @@ class RemoteJob(Job):
 # ---------------------------------------------------------------------------- the service contract
 
 
-def _plain(
-    ranges: Iterable[Range] | Callable[[], Iterable[Range]] | None, what: str
-) -> list[Range] | None:
+def _plain(ranges: Callable[[], Iterable[Range]] | None, what: str) -> list[Range] | None:
     if ranges is None:
         return None
-    if callable(ranges):  # a live range source (CBT) of this machine means nothing there
+    if not isinstance(ranges, FixedRanges):  # a live source (CBT) of this machine: not there
         raise UsageError(f"{what} from a range source of this machine cannot go to a server")
     return list(ranges)
 
@@ -529,31 +528,19 @@ class RemoteService(Service):
 
     # ------------------------------------------------------------------ jobs
 
-    def start_backup(
-        self,
-        source: str,
-        volume: str | VolumeRef,
-        *,
-        parent: str = "auto",
-        changed_ranges: Iterable[Range] | Callable[[], Iterable[Range]] | None = None,
-        changed_ranges_origin: str = "",
-        allocated_ranges: Callable[[], Iterable[Range]] | None = None,
-        allocated_ranges_origin: str = "",
-        capacity: int | None = None,
-        snapshot_handle: str | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> Job:
+    def _start_backup(self, request: BackupRequest) -> Job:
+        """A backup checked here, as in process, then run by the server."""
         task = self.client.start_backup(
-            source,
-            volume,
-            parent=parent,
-            changed_ranges=_plain(changed_ranges, "changed ranges"),
-            changed_ranges_origin=changed_ranges_origin,
-            allocated_ranges=_plain(allocated_ranges, "allocated ranges"),
-            allocated_ranges_origin=allocated_ranges_origin,
-            capacity=capacity,
-            snapshot_handle=snapshot_handle,
-            labels=labels,
+            request.source,
+            request.volume,
+            parent=request.parent,
+            changed_ranges=_plain(request.changed_ranges, "changed ranges"),
+            changed_ranges_origin=request.changed_ranges_origin,
+            allocated_ranges=_plain(request.allocated_ranges, "allocated ranges"),
+            allocated_ranges_origin=request.allocated_ranges_origin,
+            capacity=request.capacity,
+            snapshot_handle=request.snapshot_handle,
+            labels=request.labels,
         )
         return self._follow(task)
 

@@ -23,16 +23,13 @@ from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
 from ..engine.extents import Range
 from ..engine.fingerprints import DEFAULT_FINGERPRINT_BLOCK
-from ..engine.image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from ..engine.image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader
 from ..engine.locks import LockInfo
 from ..engine.pipelines import BackupRequest, VerifyReport, VolumeRef
 from ..engine.prune import PruneReport, prune
 from ..engine.repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from ..engine.safewrite import (
-    PATH_MAX,
-    PathNotAllowed,
     TargetError,
-    TargetExists,
     check_folder_target,
     check_image_target,
 )
@@ -47,7 +44,6 @@ from ..limits import (
     checked_snapshot_handle,
     checked_volume_parts,
     checked_volume_text,
-    parse_keep_within,
     shown,
 )
 from ..local.cluster import LocalCluster
@@ -60,7 +56,7 @@ from .clusters import (
     local_volumes,
     plan_local_backup,
 )
-from .jobs import BackupCaps, Job, JobRunner, JobState, VerifyStates, view_of
+from .jobs import BackupCaps, Job, JobRunner, VerifyStates, view_of
 from .models import (
     Capabilities,
     ClusterSummary,
@@ -78,12 +74,9 @@ from .models import (
     VolumeInfo,
 )
 from .mounts import (
-    FS_TYPE,
-    MountEntry,
     MountRecord,
     live_records,
     mount_path,
-    mount_table,
     remove_record,
     repo_key,
     write_record,
@@ -95,45 +88,13 @@ if TYPE_CHECKING:
     from ..engine.extract import ExtractReport
     from ..engine.fsview import PointFiles, RepositoryView
 
-__all__ = [
-    "FS_TYPE",
-    "PATH_MAX",
-    "BackupCaps",
-    "ClusterSummary",
-    "ClusterVolume",
-    "ForgetDecision",
-    "ForgetReport",
-    "ImageReadError",
-    "ImageReader",
-    "Job",
-    "JobState",
-    "LaminaError",
-    "LocalSnapshotInfo",
-    "LockInfo",
-    "MountEntry",
-    "MountInfo",
-    "PathNotAllowed",
-    "PointInfo",
-    "Progress",
-    "PruneReport",
-    "Reachability",
-    "RepositoryInfo",
-    "Service",
-    "TargetError",
-    "TargetExists",
-    "VerifyReport",
-    "VolumeInfo",
-    "VolumeRef",
-    "check_backup_options",
-    "check_cluster_volume",
-    "init_repository",
-    "mount_path",
-    "mount_table",
-    "parse_keep_within",
-    "parse_volume",
-    "read_password_file",
-    "shown",
-]
+
+class FixedRanges(list[Range]):
+    """Ranges known in full when the backup is asked for (a file, a request), callable like
+    a live range source; only these can be sent on to a server."""
+
+    def __call__(self) -> list[Range]:
+        return self
 
 
 def parse_volume(volume: str | VolumeRef) -> VolumeRef:
@@ -868,8 +829,7 @@ class Service:
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges
         else:
-            fixed = list(changed_ranges)
-            changed = lambda: fixed  # noqa: E731
+            changed = FixedRanges(changed_ranges)
         request = BackupRequest(
             source=source,
             volume=ref,
@@ -882,6 +842,11 @@ class Service:
             snapshot_handle=snapshot_handle,
             labels=labels or {},
         )
+        return self._start_backup(request)
+
+    def _start_backup(self, request: BackupRequest) -> Job:
+        """Run a checked backup here (``RemoteService`` sends it to its server instead)."""
+        ref = request.volume
 
         def run(job: Job) -> PointInfo:
             with self._lock(job, locks.SHARED, f"backup of {ref}") as held:
@@ -894,7 +859,7 @@ class Service:
                 )
             return PointInfo.of(point)
 
-        return self._start("backup", f"back up {source} as {ref}", run, volume=ref)
+        return self._start("backup", f"back up {request.source} as {ref}", run, volume=ref)
 
     def check_restore_target(
         self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()

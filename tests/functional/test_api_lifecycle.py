@@ -23,8 +23,15 @@ from lamina.backend.api.server import ApiServer
 from lamina.backend.engine.lifecycle import Policy
 from lamina.backend.engine.locks import SHARED, acquire
 from lamina.backend.engine.prune import PruneReport
-from lamina.backend.errors import LaminaError
-from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
+from lamina.backend.errors import LaminaError, UsageError
+from lamina.backend.service import (
+    ForgetReport,
+    JobState,
+    PointInfo,
+    RestoreReport,
+    Service,
+    init_repository,
+)
 from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
@@ -201,6 +208,47 @@ def test_prune_reclaims_what_forget_left_and_points_still_restore(lab: Lab) -> N
     error = _refused(lab.stub.StartPrune, pb.StartPruneRequest(repack_below=1.5))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "between 0 and 1" in str(error.details())
+
+
+def test_remote_service_backs_up_fixed_ranges_and_restores_with_a_report(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A backup through RemoteService is checked here and run there: a list of changed
+    ranges travels with it, a live range source of this machine is refused in one line,
+    and the restore's result is the same RestoreReport as in process."""
+    parent = lab.points[-1]
+    image = lab.allowed / "db-next.img"
+    image.write_bytes((tmp_path / "db.img").read_bytes())  # the lab's volume, as last backed up
+    with open(image, "r+b") as f:
+        f.seek(256 * 1024)
+        f.write(b"\x5a" * 4096)
+    remote = RemoteService(ApiClient(lab.server.address, token=TOKEN))
+    try:
+        with pytest.raises(UsageError, match="range source of this machine"):
+            remote.start_backup(str(image), VOLUME, changed_ranges=lambda: [(0, 4096)])
+        job = remote.start_backup(
+            str(image), VOLUME, parent=parent.id, changed_ranges=[(256 * 1024, 4096)]
+        )
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        point = job.result
+        assert isinstance(point, PointInfo) and point.parent == parent.id
+        assert point.bytes_read == 4096  # the range it was given, not the 2 MiB volume
+
+        target = lab.allowed / "restored-next.img"
+        job = remote.start_restore(point.id, str(target))
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        report = job.result
+        assert isinstance(report, RestoreReport)
+        assert (report.point, report.target, report.digest_checked) == (
+            point.id,
+            str(target),
+            True,
+        )
+        assert report.pieces > 0 and report.bytes_written > 0
+        assert sha256_file(target) == sha256_file(image)
+        assert remote.job_view(job.id).summary.startswith("restored ")
+    finally:
+        remote.close()
 
 
 def test_remote_service_runs_lifecycle_jobs_on_the_server(lab: Lab) -> None:
