@@ -142,7 +142,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         fingerprint_block=parse_size(args.fingerprint_block),
     )
     if args.json:
-        print_json(info.__dict__)
+        print_json(info.as_json())
     else:
         print(
             f"created repository {info.id[:8]} at {info.url} "
@@ -155,10 +155,10 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
 def cmd_repo_info(args: argparse.Namespace) -> int:
     info = open_service(args).info()
     if args.json:
-        print_json(info.__dict__)
+        print_json(info.as_json())
     else:
         shown = {
-            **info.__dict__,
+            **info.as_json(),
             "grid_size": format_size(info.grid_size),
             "fingerprint_block": (
                 format_size(info.fingerprint_block) if info.fingerprint_block else "off"

@@ -65,6 +65,13 @@ class RepositoryInfo:
     fingerprint_block: int = 0  # 0: the repository keeps no fingerprints (made before them)
     server: str | None = None  # the lamina server the repository is reached through
 
+    def as_json(self) -> dict[str, Any]:
+        """Its fields; ``server`` only when the repository is reached through one."""
+        values = dict(self.__dict__)
+        if values["server"] is None:
+            del values["server"]
+        return values
+
 
 @dataclass(frozen=True)
 class Capabilities:
