@@ -40,7 +40,6 @@ from ..service import (
     Service,
     check_backup_options,
     check_cluster_volume,
-    parse_keep_within,
     parse_volume,
     wire,
 )
@@ -213,22 +212,8 @@ def _ranges(message: pb.ByteRanges, what: str) -> list[Range]:
     return ranges
 
 
-def _count(value: int, what: str) -> int:
-    if value < 0:
-        raise UsageError(f"{what} must not be negative")
-    return value
-
-
 def _policy(request: pb.StartForgetRequest) -> Policy:
-    policy = Policy(
-        last=_count(request.keep_last, "keep_last"),
-        hourly=_count(request.keep_hourly, "keep_hourly"),
-        daily=_count(request.keep_daily, "keep_daily"),
-        weekly=_count(request.keep_weekly, "keep_weekly"),
-        monthly=_count(request.keep_monthly, "keep_monthly"),
-        yearly=_count(request.keep_yearly, "keep_yearly"),
-        within=parse_keep_within(request.keep_within) if request.keep_within else None,
-    )
+    policy = wire.policy(request)
     if policy.empty:
         # Refused before a task exists: forget never removes everything.
         raise UsageError("give at least one keep_* field; forget never removes everything")

@@ -22,19 +22,6 @@ from ..service.rpc_errors import ShuttingDown, TaskNotFound
 
 log = logging.getLogger("lamina.api.tasks")
 
-QUEUED = "queued"
-RUNNING = "running"
-CANCELLING = "cancelling"
-CANCELLED = "cancelled"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-FINISHED = (CANCELLED, SUCCEEDED, FAILED)
-
-_FROM_JOB = {
-    JobState.SUCCEEDED: SUCCEEDED,
-    JobState.FAILED: FAILED,
-    JobState.CANCELLED: CANCELLED,
-}
 LOG_LINES_KEPT = 200
 FINISHED_TASKS_KEPT = 1000
 
@@ -42,7 +29,7 @@ FINISHED_TASKS_KEPT = 1000
 @dataclass
 class _Task:
     job: Job
-    state: str = QUEUED
+    state: str = JobState.QUEUED
     error: str | None = None  # a reason of the server's own (it shut down), over the job's
     version: int = 0
     cancel_requested: bool = False
@@ -59,8 +46,8 @@ class _Task:
 
 def _state(job: Job) -> str:
     if job.done:
-        return _FROM_JOB.get(job.state, FAILED)
-    return QUEUED if job.state == JobState.QUEUED else RUNNING
+        return job.state if job.state in JobState.FINISHED else JobState.FAILED
+    return JobState.QUEUED if job.state == JobState.QUEUED else JobState.RUNNING
 
 
 class TaskManager:
@@ -86,27 +73,27 @@ class TaskManager:
             self._tasks[task.id] = task
             task.unsubscribe = job.subscribe(lambda j: self._on_job(task))
             self._on_job(task)
-            if task.state == QUEUED:
+            if task.state == JobState.QUEUED:
                 log.info(
                     "task %s queued at position %d: %s",
                     task.id,
                     job.queue_position,
                     description,
                 )
-            elif task.state == RUNNING:
+            elif task.state == JobState.RUNNING:
                 log.info("task %s started: %s", task.id, description)
             self._forget_old()
             return self._view(task)
 
     def _on_job(self, task: _Task) -> None:
         with self._cond:
-            if task.state in FINISHED:
+            if task.state in JobState.FINISHED:
                 return
             job = task.job
             was, task.state = task.state, _state(job)
-            if was == QUEUED and task.state == RUNNING and task.version:
+            if was == JobState.QUEUED and task.state == JobState.RUNNING and task.version:
                 log.info("task %s started: %s", task.id, task.description)
-            if task.state in FINISHED:
+            if task.state in JobState.FINISHED:
                 task.error = task.error or job.error
                 if task.unsubscribe is not None:
                     task.unsubscribe()
@@ -124,7 +111,7 @@ class TaskManager:
         self._cond.notify_all()
 
     def _forget_old(self) -> None:
-        finished = [t for t in self._tasks.values() if t.state in FINISHED]
+        finished = [t for t in self._tasks.values() if t.state in JobState.FINISHED]
         for task in finished[: max(0, len(finished) - FINISHED_TASKS_KEPT)]:
             del self._tasks[task.id]
 
@@ -138,7 +125,7 @@ class TaskManager:
 
     def _view(self, task: _Task) -> JobView:
         view = view_of(task.job, log_lines=LOG_LINES_KEPT, cancelling=task.cancel_requested)
-        if task.state in FINISHED and task.error and task.error != view.error:
+        if task.state in JobState.FINISHED and task.error and task.error != view.error:
             text = summary(view.kind, task.state, task.error, view.result, view.point or "")
             view = replace(view, error=task.error, summary=text)
         return view
@@ -178,10 +165,10 @@ class TaskManager:
     def cancel(self, task_id: str) -> JobView:
         with self._cond:
             task = self._get(task_id)
-            if task.state not in (QUEUED, RUNNING) or task.cancel_requested:
+            if task.state not in (JobState.QUEUED, JobState.RUNNING) or task.cancel_requested:
                 return self._view(task)
             task.cancel_requested = True
-            if task.state == QUEUED:
+            if task.state == JobState.QUEUED:
                 log.info("task %s cancelled while queued: %s", task.id, task.description)
             else:
                 log.info("task %s: cancel requested", task.id)
@@ -197,23 +184,23 @@ class TaskManager:
         rest. Returns (tasks that finished on their own, tasks that were cancelled)."""
         with self._cond:
             self._closing = True
-            dropped = [t for t in self._tasks.values() if t.state == QUEUED]
+            dropped = [t for t in self._tasks.values() if t.state == JobState.QUEUED]
             for task in dropped:
                 task.error = "cancelled: the server shut down before it started"
                 self.cancel(task.id)
-            running = [t for t in self._tasks.values() if t.state == RUNNING]
+            running = [t for t in self._tasks.values() if t.state == JobState.RUNNING]
             deadline = time.monotonic() + grace
-            while any(t.state == RUNNING for t in running):
+            while any(t.state == JobState.RUNNING for t in running):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(timeout=left)
-            finished = [t for t in running if t.state in FINISHED]
-            stopped = [t for t in running if t.state not in FINISHED]
+            finished = [t for t in running if t.state in JobState.FINISHED]
+            stopped = [t for t in running if t.state not in JobState.FINISHED]
             for task in stopped:
                 self.cancel(task.id)
             deadline = time.monotonic() + cancel_wait
-            while any(t.state not in FINISHED for t in stopped):
+            while any(t.state not in JobState.FINISHED for t in stopped):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

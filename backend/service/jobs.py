@@ -49,6 +49,7 @@ CANCELLED_WHILE_QUEUED = "cancelled before it started"
 class JobState:
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"  # how a view shows a running job asked to stop
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -358,7 +359,7 @@ def view_of(job: Job, *, log_lines: int | None = None, cancelling: bool = False)
         log = [line for line in log if "\n" not in line.strip()][-log_lines:]
     state = job.state
     if state == JobState.RUNNING and (cancelling or job.cancel_requested):
-        state = "cancelling"
+        state = JobState.CANCELLING
     succeeded = job.state == JobState.SUCCEEDED
     point = job_point(job)
     return JobView(

@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from ..engine.extract import ExtractReport, Skipped
-from ..engine.locks import LockInfo
-from ..engine.pipelines import RestoreReport, VerifyReport, VolumeRef
-from ..engine.prune import PruneReport
+# The engine's reports and names, shown as they are (re-exported).
+from ..engine.extract import ExtractReport as ExtractReport
+from ..engine.extract import Skipped as Skipped
+from ..engine.locks import LockInfo as LockInfo
+from ..engine.pipelines import RestoreReport as RestoreReport
+from ..engine.pipelines import VerifyReport as VerifyReport
+from ..engine.pipelines import VolumeRef as VolumeRef
+from ..engine.prune import PruneReport as PruneReport
 from ..fsread import Entry
 from ..progress import Progress
 
@@ -22,29 +26,6 @@ if TYPE_CHECKING:
     from ..engine.repository import Point
     from ..local.cluster import LocalSnapshot
 
-__all__ = [
-    "FINISHED_STATES",
-    "Capabilities",
-    "ClusterSummary",
-    "ClusterVolume",
-    "ExtractReport",
-    "FileEntry",
-    "ForgetDecision",
-    "ForgetReport",
-    "JobView",
-    "LocalSnapshotInfo",
-    "LockInfo",
-    "MountInfo",
-    "PointInfo",
-    "PruneReport",
-    "Reachability",
-    "RepositoryInfo",
-    "RestoreReport",
-    "Skipped",
-    "VerifyReport",
-    "VolumeInfo",
-    "VolumeRef",
-]
 
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 

@@ -281,20 +281,7 @@ class ApiClient:
     def start_forget(
         self, policy: Policy, *, volume: str | None = None, dry_run: bool = False
     ) -> JobView:
-        within = ""
-        if policy.within is not None:
-            within = f"{int(policy.within.total_seconds() // 3600)}h"
-        request = pb.StartForgetRequest(
-            keep_last=policy.last,
-            keep_hourly=policy.hourly,
-            keep_daily=policy.daily,
-            keep_weekly=policy.weekly,
-            keep_monthly=policy.monthly,
-            keep_yearly=policy.yearly,
-            keep_within=within,
-            volume=volume or "",
-            dry_run=dry_run,
-        )
+        request = wire.forget_request(policy, volume=volume, dry_run=dry_run)
         return wire.job_view(self._call(self.stub.StartForget, request))
 
     def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> JobView:

@@ -19,8 +19,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lamina.protos import lamina_v1_pb2 as pb
 
+from ..engine.lifecycle import Policy
 from ..errors import UsageError
 from ..fsread import Entry
+from ..limits import parse_keep_within
 from ..progress import Progress
 from .models import (
     Capabilities,
@@ -326,6 +328,29 @@ def extract_message(report: ExtractReport) -> pb.ExtractResult:
 def extract_report(message: pb.ExtractResult) -> ExtractReport:
     skipped = [Skipped(s.path, s.reason) for s in message.skipped]
     return _from(message, ExtractReport, skipped=skipped)
+
+
+# ---------------------------------------------------------------------------- requests
+
+_KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")  # Policy field: keep_FIELD
+
+
+def forget_request(policy: Policy, *, volume: str | None, dry_run: bool) -> pb.StartForgetRequest:
+    within = ""
+    if policy.within is not None:
+        within = f"{int(policy.within.total_seconds() // 3600)}h"
+    counts = {f"keep_{name}": getattr(policy, name) for name in _KEEP}
+    return pb.StartForgetRequest(**counts, keep_within=within, volume=volume or "", dry_run=dry_run)
+
+
+def policy(request: pb.StartForgetRequest) -> Policy:
+    """The retention policy a request names; a negative count is refused in one line."""
+    counts = {name: getattr(request, f"keep_{name}") for name in _KEEP}
+    for name, value in counts.items():
+        if value < 0:
+            raise UsageError(f"keep_{name} must not be negative")
+    within = parse_keep_within(request.keep_within) if request.keep_within else None
+    return Policy(**counts, within=within)
 
 
 # ---------------------------------------------------------------------------- jobs
