@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lamina.backend.engine.fsview import Node, OpenFile, RepositoryView
 from lamina.backend.errors import LaminaError
+from lamina.backend.service import Node, OpenFile, RepositoryView
 
 log = logging.getLogger("lamina.fs")
 

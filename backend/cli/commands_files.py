@@ -26,8 +26,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.extract import ExtractReport
-    from ..fsread import Entry
+    from ..service import Entry, ExtractReport
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

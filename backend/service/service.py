@@ -53,6 +53,7 @@ from ..limits import (
 from ..local.cluster import LocalCluster, LocalSnapshot
 from ..progress import Progress
 from ..units import plural
+from . import clusters
 from .clusters import (
     LOCAL,
     MADE_BY_BACKUP,
@@ -494,41 +495,13 @@ class Service:
 
     def list_clusters(self) -> list[ClusterSummary]:
         """The kubeconfig's contexts (none when there is no kubeconfig), then the local cluster."""
-        from ..kube.config import list_clusters
-
-        out = [
-            ClusterSummary(c.name, "kubernetes", c.current, c.server, c.namespace)
-            for c in list_clusters(self.kubeconfig, include_local=False)
-        ]
-        out.append(ClusterSummary(LOCAL, "local", False, self.local_root, None))
-        return out
+        return clusters.list_clusters(self.kubeconfig, self.local_root)
 
     def check_clusters(
         self, names: Iterable[str] | None = None, *, timeout: float = 3.0
     ) -> dict[str, Reachability]:
         """Whether each cluster answers, probed in parallel; never hangs past the timeout."""
-        from ..kube.config import check_reachability
-        from ..kube.config import list_clusters as kube_clusters
-
-        wanted = {checked_context(n) for n in names} if names is not None else None
-        infos = [
-            c
-            for c in kube_clusters(self.kubeconfig, include_local=False)
-            if wanted is None or c.name in wanted
-        ]
-        results = {
-            name: Reachability(r.ok, r.detail, r.seconds)
-            for name, r in check_reachability(infos, self.kubeconfig, timeout=timeout).items()
-        }
-        if wanted is None or LOCAL in wanted:
-            root = self.local_root
-            ok = bool(root) and os.path.isdir(root or "")
-            results[LOCAL] = Reachability(
-                ok,
-                f"volumes under {root}" if ok else "no local cluster folder (see --local-root)",
-                0.0,
-            )
-        return results
+        return clusters.check_clusters(self.kubeconfig, self.local_root, names, timeout=timeout)
 
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
