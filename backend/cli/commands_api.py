@@ -14,12 +14,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..display import printable
+from ..display import PrintableFormatter, printable
 from ..errors import UsageError
 from ..service import BackupCaps, Service, default_local_root
 from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import PrintableFormatter, add_repo_args, elapsed, opened, print_json, service_options
+from .common import add_repo_args, elapsed, opened, print_json, service_options
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient

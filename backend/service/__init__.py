@@ -29,6 +29,15 @@ from .cbt import (
 from .clusters import check_clusters, list_clusters
 from .demo import run_demo
 from .kube import KubeSession, datamover_manifests
+from .mounts import (
+    MOUNT_PROCESS,
+    MountError,
+    find_mount,
+    fusermount,
+    mount_command,
+    start_mount_process,
+    unmount,
+)
 from .service import (
     FS_TYPE,
     PATH_MAX,
@@ -112,6 +121,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FS_TYPE",
+    "MOUNT_PROCESS",
     "PATH_MAX",
     "BackupCaps",
     "ClusterSummary",
@@ -129,6 +139,7 @@ __all__ = [
     "LocalSnapshotInfo",
     "LockInfo",
     "MountEntry",
+    "MountError",
     "MountInfo",
     "NotAFolder",
     "PathNotAllowed",
@@ -154,10 +165,13 @@ __all__ = [
     "datamover_manifests",
     "default_local_root",
     "default_repo",
+    "find_mount",
+    "fusermount",
     "init_repository",
     "list_clusters",
     "list_local_snapshots",
     "metadata_client",
+    "mount_command",
     "mount_path",
     "mount_table",
     "open_folder",
@@ -168,7 +182,9 @@ __all__ = [
     "run_demo",
     "serve_snapshot_metadata",
     "shown",
+    "start_mount_process",
     "take_local_snapshot",
+    "unmount",
     "unsafe_name_reason",
     "write_sparse",
 ]

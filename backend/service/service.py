@@ -9,9 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +71,8 @@ from .mounts import (
     mount_table,
     remove_record,
     repo_key,
+    start_mount_process,
+    unmount,
     write_record,
 )
 
@@ -665,32 +664,22 @@ class Service:
                     f"cannot make the mount point {where}: {e.strerror or e}"
                 ) from None
             created = True
-        repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
-        command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
-        command += ["--daemon", "--cache-size", str(cache_bytes)]
-        if point:
-            command += ["--point", point]
-        secret = None
         try:
-            if self._password is not None:
-                fd, secret = tempfile.mkstemp(prefix="lamina-mount-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(self._password)
-                command += ["--password-file", secret]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        finally:
-            if secret:
-                os.unlink(secret)  # the daemon has read it once it is ready
-        if result.returncode != 0:
-            lines = result.stderr.strip().splitlines() or [
-                f"lamina mount exited {result.returncode}"
-            ]
+            pid = start_mount_process(
+                self.repo_url,
+                where,
+                point=point,
+                cache_bytes=cache_bytes,
+                password=self._password,
+                timeout=120.0,
+            )
+        except LaminaError:
             if created:
                 os.rmdir(where)
-            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+            raise
         if created:
             self._created_mountpoints.add(where)
-        info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        info = MountInfo(where, point, pid, self.repo_url)
         if created:  # a restarted front end must remove the folder on unmount too
             write_record(MountRecord(where, point, info.pid, repo_key(self.repo_url), True))
         with self._jobs_lock:
@@ -700,19 +689,11 @@ class Service:
     def unmount(self, mountpoint: str) -> None:
         where = mount_path(mountpoint)
         made = any(r.mountpoint == where and r.made_mountpoint for r in live_records())
-        result = subprocess.run(
-            [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        with self._jobs_lock:
-            self._mounts.pop(where, None)
-        if result.returncode != 0:
-            lines = result.stderr.strip().splitlines() or [
-                f"lamina umount exited {result.returncode}"
-            ]
-            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+        try:
+            unmount(where)
+        finally:
+            with self._jobs_lock:
+                self._mounts.pop(where, None)
         if where in self._created_mountpoints or made:
             self._created_mountpoints.discard(where)
             with contextlib.suppress(OSError):
