@@ -1,6 +1,6 @@
 """FUSE operations over the repository view: a thin, read-only translation layer.
 
-Every answer comes from ``RepositoryView`` (backend/fsview.py); this class only turns
+Every answer comes from ``RepositoryView`` (backend/engine/fsview.py); this class only turns
 ``Node``s into stat dictionaries, keeps open-file handles, refuses writes with EROFS and
 notes when the mount was last used (for the idle timeout).
 """

@@ -473,7 +473,7 @@ class Service:
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> ImageReader:
-        """Random access to a point's volume, fetched lazily (see backend/image.py)."""
+        """Random access to a point's volume, fetched lazily (see engine/image.py)."""
         lock = locks.acquire(
             self.repo, locks.SHARED, f"read point {point_ref}", wait=self.lock_wait, optional=True
         )
@@ -646,7 +646,7 @@ class Service:
     def mount(
         self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
     ) -> MountInfo:
-        """Mount the repository (or one point) with FUSE in a background `lamina mount`.
+        """Mount the repository (or one point) with FUSE in a background mount process.
 
         Returns once the mount answers. The mount is its own process, so it outlives
         nothing it should not: `unmount` (or `lamina umount`) ends it.
@@ -996,7 +996,7 @@ class Service:
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> RepositoryView:
-        """The repository (or one point) as a read-only tree of paths (see backend/fsview.py)."""
+        """The repository (or one point) as a read-only tree of paths (see engine/fsview.py)."""
         from ..engine.fsview import RepositoryView
 
         return RepositoryView(
