@@ -473,7 +473,7 @@ class Service:
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> ImageReader:
-        """Random access to a point's volume, fetched lazily (see engine/image.py)."""
+        """Random access to a point's volume, fetched lazily (see backend/image.py)."""
         lock = locks.acquire(
             self.repo, locks.SHARED, f"read point {point_ref}", wait=self.lock_wait, optional=True
         )
@@ -996,7 +996,7 @@ class Service:
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> RepositoryView:
-        """The repository (or one point) as a read-only tree of paths (see engine/fsview.py)."""
+        """The repository (or one point) as a read-only tree of paths (see backend/fsview.py)."""
         from ..engine.fsview import RepositoryView
 
         return RepositoryView(
