@@ -30,16 +30,17 @@ from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
 from .. import __version__
-from ..engine.extents import Range, checked_ranges
-from ..engine.lifecycle import Policy
 from ..errors import LaminaError, UsageError
 from ..service import (
     PATH_MAX,
     JobView,
     PointInfo,
+    Policy,
+    Range,
     Service,
     check_backup_options,
     check_cluster_volume,
+    checked_ranges,
     parse_volume,
     wire,
 )

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 from lamina.protos import lamina_v1_pb2 as pb
 
 from ..display import printable
-from ..engine.safewrite import unsafe_name_reason
 from ..errors import LaminaError, UsageError
+from ..service import unsafe_name_reason
 from ..service.tree_writer import HOLE_BLOCK
 from ..service.wire import entry_message
 
 if TYPE_CHECKING:
-    from ..engine.fsview import PointFiles
-    from ..fsread import Entry
+    from ..service import Entry, PointFiles
 
 CHUNK = 1024 * 1024  # well under gRPC's default 4 MiB message limit
 _ZERO_BLOCK = bytes(HOLE_BLOCK)

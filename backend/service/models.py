@@ -187,8 +187,10 @@ class ClusterSummary:
     name: str
     kind: str  # "local" or "kubernetes"
     current: bool  # the kubeconfig's current context
-    server: str | None
+    server: str | None  # the API server; for the local cluster, its folder
     namespace: str | None = None
+    cluster: str = ""  # the kubeconfig's cluster entry the context names
+    user: str = ""  # the kubeconfig's user entry the context names
 
 
 @dataclass(frozen=True)
