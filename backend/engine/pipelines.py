@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import (
@@ -131,16 +131,10 @@ class RestoreReport:
         return self.bytes_written / self.duration_seconds if self.duration_seconds else 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "point": self.point,
-            "target": self.target,
-            "capacity": self.capacity,
-            "bytes_written": self.bytes_written,
-            "pieces": self.pieces,
-            "image_digest": self.image_digest,
-            "requests": self.requests,
-            "duration_seconds": self.duration_seconds,
-        }
+        """What `lamina restore --json` prints: every field but ``digest_checked`` (always)."""
+        values = asdict(self)
+        del values["digest_checked"]
+        return values
 
 
 CancelCheck = Callable[[], bool]
