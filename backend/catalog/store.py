@@ -60,9 +60,11 @@ def default_catalog_url() -> str:
 
 def shown_url(url: str) -> str:
     """A catalog URL fit for a message: never its password."""
+    if "://" not in url:
+        return url
     try:
-        return str(_parse(url).render_as_string(hide_password=True))
-    except CatalogError:
+        return str(make_url(url).render_as_string(hide_password=True))
+    except sa.exc.ArgumentError:
         return url
 
 
@@ -275,7 +277,7 @@ class Catalog:
         except sa.exc.SQLAlchemyError as e:
             raise CatalogError(f"cannot write the job catalog {self.url}: {_one_line(e)}") from None
 
-    def record_job(self, record: JobRecord, message: str = "") -> None:
+    def record_job(self, record: JobRecord, message: str = "", at: float | None = None) -> None:
         """Insert a job, or replace its row when it is there; adds a state-change event."""
 
         def write(conn: Connection) -> None:
@@ -288,7 +290,7 @@ class Catalog:
             conn.execute(
                 job_events.insert().values(
                     job_id=record.id,
-                    at=time.time(),
+                    at=at or time.time(),
                     state=record.state,
                     message=message,
                 )

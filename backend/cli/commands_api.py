@@ -20,7 +20,15 @@ from ..errors import UsageError
 from ..service import BackupCaps, Service
 from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import PrintableFormatter, add_repo_args, elapsed, opened, print_json, service_options
+from .common import (
+    PrintableFormatter,
+    add_catalog_arg,
+    add_repo_args,
+    elapsed,
+    opened,
+    print_json,
+    service_options,
+)
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -74,6 +82,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--local-root", help="folder of the local cluster (default: $LAMINA_LOCAL_ROOT)")
+    add_catalog_arg(p)
     p.add_argument(
         "--grace",
         default="30s",
@@ -284,6 +293,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             local_root=local_root,
             backup_caps=caps,
+            catalog=args.catalog,
+            origin="api",
             **service_options(args),
         )
     )

@@ -36,6 +36,16 @@ def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.set_defaults(repo_from_env=True, repo_required=required)
 
 
+def add_catalog_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        metavar="URL",
+        help="job-history catalog: sqlite:///PATH or postgresql://USER@HOST/DB, 'none' to "
+        "record nothing (or set LAMINA_CATALOG; default: "
+        "$XDG_STATE_HOME/lamina/catalog.sqlite, see docs/catalog.md)",
+    )
+
+
 def resolve_repo(args: argparse.Namespace) -> None:
     """--repo, else $LAMINA_REPO (like restic's RESTIC_REPOSITORY); not with --server."""
     if not getattr(args, "repo_from_env", False) or getattr(args, "server", None):
@@ -103,6 +113,12 @@ def close_services() -> None:
             service.close()
         except Exception:  # the command's own outcome is what the user needs to see
             pass
+        problem = getattr(service, "catalog_problem", None)
+        if problem:  # the job itself went on: say so, in one line
+            print(
+                f"lamina: warning: not recorded in the job history: {printable(problem)}",
+                file=sys.stderr,
+            )
 
 
 def open_service(args: argparse.Namespace) -> Service:

@@ -3,6 +3,15 @@
 Front ends import this package and nothing deeper of the backend (ARCHITECTURE.md).
 """
 
+from .history import (
+    JOB_KINDS,
+    CatalogError,
+    HistoryQuery,
+    JobRecord,
+    RequestCounts,
+    format_cost,
+    read_history,
+)
 from .service import (
     FS_TYPE,
     PATH_MAX,
@@ -47,15 +56,19 @@ from .service import (
 
 __all__ = [
     "FS_TYPE",
+    "JOB_KINDS",
     "PATH_MAX",
     "BackupCaps",
+    "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
     "ForgetDecision",
     "ForgetReport",
+    "HistoryQuery",
     "ImageReadError",
     "ImageReader",
     "Job",
+    "JobRecord",
     "JobState",
     "LaminaError",
     "LocalSnapshotInfo",
@@ -68,6 +81,7 @@ __all__ = [
     "PruneReport",
     "Reachability",
     "RepositoryInfo",
+    "RequestCounts",
     "Service",
     "TargetError",
     "TargetExists",
@@ -76,6 +90,7 @@ __all__ = [
     "VolumeRef",
     "check_backup_options",
     "check_cluster_volume",
+    "format_cost",
     "init_repository",
     "list_local_snapshots",
     "mount_path",
@@ -83,6 +98,7 @@ __all__ = [
     "parse_keep_within",
     "parse_volume",
     "ranges_from_json_file",
+    "read_history",
     "read_password_file",
     "shown",
 ]

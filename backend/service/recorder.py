@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import Catalog, CatalogError, JobRecord
+from ..catalog import Catalog, CatalogError, HistoryQuery, JobRecord
 from ..catalog.process import current_process
 from ..catalog.store import HEARTBEAT_EVERY
 from ..display import printable
@@ -69,7 +69,7 @@ class JobRecorder:
         self._catalog: Catalog | None = None
         self._failed_at: float | None = None
         self.problem: str | None = None  # why recording failed, for the front end to warn
-        self._queue: queue.Queue[tuple[JobRecord, str] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[JobRecord, str, float] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._tracked: dict[str, Job] = {}
@@ -115,7 +115,7 @@ class JobRecorder:
                 return
             self._written[job.id] = state
         message = (job.error or state) if state in JobState.FINISHED else state
-        self._queue.put((self._record(job, state), message))
+        self._queue.put((self._record(job, state), message, time.time()))
 
     def _record(self, job: Job, state: str) -> JobRecord:
         me = current_process()
@@ -171,7 +171,7 @@ class JobRecorder:
         self._failed_at = time.monotonic()
         line = str(e) if isinstance(e, CatalogError) else f"{type(e).__name__}: {e}"
         if self.problem is None:
-            log.warning("job history not recorded: %s", printable(line))
+            log.info("job history not recorded: %s", printable(line))
         self.problem = line
 
     def _write_loop(self) -> None:
@@ -183,12 +183,12 @@ class JobRecorder:
                 continue
             if item is None:
                 return
-            record, message = item
+            record, message, at = item
             catalog = self._open()
             if catalog is None:
                 continue  # lost: a backup's point is reconciled from the repository later
             try:
-                catalog.record_job(record, message)
+                catalog.record_job(record, message, at)
             except Exception as e:
                 self._down(e)
                 catalog.close()
@@ -243,3 +243,15 @@ def _timestamp(iso: str) -> float:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return time.time()
+
+
+def read_history(
+    query: HistoryQuery | None = None, *, catalog: str | None = None
+) -> list[JobRecord]:
+    """Jobs from the catalog (``catalog``, $LAMINA_CATALOG or the default), newest first,
+    without a repository to reconcile with. Raises CatalogError in one line."""
+    opened = Catalog.open(catalog)
+    try:
+        return opened.history(query)
+    finally:
+        opened.close()

@@ -1,0 +1,30 @@
+"""What front ends need of the job history and request accounting, in one import."""
+
+from __future__ import annotations
+
+from ..catalog import CatalogError, HistoryQuery, JobRecord
+from .accounting import RequestCounts, format_cost
+from .recorder import read_history
+
+#: Every kind of job the service runs (and the catalog records).
+JOB_KINDS = (
+    "backup",
+    "restore",
+    "verify",
+    "extract",
+    "forget",
+    "prune",
+    "consolidate",
+    "delete",
+    "copy",
+)
+
+__all__ = [
+    "JOB_KINDS",
+    "CatalogError",
+    "HistoryQuery",
+    "JobRecord",
+    "RequestCounts",
+    "format_cost",
+    "read_history",
+]
