@@ -93,5 +93,11 @@ def _line(r: JobRecord) -> str:
     return (
         f"{when}  {printable(r.id):<12}  {printable(r.kind):<11}  {printable(r.state):<11}  "
         f"{target:<28}  {point:<16}  {duration:>8}  {', '.join(figures)}  "
-        f"({printable(r.origin)} on {printable(r.host)})"
+        f"({_who(r)})"
     )
+
+
+def _who(r: JobRecord) -> str:
+    if r.origin == "repository":
+        return "found in the repository"
+    return f"{printable(r.origin)} on {printable(r.host)}, pid {r.pid}"

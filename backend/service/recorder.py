@@ -8,6 +8,7 @@ A backup recorded nowhere is filled in later from the repository (``reconcile``)
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -88,6 +89,8 @@ class JobRecorder:
                     target=self._write_loop, name="lamina-catalog", daemon=True
                 )
                 self._thread.start()
+                # A process that ends without closing its service still writes its jobs' ends.
+                atexit.register(self.close)
         self._changed(job)
         job.subscribe(self._changed)
 
