@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from ..display import printable
 from ..errors import LaminaError, UsageError
 from ..progress import Progress
-from ..service import Job, JobState, Service, read_password_file
+from ..service import Job, JobState, RequestCounts, Service, read_password_file
 from ..units import format_rate, format_size
 
 REPO_ENV = "LAMINA_REPO"
@@ -224,6 +224,25 @@ def run_job(job: Job, *, quiet: bool = False) -> Any:
 
         raise Cancelled(job.error or "cancelled")
     raise LaminaError(job.error or "failed")
+
+
+def job_requests(service: Service, job: Job) -> RequestCounts | None:
+    """The requests a job of this process made and their cost (None: a server ran it)."""
+    return service.job_requests(job.id)
+
+
+def with_requests(data: dict[str, Any], service: Service, job: Job) -> dict[str, Any]:
+    """A job's JSON with its requests (docs/catalog.md, "Requests and cost")."""
+    counts = job_requests(service, job)
+    if counts is None:
+        return data
+    return {**data, "job": {"id": job.id, "requests": counts.as_json()}}
+
+
+def print_requests(service: Service, job: Job) -> None:
+    counts = job_requests(service, job)
+    if counts is not None:
+        print(f"  {counts.summary()}")
 
 
 def elapsed(seconds: float) -> str:

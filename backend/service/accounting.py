@@ -187,10 +187,10 @@ class JobAccounting:
             meter = self._meters.get(job.id)
         return None if meter is None else RequestCounts.of(meter, self.prices)
 
-    def counts_of(self, job_id: str) -> RequestCounts:
+    def counts_of(self, job_id: str) -> RequestCounts | None:
         with self._lock:
             meter = self._meters.get(job_id)
-        return RequestCounts() if meter is None else RequestCounts.of(meter, self.prices)
+        return None if meter is None else RequestCounts.of(meter, self.prices)
 
     def running(self) -> list[RequestMeter]:
         with self._lock:

@@ -902,8 +902,9 @@ class Service:
         with self._jobs_lock:
             return sorted(self._jobs.values(), key=lambda j: j.created)
 
-    def job_requests(self, job_id: str) -> RequestCounts:
-        """The storage requests a job of this service made, with their estimated cost."""
+    def job_requests(self, job_id: str) -> RequestCounts | None:
+        """The storage requests a job of this service made, with their estimated cost (None:
+        a job this service did not run itself)."""
         return self.accounting.counts_of(job_id)
 
     @property
