@@ -69,13 +69,13 @@ def test_job_requests_equal_the_wire_exactly_with_retries(
             assert counts is not None and counts.by_op["put"] > 2 and counts.retries == 3
 
             # A restore and a deep verify, each counted on its own.
-            for start in (
-                lambda: service.start_restore(backup.result.id, str(tmp_path / "out.img")),
-                lambda: service.start_verify(backup.result.id, deep=True),
-            ):
-                _reset(proxy)
-                job = _run(start())
-                _assert_equal(service.job_requests(job.id), proxy)
+            point_id: str = backup.result.id
+            _reset(proxy)
+            restore = _run(service.start_restore(point_id, str(tmp_path / "out.img")))
+            _assert_equal(service.job_requests(restore.id), proxy)
+            _reset(proxy)
+            verify = _run(service.start_verify(point_id, deep=True))
+            _assert_equal(service.job_requests(verify.id), proxy)
 
             # Forget and prune delete: DELETE requests counted too.
             _run(service.start_backup(str(image), "ns/vol", parent="none"))
