@@ -195,3 +195,74 @@ class JobAccounting:
     def running(self) -> list[RequestMeter]:
         with self._lock:
             return list(self._meters.values())
+
+
+@dataclass(frozen=True)
+class Savings:
+    """What a dry run's real run would cost in requests and save in storage."""
+
+    requests: dict[str, int]
+    request_cost_usd: float
+    bytes_saved: int
+    monthly_usd: float
+    upper_bound: bool = False  # forget: the bytes are freed by the next prune, at most these
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "request_cost_usd": round(self.request_cost_usd, 8),
+            "bytes_saved": self.bytes_saved,
+            "bytes_saved_is_upper_bound": self.upper_bound,
+            "monthly_usd_saved": round(self.monthly_usd, 8),
+        }
+
+    def summary(self) -> str:
+        total = sum(self.requests.values())
+        ops = ", ".join(f"{n} {op.upper()}" for op, n in self.requests.items() if n)
+        saved = ("up to " if self.upper_bound else "") + format_size(self.bytes_saved)
+        return (
+            f"the real run would make about {plural(total, 'request')}"
+            f"{f' ({ops})' if ops else ''}, about {format_cost(self.request_cost_usd)}, "
+            f"and save {saved} of storage, about {format_cost(self.monthly_usd)} a month"
+        )
+
+
+def _savings(
+    requests: dict[str, int], saved: int, prices: PriceTable, *, upper_bound: bool = False
+) -> Savings:
+    counts = RequestCounts({op: requests.get(op, 0) for op in OPS})
+    return Savings(
+        {op: requests.get(op, 0) for op in OPS},
+        prices.cost(counts),
+        saved,
+        prices.monthly_storage(saved),
+        upper_bound,
+    )
+
+
+def prune_savings(report: Any, prices: PriceTable | None = None) -> Savings:
+    """A prune dry run's report: every pack that goes is one DELETE, a repacked one also a
+    ranged GET; rewritten pieces go up in new packs, and each rewritten index segment is a
+    PUT and a DELETE."""
+    new_packs = -(-int(report.bytes_rewritten) // PACK_TARGET) if report.bytes_rewritten else 0
+    requests = {
+        "delete": int(report.packs_deleted)
+        + int(report.maps_deleted)
+        + int(report.segments_rewritten),
+        "get": int(report.packs_repacked),
+        "put": new_packs + int(report.segments_rewritten),
+    }
+    return _savings(requests, int(report.bytes_reclaimed), prices or load_prices())
+
+
+def forget_savings(report: Any, prices: PriceTable | None = None) -> Savings:
+    """A forget dry run's report: each removed point's manifest, map and fingerprints are
+    deleted; the bytes only it uploaded are freed by the next prune (so: at most these)."""
+    gone = [d.point for d in report.decisions if not d.keep]
+    saved = sum(
+        int(p.stats.get("bytes_uploaded", p.stats.get("bytes_stored", 0)) or 0) for p in gone
+    )
+    return _savings({"delete": 3 * len(gone)}, saved, prices or load_prices(), upper_bound=True)
+
+
+PACK_TARGET = 16 * 1024 * 1024  # the size packs are cut at (docs/format.md)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..catalog import CatalogError, HistoryQuery, JobRecord
-from .accounting import RequestCounts, format_cost
+from .accounting import RequestCounts, Savings, forget_savings, format_cost, prune_savings
 from .recorder import read_history
 
 #: Every kind of job the service runs (and the catalog records).
@@ -25,6 +25,9 @@ __all__ = [
     "HistoryQuery",
     "JobRecord",
     "RequestCounts",
+    "Savings",
+    "forget_savings",
     "format_cost",
+    "prune_savings",
     "read_history",
 ]

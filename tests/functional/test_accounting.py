@@ -169,3 +169,32 @@ def test_price_table_defaults_and_an_override_file(
     with pytest.raises(UsageError, match="not valid JSON"):
         load_prices()
     assert os.environ["LAMINA_PRICES"] == str(override)
+
+
+def test_forget_and_prune_dry_runs_print_what_the_real_run_would_save(tmp_path: Path) -> None:
+    lamina = [sys.executable, "-m", "lamina.backend.cli.main"]
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
+    env = {**os.environ, "LAMINA_CATALOG": "none"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*lamina, *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    for seed in (1, 2):
+        image = make_volume(tmp_path / f"disk{seed}.img", 2 * 1024 * 1024, seed=seed)
+        run("backup", "--repo", repo, "--volume", "ns/v", "--parent", "none", str(image))
+    forget = run("forget", "--repo", repo, "--keep-last", "1", "--dry-run")
+    assert "the real run would make about 3 requests (3 DELETE)" in forget.stdout
+    would_forget = json.loads(
+        run("forget", "--repo", repo, "--keep-last", "1", "--dry-run", "--json").stdout
+    )["would"]
+    run("forget", "--repo", repo, "--keep-last", "1")
+    dry = json.loads(run("prune", "--repo", repo, "--dry-run", "--json").stdout)
+    assert "save" in run("prune", "--repo", repo, "--dry-run").stdout
+    real = json.loads(run("prune", "--repo", repo, "--json").stdout)
+    assert dry["would"]["bytes_saved"] == real["bytes_reclaimed"] > 0
+    assert dry["would"]["requests"]["delete"] >= real["packs_deleted"] > 0
+    assert would_forget["bytes_saved_is_upper_bound"] is True
+    assert would_forget["bytes_saved"] >= real["bytes_reclaimed"]
