@@ -174,6 +174,16 @@ class JobEvent:
 
 
 @dataclass(frozen=True)
+class CatalogTotals:
+    jobs: dict[tuple[str, str], int]  # (kind, state) -> jobs
+    bytes_read: int
+    bytes_stored: int
+    requests: dict[str, int]  # of finished jobs
+    durations: dict[str, tuple[list[int], int, float]]  # kind -> (cumulative, count, sum)
+    last_success: dict[str, float]  # volume -> end of its newest succeeded backup
+
+
+@dataclass(frozen=True)
 class HistoryQuery:
     volume: str | None = None
     kind: str | None = None
@@ -389,6 +399,75 @@ class Catalog:
                 for e in events:
                     by_id[e.job_id].events.append(JobEvent(e.at, e.state, e.message))
         return records
+
+    def totals(self, repository: str | None, duration_buckets: Sequence[float]) -> CatalogTotals:
+        """Sums over the jobs of ``repository`` (None: every job) for the metrics."""
+        finished = jobs.c.state.not_in(LIVE_STATES)
+        where = [] if repository is None else [jobs.c.repository == repository]
+        duration = jobs.c.ended_at - jobs.c.started_at
+        timed = sa.and_(finished, jobs.c.started_at.is_not(None), jobs.c.ended_at.is_not(None))
+        with self._reading() as conn:
+            by_kind_state = {
+                (str(kind), str(state)): int(n)
+                for kind, state, n in conn.execute(
+                    sa.select(jobs.c.kind, jobs.c.state, sa.func.count())
+                    .where(*where)
+                    .group_by(jobs.c.kind, jobs.c.state)
+                )
+            }
+            sums = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(jobs.c.bytes_read), 0),
+                    sa.func.coalesce(sa.func.sum(jobs.c.bytes_stored), 0),
+                    *[
+                        sa.func.coalesce(sa.func.sum(jobs.c[f"requests_{op}"]), 0)
+                        for op in REQUEST_OPS
+                    ],
+                ).where(finished, *where)
+            ).one()
+            histogram: dict[str, tuple[list[int], int, float]] = {}
+            rows = conn.execute(
+                sa.select(
+                    jobs.c.kind,
+                    *[
+                        sa.func.sum(sa.case((duration <= le, 1), else_=0))
+                        for le in duration_buckets
+                    ],
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(duration), 0.0),
+                )
+                .where(timed, *where)
+                .group_by(jobs.c.kind)
+            )
+            for row in rows:
+                values = list(row)
+                histogram[str(values[0])] = (
+                    [int(v or 0) for v in values[1 : 1 + len(duration_buckets)]],
+                    int(values[-2]),
+                    float(values[-1]),
+                )
+            last_success = {
+                str(volume): float(at)
+                for volume, at in conn.execute(
+                    sa.select(jobs.c.volume, sa.func.max(jobs.c.ended_at))
+                    .where(
+                        jobs.c.kind == "backup",
+                        jobs.c.state == "succeeded",
+                        jobs.c.volume.is_not(None),
+                        *where,
+                    )
+                    .group_by(jobs.c.volume)
+                )
+                if at is not None
+            }
+        return CatalogTotals(
+            jobs=by_kind_state,
+            bytes_read=int(sums[0]),
+            bytes_stored=int(sums[1]),
+            requests={op: int(sums[2 + i]) for i, op in enumerate(REQUEST_OPS)},
+            durations=histogram,
+            last_success=last_success,
+        )
 
     def job(self, job_id: str) -> JobRecord | None:
         with self._reading() as conn:

@@ -84,6 +84,11 @@ def register(sub: Any) -> None:
     p.add_argument("--local-root", help="folder of the local cluster (default: $LAMINA_LOCAL_ROOT)")
     add_catalog_arg(p)
     p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="also serve Prometheus metrics on http://HOST:PORT/metrics (docs/catalog.md)",
+    )
+    p.add_argument(
         "--grace",
         default="30s",
         help="on SIGTERM, how long running tasks may take to finish before they are cancelled",
@@ -300,4 +305,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call
     _setup_logging(args.log_file)
-    return serve(service, options, grace=grace)
+    metrics = None
+    if args.metrics_listen:
+        from ..service.metrics import MetricsServer
+
+        metrics = MetricsServer(service, args.metrics_listen)
+        logging.getLogger("lamina.api").info(
+            "metrics on http://%s/metrics", printable(args.metrics_listen)
+        )
+    try:
+        return serve(service, options, grace=grace)
+    finally:
+        if metrics is not None:
+            metrics.stop()

@@ -908,6 +908,11 @@ class Service:
         return self.accounting.counts_of(job_id)
 
     @property
+    def catalog_url(self) -> str:
+        """The job-history catalog this service records its jobs in."""
+        return str(self._recorder.catalog_url)
+
+    @property
     def catalog_problem(self) -> str | None:
         """Why jobs of this service could not be recorded in the catalog (None: they were)."""
         return self._recorder.problem
