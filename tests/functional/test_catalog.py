@@ -27,6 +27,7 @@ from lamina.backend.catalog import (
     CatalogError,
     CatalogTooNew,
     HistoryQuery,
+    JobRecord,
     head_revision,
     revisions,
 )
@@ -246,7 +247,6 @@ def test_a_job_whose_process_was_killed_shows_as_interrupted(
 def test_a_live_job_of_another_host_stays_running_until_its_heartbeat_is_stale(
     catalog_url: str,
 ) -> None:
-    from lamina.backend.catalog import JobRecord
     from lamina.backend.catalog.store import STALE_AFTER
 
     now = time.time()
@@ -351,3 +351,28 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_history_escapes_what_other_hosts_wrote(catalog_url: str) -> None:
+    hostile = "vol\x1b]0;owned\x07\u202e\r\nforged line"
+    catalog = Catalog.open(catalog_url)
+    try:
+        catalog.record_job(
+            JobRecord(
+                id="hostile1",
+                kind="backup",
+                state="failed",
+                created_at=time.time(),
+                volume=hostile,
+                error=f"failed: {hostile}",
+                host=hostile,
+            )
+        )
+    finally:
+        catalog.close()
+    result = lamina("history", "--catalog", catalog_url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[-1] == "1 job"  # the job, its error, the count
+    assert not any(ch in result.stdout for ch in "\x1b\x07\u202e\r")
+    assert "\\x1b" in lines[0] and "forged line" in lines[0]
