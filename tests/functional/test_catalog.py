@@ -376,3 +376,37 @@ def test_history_escapes_what_other_hosts_wrote(catalog_url: str) -> None:
     assert len(lines) == 3 and lines[-1] == "1 job"  # the job, its error, the count
     assert not any(ch in result.stdout for ch in "\x1b\x07\u202e\r")
     assert "\\x1b" in lines[0] and "forged line" in lines[0]
+
+
+_BACKUP_WITHOUT_CLOSE = textwrap.dedent(
+    """
+    import sys
+    from lamina.backend.service import Service
+    repo, catalog, image = sys.argv[1:4]
+    job = Service(repo, catalog=catalog).start_backup(image, "ns/quick")
+    job.wait()
+    print(job.id)
+    # no service.close(): the process just ends
+    """
+)
+
+
+def test_a_process_that_ends_without_closing_its_service_still_records_the_end(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
+    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=7)
+    result = subprocess.run(
+        [sys.executable, "-c", _BACKUP_WITHOUT_CLOSE, repo, catalog_url, str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    catalog = Catalog.open(catalog_url, reap=False)
+    try:
+        job = catalog.job(result.stdout.strip())
+    finally:
+        catalog.close()
+    assert job is not None and job.state == "succeeded" and job.point
