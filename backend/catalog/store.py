@@ -35,6 +35,8 @@ STALE_AFTER = 300.0
 #: How often a process refreshes the heartbeat of its running jobs.
 HEARTBEAT_EVERY = 60.0
 
+#: Catalog URLs that turn recording off.
+OFF = ("none", "off")
 INTERRUPTED = "interrupted"
 LIVE_STATES = ("queued", "running")
 FAILED_STATES = ("failed", INTERRUPTED)
@@ -232,6 +234,8 @@ class Catalog:
         """Open (making an SQLite file when there is none), migrate to the head revision,
         and mark the jobs of dead processes interrupted. Raises CatalogError in one line."""
         url = url or default_catalog_url()
+        if url.lower() in OFF:
+            raise CatalogError(f"the job catalog is off ({CATALOG_ENV} or --catalog is {url!r})")
         parsed = _parse(url)
         shown = shown_url(url)
         sqlite_path = None

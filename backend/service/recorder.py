@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import Catalog, CatalogError, HistoryQuery, JobRecord
 from ..catalog.process import current_process
-from ..catalog.store import HEARTBEAT_EVERY
+from ..catalog.store import HEARTBEAT_EVERY, OFF
 from ..display import printable
 from .accounting import RequestCounts
 from .jobs import Job, JobState
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lamina.catalog")
 
 ORIGINS = ("cli", "tui", "api", "controller")
-#: Catalog URL values that turn recording off.
-OFF = ("none", "off")
 _RETRY_OPEN_AFTER = 60.0
 _FLUSH_TIMEOUT = 15.0
 

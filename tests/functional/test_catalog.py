@@ -410,3 +410,19 @@ def test_a_process_that_ends_without_closing_its_service_still_records_the_end(
     finally:
         catalog.close()
     assert job is not None and job.state == "succeeded" and job.point
+
+
+def test_a_catalog_turned_off_records_nothing_and_says_so(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
+    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=8)
+    env = {**os.environ, "LAMINA_CATALOG": "none", "XDG_STATE_HOME": str(tmp_path / "state")}
+    backup = lamina("backup", "--repo", repo, "--volume", "ns/v", str(image), env=env)
+    assert backup.returncode == 0 and backup.stderr == ""
+    assert not (tmp_path / "state").exists() and not (Path.cwd() / "none").exists()
+    history = lamina("history", env=env)
+    assert history.returncode == 1
+    assert (
+        history.stderr.strip()
+        == "lamina: error: the job catalog is off (LAMINA_CATALOG or --catalog is 'none')"
+    )
