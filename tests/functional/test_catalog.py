@@ -426,3 +426,49 @@ def test_a_catalog_turned_off_records_nothing_and_says_so(tmp_path: Path) -> Non
         history.stderr.strip()
         == "lamina: error: the job catalog is off (LAMINA_CATALOG or --catalog is 'none')"
     )
+
+
+def test_jobs_through_the_grpc_api_are_recorded_once_by_the_server(
+    catalog_url: str, tmp_path: Path
+) -> None:
+    from tests.support.api_server import TOKEN, running_server
+
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
+    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=9)
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    client_catalog = tmp_path / "client.sqlite"
+    service = Service(repo, catalog=catalog_url, origin="api")
+    try:
+        with running_server(service, allowed_paths=[str(tmp_path)]) as server:
+            result = lamina(
+                "backup",
+                "--server",
+                server.address,
+                "--token-file",
+                str(token),
+                "--volume",
+                "ns/remote",
+                str(image),
+                "--json",
+                env={**os.environ, "LAMINA_CATALOG": f"sqlite:///{client_catalog}"},
+            )
+            assert result.returncode == 0, result.stderr
+    finally:
+        service.close()
+    point = json.loads(result.stdout)["id"]
+    catalog = Catalog.open(catalog_url)
+    try:
+        (job,) = catalog.history()
+    finally:
+        catalog.close()
+    assert (job.kind, job.state, job.point, job.origin) == ("backup", "succeeded", point, "api")
+    assert job.pid == os.getpid()  # the server's process, not the CLI client's
+    # The client ran no job itself: it recorded nothing.
+    if client_catalog.exists():
+        client = Catalog.open(f"sqlite:///{client_catalog}")
+        try:
+            assert client.history() == []
+        finally:
+            client.close()
