@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..display import printable
-from ..engine.lifecycle import Policy
 from ..service import (
     ForgetReport,
     LockInfo,
     PointInfo,
+    Policy,
     PruneReport,
     forget_savings,
     parse_keep_within,
