@@ -38,6 +38,18 @@ from .cbt import (
 from .clusters import check_clusters, list_clusters
 from .contract import LaminaService
 from .demo import run_demo
+from .history import (
+    JOB_KINDS,
+    CatalogError,
+    HistoryQuery,
+    JobRecord,
+    RequestCounts,
+    Savings,
+    forget_savings,
+    format_cost,
+    prune_savings,
+    read_history,
+)
 from .jobs import BackupCaps, Job, JobState, summary, view_of
 from .kube import KubeSession, datamover_manifests
 from .models import (
@@ -123,10 +135,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FS_TYPE",
+    "JOB_KINDS",
     "MOUNT_PROCESS",
     "PATH_MAX",
     "BackupCaps",
     "Capabilities",
+    "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
     "EntryWriter",
@@ -134,9 +148,11 @@ __all__ = [
     "FileEntry",
     "ForgetDecision",
     "ForgetReport",
+    "HistoryQuery",
     "ImageReadError",
     "ImageReader",
     "Job",
+    "JobRecord",
     "JobState",
     "JobView",
     "KubeSession",
@@ -156,7 +172,9 @@ __all__ = [
     "Range",
     "Reachability",
     "RepositoryInfo",
+    "RequestCounts",
     "RestoreReport",
+    "Savings",
     "Service",
     "Skipped",
     "TargetError",
@@ -173,6 +191,8 @@ __all__ = [
     "default_local_root",
     "default_repo",
     "find_mount",
+    "forget_savings",
+    "format_cost",
     "fusermount",
     "init_repository",
     "list_clusters",
@@ -184,7 +204,9 @@ __all__ = [
     "open_folder",
     "parse_keep_within",
     "parse_volume",
+    "prune_savings",
     "ranges_from_json_file",
+    "read_history",
     "read_password_file",
     "run_demo",
     "serve_snapshot_metadata",
