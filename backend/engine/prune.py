@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from ..errors import LaminaError
 from .format import PieceEntry
-from .repository import Repository, pack_key, pack_runs
+from .repository import Repository
+from .repository.packs import pack_key, pack_runs
 
 INDEX_SEGMENT_ENTRIES = 250_000
 DEBRIS_GRACE = 0.0  # seconds; prune runs under an exclusive lock, so debris is never in use
