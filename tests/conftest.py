@@ -8,6 +8,9 @@ S3 (SeaweedFS on 127.0.0.1, one server for the whole run, started on first use):
   ``open_storage("s3://bucket/prefix")`` works; undone after the test.
 - ``s3_repo_url``: ``s3://<a new, empty bucket>/repo``, with ``s3_env`` in force.
 - ``s3_cli_env``: a full environment (dict) for running the ``lamina`` CLI as a subprocess.
+
+The local cache of S3 repositories (backend/engine/cache.py) lives in a folder of this run
+(``LAMINA_CACHE_DIR``, inherited by the CLI processes tests start), never in the user's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LAMINA_CACHE_DIR", str(tmp_path_factory.mktemp("lamina-cache")))
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)

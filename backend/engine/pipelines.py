@@ -891,12 +891,21 @@ def verify(
     tracker.set_phase("loading index")
     repo.load_index()
     packs = {pack_id: size for pack_id, size in repo.list_packs()}
+    # Maps may come from the local cache: that they still exist is checked here.
+    stored_maps = {info.key for info in repo.storage.list("maps/")}
     needed: dict[bytes, list[tuple[str, int]]] = {}
     tracker.set_phase("checking maps", len(points), unit="points")
     for point in points:
         if cancelled():
             raise Cancelled("verify cancelled")
         report.points += 1
+        if point.map_key not in stored_maps:
+            report.problems.append(
+                f"point {point.id}: the extent map of point {point.id} is missing"
+            )
+            continue
+        if point.fingerprints_key is not None and point.fingerprints_key not in stored_maps:
+            report.problems.append(f"point {point.id}: its fingerprints are missing")
         try:
             resolved = repo.resolve(point)
         except LaminaError as e:

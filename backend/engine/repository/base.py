@@ -7,12 +7,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ...errors import CorruptObject
+from ..cache import ObjectCache
 from ..crypto import Sealer
 from ..fingerprints import Fingerprinter
 from ..format import Extent
 from ..storage import Storage
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .codec import PieceCodec
@@ -45,6 +49,8 @@ class RepositoryState:
     _maps: OrderedDict[str, list[Extent]]
     _maps_extents: int
     _cache_lock: threading.Lock
+    cache: ObjectCache | None  # the local cache of this repository (cache.py), if any
+    _shared_locks: int  # shared locks this process holds: no deleter runs meanwhile
 
     # ------------------------------------------------------------------ object lock
 
@@ -63,6 +69,62 @@ class RepositoryState:
         days = self.retention_days
         until = time.time() + days * 86400 if days else None
         return self.storage.put(key, data, if_absent=if_absent, retain_until=until)
+
+    # ------------------------------------------------------------------ local cache
+
+    def fetch_checked(
+        self,
+        key: str,
+        decode: Callable[[bytes], T],
+        tag: str | None = "",
+        *,
+        keep: bool = True,
+    ) -> T:
+        """``decode`` of the object at ``key``: from the local cache when its copy decodes
+        (the same checks as a fresh download), else from the repository, then cached.
+
+        Callers decide whether ``key`` may come from the cache at all (docs/format.md,
+        "Local cache"); ``tag`` is the generation a manifest is valid under (None: do not
+        look in the cache), and ``keep`` whether a fresh download may be cached. A missing
+        object raises ``ObjectNotFound``; a corrupt download raises and is not cached.
+        """
+        cache = self.cache
+        if cache is not None and tag is not None:
+            blob = cache.get(key, tag)
+            if blob is not None:
+                try:
+                    return decode(blob)
+                except CorruptObject:  # damaged on disk: ignore it and replace it
+                    cache.rejected += 1
+                    cache.discard(key)
+        blob = self.storage.get(key)
+        value = decode(blob)
+        if cache is not None and tag is not None and keep:
+            cache.put(key, blob, tag)
+        return value
+
+    def cache_put(self, key: str, blob: bytes | bytearray, tag: str = "") -> None:
+        """Keep a copy of an object this process wrote itself."""
+        if self.cache is not None:
+            self.cache.put(key, blob, tag)
+
+    def lock_granted(self) -> None:
+        """A shared lock of this process was granted (and the caches revalidated)."""
+        with self._cache_lock:
+            self._shared_locks += 1
+
+    def lock_released(self) -> None:
+        with self._cache_lock:
+            self._shared_locks -= 1
+
+    def manifest_tag(self) -> str | None:
+        """The generation under which manifests may go to and come from the local cache:
+        only while this process holds a shared lock, so that no deleter runs while they are
+        read (a deleter bumps the generation first, which retires every cached manifest)."""
+        with self._cache_lock:
+            if self.cache is None or self._shared_locks <= 0 or self._generation is None:
+                return None
+            return self._generation
 
     # ------------------------------------------------------------------ helpers
 

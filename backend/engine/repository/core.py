@@ -7,6 +7,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..cache import open_cache
 from ..crypto import Keys, Sealer
 from ..fingerprints import DEFAULT_FINGERPRINT_BLOCK, Fingerprinter, fingerprint_key
 from ..format import Extent
@@ -57,6 +58,8 @@ class Repository(PointStore, PackStore):
         self._cache_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self.io_threads = 8
+        self.cache = open_cache(self.id, storage.url)
+        self._shared_locks = 0
 
     # ------------------------------------------------------------------ open and init
 

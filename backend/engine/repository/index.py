@@ -150,15 +150,25 @@ class IndexStore(RepositoryState):
     """Loading, following and writing the index segments (part of ``Repository``)."""
 
     def _read_segments(self, keys: Sequence[str]) -> list[list[PieceEntry]]:
-        """The entries of index segments, fetched in parallel (segments never change)."""
+        """The entries of index segments, fetched in parallel. Segments never change, and
+        ``keys`` come from a listing of ``index/``: the local cache may serve them."""
         return self._parallel(
-            lambda k: list(fmt.decode_index(self.sealer, self.storage.get(k), k)), keys
+            lambda k: self.fetch_checked(
+                k, lambda blob: list(fmt.decode_index(self.sealer, blob, k))
+            ),
+            keys,
         )
+
+    def _forget_vanished_segments(self, listed: list[str]) -> None:
+        """Cached segments that ``index/`` no longer lists (prune removed them) go."""
+        if self.cache is not None:
+            self.cache.retain("index", set(listed))
 
     def reload_index(self) -> list[str]:
         """Load every index segment afresh into the compact table. Returns the segment keys."""
         with self._index_lock:
             keys = [info.key for info in self.storage.list("index/")]
+            self._forget_vanished_segments(keys)
             segments = self._read_segments(keys)
             self.index.build(e for seg in segments for e in seg)
             self._segments = set(keys)
@@ -170,6 +180,7 @@ class IndexStore(RepositoryState):
             if self._index_loaded:
                 return
             keys = [info.key for info in self.storage.list("index/")]
+            self._forget_vanished_segments(keys)
             segments = self._read_segments(keys)
             self.index.build(e for seg in segments for e in seg)
             self._segments.update(keys)
@@ -208,7 +219,9 @@ class IndexStore(RepositoryState):
         if not entries:
             return None
         key = f"index/{secrets.token_hex(16)}"
-        self.put_retained(key, fmt.encode_index(self.sealer, entries))
+        blob = fmt.encode_index(self.sealer, entries)
+        self.put_retained(key, blob)
+        self.cache_put(key, blob)
         self._segments.add(key)
         return key
 
@@ -221,8 +234,9 @@ class IndexStore(RepositoryState):
     def _revalidate_index(self) -> None:
         """A segment we loaded is gone (prune rewrote the index): rebuild; else add new ones."""
         with self._index_lock:
-            present = {info.key for info in self.storage.list("index/")}
-            vanished = bool(self._segments - present)
+            listed = [info.key for info in self.storage.list("index/")]
+            self._forget_vanished_segments(listed)
+            vanished = bool(self._segments - set(listed))
         if vanished:
             self._drop_index()
         else:

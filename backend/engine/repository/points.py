@@ -78,15 +78,18 @@ class PointStore(Coherence):
         or remove manifests, and every deleter bumps the generation first.
         """
         self._check_generation()
+        # The generation was just read: manifests cached under it are current (and only
+        # listed ones are looked up). Fresh ones are cached only under a shared lock.
+        with self._cache_lock:
+            current = self._generation
+        keep = self.manifest_tag() is not None
         ids = [info.key.rsplit("/", 1)[-1] for info in self.storage.list("manifests/")]
         with self._cache_lock:
             missing = [i for i in ids if i not in self._points]
 
         def fetch(point_id: str) -> dict[str, Any] | None:
-            key = f"manifests/{point_id}"
             try:
-                blob = self.storage.get(key)
-                return fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}")
+                return self._fetch_manifest(point_id, current, keep=keep)
             except ObjectNotFound:
                 return None  # deleted since the listing: the point no longer exists
 
@@ -102,15 +105,30 @@ class PointStore(Coherence):
         points.sort(key=lambda p: (p.created, p.id))
         return points
 
+    def _fetch_manifest(
+        self, point_id: str, tag: str | None, *, keep: bool = True
+    ) -> dict[str, Any]:
+        """A point's manifest, from the local cache under generation ``tag`` when it holds
+        one, else from the repository. Raises ``ObjectNotFound``."""
+        what = f"manifest of point {point_id}"
+
+        def decode(blob: bytes) -> dict[str, Any]:
+            manifest = fmt.decode_manifest(self.sealer, blob, what)
+            if str(manifest["id"]) != point_id:
+                raise CorruptObject(f"{what} names another point (tampered?)")
+            return manifest
+
+        return self.fetch_checked(f"manifests/{point_id}", decode, tag, keep=keep)
+
     def load_point(self, point_id: str) -> Point:
-        key = f"manifests/{point_id}"
         try:
-            blob = self.storage.get(key)
+            # The local cache only while a shared lock holds the generation still.
+            manifest = self._fetch_manifest(point_id, self.manifest_tag())
         except ObjectNotFound:
             with self._cache_lock:
                 self._points.pop(point_id, None)
             raise PointNotFound(f"no restore point {point_id}") from None
-        point = Point(fmt.decode_manifest(self.sealer, blob, f"manifest of point {point_id}"))
+        point = Point(manifest)
         with self._cache_lock:
             self._points[point_id] = point
         return point
@@ -146,10 +164,16 @@ class PointStore(Coherence):
             writes.append((str(manifest["fingerprints"]), blob))
         self._parallel(lambda kv: self.put_retained(*kv), writes)  # both before the manifest
         key = f"manifests/{point_id}"
-        written = self.put_retained(key, fmt.encode_manifest(self.sealer, manifest))
+        manifest_blob = fmt.encode_manifest(self.sealer, manifest)
+        written = self.put_retained(key, manifest_blob)
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
         if not written and fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
             raise LaminaError(f"restore point {point_id} already exists")
+        for written_key, blob in writes:  # the next incremental starts from these
+            self.cache_put(written_key, blob)
+        tag = self.manifest_tag()
+        if tag is not None:
+            self.cache_put(key, manifest_blob, tag)
         return Point(manifest)
 
     def load_map(self, point: Point) -> list[Extent]:
@@ -160,11 +184,15 @@ class PointStore(Coherence):
             if cached is not None:
                 self._maps.move_to_end(key)
                 return cached
+        what = f"extent map of point {point.id}"
         try:
-            blob = self.storage.get(key)
+            # A map never changes, and a current manifest names this one: the local cache
+            # may serve it.
+            _capacity, extents = self.fetch_checked(
+                key, lambda blob: fmt.decode_map(self.sealer, blob, what)
+            )
         except ObjectNotFound:
             raise MissingObject(f"the extent map of point {point.id} is missing") from None
-        _capacity, extents = fmt.decode_map(self.sealer, blob, f"extent map of point {point.id}")
         with self._cache_lock:  # map objects never change: keep recent ones, up to a bound
             self._maps[key] = extents
             self._maps_extents += len(extents)
@@ -189,6 +217,7 @@ class PointStore(Coherence):
         key = f"maps/{point_id}.{secrets.token_hex(4)}"
         blob = fmt.encode_map(self.sealer, int(manifest["capacity"]), self.grid_size, extents)
         self.put_retained(key, blob)
+        self.cache_put(key, blob)
         manifest = {**manifest, "map": key}
         manifest.pop("fingerprints", None)
         if fingerprints is not None and self.fingerprint_block:
@@ -197,6 +226,7 @@ class PointStore(Coherence):
         self.put_retained(
             f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=False
         )
+        self._forget_cached_manifest(point_id)
         point = Point(manifest)
         with self._cache_lock:
             self._points[point_id] = point
@@ -205,8 +235,14 @@ class PointStore(Coherence):
     def remove_point(self, point: Point) -> None:
         """Make a point cease to exist (its manifest goes; prune collects the rest)."""
         self.storage.delete(f"manifests/{point.id}")
+        self._forget_cached_manifest(point.id)
         with self._cache_lock:
             self._points.pop(point.id, None)
+
+    def _forget_cached_manifest(self, point_id: str) -> None:
+        # Retired by the generation this deleter wrote already; removed for tidiness.
+        if self.cache is not None:
+            self.cache.discard(f"manifests/{point_id}")
 
     # ------------------------------------------------------------------ fingerprints
 
@@ -221,13 +257,14 @@ class PointStore(Coherence):
         key = point.fingerprints_key
         if key is None or not self.fingerprint_block:
             return None
+        what = f"fingerprints of point {point.id}"
         try:
-            blob = self.storage.get(key)
+            # Like the map: never changed, named by a current manifest.
+            _capacity, fingerprints = self.fetch_checked(
+                key, lambda blob: decode_fingerprints(self.sealer, blob, what)
+            )
         except ObjectNotFound:
             return None
-        _capacity, fingerprints = decode_fingerprints(
-            self.sealer, blob, f"fingerprints of point {point.id}"
-        )
         if fingerprints.block_size != self.fingerprint_block:
             return None
         return fingerprints
