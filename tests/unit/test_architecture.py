@@ -18,7 +18,7 @@ FORBIDDEN = (
     "lamina.backend.engine.storage",
     "lamina.backend.engine.repository",
     "lamina.backend.engine.format",
-    "lamina.backend.engine",
+    "lamina.backend.engine.pipelines",
 )
 
 
