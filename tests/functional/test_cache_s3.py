@@ -250,20 +250,27 @@ def test_what_another_machine_removed_never_comes_back_from_the_cache(
         long_lived.close()
 
 
-def test_verify_reports_a_map_gone_from_the_repository_though_the_cache_holds_it(
-    proxied: Proxied,
-) -> None:
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_verify_reads_the_repository_not_the_cache(proxied: Proxied, damage: str) -> None:
     source = proxied.tmp / "db.img"
     write_image(source, list(range(CELLS)))
     cache_dir = proxied.tmp / "cache"
     with contextlib.closing(proxied.service(cache_dir)) as first:
         expected = build_chain(first, source, steps=2)
     middle = list(expected)[1]
-    open_storage(proxied.url).delete(f"maps/{middle}")
+    storage = open_storage(proxied.url)
+    key = f"maps/{middle}"
+    if damage == "deleted":
+        storage.delete(key)
+        line = f"point {middle}: the extent map of point {middle} is missing"
+    else:
+        blob = bytearray(storage.get(key))
+        blob[len(blob) // 2] ^= 0x01
+        storage.put(key, bytes(blob))
+        line = f"point {middle}: extent map of point {middle}"
     with contextlib.closing(proxied.service(cache_dir)) as second:
-        assert cache_of(second).get(f"maps/{middle}") is not None
-        report = run(second.start_verify())
-        assert not report.ok  # type: ignore[attr-defined]
-        assert f"point {middle}: the extent map of point {middle} is missing" in "\n".join(
-            report.problems  # type: ignore[attr-defined]
-        )
+        assert cache_of(second).get(key) is not None  # the cache still holds a sound copy
+        for ref in (middle, None):  # the point itself, and every point
+            report = run(second.start_verify(ref))
+            assert not report.ok  # type: ignore[attr-defined]
+            assert any(p.startswith(line) for p in report.problems), report.problems  # type: ignore[attr-defined]

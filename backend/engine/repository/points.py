@@ -269,6 +269,27 @@ class PointStore(Coherence):
             return None
         return fingerprints
 
+    def check_stored_map(self, point: Point) -> None:
+        """Read the point's own map from the repository, never from the local cache, and
+        decode it: verify's proof that it is there and sound. Raises ``MissingObject`` or
+        ``CorruptObject``."""
+        try:
+            blob = self.storage.get(point.map_key)
+        except ObjectNotFound:
+            raise MissingObject(f"the extent map of point {point.id} is missing") from None
+        fmt.decode_map(self.sealer, blob, f"extent map of point {point.id}")
+
+    def check_stored_fingerprints(self, point: Point) -> None:
+        """The same for the point's fingerprints (none is no problem: cell hashes serve)."""
+        key = point.fingerprints_key
+        if key is None or not self.fingerprint_block:
+            return
+        try:
+            blob = self.storage.get(key)
+        except ObjectNotFound:
+            raise MissingObject(f"the fingerprints of point {point.id} are missing") from None
+        decode_fingerprints(self.sealer, blob, f"fingerprints of point {point.id}")
+
     def fingerprint_layers(self, points: Sequence[Point]) -> list[list[Run]]:
         """Each point's fingerprint runs, newest first; UNKNOWN where a point without
         (readable) fingerprints has extents."""
