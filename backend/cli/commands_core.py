@@ -16,7 +16,16 @@ from ..service import (
     read_password_file,
 )
 from ..units import format_rate, format_size, parse_size, plural
-from .common import add_repo_args, elapsed, new_password, open_service, print_json, run_job
+from .common import (
+    add_repo_args,
+    elapsed,
+    new_password,
+    open_service,
+    print_json,
+    print_requests,
+    run_job,
+    with_requests,
+)
 
 
 def register(sub: Any) -> None:
@@ -194,7 +203,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     )
     point: PointInfo = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(point.as_json())
+        print_json(with_requests(point.as_json(), service, job))
         return 0
     s = point.stats
     print(
@@ -210,6 +219,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"deduplicated {format_size(s['bytes_deduplicated'])}; zero {format_size(s['bytes_zero'])}; "
         f"{plural(s['requests'], 'request')}"
     )
+    print_requests(service, job)
     return 0
 
 
@@ -283,10 +293,11 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    job = open_service(args).start_restore(args.point, args.target, overwrite=args.overwrite)
+    service = open_service(args)
+    job = service.start_restore(args.point, args.target, overwrite=args.overwrite)
     result = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(result)
+        print_json(with_requests(result, service, job))
         return 0
     rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
     print(
@@ -295,6 +306,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
         f"({format_rate(rate)}); every piece and the image digest checked"
     )
+    print_requests(service, job)
     return 0
 
 

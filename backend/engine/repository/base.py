@@ -6,7 +6,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import CorruptObject
@@ -15,6 +14,7 @@ from ..crypto import Sealer
 from ..fingerprints import Fingerprinter
 from ..format import Extent
 from ..storage import Storage
+from ..storage.metering import ContextThreadPool
 
 T = TypeVar("T")
 
@@ -131,5 +131,5 @@ class RepositoryState:
     def _parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(i) for i in items]
-        with ThreadPoolExecutor(min(self.io_threads, len(items))) as pool:
+        with ContextThreadPool(min(self.io_threads, len(items))) as pool:
             return list(pool.map(fn, items))
