@@ -319,8 +319,8 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     small = slow_image(tmp_path / "small.img", MiB + MiB // 2, seed=31)
-    big = slow_image(tmp_path / "big.img", 48 * MiB, seed=32)
-    grace = 6.0  # the small backup needs about 1.5 s, more on a busy machine
+    big = slow_image(tmp_path / "big.img", 96 * MiB, seed=32)
+    grace = 12.0  # the small backup needs about 1.5 s, several times that on a loaded machine
     proc = subprocess.Popen(
         [
             *LAMINA,
