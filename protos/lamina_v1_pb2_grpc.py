@@ -169,6 +169,16 @@ class LaminaServiceStub:
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
                 _registered_method=True)
+        self.ListHistory = channel.unary_unary(
+                '/lamina.v1.LaminaService/ListHistory',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/lamina.v1.LaminaService/GetJob',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.FromString,
+                _registered_method=True)
         self.ListFiles = channel.unary_unary(
                 '/lamina.v1.LaminaService/ListFiles',
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListFilesRequest.SerializeToString,
@@ -377,6 +387,21 @@ class LaminaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHistory(self, request, context):
+        """The job history (the catalog): every job the server's service ran, recorded or found
+        in the repository, newest first; page_size jobs a page, page_token for the next.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """One job of the history with its state changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFiles(self, request, context):
         """The entries of a folder inside a point's filesystem (or the one entry of a file).
         """
@@ -535,6 +560,16 @@ def add_LaminaServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.WatchTaskRequest.FromString,
                     response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'ListHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHistory,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.SerializeToString,
             ),
             'ListFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFiles,
@@ -1281,6 +1316,60 @@ class LaminaService:
             '/lamina.v1.LaminaService/WatchTask',
             lamina_dot_protos_dot_lamina__v1__pb2.WatchTaskRequest.SerializeToString,
             lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ListHistory',
+            lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.ListHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/GetJob',
+            lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.FromString,
             options,
             channel_credentials,
             insecure,

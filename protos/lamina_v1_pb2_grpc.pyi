@@ -94,6 +94,12 @@ class LaminaServiceStub:
     """
     WatchTask: _grpc.UnaryStreamMultiCallable[_lamina_v1_pb2.WatchTaskRequest, _lamina_v1_pb2.Task]
     """The task's state now, then every change, ending after the task has finished."""
+    ListHistory: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListHistoryRequest, _lamina_v1_pb2.ListHistoryResponse]
+    """The job history (the catalog): every job the server's service ran, recorded or found
+    in the repository, newest first; page_size jobs a page, page_token for the next.
+    """
+    GetJob: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetJobRequest, _lamina_v1_pb2.JobRecord]
+    """One job of the history with its state changes."""
     ListFiles: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListFilesRequest, _lamina_v1_pb2.ListFilesResponse]
     """The entries of a folder inside a point's filesystem (or the one entry of a file)."""
     ReadFile: _grpc.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadFileRequest, _lamina_v1_pb2.ReadFileResponse]
@@ -158,6 +164,12 @@ class LaminaServiceAsyncStub(LaminaServiceStub):
     """
     WatchTask: _aio.UnaryStreamMultiCallable[_lamina_v1_pb2.WatchTaskRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
     """The task's state now, then every change, ending after the task has finished."""
+    ListHistory: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListHistoryRequest, _lamina_v1_pb2.ListHistoryResponse]  # type: ignore[assignment]
+    """The job history (the catalog): every job the server's service ran, recorded or found
+    in the repository, newest first; page_size jobs a page, page_token for the next.
+    """
+    GetJob: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetJobRequest, _lamina_v1_pb2.JobRecord]  # type: ignore[assignment]
+    """One job of the history with its state changes."""
     ListFiles: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListFilesRequest, _lamina_v1_pb2.ListFilesResponse]  # type: ignore[assignment]
     """The entries of a folder inside a point's filesystem (or the one entry of a file)."""
     ReadFile: _aio.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadFileRequest, _lamina_v1_pb2.ReadFileResponse]  # type: ignore[assignment]
@@ -381,6 +393,24 @@ class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lamina_v1_pb2.Task], _abc.AsyncIterator[_lamina_v1_pb2.Task]]:
         """The task's state now, then every change, ending after the task has finished."""
+
+    @_abc_1.abstractmethod
+    def ListHistory(
+        self,
+        request: _lamina_v1_pb2.ListHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.ListHistoryResponse, _abc.Awaitable[_lamina_v1_pb2.ListHistoryResponse]]:
+        """The job history (the catalog): every job the server's service ran, recorded or found
+        in the repository, newest first; page_size jobs a page, page_token for the next.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _lamina_v1_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.JobRecord, _abc.Awaitable[_lamina_v1_pb2.JobRecord]]:
+        """One job of the history with its state changes."""
 
     @_abc_1.abstractmethod
     def ListFiles(

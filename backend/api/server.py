@@ -547,6 +547,28 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         view = self.tasks.get(_required(request.id, "task id"))
         return task_message(view, include_log=request.include_log)
 
+    # ------------------------------------------------------------------ history
+
+    @unary
+    def ListHistory(
+        self, request: pb.ListHistoryRequest, context: grpc.ServicerContext
+    ) -> pb.ListHistoryResponse:
+        if request.page_size < 0:
+            raise UsageError("page_size must not be negative")
+        page = self.service.list_history(
+            volume=request.volume or None,
+            kind=request.kind or None,
+            since=wire.seconds_of(request.since) if request.HasField("since") else None,
+            failed=request.failed,
+            limit=request.page_size or None,
+            page_token=request.page_token,
+        )
+        return wire.history_page_message(page)
+
+    @unary
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobRecord:
+        return wire.history_job_message(self.service.get_job(_required(request.id, "job id")))
+
     @unary
     def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.ServicerContext) -> pb.Task:
         return task_message(self.tasks.cancel(_required(request.id, "task id")))

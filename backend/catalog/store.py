@@ -46,6 +46,10 @@ class CatalogError(LaminaError):
     """The catalog cannot be opened or written: one line, what and why."""
 
 
+class JobNotFound(LaminaError):
+    """No job of the catalog has that id."""
+
+
 class CatalogTooNew(CatalogError):
     """The catalog's schema revision is unknown to this lamina: a newer one wrote it."""
 
@@ -193,6 +197,9 @@ class HistoryQuery:
     failed: bool = False
     limit: int | None = None
     with_events: bool = False
+    #: Only jobs after this one in the newest-first order: (created_at, id) of the last
+    #: job of the previous page. Keyset paging: a job added meanwhile shifts no page.
+    after: tuple[float, str] | None = None
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -389,6 +396,14 @@ class Catalog:
             statement = statement.where(jobs.c.created_at >= q.since)
         if q.failed:
             statement = statement.where(jobs.c.state.in_(FAILED_STATES))
+        if q.after is not None:
+            created, job_id = q.after
+            statement = statement.where(
+                sa.or_(
+                    jobs.c.created_at < created,
+                    sa.and_(jobs.c.created_at == created, jobs.c.id > job_id),
+                )
+            )
         if q.limit is not None:
             statement = statement.limit(q.limit)
         with self._reading() as conn:

@@ -31,7 +31,7 @@ from .common import (
 if TYPE_CHECKING:
     from lamina.backend.service.remote import ApiClient
 
-SERVER_COMMANDS = ("points", "chain", "backup", "restore", "verify")
+SERVER_COMMANDS = ("points", "chain", "backup", "restore", "verify", "history")
 DEFAULT_LISTEN = "127.0.0.1:7443"
 
 

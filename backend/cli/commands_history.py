@@ -12,6 +12,7 @@ from ..service import (
     JOB_KINDS,
     HistoryQuery,
     JobRecord,
+    LaminaService,
     format_cost,
     parse_volume,
     read_history,
@@ -58,8 +59,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         limit=args.limit,
         with_events=args.json,
     )
-    if args.repo:
-        args.server = None
+    if getattr(args, "server", None):
+        records = _through_service(open_service(args), query)
+    elif args.repo:
         records = open_service(args).history(query, catalog=args.catalog)
     else:
         records = read_history(query, catalog=args.catalog)
@@ -72,6 +74,30 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"  error: {printable(record.error)}")
     print(plural(len(records), "job"))
     return 0
+
+
+def _through_service(service: LaminaService, query: HistoryQuery) -> list[JobRecord]:
+    """The jobs of ``query`` page by page through the service contract (a server's history);
+    with --json, each with its state changes."""
+    records: list[JobRecord] = []
+    token = ""
+    while True:
+        wanted = None if query.limit is None else query.limit - len(records)
+        page = service.list_history(
+            volume=query.volume,
+            kind=query.kind,
+            since=query.since,
+            failed=query.failed,
+            limit=wanted,
+            page_token=token,
+        )
+        records.extend(page.jobs)
+        token = page.next_page_token
+        if not token or (query.limit is not None and len(records) >= query.limit):
+            break
+    if query.with_events:
+        records = [service.get_job(r.id) for r in records]
+    return records
 
 
 def _line(r: JobRecord) -> str:

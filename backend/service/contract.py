@@ -20,6 +20,8 @@ from .models import (
     ClusterSummary,
     ClusterVolume,
     FileEntry,
+    HistoryPage,
+    JobRecord,
     JobView,
     LockInfo,
     MountInfo,
@@ -114,6 +116,21 @@ class LaminaService(Protocol):
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job: ...
 
     def job_views(self) -> list[JobView]: ...
+
+    # ------------------------------------------------------------------ job history
+
+    def list_history(
+        self,
+        *,
+        volume: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        failed: bool = False,
+        limit: int | None = None,
+        page_token: str = "",
+    ) -> HistoryPage: ...
+
+    def get_job(self, job_id: str) -> JobRecord: ...
 
     def job_view(self, job_id: str) -> JobView: ...
 

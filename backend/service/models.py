@@ -11,6 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+# The catalog's job records (kind, state changes, figures, requests, cost, error line,
+# who started it), shown as they are (re-exported).
+from ..catalog import JobEvent as JobEvent
+from ..catalog import JobRecord as JobRecord
+
 # The engine's reports and names, shown as they are (re-exported).
 from ..engine.extract import ExtractReport as ExtractReport
 from ..engine.extract import Skipped as Skipped
@@ -395,3 +400,17 @@ class JobView:
         if not self.total:
             return None
         return min(1.0, self.done / self.total)
+
+
+#: The page size of list_history when none is asked for, and the largest one served.
+HISTORY_PAGE_SIZE = 100
+MAX_HISTORY_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of the job history, newest first. ``next_page_token`` asks for the page
+    after it ("" on the last page)."""
+
+    jobs: list[JobRecord]
+    next_page_token: str = ""

@@ -43,6 +43,8 @@ from .models import (
     ClusterVolume,
     ExtractReport,
     FileEntry,
+    HistoryPage,
+    JobRecord,
     JobView,
     LockInfo,
     MountInfo,
@@ -345,6 +347,29 @@ class ApiClient:
             raise LaminaError(f"the server stopped reporting task {task_id} before it ended")
         return last
 
+    def list_history(
+        self,
+        *,
+        volume: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        failed: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> HistoryPage:
+        request = pb.ListHistoryRequest(
+            volume=volume or "",
+            kind=kind or "",
+            since=wire.timestamp(since) if since is not None else None,
+            failed=failed,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return wire.history_page(self._call(self.stub.ListHistory, request))
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return wire.history_job(self._call(self.stub.GetJob, pb.GetJobRequest(id=job_id)))
+
     def job(self, task: JobView) -> RemoteJob:
         """A service-layer Job that mirrors a remote task (progress, result, cancel)."""
         return RemoteJob.follow(self, task)
@@ -584,6 +609,30 @@ class RemoteService(Service):
 
     def job_view(self, job_id: str) -> JobView:
         return self.client.task(job_id, include_log=True)
+
+    def list_history(
+        self,
+        *,
+        volume: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        failed: bool = False,
+        limit: int | None = None,
+        page_token: str = "",
+    ) -> HistoryPage:
+        if limit is not None and limit < 1:
+            raise UsageError("the page size must be at least 1")
+        return self.client.list_history(
+            volume=volume,
+            kind=kind,
+            since=since,
+            failed=failed,
+            page_size=limit or 0,
+            page_token=page_token,
+        )
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.client.get_job(job_id)
 
     def cancel_job(self, job_id: str) -> None:
         self.client.cancel(job_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import grpc
 
 from .. import errors as core_errors
+from ..catalog import CatalogError, JobNotFound
 from ..engine.safewrite import PathNotAllowed, TargetError, TargetExists
 from ..errors import LaminaError
 
@@ -73,6 +74,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     "KubeNotFound": grpc.StatusCode.NOT_FOUND,
     "NoSuchContext": grpc.StatusCode.NOT_FOUND,
     "TaskNotFound": grpc.StatusCode.NOT_FOUND,
+    "JobNotFound": grpc.StatusCode.NOT_FOUND,
     "SourceNotFound": grpc.StatusCode.NOT_FOUND,
     # the server's side is not in a state to do it
     "WrongPassword": grpc.StatusCode.FAILED_PRECONDITION,
@@ -121,7 +123,8 @@ def status_of(error: LaminaError) -> tuple[grpc.StatusCode, str]:
 
 
 _SERVICE_ERRORS: dict[str, type[LaminaError]] = {
-    cls.__name__: cls for cls in (PathNotAllowed, TargetError, TargetExists)
+    cls.__name__: cls
+    for cls in (PathNotAllowed, TargetError, TargetExists, JobNotFound, CatalogError)
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import Catalog, HistoryQuery, JobRecord, default_catalog_url
+from ..catalog import Catalog, HistoryQuery, JobNotFound, JobRecord, default_catalog_url
 from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
 from ..engine.extents import Range
@@ -56,14 +56,18 @@ from .clusters import (
     local_volumes,
     plan_local_backup,
 )
+from .history import JOB_KINDS, history_cursor, history_token
 from .jobs import BackupCaps, Job, JobRunner, VerifyStates, view_of
 from .models import (
+    HISTORY_PAGE_SIZE,
+    MAX_HISTORY_PAGE_SIZE,
     Capabilities,
     ClusterSummary,
     ClusterVolume,
     FileEntry,
     ForgetDecision,
     ForgetReport,
+    HistoryPage,
     JobView,
     LocalSnapshotInfo,
     MountInfo,
@@ -754,6 +758,54 @@ class Service:
             return opened.history(query)
         finally:
             opened.close()
+
+    def list_history(
+        self,
+        *,
+        volume: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        failed: bool = False,
+        limit: int | None = None,
+        page_token: str = "",
+    ) -> HistoryPage:
+        """One page of at most ``limit`` jobs from the catalog, newest first, filtered by
+        volume, kind, start (``since``, seconds since the epoch) and failure. The first page
+        is reconciled with the repository (see ``history``). Raises CatalogError."""
+        if limit is not None and limit < 1:
+            raise UsageError("the page size must be at least 1")
+        size = min(limit or HISTORY_PAGE_SIZE, MAX_HISTORY_PAGE_SIZE)
+        if kind is not None and kind not in JOB_KINDS:
+            raise UsageError(f"no job kind {shown(kind)} (one of {', '.join(JOB_KINDS)})")
+        query = HistoryQuery(
+            volume=volume,
+            kind=kind,
+            since=since,
+            failed=failed,
+            limit=size + 1,  # one more tells whether there is a next page
+            after=history_cursor(page_token) if page_token else None,
+        )
+        opened = Catalog.open(self._recorder.catalog_url)
+        try:
+            if self.repo_url and not page_token:
+                reconcile(opened, self.repo_url, self.list_points())
+            records = opened.history(query)
+        finally:
+            opened.close()
+        page, more = records[:size], len(records) > size
+        token = history_token(page[-1]) if more else ""
+        return HistoryPage(jobs=page, next_page_token=token)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """One job of the catalog with its state changes. Raises JobNotFound, CatalogError."""
+        opened = Catalog.open(self._recorder.catalog_url)
+        try:
+            record = opened.job(job_id)
+        finally:
+            opened.close()
+        if record is None:
+            raise JobNotFound(f"no job {shown(job_id)} in the job history")
+        return record
 
     def job(self, job_id: str) -> Job:
         with self._jobs_lock:

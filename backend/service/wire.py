@@ -32,6 +32,9 @@ from .models import (
     FileEntry,
     ForgetDecision,
     ForgetReport,
+    HistoryPage,
+    JobEvent,
+    JobRecord,
     JobView,
     LockInfo,
     MountInfo,
@@ -422,6 +425,48 @@ def job_view(message: pb.Task) -> JobView:
         ended=seconds_of(message.finished) if message.HasField("finished") else None,
         volume=volume_ref(message.volume) if message.HasField("volume") else None,
         result=result,
+    )
+
+
+# ---------------------------------------------------------------------------- history
+
+
+def history_job_message(record: JobRecord) -> pb.JobRecord:
+    return _to(
+        record,
+        pb.JobRecord,
+        created=timestamp(record.created_at),
+        started=timestamp(record.started_at) if record.started_at is not None else None,
+        ended=timestamp(record.ended_at) if record.ended_at is not None else None,
+        requests=dict(record.requests),
+        events=[
+            pb.JobStateChange(at=timestamp(e.at), state=e.state, message=e.message)
+            for e in record.events
+        ],
+    )
+
+
+def history_job(message: pb.JobRecord) -> JobRecord:
+    return _from(
+        message,
+        JobRecord,
+        created_at=seconds_of(message.created),
+        started_at=seconds_of(message.started) if message.HasField("started") else None,
+        ended_at=seconds_of(message.ended) if message.HasField("ended") else None,
+        requests=dict(message.requests),
+        events=[JobEvent(seconds_of(e.at), e.state, e.message) for e in message.events],
+    )
+
+
+def history_page_message(page: HistoryPage) -> pb.ListHistoryResponse:
+    return pb.ListHistoryResponse(
+        jobs=[history_job_message(r) for r in page.jobs], next_page_token=page.next_page_token
+    )
+
+
+def history_page(message: pb.ListHistoryResponse) -> HistoryPage:
+    return HistoryPage(
+        jobs=[history_job(m) for m in message.jobs], next_page_token=message.next_page_token
     )
 
 

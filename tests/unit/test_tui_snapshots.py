@@ -27,7 +27,10 @@ from lamina.backend.service import (
     ClusterSummary,
     ClusterVolume,
     FileEntry,
+    HistoryPage,
     Job,
+    JobEvent,
+    JobRecord,
     JobView,
     LockInfo,
     MountInfo,
@@ -200,6 +203,40 @@ def _job(id: str, kind: str, description: str, state: str, **fields: Any) -> Job
         **fields,
     )
 
+
+def _record(job_id: str, kind: str, state: str, volume: str | None, hours_ago: float) -> JobRecord:
+    created = NOW - hours_ago * 3600
+    record = JobRecord(
+        id=job_id,
+        kind=kind,
+        state=state,
+        description=f"{kind} {volume or 'the repository'}",
+        volume=volume,
+        created_at=created,
+        started_at=created + 2,
+        ended_at=created + 95,
+        bytes_read=3 * 1024**3 if kind == "backup" else 0,
+        bytes_stored=180 * 1024**2 if kind == "backup" else 0,
+        error="backup failed: cannot read /dev/vg/db: I/O error" if state == "failed" else None,
+        origin="api",
+        host="mover-1",
+        pid=4242,
+        cost_usd=0.0123,
+        events=[
+            JobEvent(created, "queued"),
+            JobEvent(created + 2, "running"),
+            JobEvent(created + 95, state),
+        ],
+    )
+    record.requests.update(put=420, get=12, head=3, list=2)
+    return record
+
+
+HISTORY = [
+    _record("7a01c9e3d2b4", "backup", "succeeded", "local/demo/app-data", 2),
+    _record("6f0e2d1c3b5a", "backup", "failed", "local/demo/db", 5),
+    _record("5e9d8c7b6a41", "verify", "succeeded", None, 26),
+]
 
 JOBS = [
     _job(
@@ -382,6 +419,21 @@ class RecordedClient:
 
     def list_mounts(self) -> list[MountInfo]:
         return []
+
+    def list_history(
+        self,
+        *,
+        volume: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+        failed: bool = False,
+        limit: int | None = None,
+        page_token: str = "",
+    ) -> HistoryPage:
+        return HistoryPage(jobs=[replace(r, events=[]) for r in HISTORY])
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return next(r for r in HISTORY if r.id == job_id)
 
     # The snapshots only look: nothing here starts or changes anything.
     def start_backup(self, source: str, volume: str | VolumeRef, **options: Any) -> Job:
