@@ -13,10 +13,11 @@ kept as it is), so a front end may apply it again where it draws, without doubli
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["printable", "printable_lines", "tree_rows"]
+__all__ = ["PrintableFormatter", "printable", "printable_lines", "tree_rows"]
 
 T = TypeVar("T")
 
@@ -117,3 +118,11 @@ def tree_rows(
                 (child, indent + ("└─" if last else "├─"), indent + ("  " if last else "│ "))
             )
     return rows
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines quote paths, names and requests: escaped like everything else shown
+    (a traceback keeps its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep="\n")

@@ -1,22 +1,37 @@
-"""Mount a repository (or one point) with FUSE, and unmount it again.
+"""Mount a repository (or one point) with FUSE, and the process that serves one mount.
 
 The mount runs in the foreground of its process: libfuse's own handlers turn SIGINT,
-SIGTERM and SIGHUP into a clean unmount. `lamina mount --daemon` runs this same code in a
-child process of its own session and returns once the mount answers.
+SIGTERM and SIGHUP into a clean unmount. `lamina mount` runs it in its own process;
+`lamina mount --daemon` and ``Service.mount`` start ``python -m lamina.fs.mount``, this
+module's small command (``main``), detached, through the service's mount supervision
+(``backend/service/mounts.py``), which builds its argv and waits until it says ready.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
-import shutil
-import subprocess
+import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from lamina.backend.display import PrintableFormatter, printable
 from lamina.backend.errors import LaminaError, UsageError
-from lamina.backend.service import FS_TYPE, MountEntry, Service, mount_path, mount_table
+from lamina.backend.service import (
+    FS_TYPE,
+    MountEntry,
+    MountError,
+    Service,
+    find_mount,
+    fusermount,
+    mount_path,
+    mount_table,
+    read_password_file,
+    unmount,
+)
 
 from .operations import LaminaOperations
 
@@ -27,25 +42,12 @@ READ_AHEAD = 4 * 1024 * 1024
 ATTR_TIMEOUT = 60.0  # points never change; new points still appear (no negative caching)
 
 
-class MountError(LaminaError):
-    """A mount or unmount that cannot be done as asked."""
-
-
 def mounts() -> list[MountEntry]:
     return mount_table()
 
 
-absolute = mount_path
-
-
-def find_mount(path: str) -> MountEntry | None:
-    target = absolute(path)
-    found = [m for m in mounts() if m.mountpoint == target]
-    return found[-1] if found else None
-
-
 def _check_mountpoint(mountpoint: str) -> str:
-    path = absolute(mountpoint)
+    path = mount_path(mountpoint)
     if find_mount(path) is not None:
         raise MountError(f"{mountpoint} is already a mount point (lamina umount {mountpoint})")
     if not os.path.isdir(path):
@@ -95,14 +97,8 @@ class _IdleWatch(threading.Thread):
         while not self.stopped.wait(interval):
             if self.ops.idle_seconds() >= self.timeout and self.ops.open_handles == 0:
                 log.info("idle for %.0f s: unmounting %s", self.ops.idle_seconds(), self.mountpoint)
-                if _fusermount(self.mountpoint).returncode == 0:
+                if fusermount(self.mountpoint).returncode == 0:
                     return
-
-
-def _fusermount(mountpoint: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("fusermount") or shutil.which("fusermount3")
-    command = [tool, "-u", *extra, mountpoint] if tool else ["umount", *extra, mountpoint]
-    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def run_mount(
@@ -155,41 +151,96 @@ def run_mount(
         view.close()
 
 
-def unmount(mountpoint: str) -> None:
-    """Unmount a lamina mount, a live one or one whose process died."""
-    entry = find_mount(mountpoint)
-    if entry is None:
-        raise MountError(f"{mountpoint} is not mounted")
-    if entry.fstype != FS_TYPE:
-        raise MountError(
-            f"{mountpoint} is not a lamina mount (it is {entry.fstype} from {entry.source})"
+def setup_logging(log_file: str | None, *, quiet: bool) -> None:
+    """Log lines to ``log_file``, else to stderr unless ``quiet`` (a daemon has no stderr)."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif quiet:
+        handler = logging.NullHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(asctime)s lamina mount: %(levelname)s %(message)s"))
+    root = logging.getLogger("lamina")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+# ---------------------------------------------------------------------- the mount process
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lamina.fs.mount",
+        description="Serve one lamina mount in this process until it is unmounted "
+        "(started by `lamina mount --daemon` and the service; see backend/service/mounts.py).",
+    )
+    p.add_argument("--repo", required=True, help="repository URL")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument("--point", help="mount only this point")
+    p.add_argument("--cache-size", type=int, required=True, metavar="BYTES")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS")
+    p.add_argument("--log-file", help="append log lines here")
+    p.add_argument("--password-file", help="file holding the repository's password")
+    p.add_argument("--password-fd", type=int, metavar="FD", help="read the password from FD")
+    p.add_argument("--ready-fd", type=int, metavar="FD", help="say 'ready' or 'error: ...' here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    ready_fd: int | None = args.ready_fd
+    setup_logging(args.log_file, quiet=ready_fd is not None)
+    # libfuse turns SIGTERM into a clean unmount, but only where no handler is set: the
+    # main thread stays inside libfuse, so a Python handler would never run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def on_ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
+    service: Service | None = None
+    try:
+        if args.password_fd is not None:  # a parent that asked on its terminal
+            with os.fdopen(args.password_fd, "rb") as pipe:
+                password = pipe.read() or None
+        else:
+            password = read_password_file(args.password_file)
+        service = Service(args.repo, password=password)
+        run_mount(
+            service,
+            args.mountpoint,
+            point=args.point,
+            cache_bytes=args.cache_size,
+            idle_timeout=args.idle_timeout,
+            on_ready=on_ready,
         )
-    result = _fusermount(entry.mountpoint)
-    if result.returncode == 0:
-        return
-    message = (result.stderr or result.stdout).strip().splitlines()
-    detail = message[-1] if message else f"exit status {result.returncode}"
-    if "busy" in detail.lower():
-        users = _loop_mounts_inside(entry.mountpoint)
-        hint = f"; unmount {', '.join(users)} first" if users else "; close the files open there"
-        raise MountError(f"{mountpoint} is busy{hint}")
-    raise MountError(f"cannot unmount {mountpoint}: {detail}")
+    except LaminaError as e:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, f"error: {e}\n".encode())
+            except OSError:
+                pass
+        print(f"lamina: error: {printable(str(e))}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        if service is not None:
+            service.close()
+    return 0
 
 
-def _loop_mounts_inside(mountpoint: str) -> list[str]:
-    """Mount points of loop devices whose backing file lies inside ``mountpoint``."""
-    inside = []
-    for m in mounts():
-        if not m.source.startswith("/dev/loop"):
-            continue
-        backing = Path("/sys/block") / os.path.basename(m.source) / "loop" / "backing_file"
-        try:
-            file = backing.read_text().strip()
-        except OSError:
-            continue
-        if file.startswith(mountpoint.rstrip("/") + "/"):
-            inside.append(m.mountpoint)
-    return inside
+__all__ = [
+    "FS_TYPE",
+    "MountEntry",
+    "MountError",
+    "find_mount",
+    "main",
+    "mounts",
+    "run_mount",
+    "setup_logging",
+    "unmount",
+]
 
-
-__all__ = ["FS_TYPE", "MountEntry", "MountError", "find_mount", "mounts", "run_mount", "unmount"]
+if __name__ == "__main__":
+    sys.exit(main())

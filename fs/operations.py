@@ -1,6 +1,6 @@
 """FUSE operations over the repository view: a thin, read-only translation layer.
 
-Every answer comes from ``RepositoryView`` (backend/fsview.py); this class only turns
+Every answer comes from ``RepositoryView`` (backend/engine/fsview.py); this class only turns
 ``Node``s into stat dictionaries, keeps open-file handles, refuses writes with EROFS and
 notes when the mount was last used (for the idle timeout).
 """
@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lamina.backend.engine.fsview import Node, OpenFile, RepositoryView
 from lamina.backend.errors import LaminaError
+from lamina.backend.service import Node, OpenFile, RepositoryView
 
 log = logging.getLogger("lamina.fs")
 

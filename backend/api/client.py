@@ -20,19 +20,19 @@ import grpc
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
-from ..engine.extents import Range
-from ..engine.extract import ExtractReport
-from ..engine.lifecycle import Policy
-from ..engine.locks import LockInfo
 from ..errors import Cancelled, LaminaError, UsageError
-from ..fsread import Entry
 from ..progress import Progress
 from ..service import (
     ClusterSummary,
     ClusterVolume,
+    Entry,
+    ExtractReport,
     Job,
+    LockInfo,
     MountInfo,
     PointInfo,
+    Policy,
+    Range,
     Reachability,
     RepositoryInfo,
     VolumeInfo,

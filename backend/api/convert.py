@@ -15,21 +15,22 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from lamina.protos import lamina_v1_pb2 as pb
 
-from ..engine.extract import ExtractReport, Skipped
-from ..engine.locks import LockInfo
-from ..engine.prune import PruneReport
 from ..errors import UsageError
-from ..fsread import Entry
 from ..progress import Progress
 from ..service import (
     ClusterSummary,
     ClusterVolume,
+    Entry,
+    ExtractReport,
     ForgetDecision,
     ForgetReport,
+    LockInfo,
     MountInfo,
     PointInfo,
+    PruneReport,
     Reachability,
     RepositoryInfo,
+    Skipped,
     VerifyReport,
     VolumeInfo,
     VolumeRef,

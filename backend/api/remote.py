@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
-from ..engine.extents import Range
-from ..engine.lifecycle import Policy
-from ..engine.locks import LockInfo
 from ..errors import UsageError
-from ..fsread import Entry
 from ..service import (
     ClusterSummary,
     ClusterVolume,
+    Entry,
     Job,
+    LockInfo,
     MountInfo,
     PointInfo,
+    Policy,
+    Range,
     Reachability,
     RepositoryInfo,
     Service,

@@ -30,19 +30,20 @@ from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 
 from .. import __version__
-from ..engine.extents import Range, checked_ranges
-from ..engine.extract import ExtractReport
-from ..engine.lifecycle import Policy
-from ..engine.prune import PruneReport
 from ..errors import LaminaError, UsageError
 from ..service import (
     PATH_MAX,
+    ExtractReport,
     ForgetReport,
     PointInfo,
+    Policy,
+    PruneReport,
+    Range,
     Service,
     VerifyReport,
     check_backup_options,
     check_cluster_volume,
+    checked_ranges,
     parse_keep_within,
     parse_volume,
 )

@@ -27,21 +27,21 @@ import grpc
 from lamina.protos import lamina_v1_pb2 as pb
 
 from ..display import printable
-from ..engine.extract import ExtractReport, Skipped
-from ..engine.safewrite import (
+from ..errors import LaminaError, UsageError
+from ..service import (
     EntryWriter,
+    ExtractReport,
     NotAFolder,
+    Skipped,
     open_folder,
     unsafe_name_reason,
     write_sparse,
 )
-from ..errors import LaminaError, UsageError
 from .convert import entry_message
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from ..engine.fsview import PointFiles
-    from ..fsread import Entry
+    from ..service import Entry, PointFiles
 
 CHUNK = 1024 * 1024  # well under gRPC's default 4 MiB message limit
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written

@@ -14,13 +14,12 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..defaults import default_local_root
-from ..display import printable
+from ..display import PrintableFormatter, printable
 from ..errors import UsageError
-from ..service import BackupCaps, Service
+from ..service import BackupCaps, Service, default_local_root
 from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import PrintableFormatter, add_repo_args, elapsed, opened, print_json, service_options
+from .common import add_repo_args, elapsed, opened, print_json, service_options
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -181,7 +180,7 @@ def cmd_files_get_remote(args: argparse.Namespace, local_handler: Any) -> int:
         if not args.repo:
             raise UsageError("give --repo REPO or set LAMINA_REPO (or --server ADDR)")
         return int(local_handler(args))
-    from lamina.backend.engine.extract import ExtractReport
+    from lamina.backend.service import ExtractReport
 
     started = time.monotonic()
     report = ExtractReport(target=args.to)

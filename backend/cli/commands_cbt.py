@@ -16,12 +16,20 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from ..display import printable
 from ..errors import UsageError
-from ..service import Service
+from ..service import (
+    Service,
+    backup_options_from_cbt,
+    default_local_root,
+    list_local_snapshots,
+    metadata_client,
+    serve_snapshot_metadata,
+    take_local_snapshot,
+)
 from ..units import format_size, plural
 from .common import add_repo_args, open_service, opened, print_json, service_options
 
 if TYPE_CHECKING:  # grpc costs 0.1 s to import: only the commands that speak it load it
-    from ..cbt import MetadataMessage, MetadataStream, SnapshotMetadataClient
+    from ..service import MetadataMessage, MetadataStream, SnapshotMetadataClient
 
 TABLE_COLUMNS = ("Record#", "VolCapBytes", "BlockMetadataType", "ByteOffset", "SizeBytes")
 TABLE_WIDTHS = (7, 15, 17, 15, 15)
@@ -183,9 +191,7 @@ def read_pem_file(path: str | None, what: str) -> bytes | None:
 
 
 def _client(args: argparse.Namespace) -> SnapshotMetadataClient:
-    from ..cbt import SnapshotMetadataClient
-
-    return SnapshotMetadataClient(
+    return metadata_client(
         args.address,
         token=read_token_file(args.token_file),
         ca_pem=read_pem_file(args.ca_file, "CA file"),
@@ -269,9 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     token = read_token_file(args.token_file) if args.token_file else None
-    from ..cbt.server import start_server
-
-    server = start_server(
+    server = serve_snapshot_metadata(
         args.root,
         args.listen,
         token=token,
@@ -300,9 +304,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_local_snapshot(args: argparse.Namespace) -> int:
-    from ..local import LocalCluster
-
-    snap = LocalCluster(args.root).create_snapshot(args.source, args.namespace, args.name)
+    snap = take_local_snapshot(args.root, args.source, args.namespace, args.name)
     if args.json:
         print_json(snap.as_json())
     else:
@@ -311,9 +313,6 @@ def cmd_local_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_local_snapshots(args: argparse.Namespace) -> int:
-    from ..defaults import default_local_root
-    from ..service import list_local_snapshots
-
     root = args.root or default_local_root()
     if not root:
         raise UsageError("no local cluster folder: give --root DIR or set LAMINA_LOCAL_ROOT")
@@ -397,9 +396,7 @@ def backup_cbt_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "changed_ranges", None):
         raise UsageError("--cbt and --changed-ranges cannot be used together")
     base = _base_handle(args)
-    from ..cbt import cbt_backup_options
-
-    return cbt_backup_options(
+    return backup_options_from_cbt(
         args.cbt,
         args.cbt_namespace,
         args.cbt_snapshot,

@@ -335,6 +335,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..service import run_demo
 
     return run_demo(args.dir)

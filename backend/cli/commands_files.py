@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..display import printable
-from ..errors import LaminaError, UsageError
+from ..errors import UsageError
+from ..service import start_mount_process, unmount
 from ..units import format_size, parse_size, plural
 from .common import (
-    PrintableFormatter,
     add_repo_args,
     elapsed,
     open_service,
@@ -26,8 +24,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.extract import ExtractReport
-    from ..fsread import Entry
+    from ..service import Entry, ExtractReport
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -67,8 +64,6 @@ def register(sub: Any) -> None:
         "--daemon", action="store_true", help="run in the background; print its pid when ready"
     )
     p.add_argument("--log-file", help="append log lines (read errors with volume offsets) here")
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--password-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", help="unmount a lamina mount (also one whose process died)")
@@ -111,118 +106,59 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------------- mount
 
 
-def _setup_logging(log_file: str | None, daemon: bool) -> None:
-    handler: logging.Handler
-    if log_file:
-        handler = logging.FileHandler(log_file)
-    elif daemon:
-        handler = logging.NullHandler()
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PrintableFormatter("%(asctime)s lamina mount: %(levelname)s %(message)s"))
-    root = logging.getLogger("lamina")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
     cache_bytes = parse_size(args.cache_size)
     idle = parse_duration(args.idle_timeout) if args.idle_timeout else None
     if args.daemon:
-        return _spawn_daemon(args)
-    from lamina.fs.mount import run_mount
+        return _start_daemon(args, cache_bytes, idle)
+    from lamina.fs.mount import run_mount, setup_logging
 
-    ready_fd: int | None = args.ready_fd
-    _setup_logging(args.log_file, daemon=ready_fd is not None)
+    setup_logging(args.log_file, quiet=False)
 
     def on_ready() -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-        else:
-            what = f"point {args.point}" if args.point else args.repo
-            print(f"mounted {what} at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
+        what = f"point {args.point}" if args.point else args.repo
+        print(f"mounted {what} at {args.mountpoint}; Ctrl-C to unmount", file=sys.stderr)
 
     # libfuse turns SIGTERM into a clean unmount, but only where no handler is set: the
     # main thread stays inside libfuse, so a Python handler would never run.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        service = open_service(args)
-        run_mount(
-            service,
-            args.mountpoint,
-            point=args.point,
-            cache_bytes=cache_bytes,
-            idle_timeout=idle,
-            on_ready=on_ready,
-        )
-    except LaminaError as e:
-        if ready_fd is not None:
-            try:
-                os.write(ready_fd, f"error: {e}\n".encode())
-            except OSError:
-                pass
-        raise
+    run_mount(
+        open_service(args),
+        args.mountpoint,
+        point=args.point,
+        cache_bytes=cache_bytes,
+        idle_timeout=idle,
+        on_ready=on_ready,
+    )
     return 0
 
 
-def _spawn_daemon(args: argparse.Namespace) -> int:
-    """Start this same mount in a child process of its own session; wait until it answers."""
-    read_fd, write_fd = os.pipe()
-    # The daemon runs from / (it must not keep any directory busy): paths become absolute.
-    repo = args.repo if "://" in args.repo else os.path.abspath(args.repo)
-    command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo]
-    command += [os.path.abspath(args.mountpoint), "--cache-size", args.cache_size]
-    command += ["--ready-fd", str(write_fd)]
+def _start_daemon(args: argparse.Namespace, cache_bytes: int, idle: float | None) -> int:
+    """Start the mount in a process of its own session (the service's mount supervision);
+    print its pid once the mount answers."""
     password_file = args.password_file or os.environ.get("LAMINA_PASSWORD_FILE")
-    passed = [write_fd]
+    password = None
     if not password_file and sys.stdin.isatty():
-        # The daemon has no terminal: ask here (only if the repository is encrypted) and
-        # hand the password over through a pipe, never a file or the command line.
+        # The daemon has no terminal: ask here (only if the repository is encrypted); the
+        # password goes over through a pipe, never a file or the command line.
         service = open_service(args)
         service.info()
-        if service.password is not None:
-            secret_read, secret_write = os.pipe()
-            os.write(secret_write, service.password)
-            os.close(secret_write)
-            command += ["--password-fd", str(secret_read)]
-            passed.append(secret_read)
-    for flag, value in (
-        ("--point", args.point),
-        ("--idle-timeout", args.idle_timeout),
-        ("--log-file", args.log_file and os.path.abspath(args.log_file)),
-        ("--password-file", password_file and os.path.abspath(password_file)),
-    ):
-        if value:
-            command += [flag, value]
-    child = subprocess.Popen(
-        command,
-        pass_fds=tuple(passed),
-        start_new_session=True,
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        password = service.password
+    pid = start_mount_process(
+        args.repo,
+        args.mountpoint,
+        point=args.point,
+        cache_bytes=cache_bytes,
+        idle_timeout=idle,
+        log_file=args.log_file,
+        password_file=password_file,
+        password=password,
     )
-    for fd in passed:
-        os.close(fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        answer = pipe.read().decode(errors="replace").strip()
-    if answer == "ready":
-        print(child.pid)
-        return 0
-    child.wait()
-    if answer.startswith("error: "):
-        raise LaminaError(answer[len("error: ") :])
-    raise LaminaError(
-        f"the mount process exited (status {child.returncode}) before the mount was ready"
-        + ("" if args.log_file else "; give --log-file to see why")
-    )
+    print(pid)
+    return 0
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from lamina.fs.mount import unmount
-
     unmount(args.mountpoint)
     return 0
 

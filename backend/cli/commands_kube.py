@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..display import printable
 from ..errors import UsageError
+from ..service import KubeSession, check_clusters, datamover_manifests, list_clusters
 from ..units import format_size
 from .common import print_json
-
-if TYPE_CHECKING:
-    from ..kube.cluster import KubeCluster
 
 
 def _add_context_args(p: argparse.ArgumentParser, *, namespace_help: str | None) -> None:
@@ -185,16 +183,10 @@ def register(sub: Any) -> None:
 # ----- helpers ---------------------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> KubeCluster:
-    from ..kube.cluster import KubeCluster
-
-    if getattr(args, "in_cluster", False):
-        return KubeCluster.in_cluster()
-    return KubeCluster.open(args.context, args.kubeconfig)
-
-
-def _namespace(args: argparse.Namespace, cluster: KubeCluster) -> str:
-    return str(args.namespace or cluster.default_namespace)
+def _open(args: argparse.Namespace) -> KubeSession:
+    return KubeSession.open(
+        args.context, args.kubeconfig, in_cluster=getattr(args, "in_cluster", False)
+    )
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
@@ -214,26 +206,36 @@ def _positive(value: float, what: str) -> None:
 
 
 def cmd_clusters(args: argparse.Namespace) -> int:
-    from ..kube.config import check_reachability, list_clusters
-
     _positive(args.timeout, "--timeout")
-    clusters = list_clusters(args.kubeconfig)
-    checks = (
-        {} if args.no_check else check_reachability(clusters, args.kubeconfig, timeout=args.timeout)
-    )
+    clusters = list_clusters(args.kubeconfig, local_root=None)
+    checks = {} if args.no_check else check_clusters(args.kubeconfig, None, timeout=args.timeout)
+    checks.pop("local", None)  # the local cluster is image files: nothing to ask
     if args.json:
         out = []
         for c in clusters:
-            item = c.as_json()
             check = checks.get(c.name)
-            item["reachable"] = check.as_json() if check else None
-            out.append(item)
+            out.append(
+                {
+                    "name": c.name,
+                    "cluster": c.cluster,
+                    "user": c.user,
+                    "namespace": c.namespace,
+                    "server": c.server,
+                    "current": c.current,
+                    "local": c.kind == "local",
+                    "reachable": (
+                        {"ok": check.ok, "detail": check.detail, "seconds": check.seconds}
+                        if check
+                        else None
+                    ),
+                }
+            )
         print_json(out)
         return 0
     rows = []
     for c in clusters:
         check = checks.get(c.name)
-        if c.local:
+        if c.kind == "local":
             status = "local image files"
         elif check is None:
             status = "-"
@@ -256,10 +258,8 @@ def cmd_clusters(args: argparse.Namespace) -> int:
 
 
 def cmd_volumes(args: argparse.Namespace) -> int:
-    from ..kube.volumes import list_volumes
-
     with _open(args) as cluster:
-        listing = list_volumes(cluster, args.namespace)
+        listing = cluster.volumes(args.namespace)
     for note in listing.notes:
         print(f"lamina: note: {printable(note)}", file=sys.stderr)
     if args.json:
@@ -289,10 +289,8 @@ def cmd_volumes(args: argparse.Namespace) -> int:
 
 
 def cmd_namespaces(args: argparse.Namespace) -> int:
-    from ..kube.volumes import list_namespaces
-
     with _open(args) as cluster:
-        names = list_namespaces(cluster)
+        names = cluster.namespaces()
     if args.json:
         print_json(names)
     else:
@@ -302,14 +300,11 @@ def cmd_namespaces(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from ..kube.snapshots import create_snapshot
-
     _positive(args.timeout, "--timeout")
     _positive(args.poll, "--poll")
     with _open(args) as cluster:
-        namespace = _namespace(args, cluster)
-        info = create_snapshot(
-            cluster,
+        namespace = cluster.namespace(args.namespace)
+        info = cluster.take_snapshot(
             namespace,
             args.pvc,
             name=args.name,
@@ -333,11 +328,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_delete_snapshot(args: argparse.Namespace) -> int:
-    from ..kube.snapshots import delete_snapshot
-
     with _open(args) as cluster:
-        namespace = _namespace(args, cluster)
-        delete_snapshot(cluster, namespace, args.snapshot)
+        namespace = cluster.namespace(args.namespace)
+        cluster.delete_snapshot(namespace, args.snapshot)
     print(f"deleted VolumeSnapshot {namespace}/{args.snapshot}")
     return 0
 
@@ -354,28 +347,16 @@ def _write_private(path: str, data: bytes) -> None:
 
 
 def cmd_cbt_endpoint(args: argparse.Namespace) -> int:
-    from ..kube.cbt import cbt_endpoint, cbt_endpoint_for_snapshot
-
     if args.expiry < 600:
         raise UsageError("--expiry must be at least 600 seconds (the TokenRequest API minimum)")
     with _open(args) as cluster:
-        namespace = _namespace(args, cluster)
-        if args.snapshot:
-            endpoint = cbt_endpoint_for_snapshot(
-                cluster,
-                namespace,
-                args.snapshot,
-                service_account=args.service_account,
-                expiry_seconds=args.expiry,
-            )
-        else:
-            endpoint = cbt_endpoint(
-                cluster,
-                args.driver,
-                namespace=namespace,
-                service_account=args.service_account,
-                expiry_seconds=args.expiry,
-            )
+        endpoint = cluster.cbt_endpoint(
+            cluster.namespace(args.namespace),
+            driver=args.driver,
+            snapshot=args.snapshot,
+            service_account=args.service_account,
+            expiry_seconds=args.expiry,
+        )
     if args.token_file:
         _write_private(args.token_file, endpoint.token.encode())
     if args.ca_file:
@@ -401,8 +382,6 @@ def cmd_cbt_endpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_datamover(args: argparse.Namespace) -> int:
-    from ..kube.datamover import all_manifests, prepare_spec, submit_datamover
-
     for value, what in (
         (args.timeout, "--timeout"),
         (args.snapshot_timeout, "--snapshot-timeout"),
@@ -410,9 +389,8 @@ def cmd_datamover(args: argparse.Namespace) -> int:
     ):
         _positive(value, what)
     with _open(args) as cluster:
-        namespace = _namespace(args, cluster)
-        spec = prepare_spec(
-            cluster,
+        namespace = cluster.namespace(args.namespace)
+        spec = cluster.datamover_spec(
             namespace,
             args.pvc,
             args.repo,
@@ -427,11 +405,10 @@ def cmd_datamover(args: argparse.Namespace) -> int:
             use_cbt=not args.no_cbt,
         )
         if not args.submit:
-            sys.stdout.write(all_manifests(spec))
+            sys.stdout.write(datamover_manifests(spec))
             return 0
         print(f"backing up PVC {namespace}/{args.pvc} with Job {spec.job_name}", file=sys.stderr)
-        result = submit_datamover(
-            cluster,
+        result = cluster.submit_datamover(
             spec,
             create_rbac=not args.no_rbac,
             snapshot_timeout=args.snapshot_timeout,

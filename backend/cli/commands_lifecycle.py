@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..display import printable
-from ..engine.lifecycle import Policy
-from ..service import ForgetReport, LockInfo, PointInfo, PruneReport, parse_keep_within
+from ..service import ForgetReport, LockInfo, PointInfo, Policy, PruneReport, parse_keep_within
 from ..units import format_size, plural
 from .common import add_repo_args, open_service, print_json, run_job
 

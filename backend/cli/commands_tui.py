@@ -7,9 +7,8 @@ import os
 import sys
 from typing import Any
 
-from ..defaults import default_local_root, default_repo
 from ..errors import UsageError
-from ..service import Service
+from ..service import Service, default_local_root, default_repo
 from .common import opened, service_options
 
 

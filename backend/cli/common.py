@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import logging
 import os
 import signal
 import sys
@@ -131,14 +130,6 @@ class PrintableOutput:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
-
-
-class PrintableFormatter(logging.Formatter):
-    """Log lines quote paths, names and requests: escaped like everything else shown
-    (a traceback keeps its lines)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record), keep="\n")
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:

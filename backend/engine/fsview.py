@@ -12,6 +12,10 @@ stays thin and the whole tree is testable without a mount.
 
 ``PointFiles`` is the filesystem inside one point, opened lazily through the lazy image
 reader; the file browser, `lamina files` and extraction use it directly.
+
+The view knows the repository only through ``PointSource`` (list the points, find one, open
+one's image), defined here and satisfied by the service: the view never calls back into
+anything wider, so the service can build views without a circle.
 """
 
 from __future__ import annotations
@@ -24,20 +28,46 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..errors import LaminaError
 from ..fsread import Entry, FileSystem, open_filesystem
 from ..fsread.errors import FsReadError, NotADirectory
 from .image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
-
-if TYPE_CHECKING:
-    from ..service import PointInfo, Service
+from .pipelines import VolumeRef
 
 log = logging.getLogger("lamina.fsview")
+
+
+class ViewPoint(Protocol):
+    """What the view shows of a point."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def volume(self) -> VolumeRef: ...
+    @property
+    def created(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def manifest(self) -> dict[str, Any]: ...
+
+
+class PointSource(Protocol):
+    """All the view asks of the repository (the service satisfies it)."""
+
+    def list_points(self) -> Sequence[ViewPoint]: ...
+
+    def get_point(self, ref: str) -> ViewPoint: ...
+
+    def open_image(
+        self, point_ref: str, *, cache_bytes: int, readahead_bytes: int
+    ) -> ImageReader: ...
+
 
 DISK_IMAGE = "disk.img"
 MANIFEST = "manifest.json"
@@ -86,7 +116,7 @@ def time_ns(created: str) -> int:
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
 
 
-def point_dir_name(point: PointInfo) -> str:
+def point_dir_name(point: ViewPoint) -> str:
     return f"{point_time(point.created)}-{point.id}"
 
 
@@ -169,13 +199,13 @@ class PointFiles:
 
     def __init__(
         self,
-        service: Service,
-        point: PointInfo,
+        source: PointSource,
+        point: ViewPoint,
         *,
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
     ) -> None:
-        self.service = service
+        self.source = source
         self.point = point
         self.cache_bytes = cache_bytes
         self.readahead_bytes = readahead_bytes
@@ -194,7 +224,7 @@ class PointFiles:
     def reader(self) -> ImageReader:
         with self._lock:
             if self._reader is None:
-                self._reader = self.service.open_image(
+                self._reader = self.source.open_image(
                     self.point.id,
                     cache_bytes=self.cache_bytes,
                     readahead_bytes=self.readahead_bytes,
@@ -368,13 +398,13 @@ class _InnerFile(OpenFile):
 class _Catalog:
     """Which points exist, arranged as cluster -> namespace -> volume -> points (oldest first)."""
 
-    tree: dict[str, dict[str, dict[str, list[PointInfo]]]]
-    by_dir: dict[tuple[str, str, str, str], PointInfo]  # (cluster, ns, volume, dir name)
+    tree: dict[str, dict[str, dict[str, list[ViewPoint]]]]
+    by_dir: dict[tuple[str, str, str, str], ViewPoint]  # (cluster, ns, volume, dir name)
     loaded: float
 
     @classmethod
-    def build(cls, points: Iterable[PointInfo]) -> _Catalog:
-        tree: dict[str, dict[str, dict[str, list[PointInfo]]]] = {}
+    def build(cls, points: Iterable[ViewPoint]) -> _Catalog:
+        tree: dict[str, dict[str, dict[str, list[ViewPoint]]]] = {}
         for p in points:
             v = p.volume
             if not all(_safe_name(n) for n in (v.cluster, v.namespace, v.name)):
@@ -382,7 +412,7 @@ class _Catalog:
                 continue
             tree.setdefault(v.cluster, {}).setdefault(v.namespace, {}).setdefault(v.name, [])
             tree[v.cluster][v.namespace][v.name].append(p)
-        by_dir: dict[tuple[str, str, str, str], PointInfo] = {}
+        by_dir: dict[tuple[str, str, str, str], ViewPoint] = {}
         for cluster, namespaces in tree.items():
             for namespace, volumes in namespaces.items():
                 for volume, points_of in volumes.items():
@@ -401,14 +431,14 @@ class RepositoryView:
 
     def __init__(
         self,
-        service: Service,
+        source: PointSource,
         *,
         point: str | None = None,
         cache_bytes: int = DEFAULT_CACHE,
         readahead_bytes: int = DEFAULT_READAHEAD,
         refresh_seconds: float = 30.0,
     ) -> None:
-        self.service = service
+        self.source = source
         self.cache_bytes = cache_bytes
         self.readahead_bytes = readahead_bytes
         self.refresh_seconds = refresh_seconds
@@ -417,9 +447,9 @@ class RepositoryView:
         self._points: dict[str, PointFiles] = {}
         self._lock = threading.Lock()
         self._catalog: _Catalog | None = None
-        self.single: PointInfo | None = service.get_point(point) if point else None
+        self.single: ViewPoint | None = source.get_point(point) if point else None
         if self.single is None:
-            self._catalog = _Catalog.build(service.list_points())
+            self._catalog = _Catalog.build(source.list_points())
         self.mounted_ns = time.time_ns()
 
     # ------------------------------------------------------------------ catalog
@@ -431,15 +461,15 @@ class RepositoryView:
             assert catalog is not None
             stale = time.monotonic() - catalog.loaded > self.refresh_seconds
         if refresh and stale:
-            fresh = _Catalog.build(self.service.list_points())
+            fresh = _Catalog.build(self.source.list_points())
             with self._lock:
                 self._catalog = catalog = fresh
         return catalog
 
-    def _tree(self, *, refresh: bool = False) -> dict[str, dict[str, dict[str, list[PointInfo]]]]:
+    def _tree(self, *, refresh: bool = False) -> dict[str, dict[str, dict[str, list[ViewPoint]]]]:
         return self._catalog_now(refresh=refresh).tree
 
-    def _volume_points(self, parts: list[str], *, refresh: bool = False) -> list[PointInfo]:
+    def _volume_points(self, parts: list[str], *, refresh: bool = False) -> list[ViewPoint]:
         try:
             return self._tree(refresh=refresh)[parts[0]][parts[1]][parts[2]]
         except KeyError:
@@ -447,12 +477,12 @@ class RepositoryView:
                 return self._volume_points(parts, refresh=True)
             raise _enoent("/" + "/".join(parts)) from None
 
-    def point_files(self, point: PointInfo) -> PointFiles:
+    def point_files(self, point: ViewPoint) -> PointFiles:
         with self._lock:
             files = self._points.get(point.id)
             if files is None:
                 files = self._points[point.id] = PointFiles(
-                    self.service,
+                    self.source,
                     point,
                     cache_bytes=self.cache_bytes,
                     readahead_bytes=self.readahead_bytes,
@@ -473,7 +503,7 @@ class RepositoryView:
 
     # ------------------------------------------------------------------ resolving paths
 
-    def _split(self, path: str) -> tuple[PointInfo | None, list[str], list[str]]:
+    def _split(self, path: str) -> tuple[ViewPoint | None, list[str], list[str]]:
         """(point, path to the point dir, parts inside the point dir); point None above it."""
         parts = normalize(path).split("/")[1:] if normalize(path) != "/" else []
         if self.single is not None:
@@ -601,7 +631,7 @@ class RepositoryView:
 
     # ------------------------------------------------------------------ inside a point
 
-    def _stat_point(self, point: PointInfo, inside: list[str], path: str) -> Node:
+    def _stat_point(self, point: ViewPoint, inside: list[str], path: str) -> Node:
         created = time_ns(point.created)
         if not inside:
             return Node.synthetic("dir", time_ns=created, uid=self.uid, gid=self.gid)
@@ -650,7 +680,7 @@ class RepositoryView:
             raise OSError(errno.EIO, f"{type(e).__name__}: {e}", path) from None
 
     @staticmethod
-    def _manifest_bytes(point: PointInfo) -> bytes:
+    def _manifest_bytes(point: ViewPoint) -> bytes:
         return (json.dumps(point.manifest, indent=2, sort_keys=True) + "\n").encode()
 
     @staticmethod

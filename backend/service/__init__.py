@@ -1,8 +1,43 @@
 """The service layer: the one contract every front end (CLI, TUI, FUSE, gRPC API) talks to.
 
-Front ends import this package and nothing deeper of the backend (ARCHITECTURE.md).
+Front ends import this package and nothing deeper of the backend (ARCHITECTURE.md). What
+they show or pass that the engine or an integration defines is re-exported here; the
+heavier modules (the filesystem view and parsers, gRPC) load on first use of their names.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ..defaults import default_local_root, default_repo
+from ..engine.extents import Range, checked_ranges
+from ..engine.lifecycle import Policy
+from ..engine.safewrite import (
+    EntryWriter,
+    NotAFolder,
+    open_folder,
+    unsafe_name_reason,
+    write_sparse,
+)
+from .cbt import (
+    backup_options_from_cbt,
+    metadata_client,
+    serve_snapshot_metadata,
+    take_local_snapshot,
+)
+from .clusters import check_clusters, list_clusters
+from .demo import run_demo
+from .kube import KubeSession, datamover_manifests
+from .mounts import (
+    MOUNT_PROCESS,
+    MountError,
+    find_mount,
+    fusermount,
+    mount_command,
+    start_mount_process,
+    unmount,
+)
 from .service import (
     FS_TYPE,
     PATH_MAX,
@@ -45,44 +80,111 @@ from .service import (
     shown,
 )
 
+if TYPE_CHECKING:
+    from ..cbt.client import MetadataMessage as MetadataMessage
+    from ..cbt.client import MetadataStream as MetadataStream
+    from ..cbt.client import SnapshotMetadataClient as SnapshotMetadataClient
+    from ..engine.extract import ExtractReport as ExtractReport
+    from ..engine.extract import Skipped as Skipped
+    from ..engine.fsview import Node as Node
+    from ..engine.fsview import OpenFile as OpenFile
+    from ..engine.fsview import PointFiles as PointFiles
+    from ..engine.fsview import PointSource as PointSource
+    from ..engine.fsview import RepositoryView as RepositoryView
+    from ..engine.fsview import ViewPoint as ViewPoint
+    from ..fsread import Entry as Entry
+
+# Loaded on first use: the filesystem view (and extraction over it) pulls in the ext4 and xfs
+# parsers, cbt pulls in gRPC.
+_LAZY = {
+    "MetadataMessage": "lamina.backend.cbt.client",
+    "MetadataStream": "lamina.backend.cbt.client",
+    "SnapshotMetadataClient": "lamina.backend.cbt.client",
+    "ExtractReport": "lamina.backend.engine.extract",
+    "Skipped": "lamina.backend.engine.extract",
+    "Node": "lamina.backend.engine.fsview",
+    "OpenFile": "lamina.backend.engine.fsview",
+    "PointFiles": "lamina.backend.engine.fsview",
+    "PointSource": "lamina.backend.engine.fsview",
+    "RepositoryView": "lamina.backend.engine.fsview",
+    "ViewPoint": "lamina.backend.engine.fsview",
+    "Entry": "lamina.backend.fsread",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "FS_TYPE",
+    "MOUNT_PROCESS",
     "PATH_MAX",
     "BackupCaps",
     "ClusterSummary",
     "ClusterVolume",
+    "EntryWriter",
+    "ExtractReport",
     "ForgetDecision",
     "ForgetReport",
     "ImageReadError",
     "ImageReader",
     "Job",
     "JobState",
+    "KubeSession",
     "LaminaError",
     "LocalSnapshotInfo",
     "LockInfo",
     "MountEntry",
+    "MountError",
     "MountInfo",
+    "NotAFolder",
     "PathNotAllowed",
     "PointInfo",
+    "Policy",
     "Progress",
     "PruneReport",
+    "Range",
     "Reachability",
     "RepositoryInfo",
     "Service",
+    "Skipped",
     "TargetError",
     "TargetExists",
     "VerifyReport",
     "VolumeInfo",
     "VolumeRef",
+    "backup_options_from_cbt",
     "check_backup_options",
     "check_cluster_volume",
+    "check_clusters",
+    "checked_ranges",
+    "datamover_manifests",
+    "default_local_root",
+    "default_repo",
+    "find_mount",
+    "fusermount",
     "init_repository",
+    "list_clusters",
     "list_local_snapshots",
+    "metadata_client",
+    "mount_command",
     "mount_path",
     "mount_table",
+    "open_folder",
     "parse_keep_within",
     "parse_volume",
     "ranges_from_json_file",
     "read_password_file",
+    "run_demo",
+    "serve_snapshot_metadata",
     "shown",
+    "start_mount_process",
+    "take_local_snapshot",
+    "unmount",
+    "unsafe_name_reason",
+    "write_sparse",
 ]

@@ -21,9 +21,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine.extents import Range
 from ..errors import LaminaError, UsageError
+from ..limits import checked_context
+
+if TYPE_CHECKING:
+    from ..kube.config import ClusterInfo
 
 LOCAL = "local"
 MADE_BY_BACKUP = "backup"  # snapshots a backup takes, and may delete once no point needs them
@@ -35,8 +40,10 @@ class ClusterSummary:
     name: str
     kind: str  # "local" or "kubernetes"
     current: bool
-    server: str | None
+    server: str | None  # the API server; for the local cluster, its folder
     namespace: str | None = None
+    cluster: str = ""  # the kubeconfig's cluster entry the context names
+    user: str = ""  # the kubeconfig's user entry the context names
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,50 @@ class ClusterVolume:
     cbt: bool  # the driver offers changed-block tracking
     source: str | None = None  # the image or device of a local volume
     phase: str = "Bound"
+
+
+def list_clusters(kubeconfig: str | None, local_root: str | None) -> list[ClusterSummary]:
+    """The kubeconfig's contexts (none when there is no kubeconfig), then the local cluster."""
+    return [_summary(c, local_root) for c in _contexts(kubeconfig)]
+
+
+def check_clusters(
+    kubeconfig: str | None,
+    local_root: str | None,
+    names: Iterable[str] | None = None,
+    *,
+    timeout: float = 3.0,
+) -> dict[str, Reachability]:
+    """Whether each cluster answers, probed in parallel; never hangs past the timeout."""
+    from ..kube.config import check_reachability
+
+    wanted = {checked_context(n) for n in names} if names is not None else None
+    infos = [c for c in _contexts(kubeconfig) if wanted is None or c.name in wanted]
+    results = {
+        name: Reachability(r.ok, r.detail, r.seconds)
+        for name, r in check_reachability(infos, kubeconfig, timeout=timeout).items()
+    }
+    if any(c.local for c in infos):
+        ok = bool(local_root) and os.path.isdir(local_root or "")
+        results[LOCAL] = Reachability(
+            ok,
+            f"volumes under {local_root}" if ok else "no local cluster folder (see --local-root)",
+            0.0,
+        )
+    return results
+
+
+def _contexts(kubeconfig: str | None) -> list[ClusterInfo]:
+    """The one listing of clusters: kube's, which ends with the local pseudo-cluster."""
+    from ..kube.config import list_clusters as kube_clusters
+
+    return kube_clusters(kubeconfig, include_local=True)
+
+
+def _summary(c: ClusterInfo, local_root: str | None) -> ClusterSummary:
+    if c.local:
+        return ClusterSummary(c.name, LOCAL, False, local_root, None, c.cluster, c.user)
+    return ClusterSummary(c.name, "kubernetes", c.current, c.server, c.namespace, c.cluster, c.user)
 
 
 def local_volumes(root: str | Path, namespace: str | None = None) -> list[ClusterVolume]:

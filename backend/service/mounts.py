@@ -1,4 +1,9 @@
-"""Which lamina mounts exist on this machine, for any process that asks (a restarted TUI).
+"""Mount supervision: starting the process that serves a mount, unmounting, and which
+lamina mounts exist on this machine, for any process that asks (a restarted TUI).
+
+The process that serves a mount is ``python -m lamina.fs.mount`` (``MOUNT_PROCESS``), run
+detached in a session of its own; ``start_mount_process`` starts it and returns once the
+mount answers. `lamina mount --daemon` and ``Service.mount`` both go through it.
 
 A mount process records itself in a small file while it serves: mount point, point, pid and
 repository. The kernel's mount table (/proc/self/mountinfo, FUSE type ``fuse.lamina``)
@@ -13,13 +18,26 @@ import contextlib
 import hashlib
 import json
 import os
+import select
+import shutil
 import stat
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import LaminaError
+
 FS_TYPE = "fuse.lamina"
+# The module that serves one mount in its own process (its argv: ``mount_command``).
+MOUNT_PROCESS = "lamina.fs.mount"
+
+
+class MountError(LaminaError):
+    """A mount or unmount that cannot be done as asked."""
 
 
 @dataclass(frozen=True)
@@ -168,3 +186,170 @@ def live_records() -> list[MountRecord]:
             with contextlib.suppress(OSError):
                 path.unlink()
     return out
+
+
+# ---------------------------------------------------------------------- the mount process
+
+
+def mount_command(
+    repo_url: str,
+    mountpoint: str,
+    *,
+    point: str | None = None,
+    cache_bytes: int,
+    idle_timeout: float | None = None,
+    log_file: str | None = None,
+    password_file: str | None = None,
+    password_fd: int | None = None,
+    ready_fd: int | None = None,
+) -> list[str]:
+    """The argv of the process that serves a mount (see ``lamina.fs.mount``). Paths are made
+    absolute: the daemon runs from / so that it keeps no folder busy."""
+    repo = repo_url if "://" in repo_url else os.path.abspath(repo_url)
+    command = [sys.executable, "-m", MOUNT_PROCESS, "--repo", repo, os.path.abspath(mountpoint)]
+    command += ["--cache-size", str(cache_bytes)]
+    for flag, value in (
+        ("--point", point),
+        ("--idle-timeout", None if idle_timeout is None else repr(idle_timeout)),
+        ("--log-file", log_file and os.path.abspath(log_file)),
+        ("--password-file", password_file and os.path.abspath(password_file)),
+        ("--password-fd", None if password_fd is None else str(password_fd)),
+        ("--ready-fd", None if ready_fd is None else str(ready_fd)),
+    ):
+        if value:
+            command += [flag, value]
+    return command
+
+
+def start_mount_process(
+    repo_url: str,
+    mountpoint: str,
+    *,
+    point: str | None = None,
+    cache_bytes: int,
+    idle_timeout: float | None = None,
+    log_file: str | None = None,
+    password_file: str | None = None,
+    password: bytes | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Start a mount in a detached process of its own session; return its pid once the
+    mount answers. A password is handed over through a pipe, never a file or the argv.
+
+    The process says ``ready`` or ``error: ...`` on a pipe; its error becomes this
+    call's ``LaminaError``. With ``timeout``, a process that says nothing in time is ended.
+    """
+    read_fd, write_fd = os.pipe()
+    passed = [write_fd]
+    secret_fd = None
+    if password is not None and not password_file:
+        secret_fd, secret_write = os.pipe()
+        os.write(secret_write, password)  # a password is far smaller than a pipe's buffer
+        os.close(secret_write)
+        passed.append(secret_fd)
+    command = mount_command(
+        repo_url,
+        mountpoint,
+        point=point,
+        cache_bytes=cache_bytes,
+        idle_timeout=idle_timeout,
+        log_file=log_file,
+        password_file=password_file,
+        password_fd=secret_fd,
+        ready_fd=write_fd,
+    )
+    try:
+        child = subprocess.Popen(
+            command,
+            pass_fds=tuple(passed),
+            start_new_session=True,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        for fd in passed:
+            os.close(fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        answer = _read_answer(pipe.fileno(), timeout)
+    if answer is None:
+        child.kill()
+        child.wait()
+        raise MountError(f"the mount process did not answer within {timeout:.0f} s")
+    if answer == "ready":
+        return child.pid
+    child.wait()
+    if answer.startswith("error: "):
+        raise LaminaError(answer[len("error: ") :])
+    raise LaminaError(
+        f"the mount process exited (status {child.returncode}) before the mount was ready"
+        + ("" if log_file else "; give --log-file to see why")
+    )
+
+
+def _read_answer(fd: int, timeout: float | None) -> str | None:
+    """Everything written to the pipe until it closes; None when ``timeout`` passes first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b"".join(chunks).decode(errors="replace").strip()
+        chunks.append(chunk)
+
+
+# ---------------------------------------------------------------------- unmounting
+
+
+def find_mount(path: str) -> MountEntry | None:
+    target = mount_path(path)
+    found = [m for m in mount_table() if m.mountpoint == target]
+    return found[-1] if found else None
+
+
+def fusermount(mountpoint: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("fusermount") or shutil.which("fusermount3")
+    command = [tool, "-u", *extra, mountpoint] if tool else ["umount", *extra, mountpoint]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+def unmount(mountpoint: str) -> None:
+    """Unmount a lamina mount, a live one or one whose process died."""
+    entry = find_mount(mountpoint)
+    if entry is None:
+        raise MountError(f"{mountpoint} is not mounted")
+    if entry.fstype != FS_TYPE:
+        raise MountError(
+            f"{mountpoint} is not a lamina mount (it is {entry.fstype} from {entry.source})"
+        )
+    result = fusermount(entry.mountpoint)
+    if result.returncode == 0:
+        return
+    message = (result.stderr or result.stdout).strip().splitlines()
+    detail = message[-1] if message else f"exit status {result.returncode}"
+    if "busy" in detail.lower():
+        users = _loop_mounts_inside(entry.mountpoint)
+        hint = f"; unmount {', '.join(users)} first" if users else "; close the files open there"
+        raise MountError(f"{mountpoint} is busy{hint}")
+    raise MountError(f"cannot unmount {mountpoint}: {detail}")
+
+
+def _loop_mounts_inside(mountpoint: str) -> list[str]:
+    """Mount points of loop devices whose backing file lies inside ``mountpoint``."""
+    inside = []
+    for m in mount_table():
+        if not m.source.startswith("/dev/loop"):
+            continue
+        backing = Path("/sys/block") / os.path.basename(m.source) / "loop" / "backing_file"
+        try:
+            file = backing.read_text().strip()
+        except OSError:
+            continue
+        if file.startswith(mountpoint.rstrip("/") + "/"):
+            inside.append(m.mountpoint)
+    return inside

@@ -9,9 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -53,6 +50,7 @@ from ..limits import (
 from ..local.cluster import LocalCluster, LocalSnapshot
 from ..progress import Progress
 from ..units import plural
+from . import clusters
 from .clusters import (
     LOCAL,
     MADE_BY_BACKUP,
@@ -73,6 +71,8 @@ from .mounts import (
     mount_table,
     remove_record,
     repo_key,
+    start_mount_process,
+    unmount,
     write_record,
 )
 
@@ -494,41 +494,13 @@ class Service:
 
     def list_clusters(self) -> list[ClusterSummary]:
         """The kubeconfig's contexts (none when there is no kubeconfig), then the local cluster."""
-        from ..kube.config import list_clusters
-
-        out = [
-            ClusterSummary(c.name, "kubernetes", c.current, c.server, c.namespace)
-            for c in list_clusters(self.kubeconfig, include_local=False)
-        ]
-        out.append(ClusterSummary(LOCAL, "local", False, self.local_root, None))
-        return out
+        return clusters.list_clusters(self.kubeconfig, self.local_root)
 
     def check_clusters(
         self, names: Iterable[str] | None = None, *, timeout: float = 3.0
     ) -> dict[str, Reachability]:
         """Whether each cluster answers, probed in parallel; never hangs past the timeout."""
-        from ..kube.config import check_reachability
-        from ..kube.config import list_clusters as kube_clusters
-
-        wanted = {checked_context(n) for n in names} if names is not None else None
-        infos = [
-            c
-            for c in kube_clusters(self.kubeconfig, include_local=False)
-            if wanted is None or c.name in wanted
-        ]
-        results = {
-            name: Reachability(r.ok, r.detail, r.seconds)
-            for name, r in check_reachability(infos, self.kubeconfig, timeout=timeout).items()
-        }
-        if wanted is None or LOCAL in wanted:
-            root = self.local_root
-            ok = bool(root) and os.path.isdir(root or "")
-            results[LOCAL] = Reachability(
-                ok,
-                f"volumes under {root}" if ok else "no local cluster folder (see --local-root)",
-                0.0,
-            )
-        return results
+        return clusters.check_clusters(self.kubeconfig, self.local_root, names, timeout=timeout)
 
     def list_cluster_volumes(
         self, cluster: str, namespace: str | None = None
@@ -674,7 +646,7 @@ class Service:
     def mount(
         self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
     ) -> MountInfo:
-        """Mount the repository (or one point) with FUSE in a background `lamina mount`.
+        """Mount the repository (or one point) with FUSE in a background mount process.
 
         Returns once the mount answers. The mount is its own process, so it outlives
         nothing it should not: `unmount` (or `lamina umount`) ends it.
@@ -692,32 +664,22 @@ class Service:
                     f"cannot make the mount point {where}: {e.strerror or e}"
                 ) from None
             created = True
-        repo = self.repo_url if "://" in self.repo_url else os.path.abspath(self.repo_url)
-        command = [sys.executable, "-m", "lamina.backend.cli.main", "mount", "--repo", repo, where]
-        command += ["--daemon", "--cache-size", str(cache_bytes)]
-        if point:
-            command += ["--point", point]
-        secret = None
         try:
-            if self._password is not None:
-                fd, secret = tempfile.mkstemp(prefix="lamina-mount-")
-                with os.fdopen(fd, "wb") as f:
-                    f.write(self._password)
-                command += ["--password-file", secret]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        finally:
-            if secret:
-                os.unlink(secret)  # the daemon has read it once it is ready
-        if result.returncode != 0:
-            lines = result.stderr.strip().splitlines() or [
-                f"lamina mount exited {result.returncode}"
-            ]
+            pid = start_mount_process(
+                self.repo_url,
+                where,
+                point=point,
+                cache_bytes=cache_bytes,
+                password=self._password,
+                timeout=120.0,
+            )
+        except LaminaError:
             if created:
                 os.rmdir(where)
-            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+            raise
         if created:
             self._created_mountpoints.add(where)
-        info = MountInfo(where, point, int(result.stdout.split()[-1]), self.repo_url)
+        info = MountInfo(where, point, pid, self.repo_url)
         if created:  # a restarted front end must remove the folder on unmount too
             write_record(MountRecord(where, point, info.pid, repo_key(self.repo_url), True))
         with self._jobs_lock:
@@ -727,19 +689,11 @@ class Service:
     def unmount(self, mountpoint: str) -> None:
         where = mount_path(mountpoint)
         made = any(r.mountpoint == where and r.made_mountpoint for r in live_records())
-        result = subprocess.run(
-            [sys.executable, "-m", "lamina.backend.cli.main", "umount", where],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        with self._jobs_lock:
-            self._mounts.pop(where, None)
-        if result.returncode != 0:
-            lines = result.stderr.strip().splitlines() or [
-                f"lamina umount exited {result.returncode}"
-            ]
-            raise LaminaError(lines[-1].removeprefix("lamina: error: "))
+        try:
+            unmount(where)
+        finally:
+            with self._jobs_lock:
+                self._mounts.pop(where, None)
         if where in self._created_mountpoints or made:
             self._created_mountpoints.discard(where)
             with contextlib.suppress(OSError):

@@ -81,7 +81,7 @@ def test_one_size_format_for_every_front_end() -> None:
 def test_log_lines_are_escaped_and_keep_their_lines() -> None:
     import logging
 
-    from lamina.backend.cli.common import PrintableFormatter
+    from lamina.backend.display import PrintableFormatter
 
     record = logging.LogRecord(
         "lamina", logging.INFO, __file__, 1, "read %s", ("a\x1b]0;x\x07",), None

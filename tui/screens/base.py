@@ -131,7 +131,64 @@ class Column(Generic[T]):
     width: int | None = None
 
 
-class TableScreen(LaminaScreen, Generic[T]):
+class FilteredScreen(LaminaScreen):
+    """A screen with a '/' filter box (an Input with id ``filter``): typing narrows what it
+    shows, enter keeps the filter, esc clears it. Its subclass binds '/' to ``filter`` and
+    says how to redraw and what takes the focus back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter_text = ""
+
+    def filter_changed(self) -> None:
+        """Hook: the filter text changed; show what it lets through."""
+        raise NotImplementedError
+
+    def filter_done(self) -> None:
+        """Hook: the filter box is left; focus what it filters."""
+        raise NotImplementedError
+
+    @property
+    def filter_input(self) -> Input:
+        return self.query_one("#filter", Input)
+
+    def action_filter(self) -> None:
+        box = self.filter_input
+        box.add_class("-open")
+        box.focus()
+        self.refresh_bindings()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self.filter_changed()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value:
+            self.filter_input.remove_class("-open")
+        self.filter_done()
+        self.refresh_bindings()
+
+    def action_back(self) -> None:
+        box = self.filter_input
+        if box.has_focus or self.filter_text:
+            box.value = ""
+            box.remove_class("-open")
+            self.filter_text = ""
+            self.filter_changed()
+            self.filter_done()
+            self.refresh_bindings()
+            return
+        super().action_back()
+
+    def can_go_back(self) -> bool:
+        return (
+            bool(self.filter_text) or self.filter_input.has_class("-open") or super().can_go_back()
+        )
+
+
+class TableScreen(FilteredScreen, Generic[T]):
     """A screen built around one table: '/' filters it, 's' and header clicks sort it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -150,7 +207,6 @@ class TableScreen(LaminaScreen, Generic[T]):
     def __init__(self) -> None:
         super().__init__()
         self.items: list[T] = []
-        self.filter_text = ""
 
     # subclasses say how an item looks
     def item_key(self, item: T) -> str:
@@ -168,10 +224,6 @@ class TableScreen(LaminaScreen, Generic[T]):
     @property
     def table(self) -> DataTable[Any]:
         return self.query_one("#table", DataTable)
-
-    @property
-    def filter_input(self) -> Input:
-        return self.query_one("#filter", Input)
 
     def setup_table(self) -> None:
         """Call from on_mount (Textual runs every class's on_mount: no super() chain here)."""
@@ -249,40 +301,11 @@ class TableScreen(LaminaScreen, Generic[T]):
                 return False
         return super().check_action(action, parameters)
 
-    def action_filter(self) -> None:
-        box = self.filter_input
-        box.add_class("-open")
-        box.focus()
-        self.refresh_bindings()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value
+    def filter_changed(self) -> None:
         self.redraw_table()
 
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        if not event.value:
-            self.filter_input.remove_class("-open")
+    def filter_done(self) -> None:
         self.table.focus()
-        self.refresh_bindings()
-
-    def action_back(self) -> None:
-        box = self.filter_input
-        if box.has_focus or self.filter_text:
-            box.value = ""
-            box.remove_class("-open")
-            self.filter_text = ""
-            self.redraw_table()
-            self.table.focus()
-            self.refresh_bindings()
-            return
-        super().action_back()
-
-    def can_go_back(self) -> bool:
-        return (
-            bool(self.filter_text) or self.filter_input.has_class("-open") or super().can_go_back()
-        )
 
     def action_sort_next(self) -> None:
         keys = [c.key for c in self.columns() if c.sort is not None]

@@ -22,7 +22,7 @@ from ..client import FileEntry, Point
 from ..formatting import shown
 from ..messages import FilesLoaded, PreviewLoaded
 from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label, header_label
-from .base import LaminaScreen, plain_error
+from .base import FilteredScreen, plain_error
 from .dialogs import PromptScreen
 
 PREVIEW_BYTES = 64 * 1024
@@ -47,7 +47,7 @@ def preview_text(data: bytes, size: int) -> Text:
     return out
 
 
-class FilesScreen(LaminaScreen):
+class FilesScreen(FilteredScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("x", "extract", "Extract", id="files.extract"),
         Binding("slash", "filter", "Filter", id="files.filter", key_display="/"),
@@ -63,7 +63,6 @@ class FilesScreen(LaminaScreen):
         self.loaded: set[str] = set()
         self.nodes: dict[str, TreeNode[FileEntry]] = {}
         self.entries: dict[str, list[FileEntry]] = {}  # each loaded folder's entries
-        self.filter_text = ""
         self.root_loaded = False
 
     def crumbs(self) -> list[str]:
@@ -199,44 +198,11 @@ class FilesScreen(LaminaScreen):
 
     # ------------------------------------------------------------------ filter
 
-    @property
-    def filter_input(self) -> Input:
-        return self.query_one("#filter", Input)
-
-    def action_filter(self) -> None:
-        box = self.filter_input
-        box.add_class("-open")
-        box.focus()
-        self.refresh_bindings()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value
+    def filter_changed(self) -> None:
         self.redraw_tree()
 
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
-        if not event.value:
-            self.filter_input.remove_class("-open")
+    def filter_done(self) -> None:
         self.file_tree.focus()
-        self.refresh_bindings()
-
-    def can_go_back(self) -> bool:
-        return (
-            bool(self.filter_text) or self.filter_input.has_class("-open") or super().can_go_back()
-        )
-
-    def action_back(self) -> None:
-        box = self.filter_input
-        if box.has_focus or self.filter_text:
-            box.value = ""
-            box.remove_class("-open")
-            self.filter_text = ""
-            self.redraw_tree()
-            self.file_tree.focus()
-            self.refresh_bindings()
-            return
-        super().action_back()
 
     @staticmethod
     def depth(path: str) -> int:
