@@ -51,8 +51,8 @@ def register(sub: Any) -> None:
         "compare",
         help="compare the restore points of two repositories, volume by volume",
     )
-    p.add_argument("left", metavar="REPO1")
-    p.add_argument("right", metavar="REPO2")
+    p.add_argument("left", metavar="REPO1", help="a repository (path, file:// or s3:// URL)")
+    p.add_argument("right", metavar="REPO2", help="another repository")
     p.add_argument("--volume", help="only this volume")
     p.add_argument("--left-password-file", metavar="FILE", help="password of REPO1")
     p.add_argument("--right-password-file", metavar="FILE", help="password of REPO2")
