@@ -7,18 +7,27 @@ either side waits for it or it for the prune (docs/format.md, "Concurrency").
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from ..engine import locks
 from ..engine.compare import CompareReport, VolumeComparison, compare_repositories
 from ..engine.copy import CopyReport, check_distinct, copy_points, select_points
+from ..engine.delta import delta_restore, open_target
 from ..engine.repository import Point
 from ..errors import UsageError
 from ..limits import checked_point_ref, shown
 from .jobs import Job
 from .service import Service, parse_volume
 
-__all__ = ["CompareReport", "CopyReport", "VolumeComparison", "compare", "start_copy"]
+__all__ = [
+    "CompareReport",
+    "CopyReport",
+    "VolumeComparison",
+    "compare",
+    "start_copy",
+    "start_delta_restore",
+]
 
 
 def _volume_filter(volume: str | None) -> tuple[str | None, dict[str, str] | None]:
@@ -88,3 +97,30 @@ def compare(a: Service, b: Service, *, volume: str | None = None) -> CompareRepo
         b._lock(None, locks.SHARED, f"compare with {left.url}", optional=True),
     ):
         return compare_repositories(left, right, keep)
+
+
+def start_delta_restore(
+    service: Service, point_ref: str, target: str, *, assume_from: str | None = None
+) -> Job:
+    """Restore a point onto a target that holds some version of the volume, writing only
+    the blocks that differ. The target is checked now (exists, not mounted, large enough)."""
+    checked_point_ref(point_ref)
+    if assume_from:
+        checked_point_ref(assume_from)
+    fd, _ = open_target(target, service.find_point(point_ref).capacity)
+    os.close(fd)
+
+    def run(job: Job) -> dict[str, object]:
+        with service._lock(job, locks.SHARED, f"restore of {point_ref}", optional=True):
+            point = service.find_point(point_ref)
+            base = service.find_point(assume_from) if assume_from else None
+            return delta_restore(
+                service.repo,
+                point,
+                target,
+                assume_from=base,
+                progress=job._on_progress,
+                cancelled=lambda: job.cancel_requested,
+            )
+
+    return service._start("restore", f"restore {point_ref} onto {target} (delta)", run)
