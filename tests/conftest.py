@@ -8,16 +8,32 @@ S3 (SeaweedFS on 127.0.0.1, one server for the whole run, started on first use):
   ``open_storage("s3://bucket/prefix")`` works; undone after the test.
 - ``s3_repo_url``: ``s3://<a new, empty bucket>/repo``, with ``s3_env`` in force.
 - ``s3_cli_env``: a full environment (dict) for running the ``lamina`` CLI as a subprocess.
+
+The job-history catalog (docs/catalog.md):
+- every test session keeps its default catalog (``$XDG_STATE_HOME/lamina/catalog.sqlite``)
+  in a folder of its own, never the user's;
+- ``postgres_server``: a throwaway PostgreSQL cluster for the run (tests/support/postgres.py);
+- ``catalog_url``: a new, empty catalog, once on SQLite and once on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresServer, find_binaries, postgres_server
 from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
+
+# Before any test runs (and any CLI subprocess inherits it): jobs recorded by the tests go
+# to a catalog of this run, never to the user's.
+_STATE_HOME = tempfile.mkdtemp(prefix="lamina-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME
+os.environ.pop("LAMINA_CATALOG", None)
+os.environ.pop("LAMINA_PRICES", None)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -58,3 +74,20 @@ def s3_repo_url(s3_env: S3Server) -> str:
 @pytest.fixture
 def s3_cli_env(s3_server: S3Server) -> dict[str, str]:
     return subprocess_environment(s3_server)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    if find_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs the postgresql package)")
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty catalog: one SQLite file, or one database of the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/catalog.sqlite"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

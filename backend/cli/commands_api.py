@@ -19,7 +19,14 @@ from ..errors import UsageError
 from ..service import BackupCaps, Service, default_local_root
 from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import add_repo_args, elapsed, opened, print_json, service_options
+from .common import (
+    add_catalog_arg,
+    add_repo_args,
+    elapsed,
+    opened,
+    print_json,
+    service_options,
+)
 
 if TYPE_CHECKING:
     from lamina.backend.api.client import ApiClient
@@ -73,6 +80,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--local-root", help="folder of the local cluster (default: $LAMINA_LOCAL_ROOT)")
+    add_catalog_arg(p)
+    p.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="also serve Prometheus metrics on http://HOST:PORT/metrics (docs/catalog.md)",
+    )
     p.add_argument(
         "--grace",
         default="30s",
@@ -283,9 +296,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             local_root=local_root,
             backup_caps=caps,
+            catalog=args.catalog,
+            origin="api",
             **service_options(args),
         )
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call
     _setup_logging(args.log_file)
-    return serve(service, options, grace=grace)
+    metrics = None
+    if args.metrics_listen:
+        from ..service.metrics import MetricsServer
+
+        metrics = MetricsServer(service, args.metrics_listen)
+        logging.getLogger("lamina.api").info(
+            "metrics on http://%s/metrics", printable(args.metrics_listen)
+        )
+    try:
+        return serve(service, options, grace=grace)
+    finally:
+        if metrics is not None:
+            metrics.stop()

@@ -10,7 +10,7 @@ from ..display import printable
 from ..service import Service, read_password_file
 from ..service.copies import VolumeComparison, compare, start_copy
 from ..units import format_size, plural
-from .common import _prompt, elapsed, opened, print_json, run_job
+from .common import _prompt, elapsed, opened, print_json, print_requests, run_job, with_requests
 
 
 def _add_password_option(p: argparse.ArgumentParser, side: str) -> None:
@@ -71,7 +71,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
     job = start_copy(source, destination, args.points, volume=args.volume, verify=args.verify)
     report = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(report.as_json())
+        print_json(with_requests(report.as_json(), source, job))
         return 0
     print(
         f"copied {plural(len(report.copied), 'point')} to {printable(report.destination)} "
@@ -82,6 +82,7 @@ def cmd_copy(args: argparse.Namespace) -> int:
         f"uploaded {format_size(report.bytes_uploaded)} in {elapsed(report.duration_seconds)}"
         + ("; every piece re-read on the destination" if report.verified else "")
     )
+    print_requests(source, job)
     return 0
 
 

@@ -16,7 +16,16 @@ from ..service import (
     read_password_file,
 )
 from ..units import format_rate, format_size, parse_size, plural
-from .common import add_repo_args, elapsed, new_password, open_service, print_json, run_job
+from .common import (
+    add_repo_args,
+    elapsed,
+    new_password,
+    open_service,
+    print_json,
+    print_requests,
+    run_job,
+    with_requests,
+)
 
 
 def register(sub: Any) -> None:
@@ -204,7 +213,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     )
     point: PointInfo = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(point.as_json())
+        print_json(with_requests(point.as_json(), service, job))
         return 0
     s = point.stats
     print(
@@ -220,6 +229,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         f"deduplicated {format_size(s['bytes_deduplicated'])}; zero {format_size(s['bytes_zero'])}; "
         f"{plural(s['requests'], 'request')}"
     )
+    print_requests(service, job)
     return 0
 
 
@@ -295,17 +305,16 @@ def cmd_chain(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     if args.assume_from and not args.delta:
         raise UsageError("--assume-from needs --delta")
+    service = open_service(args)
     if args.delta:
         from ..service.copies import start_delta_restore
 
-        job = start_delta_restore(
-            open_service(args), args.point, args.target, assume_from=args.assume_from
-        )
+        job = start_delta_restore(service, args.point, args.target, assume_from=args.assume_from)
     else:
-        job = open_service(args).start_restore(args.point, args.target, overwrite=args.overwrite)
+        job = service.start_restore(args.point, args.target, overwrite=args.overwrite)
     result = run_job(job, quiet=args.quiet)
     if args.json:
-        print_json(result)
+        print_json(with_requests(result, service, job))
         return 0
     if args.delta:
         print(
@@ -315,6 +324,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             f"differed), downloaded {format_size(result['bytes_downloaded'])} in "
             f"{elapsed(result['duration_seconds'])}; the image digest checked"
         )
+        print_requests(service, job)
         return 0
     rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
     print(
@@ -323,6 +333,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
         f"({format_rate(rate)}); every piece and the image digest checked"
     )
+    print_requests(service, job)
     return 0
 
 

@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..display import printable
-from ..service import ForgetReport, LockInfo, PointInfo, Policy, PruneReport, parse_keep_within
+from ..service import (
+    ForgetReport,
+    LockInfo,
+    PointInfo,
+    Policy,
+    PruneReport,
+    forget_savings,
+    parse_keep_within,
+    prune_savings,
+)
 from ..units import format_size, plural
 from .common import add_repo_args, open_service, print_json, run_job
 
@@ -110,6 +119,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         print_json(
             {
                 "dry_run": report.dry_run,
+                **({"would": forget_savings(report).as_json()} if report.dry_run else {}),
                 "removed": report.removed,
                 "points": [
                     {
@@ -140,6 +150,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         )
         if not report.dry_run and gone and not args.prune:
             print("run 'lamina prune' to free the space they used")
+        if report.dry_run:
+            print(forget_savings(report).summary())
     if args.prune and not args.dry_run:
         return cmd_prune(
             argparse.Namespace(**{**vars(args), "dry_run": False, "repack_below": 0.5})
@@ -152,7 +164,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         open_service(args).start_prune(dry_run=args.dry_run, repack_below=args.repack_below)
     )
     if getattr(args, "json", False):
-        print_json(report.__dict__)
+        extra = {"would": prune_savings(report).as_json()} if report.dry_run else {}
+        print_json({**report.__dict__, **extra})
         return 0
     verb = "would free" if report.dry_run else "freed"
     print(
@@ -164,6 +177,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{verb} {format_size(report.bytes_reclaimed)} of {format_size(report.bytes_total)}; "
         f"{plural(report.maps_deleted, 'stray map')}; {plural(report.requests, 'request')}"
     )
+    if report.dry_run:
+        print(prune_savings(report).summary())
     if report.packs_kept_locked:
         print(
             f"{plural(report.packs_kept_locked, 'pack')} "

@@ -59,7 +59,13 @@ def cmd_tui(args: argparse.Namespace) -> int:
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("lamina tui needs a terminal")
     service = opened(
-        Service(repo, kubeconfig=args.kubeconfig, local_root=local_root, **service_options(args))
+        Service(
+            repo,
+            kubeconfig=args.kubeconfig,
+            local_root=local_root,
+            origin="tui",
+            **service_options(args),
+        )
     )
     service.info()  # a wrong URL or password is a one-line error here, before the screen opens
     from lamina.tui.app import make_app

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from ..display import printable
 from ..errors import LaminaError, UsageError
 from ..progress import Progress
-from ..service import Job, JobState, Service, read_password_file
+from ..service import Job, JobState, RequestCounts, Service, read_password_file
 from ..units import format_rate, format_size
 
 REPO_ENV = "LAMINA_REPO"
@@ -33,6 +33,16 @@ def add_repo_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
         "LAMINA_PASSWORD_FILE; on a terminal lamina asks for it)",
     )
     p.set_defaults(repo_from_env=True, repo_required=required)
+
+
+def add_catalog_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        metavar="URL",
+        help="job-history catalog: sqlite:///PATH or postgresql://USER@HOST/DB, 'none' to "
+        "record nothing (or set LAMINA_CATALOG; default: "
+        "$XDG_STATE_HOME/lamina/catalog.sqlite, see docs/catalog.md)",
+    )
 
 
 def resolve_repo(args: argparse.Namespace) -> None:
@@ -102,6 +112,12 @@ def close_services() -> None:
             service.close()
         except Exception:  # the command's own outcome is what the user needs to see
             pass
+        problem = getattr(service, "catalog_problem", None)
+        if problem:  # the job itself went on: say so, in one line
+            print(
+                f"lamina: warning: not recorded in the job history: {printable(problem)}",
+                file=sys.stderr,
+            )
 
 
 def open_service(args: argparse.Namespace) -> Service:
@@ -199,6 +215,25 @@ def run_job(job: Job, *, quiet: bool = False) -> Any:
 
         raise Cancelled(job.error or "cancelled")
     raise LaminaError(job.error or "failed")
+
+
+def job_requests(service: Service, job: Job) -> RequestCounts | None:
+    """The requests a job of this process made and their cost (None: a server ran it)."""
+    return service.job_requests(job.id)
+
+
+def with_requests(data: dict[str, Any], service: Service, job: Job) -> dict[str, Any]:
+    """A job's JSON with its requests (docs/catalog.md, "Requests and cost")."""
+    counts = job_requests(service, job)
+    if counts is None:
+        return data
+    return {**data, "job": {"id": job.id, "requests": counts.as_json()}}
+
+
+def print_requests(service: Service, job: Job) -> None:
+    counts = job_requests(service, job)
+    if counts is not None:
+        print(f"  {counts.summary()}")
 
 
 def elapsed(seconds: float) -> str:

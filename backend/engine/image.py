@@ -14,11 +14,12 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from ..errors import LaminaError
 from .format import EXTENT_DATA, Extent, PieceEntry
 from .repository import Point, Repository, pack_runs
+from .storage.metering import ContextThreadPool
 
 log = logging.getLogger("lamina.image")
 
@@ -59,7 +60,7 @@ class ImageReader:
         self.readahead_bytes = readahead_bytes
         self._inflight: dict[bytes, Future[bytes]] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="lamina-image")
+        self._pool = ContextThreadPool(threads, thread_name_prefix="lamina-image")
         self._last_end = -1
         self._prefetched_to = 0
         self.fetches = 0

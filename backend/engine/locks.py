@@ -34,6 +34,7 @@ from typing import Any
 from ..errors import LaminaError
 from .repository import Repository
 from .storage import ObjectNotFound, StorageError
+from .storage.metering import in_context
 
 log = logging.getLogger("lamina.locks")
 
@@ -201,7 +202,10 @@ class Lock:
         self.held = True
         with _held_lock:
             _held.add(self)
-        self._thread = threading.Thread(target=self._refresh, name="lamina-lock", daemon=True)
+        # In the taker's context: its refreshes count for the job that holds the lock.
+        self._thread = threading.Thread(
+            target=in_context(self._refresh), name="lamina-lock", daemon=True
+        )
         self._thread.start()
         return []
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from .fingerprints import UNKNOWN, Collector, Fingerprints, resolve_fingerprints
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
 from .repository import Point, Repository, new_point_id, pack_runs, utc_now
 from .safewrite import ImageTarget, TargetError
+from .storage.metering import ContextThreadPool
 
 RangeSource = Callable[[], Iterable[Range]]
 
@@ -576,8 +577,8 @@ def _run_pipeline(
     max_ahead = workers + 2
     by_block = fpr is not None and scan is not None and scan.fingerprints is not None
     with (
-        ThreadPoolExecutor(workers, thread_name_prefix="lamina-piece") as pool,
-        ThreadPoolExecutor(
+        ContextThreadPool(workers, thread_name_prefix="lamina-piece") as pool,
+        ContextThreadPool(
             max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
         ) as upload_pool,
     ):
@@ -650,7 +651,7 @@ def _finish_fingerprints(
 
     blocks = sorted(covered)
     if len(blocks) > 1:
-        with ThreadPoolExecutor(min(8, len(blocks))) as pool:
+        with ContextThreadPool(min(8, len(blocks))) as pool:
             digests = list(pool.map(block_fingerprint, blocks))
     else:
         digests = [block_fingerprint(b) for b in blocks]
@@ -778,7 +779,7 @@ def restore(
                         _pwrite_all(fd, chunk, e.offset)
                     tracker.add(e.length)
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="lamina-restore") as pool:
+        with ContextThreadPool(workers, thread_name_prefix="lamina-restore") as pool:
             for f in [pool.submit(fetch, run) for run in runs]:
                 f.result()
         if cancelled():
@@ -957,7 +958,7 @@ def verify(
                     problems.extend(name_every_point(entry.piece_id, str(data)))
                 tracker.add(entry.raw_size, read=entry.raw_size)
 
-        with ThreadPoolExecutor(repo.io_threads) as pool:
+        with ContextThreadPool(repo.io_threads) as pool:
             list(pool.map(check, runs))
         if cancelled():
             raise Cancelled("verify cancelled")

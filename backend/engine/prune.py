@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import LaminaError
 from .format import PieceEntry
 from .repository import Repository, pack_key, pack_runs
+from .storage.metering import ContextThreadPool
 
 INDEX_SEGMENT_ENTRIES = 250_000
 DEBRIS_GRACE = 0.0  # seconds; prune runs under an exclusive lock, so debris is never in use
@@ -140,7 +140,7 @@ def prune(
             for i in range(index.table_size)
             if live[i] and index.at(i).pack_id in repack
         ]
-        with ThreadPoolExecutor(4, thread_name_prefix="lamina-prune") as pool:
+        with ContextThreadPool(4, thread_name_prefix="lamina-prune") as pool:
             writer = repo.new_pack_writer(pool, max_in_flight=2)
             for run in pack_runs(movers):
                 first = run[0]

@@ -56,6 +56,7 @@ from .fingerprints import decode as decode_fingerprints
 from .fingerprints import encode as encode_fingerprints
 from .format import Extent, PieceEntry
 from .storage import ObjectNotFound, ShortRead, Storage
+from .storage.metering import ContextThreadPool
 from .storage.wrappers import CountingStorage, RetryingStorage
 
 CONFIG_KEY = "config"
@@ -910,7 +911,7 @@ class Repository:
     def _parallel(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         if len(items) <= 1:
             return [fn(i) for i in items]
-        with ThreadPoolExecutor(min(self.io_threads, len(items))) as pool:
+        with ContextThreadPool(min(self.io_threads, len(items))) as pool:
             return list(pool.map(fn, items))
 
 

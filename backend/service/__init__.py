@@ -28,6 +28,18 @@ from .cbt import (
 )
 from .clusters import check_clusters, list_clusters
 from .demo import run_demo
+from .history import (
+    JOB_KINDS,
+    CatalogError,
+    HistoryQuery,
+    JobRecord,
+    RequestCounts,
+    Savings,
+    forget_savings,
+    format_cost,
+    prune_savings,
+    read_history,
+)
 from .kube import KubeSession, datamover_manifests
 from .mounts import (
     MOUNT_PROCESS,
@@ -121,18 +133,22 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FS_TYPE",
+    "JOB_KINDS",
     "MOUNT_PROCESS",
     "PATH_MAX",
     "BackupCaps",
+    "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
     "EntryWriter",
     "ExtractReport",
     "ForgetDecision",
     "ForgetReport",
+    "HistoryQuery",
     "ImageReadError",
     "ImageReader",
     "Job",
+    "JobRecord",
     "JobState",
     "KubeSession",
     "LaminaError",
@@ -150,6 +166,8 @@ __all__ = [
     "Range",
     "Reachability",
     "RepositoryInfo",
+    "RequestCounts",
+    "Savings",
     "Service",
     "Skipped",
     "TargetError",
@@ -166,6 +184,8 @@ __all__ = [
     "default_local_root",
     "default_repo",
     "find_mount",
+    "forget_savings",
+    "format_cost",
     "fusermount",
     "init_repository",
     "list_clusters",
@@ -177,7 +197,9 @@ __all__ = [
     "open_folder",
     "parse_keep_within",
     "parse_volume",
+    "prune_savings",
     "ranges_from_json_file",
+    "read_history",
     "read_password_file",
     "run_demo",
     "serve_snapshot_metadata",

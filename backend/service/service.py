@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..catalog import Catalog, HistoryQuery, JobRecord, default_catalog_url
 from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
 from ..engine.extents import Range
@@ -51,6 +52,7 @@ from ..local.cluster import LocalCluster, LocalSnapshot
 from ..progress import Progress
 from ..units import plural
 from . import clusters
+from .accounting import JobAccounting, RequestCounts
 from .clusters import (
     LOCAL,
     MADE_BY_BACKUP,
@@ -75,6 +77,7 @@ from .mounts import (
     unmount,
     write_record,
 )
+from .recorder import JobRecorder, reconcile
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -379,6 +382,8 @@ class Service:
         lock_wait: float = 600.0,
         ask_password: Callable[[], bytes] | None = None,
         backup_caps: BackupCaps | None = None,
+        catalog: str | None = None,
+        origin: str = "cli",
     ) -> None:
         self.repo_url = repo_url
         self._password = password
@@ -395,6 +400,14 @@ class Service:
         self._jobs_lock = threading.Lock()
         # The backup caps and their queue: one per service, shared by every front end.
         self._runner = JobRunner(backup_caps)
+        # Every job is recorded in the job-history catalog, its requests counted.
+        self.accounting = JobAccounting()
+        self._recorder = JobRecorder(
+            catalog or default_catalog_url(),
+            repository=repo_url,
+            origin=origin,
+            counts=self.accounting.counts,
+        )
 
     # ------------------------------------------------------------------ repository
 
@@ -423,6 +436,7 @@ class Service:
     def close(self) -> None:
         """Close browsing views (giving back their shared locks), then the repository."""
         self.close_idle_views()
+        self._recorder.close()
         if self._repo is not None:
             self._repo.close()
 
@@ -842,6 +856,34 @@ class Service:
         with self._jobs_lock:
             return sorted(self._jobs.values(), key=lambda j: j.created)
 
+    def job_requests(self, job_id: str) -> RequestCounts | None:
+        """The storage requests a job of this service made, with their estimated cost (None:
+        a job this service did not run itself)."""
+        return self.accounting.counts_of(job_id)
+
+    @property
+    def catalog_url(self) -> str:
+        """The job-history catalog this service records its jobs in."""
+        return str(self._recorder.catalog_url)
+
+    @property
+    def catalog_problem(self) -> str | None:
+        """Why jobs of this service could not be recorded in the catalog (None: they were)."""
+        return self._recorder.problem
+
+    def history(
+        self, query: HistoryQuery | None = None, *, catalog: str | None = None
+    ) -> list[JobRecord]:
+        """Jobs from the catalog, newest first. With the repository reachable, its points
+        that no job recorded (the catalog was down) are filled in first. Raises CatalogError."""
+        opened = Catalog.open(catalog or self._recorder.catalog_url)
+        try:
+            if self.repo_url:
+                reconcile(opened, self.repo_url, self.list_points())
+            return opened.history(query)
+        finally:
+            opened.close()
+
     def job(self, job_id: str) -> Job:
         with self._jobs_lock:
             try:
@@ -871,7 +913,8 @@ class Service:
         job = Job(kind=kind, description=description, volume=volume)
         with self._jobs_lock:
             self._jobs[job.id] = job
-        return self._runner.start(job, fn)
+        self._recorder.track(job)
+        return self._runner.start(job, self.accounting.metered(job, fn))
 
     def start_backup(
         self,

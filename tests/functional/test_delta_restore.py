@@ -132,7 +132,7 @@ def test_assume_from_refuses_a_target_that_holds_something_else(tmp_path: Path) 
 def test_a_small_missing_or_attached_target_is_refused_untouched(
     two_points: tuple[Service, Path, str, str], tmp_path: Path
 ) -> None:
-    service, vol, old, new = two_points
+    service, vol, _old, new = two_points
     small = tmp_path / "small.img"
     small.write_bytes(b"x" * MiB)
     cases = {

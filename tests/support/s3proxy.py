@@ -7,6 +7,10 @@ still verify) and hands the server's answer back, unless a fault rule says other
   out, but the client gets a 500 instead of the server's answer: the "ambiguous write"
   that a retry must survive.
 
+It counts what crossed the wire, by S3 operation as a price list names them
+(``operations``: put, get, head, list, delete, copy), the body bytes of every request sent
+(``bytes_up``) and the object bytes of the GET answers handed back (``bytes_down``).
+
 It is a test double for the network between lamina and S3, not for S3 itself: the server
 behind it is the real SeaweedFS.
 """
@@ -21,13 +25,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+_ERROR_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+    b"<Message>injected</Message></Error>\n"
+)
+# Its length counted, not typed: a Content-Length past the body makes the client wait for
+# bytes that never come (a read timeout instead of a quick retry).
 _INTERNAL_ERROR = (
     b"HTTP/1.1 500 Internal Server Error\r\n"
     b"Content-Type: application/xml\r\n"
-    b"Content-Length: 111\r\n"
-    b"\r\n"
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
-    b"<Message>injected</Message></Error>\n"
+    + f"Content-Length: {len(_ERROR_BODY)}\r\n".encode()
+    + b"\r\n"
+    + _ERROR_BODY
 )
 
 
@@ -43,6 +52,9 @@ class S3Proxy:
     upstream_host: str
     upstream_port: int
     requests: Counter[str] = field(default_factory=Counter)
+    operations: Counter[str] = field(default_factory=Counter)
+    bytes_up: int = 0
+    bytes_down: int = 0
     injected: int = 0
     _rules: list[_Rule] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -99,8 +111,11 @@ class S3Proxy:
                 head, body, method, path = _read_message(reader, request=True, client=client)
                 if head is None:
                     return
+                operation = _operation(head, method, path)
                 with self._lock:
                     self.requests[method] += 1
+                    self.operations[operation] += 1
+                    self.bytes_up += _payload_size(head, body)
                 upstream.sendall(head + body)
                 answer_head, answer_body, _, _ = _read_message(
                     up_reader, request=False, head_request=method == "HEAD"
@@ -110,6 +125,9 @@ class S3Proxy:
                 if self._fault_for(method, path):
                     client.sendall(_INTERNAL_ERROR)
                     continue
+                if operation == "get" and answer_head.split(b" ")[1][:1] == b"2":
+                    with self._lock:
+                        self.bytes_down += len(answer_body)
                 client.sendall(answer_head + answer_body)
         except OSError:
             return
@@ -119,6 +137,47 @@ class S3Proxy:
                     s.close()
                 except OSError:
                     pass
+
+
+_LIST_PARAMETERS = {
+    "list-type",
+    "prefix",
+    "delimiter",
+    "continuation-token",
+    "max-keys",
+    "start-after",
+    "marker",
+    "encoding-type",
+    "fetch-owner",
+}
+
+
+def _operation(head: bytes, method: str, path: str) -> str:
+    """The S3 operation of a request, from the wire alone (path-style addressing)."""
+    target = head.split(b" ", 2)[1].decode("latin-1")
+    query = {part.split("=")[0] for part in urlsplit(target).query.split("&") if part}
+    headers = head.decode("latin-1").lower()
+    object_key = "/" in path.strip("/")
+    if method == "PUT":
+        return "copy" if "\r\nx-amz-copy-source:" in headers else "put"
+    if method == "POST":
+        return "delete" if "delete" in query else "put"
+    if method == "DELETE":
+        return "delete"
+    if method == "HEAD":
+        return "head"
+    if method == "GET" and not object_key and query <= _LIST_PARAMETERS:
+        return "list"
+    return "get"
+
+
+def _payload_size(head: bytes, body: bytes) -> int:
+    """The bytes a request carries (its body: Content-Length, never chunk framing)."""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-amz-decoded-content-length":
+            return int(value.strip())
+    return len(body)
 
 
 def _read_message(

@@ -39,6 +39,8 @@ class Storage(ABC):
 
     #: A URL that names this storage, for messages.
     url: str = ""
+    #: True when the backend counts its own requests for the job's meter (storage/metering.py).
+    meters_itself: bool = False
 
     @abstractmethod
     def put(

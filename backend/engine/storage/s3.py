@@ -16,6 +16,7 @@ import botocore.exceptions
 import botocore.session
 
 from ...errors import StorageUnavailable
+from . import metering
 from .base import (
     ObjectInfo,
     ObjectNotFound,
@@ -31,7 +32,23 @@ from .base import (
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
+def _meter_request(request: Any, operation_name: str = "", **_: Any) -> None:
+    body = request.body
+    if isinstance(body, (bytes, bytearray)):
+        up = len(body)
+    elif hasattr(body, "seek") and hasattr(body, "tell"):
+        here = body.tell()
+        up = body.seek(0, 2) - here
+        body.seek(here)
+    else:
+        up = 0
+    attempt = int(getattr(request, "context", {}).get("retries", {}).get("attempt", 1))
+    metering.record(metering.s3_operation(operation_name, request.method), up=up, retry=attempt > 1)
+
+
 class S3Storage(Storage):
+    meters_itself = True  # per HTTP attempt, in botocore (see _meter_request)
+
     def __init__(
         self,
         bucket: str,
@@ -64,6 +81,8 @@ class S3Storage(Storage):
                 "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), config=config
             )
         self.client = client
+        # Every HTTP attempt (botocore's retries too) counts for the job that makes it.
+        self.client.meta.events.register("request-created.s3", _meter_request)
         # A HEAD answer has no body, so a missing bucket looks like a missing object; the
         # first such answer is checked against the bucket once.
         self._bucket_seen = False
@@ -136,7 +155,9 @@ class S3Storage(Storage):
         s3_key = self._key(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=s3_key)
-            return bytes(response["Body"].read())
+            data = bytes(response["Body"].read())
+            metering.record("", down=len(data))
+            return data
         except Exception as e:
             raise self._fail(e, "get", key) from e
 
@@ -156,6 +177,7 @@ class S3Storage(Storage):
                 Range=f"bytes={offset}-{offset + length - 1}",
             )
             data = bytes(response["Body"].read())
+            metering.record("", down=len(data))
         except botocore.exceptions.ClientError as e:
             if e.response.get("Error", {}).get("Code") == "InvalidRange":
                 raise ShortRead(

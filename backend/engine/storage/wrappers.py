@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from ...errors import StorageUnavailable
+from . import metering
 from .base import InvalidRequest, ObjectInfo, ObjectNotFound, ShortRead, Storage, StorageError
 
 T = TypeVar("T")
@@ -24,11 +25,15 @@ class RetryingStorage(Storage):
     def __init__(self, inner: Storage, *, attempts: int = 4, base_delay: float = 0.2) -> None:
         self.inner = inner
         self.url = inner.url
+        self.meters_itself = inner.meters_itself
         self.attempts = attempts
         self.base_delay = base_delay
 
-    def _retry(self, op: Callable[[], T]) -> T:
+    def _retry(self, op: Callable[[], T], name: str) -> T:
         for attempt in range(self.attempts):
+            if attempt:
+                # A backend that meters itself counts the new request; count it here otherwise.
+                metering.record("" if self.meters_itself else name, retry=True)
             try:
                 return op()
             except (ObjectNotFound, ShortRead, InvalidRequest):
@@ -48,7 +53,8 @@ class RetryingStorage(Storage):
         retain_until: float | None = None,
     ) -> bool:
         written = self._retry(
-            lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
+            lambda: self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until),
+            "put",
         )
         if written or not if_absent:
             return written
@@ -56,48 +62,55 @@ class RetryingStorage(Storage):
         # client library's own retry) makes the next one meet our own object: that is
         # success. Only an object with other content is a real conflict.
         try:
-            return bool(self._retry(lambda: self.inner.get(key)) == bytes(data))
+            return bool(self._retry(lambda: self.inner.get(key), "get") == bytes(data))
         except ObjectNotFound:
             return False
 
     def get(self, key: str) -> bytes:
-        return self._retry(lambda: self.inner.get(key))
+        return self._retry(lambda: self.inner.get(key), "get")
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        return self._retry(lambda: self.inner.get_range(key, offset, length))
+        return self._retry(lambda: self.inner.get_range(key, offset, length), "get")
 
     def head(self, key: str) -> ObjectInfo | None:
-        return self._retry(lambda: self.inner.head(key))
+        return self._retry(lambda: self.inner.head(key), "head")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(self._retry(lambda: list(self.inner.list(prefix))))
+        return iter(self._retry(lambda: list(self.inner.list(prefix)), "list"))
 
     def delete(self, key: str) -> None:
-        self._retry(lambda: self.inner.delete(key))
+        self._retry(lambda: self.inner.delete(key), "delete")
 
     def close(self) -> None:
         self.inner.close()
 
 
 class CountingStorage(Storage):
-    """Counts requests and bytes, for the statistics of every job."""
+    """Counts requests and bytes, for the statistics of every job; and, for a backend that
+    does not meter itself, adds each call to the meters of the job making it."""
 
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
         self.url = inner.url
+        self.meters_itself = True  # here, or below
+        self._meter = not inner.meters_itself
         self._lock = threading.Lock()
         self.requests = 0
         self.bytes_up = 0
         self.bytes_down = 0
 
-    def _count(self, up: int = 0) -> None:
+    def _count(self, up: int = 0, op: str = "") -> None:
         with self._lock:
             self.requests += 1
             self.bytes_up += up
+        if self._meter:
+            metering.record(op, up=up)
 
     def _count_down(self, size: int) -> None:
         with self._lock:
             self.bytes_down += size
+        if self._meter:
+            metering.record("", down=size)
 
     def put(
         self,
@@ -107,32 +120,32 @@ class CountingStorage(Storage):
         if_absent: bool = False,
         retain_until: float | None = None,
     ) -> bool:
-        self._count(up=len(data))
+        self._count(up=len(data), op="put")
         return self.inner.put(key, data, if_absent=if_absent, retain_until=retain_until)
 
     # A request counts whether or not it succeeds; bytes count once they arrived.
     def get(self, key: str) -> bytes:
-        self._count()
+        self._count(op="get")
         data = self.inner.get(key)
         self._count_down(len(data))
         return data
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        self._count()
+        self._count(op="get")
         data = self.inner.get_range(key, offset, length)
         self._count_down(len(data))
         return data
 
     def head(self, key: str) -> ObjectInfo | None:
-        self._count()
+        self._count(op="head")
         return self.inner.head(key)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        self._count()
+        self._count(op="list")
         return self.inner.list(prefix)
 
     def delete(self, key: str) -> None:
-        self._count()
+        self._count(op="delete")
         self.inner.delete(key)
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""The catalog's Alembic migrations, run programmatically when a catalog is opened."""

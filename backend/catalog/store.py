@@ -1,0 +1,533 @@
+"""The job-history catalog: every job of the service, its state changes and its figures.
+
+SQLite (one file, the embedded default) or PostgreSQL (many hosts share one history),
+through SQLAlchemy Core. The schema is Alembic's: ``Catalog.open`` migrates an older
+catalog to the head revision and refuses one from a newer lamina.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from ..errors import LaminaError, UsageError
+from .process import current_process, is_alive_here
+from .schema import REQUEST_OPS, job_events, jobs
+
+CATALOG_ENV = "LAMINA_CATALOG"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+#: A job of another host whose heartbeat is older than this shows as interrupted.
+STALE_AFTER = 300.0
+#: How often a process refreshes the heartbeat of its running jobs.
+HEARTBEAT_EVERY = 60.0
+
+#: Catalog URLs that turn recording off.
+OFF = ("none", "off")
+INTERRUPTED = "interrupted"
+LIVE_STATES = ("queued", "running")
+FAILED_STATES = ("failed", INTERRUPTED)
+
+
+class CatalogError(LaminaError):
+    """The catalog cannot be opened or written: one line, what and why."""
+
+
+class CatalogTooNew(CatalogError):
+    """The catalog's schema revision is unknown to this lamina: a newer one wrote it."""
+
+
+def default_catalog_url() -> str:
+    """$LAMINA_CATALOG, else ``sqlite:///$XDG_STATE_HOME/lamina/catalog.sqlite``."""
+    if os.environ.get(CATALOG_ENV):
+        return os.environ[CATALOG_ENV]
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return "sqlite:///" + os.path.join(state, "lamina", "catalog.sqlite")
+
+
+def shown_url(url: str) -> str:
+    """A catalog URL fit for a message: never its password."""
+    if "://" not in url:
+        return url
+    try:
+        return str(make_url(url).render_as_string(hide_password=True))
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _parse(url: str) -> URL:
+    if "://" not in url:
+        url = "sqlite:///" + os.path.abspath(url)  # a plain path is an SQLite file
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise UsageError(
+            f"not a catalog URL: {url!r} (sqlite:///PATH or postgresql://USER@HOST/DB)"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "sqlite":
+        return parsed
+    raise UsageError(
+        f"unsupported catalog URL scheme {parsed.drivername!r}: use sqlite:///PATH or postgresql://..."
+    )
+
+
+@dataclass
+class JobRecord:
+    """One job as the catalog holds it."""
+
+    id: str
+    kind: str
+    state: str
+    description: str = ""
+    repository: str = ""
+    volume: str | None = None
+    point: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    heartbeat_at: float | None = None
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    bytes_deduplicated: int = 0
+    error: str | None = None
+    origin: str = "cli"
+    host: str = ""
+    pid: int = 0
+    boot_id: str = ""
+    process_start: str = ""
+    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REQUEST_OPS, 0))
+    retries: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cost_usd: float = 0.0
+    events: list[JobEvent] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return max(0.0, self.ended_at - self.started_at)
+
+    def row(self) -> dict[str, Any]:
+        values = {
+            c.name: getattr(self, c.name, None) for c in jobs.columns if hasattr(self, c.name)
+        }
+        for op in REQUEST_OPS:
+            values[f"requests_{op}"] = int(self.requests.get(op, 0))
+        return values
+
+    @classmethod
+    def of_row(cls, row: sa.Row[Any]) -> JobRecord:
+        m = row._mapping
+        names = {f.name for f in cls.__dataclass_fields__.values()} - {"requests", "events"}
+        record = cls(**{n: m[n] for n in names if n in m})
+        record.requests = {op: int(m[f"requests_{op}"]) for op in REQUEST_OPS}
+        return record
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "description": self.description,
+            "repository": self.repository,
+            "volume": self.volume,
+            "point": self.point,
+            "created": self.created_at,
+            "started": self.started_at,
+            "ended": self.ended_at,
+            "duration_seconds": self.duration,
+            "bytes_read": self.bytes_read,
+            "bytes_stored": self.bytes_stored,
+            "bytes_deduplicated": self.bytes_deduplicated,
+            "error": self.error,
+            "started_by": {"origin": self.origin, "host": self.host, "pid": self.pid},
+            "requests": dict(self.requests),
+            "retries": self.retries,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "cost_usd": self.cost_usd,
+            "events": [{"at": e.at, "state": e.state, "message": e.message} for e in self.events],
+        }
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    at: float
+    state: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CatalogTotals:
+    jobs: dict[tuple[str, str], int]  # (kind, state) -> jobs
+    bytes_read: int
+    bytes_stored: int
+    requests: dict[str, int]  # of finished jobs
+    durations: dict[str, tuple[list[int], int, float]]  # kind -> (cumulative, count, sum)
+    last_success: dict[str, float]  # volume -> end of its newest succeeded backup
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    volume: str | None = None
+    kind: str | None = None
+    since: float | None = None  # seconds since the epoch
+    failed: bool = False
+    limit: int | None = None
+    with_events: bool = False
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory(str(MIGRATIONS)).get_heads()
+    assert len(heads) == 1, f"the catalog migrations have {len(heads)} heads"
+    return str(heads[0])
+
+
+def revisions() -> list[str]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    return [str(r.revision) for r in reversed(list(script.walk_revisions()))]
+
+
+def _one_line(e: BaseException) -> str:
+    inner = getattr(e, "orig", None) or e
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return lines[0] if lines else type(inner).__name__
+
+
+class Catalog:
+    """An open catalog. Thread-safe: every call takes a connection from the engine's pool."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, url: str | None = None, *, reap: bool = True) -> Catalog:
+        """Open (making an SQLite file when there is none), migrate to the head revision,
+        and mark the jobs of dead processes interrupted. Raises CatalogError in one line."""
+        url = url or default_catalog_url()
+        if url.lower() in OFF:
+            raise CatalogError(f"the job catalog is off ({CATALOG_ENV} or --catalog is {url!r})")
+        parsed = _parse(url)
+        shown = shown_url(url)
+        sqlite_path = None
+        if parsed.drivername == "sqlite":
+            sqlite_path = _prepare_sqlite(parsed, shown)
+            engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = sa.create_engine(
+                parsed, connect_args={"connect_timeout": 5}, pool_pre_ping=True
+            )
+        catalog = cls(engine, shown)
+        try:
+            catalog._migrate(sqlite_path)
+            if reap:
+                catalog.reap_interrupted()
+        except CatalogError:
+            engine.dispose()
+            raise
+        except (sa.exc.SQLAlchemyError, OSError) as e:
+            engine.dispose()
+            raise CatalogError(f"cannot open the job catalog {shown}: {_one_line(e)}") from None
+        return catalog
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def _migrate(self, sqlite_path: Path | None) -> None:
+        known = set(revisions())
+        with _migration_lock(sqlite_path), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # One migrating process at a time when many open a new catalog at once.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7369746)"))
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current is not None and current not in known:
+                raise CatalogTooNew(
+                    f"the job catalog {self.url} has schema revision {current}, "
+                    "unknown to this lamina: a newer lamina wrote it (upgrade lamina)"
+                )
+            if current != head_revision():
+                command.upgrade(_alembic_config(conn), "head")
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, fn: Any) -> Any:
+        try:
+            with self.engine.begin() as conn:
+                return fn(conn)
+        except sa.exc.SQLAlchemyError as e:
+            raise CatalogError(f"cannot write the job catalog {self.url}: {_one_line(e)}") from None
+
+    def record_job(self, record: JobRecord, message: str = "", at: float | None = None) -> None:
+        """Insert a job, or replace its row when it is there; adds a state-change event."""
+
+        def write(conn: Connection) -> None:
+            row = record.row()
+            exists = conn.execute(sa.select(jobs.c.id).where(jobs.c.id == record.id)).first()
+            if exists:
+                conn.execute(jobs.update().where(jobs.c.id == record.id).values(**row))
+            else:
+                conn.execute(jobs.insert().values(**row))
+            conn.execute(
+                job_events.insert().values(
+                    job_id=record.id,
+                    at=at or time.time(),
+                    state=record.state,
+                    message=message,
+                )
+            )
+
+        self._write(write)
+
+    def heartbeat(self, job_ids: Sequence[str], at: float | None = None) -> None:
+        if not job_ids:
+            return
+        now = at or time.time()
+        self._write(
+            lambda conn: conn.execute(
+                jobs.update().where(jobs.c.id.in_(list(job_ids))).values(heartbeat_at=now)
+            )
+        )
+
+    def reap_interrupted(self, now: float | None = None) -> list[str]:
+        """Mark ``interrupted`` every live job whose process is gone: on this host, a pid
+        that is not the same process any more (or another boot); elsewhere, a heartbeat
+        older than STALE_AFTER. Returns their ids."""
+        now = now or time.time()
+        me = current_process()
+
+        def reap(conn: Connection) -> list[str]:
+            live = conn.execute(sa.select(jobs).where(jobs.c.state.in_(LIVE_STATES))).all()
+            gone = []
+            for row in live:
+                r = row._mapping
+                if r["host"] == me.host:
+                    dead = not is_alive_here(int(r["pid"]), r["boot_id"], r["process_start"])
+                else:
+                    beat = r["heartbeat_at"] or r["started_at"] or r["created_at"]
+                    dead = now - float(beat) > STALE_AFTER
+                if not dead:
+                    continue
+                line = (
+                    f"interrupted: its process ({r['host']}, pid {r['pid']}) ended "
+                    "without recording an end"
+                )
+                ended = r["heartbeat_at"] or now
+                conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == r["id"], jobs.c.state.in_(LIVE_STATES))
+                    .values(state=INTERRUPTED, ended_at=ended, error=line)
+                )
+                conn.execute(
+                    job_events.insert().values(
+                        job_id=r["id"], at=now, state=INTERRUPTED, message=line
+                    )
+                )
+                gone.append(str(r["id"]))
+            return gone
+
+        result: list[str] = self._write(reap)
+        return result
+
+    def known_points(self) -> set[str]:
+        with self._reading() as conn:
+            rows = conn.execute(sa.select(jobs.c.point).where(jobs.c.point.is_not(None))).all()
+        return {str(r[0]) for r in rows}
+
+    # ------------------------------------------------------------------ reading
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise CatalogError(f"cannot read the job catalog {self.url}: {_one_line(e)}") from None
+
+    def history(self, query: HistoryQuery | None = None) -> list[JobRecord]:
+        """Jobs, newest first, filtered by ``query``."""
+        q = query or HistoryQuery()
+        statement = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id)
+        if q.volume is not None:
+            statement = statement.where(jobs.c.volume == q.volume)
+        if q.kind is not None:
+            statement = statement.where(jobs.c.kind == q.kind)
+        if q.since is not None:
+            statement = statement.where(jobs.c.created_at >= q.since)
+        if q.failed:
+            statement = statement.where(jobs.c.state.in_(FAILED_STATES))
+        if q.limit is not None:
+            statement = statement.limit(q.limit)
+        with self._reading() as conn:
+            records = [JobRecord.of_row(row) for row in conn.execute(statement)]
+            if q.with_events and records:
+                by_id = {r.id: r for r in records}
+                events = conn.execute(
+                    sa.select(job_events)
+                    .where(job_events.c.job_id.in_(list(by_id)))
+                    .order_by(job_events.c.at, job_events.c.id)
+                )
+                for e in events:
+                    by_id[e.job_id].events.append(JobEvent(e.at, e.state, e.message))
+        return records
+
+    def totals(self, repository: str | None, duration_buckets: Sequence[float]) -> CatalogTotals:
+        """Sums over the jobs of ``repository`` (None: every job) for the metrics."""
+        finished = jobs.c.state.not_in(LIVE_STATES)
+        where = [] if repository is None else [jobs.c.repository == repository]
+        duration = jobs.c.ended_at - jobs.c.started_at
+        timed = sa.and_(finished, jobs.c.started_at.is_not(None), jobs.c.ended_at.is_not(None))
+        with self._reading() as conn:
+            by_kind_state = {
+                (str(kind), str(state)): int(n)
+                for kind, state, n in conn.execute(
+                    sa.select(jobs.c.kind, jobs.c.state, sa.func.count())
+                    .where(*where)
+                    .group_by(jobs.c.kind, jobs.c.state)
+                )
+            }
+            sums = conn.execute(
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(jobs.c.bytes_read), 0),
+                    sa.func.coalesce(sa.func.sum(jobs.c.bytes_stored), 0),
+                    *[
+                        sa.func.coalesce(sa.func.sum(jobs.c[f"requests_{op}"]), 0)
+                        for op in REQUEST_OPS
+                    ],
+                ).where(finished, *where)
+            ).one()
+            histogram: dict[str, tuple[list[int], int, float]] = {}
+            rows = conn.execute(
+                sa.select(
+                    jobs.c.kind,
+                    *[
+                        sa.func.sum(sa.case((duration <= le, 1), else_=0))
+                        for le in duration_buckets
+                    ],
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(duration), 0.0),
+                )
+                .where(timed, *where)
+                .group_by(jobs.c.kind)
+            )
+            for row in rows:
+                values = list(row)
+                histogram[str(values[0])] = (
+                    [int(v or 0) for v in values[1 : 1 + len(duration_buckets)]],
+                    int(values[-2]),
+                    float(values[-1]),
+                )
+            last_success = {
+                str(volume): float(at)
+                for volume, at in conn.execute(
+                    sa.select(jobs.c.volume, sa.func.max(jobs.c.ended_at))
+                    .where(
+                        jobs.c.kind == "backup",
+                        jobs.c.state == "succeeded",
+                        jobs.c.volume.is_not(None),
+                        *where,
+                    )
+                    .group_by(jobs.c.volume)
+                )
+                if at is not None
+            }
+        return CatalogTotals(
+            jobs=by_kind_state,
+            bytes_read=int(sums[0]),
+            bytes_stored=int(sums[1]),
+            requests={op: int(sums[2 + i]) for i, op in enumerate(REQUEST_OPS)},
+            durations=histogram,
+            last_success=last_success,
+        )
+
+    def job(self, job_id: str) -> JobRecord | None:
+        with self._reading() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                return None
+            record = JobRecord.of_row(row)
+            for e in conn.execute(
+                sa.select(job_events)
+                .where(job_events.c.job_id == job_id)
+                .order_by(job_events.c.at, job_events.c.id)
+            ):
+                record.events.append(JobEvent(e.at, e.state, e.message))
+        return record
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (lamina history, /metrics) never wait for a writing job.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _prepare_sqlite(url: URL, shown: str) -> Path:
+    """The SQLite file of ``url``, its folder made; refuse one that cannot be written, in a line."""
+    if not url.database or url.database == ":memory:":
+        raise UsageError("an SQLite catalog needs a file: sqlite:///PATH")
+    path = Path(url.database)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise CatalogError(
+            f"cannot make the folder of the job catalog {shown}: {e.strerror}"
+        ) from None
+    if path.exists() and not path.is_file():
+        raise CatalogError(f"the job catalog {shown} is not a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CatalogError(f"the job catalog {shown} is read-only")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CatalogError(f"the folder of the job catalog {shown} is read-only")
+    return path
+
+
+@contextmanager
+def _migration_lock(sqlite_path: Path | None) -> Iterator[None]:
+    """Many processes opening one new SQLite file at once migrate it one at a time."""
+    if sqlite_path is None:
+        yield
+        return
+    # A file of its own: closing a descriptor of the database file would drop the POSIX
+    # locks SQLite holds on it in this process.
+    fd = os.open(sqlite_path.with_name(sqlite_path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
