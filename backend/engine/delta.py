@@ -74,7 +74,10 @@ def open_target(target: str, capacity: int) -> tuple[int, bool]:
             raise TargetError(f"{target} is attached to {', '.join(users)}; detach it first")
     else:
         raise TargetError(f"{target} is neither an image file nor a block device")
-    fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW)
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError as e:  # a symlink (ELOOP), no write permission, a busy device
+        raise TargetError(f"cannot open {target} for writing: {e.strerror}") from None
     size = os.lseek(fd, 0, os.SEEK_END)
     if size < capacity:
         os.close(fd)

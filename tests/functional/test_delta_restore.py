@@ -139,6 +139,9 @@ def test_a_small_missing_or_attached_target_is_refused_untouched(
         str(small): "less than the volume",
         str(tmp_path / "missing.img"): "does not exist",
     }
+    link = tmp_path / "link.img"
+    link.symlink_to(vol)  # never followed: the restore writes the file it checked
+    cases[str(link)] = "cannot open"
     attached = tmp_path / "attached.img"
     shutil.copyfile(vol, attached)
     loop = subprocess.run(
