@@ -365,3 +365,32 @@ def test_a_prune_of_the_destination_waits_for_the_copy(tmp_path: Path) -> None:
     assert seen == ["locked", "locked"]
     run(Service(dst).start_prune())
     restore_all(Service(dst), expected, tmp_path)
+
+
+def test_a_cancelled_copy_writes_no_point_and_a_rerun_completes(tmp_path: Path) -> None:
+    from lamina.backend.engine.copy import copy_points, select_points
+    from lamina.backend.errors import Cancelled
+
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    init_repository(src, grid_size=64 * KiB)
+    init_repository(dst, grid_size=64 * KiB)
+    vol = make_volume(tmp_path / "vol.img", 8 * MiB, seed=7)
+    expected = back_up_chain(Service(src), vol, 2)
+    source, destination = Service(src).repo, Service(dst).repo
+    listed = source.list_points()
+
+    def cancelled() -> bool:
+        # Cancel once the first point's packs are written: before its manifest is.
+        return any(p.is_file() for p in (Path(dst) / "packs").rglob("*"))
+
+    with pytest.raises(Cancelled, match="copy cancelled"):
+        copy_points(
+            source,
+            destination,
+            select_points(source, listed),
+            cancelled=cancelled,
+        )
+    assert destination.list_points() == []
+    report = run(start_copy(Service(src), Service(dst)))
+    assert sorted(report.copied) == sorted(expected)
+    restore_all(Service(dst), expected, tmp_path)
