@@ -336,7 +336,9 @@ def test_kill_9_of_a_copy_leaves_both_consistent_and_a_rerun_resumes(tmp_path: P
     assert len(interrupted) >= 2, f"copy was killed mid-way only at: {interrupted}"
 
 
-def test_a_prune_of_the_destination_waits_for_the_copy(tmp_path: Path) -> None:
+def test_a_prune_of_the_destination_waits_for_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lamina.backend.engine.locks import EXCLUSIVE, RepositoryLocked, acquire
 
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
@@ -357,11 +359,9 @@ def test_a_prune_of_the_destination_waits_for_the_copy(tmp_path: Path) -> None:
             seen.append("locked")
         return original(self, *args, **kwargs)
 
-    Repository.save_point = save_point  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr(Repository, "save_point", save_point)
         run(start_copy(Service(src), destination))
-    finally:
-        Repository.save_point = original  # type: ignore[method-assign]
     assert seen == ["locked", "locked"]
     run(Service(dst).start_prune())
     restore_all(Service(dst), expected, tmp_path)
