@@ -34,6 +34,7 @@ from .messages import ActionFailed, JobsPending, JobStarted, JobsUpdated
 from .screens.base import LaminaScreen, plain_error
 from .screens.clusters import ClustersScreen
 from .screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen
+from .screens.history import HistoryScreen
 from .screens.jobs import JobsScreen
 from .screens.quit import QuitAnswer, QuitWithMountsScreen
 from .screens.volumes import VolumesScreen
@@ -53,6 +54,7 @@ class LaminaApp(App[None]):
         Binding("question_mark", "help", "Help", id="help", key_display="?"),
         Binding("colon", "command_line", "Go to", id="goto", key_display=":"),
         Binding("J", "goto('jobs')", "Jobs", id="jobs", show=False),
+        Binding("H", "goto('history')", "History", id="history", show=False),
     ]
 
     def __init__(
@@ -329,9 +331,14 @@ class LaminaApp(App[None]):
         elif word in ("jobs", "job"):
             if not isinstance(self.screen, JobsScreen):
                 self.push_screen(JobsScreen())
+        elif word in ("history", "hist"):
+            if not isinstance(self.screen, HistoryScreen):
+                self.push_screen(HistoryScreen())
         else:
             self.notify(
-                f"no view {word!r}: try :clusters, :volumes, :jobs", severity="warning", timeout=5
+                f"no view {word!r}: try :clusters, :volumes, :jobs, :history",
+                severity="warning",
+                timeout=5,
             )
 
     def _to_base(self) -> None:
