@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "lamina.backend.cli.commands_files",
     "lamina.backend.cli.commands_tui",
     "lamina.backend.cli.commands_history",
+    "lamina.backend.cli.commands_schedule",
     # Last: it adds --server to parsers registered above.
     "lamina.backend.cli.commands_api",
 ]

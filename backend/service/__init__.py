@@ -27,6 +27,7 @@ from .cbt import (
     take_local_snapshot,
 )
 from .clusters import check_clusters, list_clusters
+from .controller import Controller
 from .demo import run_demo
 from .history import (
     JOB_KINDS,
@@ -50,6 +51,7 @@ from .mounts import (
     start_mount_process,
     unmount,
 )
+from .schedules import ScheduleInfo, Schedules, format_every, policy_from_options
 from .service import (
     FS_TYPE,
     PATH_MAX,
@@ -140,6 +142,7 @@ __all__ = [
     "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
+    "Controller",
     "EntryWriter",
     "ExtractReport",
     "ForgetDecision",
@@ -168,6 +171,8 @@ __all__ = [
     "RepositoryInfo",
     "RequestCounts",
     "Savings",
+    "ScheduleInfo",
+    "Schedules",
     "Service",
     "Skipped",
     "TargetError",
@@ -186,6 +191,7 @@ __all__ = [
     "find_mount",
     "forget_savings",
     "format_cost",
+    "format_every",
     "fusermount",
     "init_repository",
     "list_clusters",
@@ -197,6 +203,7 @@ __all__ = [
     "open_folder",
     "parse_keep_within",
     "parse_volume",
+    "policy_from_options",
     "prune_savings",
     "ranges_from_json_file",
     "read_history",
