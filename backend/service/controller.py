@@ -147,7 +147,8 @@ class Controller:
 
     def _run(self, row: ScheduleRow, run: _Run) -> None:
         info = ScheduleInfo.of(row)
-        self.say(f"{info.name}: {info.kind} started")
+        # The slot, exactly: what tests and operators match across controllers' logs.
+        self.say(f"{info.name}: {info.kind} started (slot {row.next_run!r})")
         state, error = JobState.FAILED, None
         try:
             state, error = self._run_jobs(info, run)
