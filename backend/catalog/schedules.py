@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .process import current_process, is_alive_here
 from .schema import schedules
 from .store import Catalog, CatalogError
 
@@ -159,3 +160,41 @@ def next_run_of(catalog: Catalog) -> float | None:
             )
         ).scalar()
     return None if value is None else float(value)
+
+
+def claimer_identity() -> str:
+    """``host:pid:boot_id:start`` of this process: what ``claimed_by`` holds."""
+    me = current_process()
+    return f"{me.host}:{me.pid}:{me.boot_id}:{me.start}"
+
+
+def claimer_alive(claimed_by: str | None) -> bool | None:
+    """Whether the controller that claimed a run still runs: None when it is of another host."""
+    parts = (claimed_by or "").split(":")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    host, pid, boot_id, start = parts
+    if host != current_process().host:
+        return None
+    return is_alive_here(int(pid), boot_id, start)
+
+
+def reap_runs(catalog: Catalog) -> list[str]:
+    """Runs still ``running`` whose controller on this host is gone become ``interrupted``."""
+    gone = []
+    for row in list_schedules(catalog):
+        if row.last_state != "running" or claimer_alive(row.claimed_by) is not False:
+            continue
+        host, pid = (row.claimed_by or "").split(":")[:2]
+        line = f"interrupted: its controller ({host}, pid {pid}) ended without recording an end"
+
+        def write(conn: Connection, name: str = row.name, line: str = line) -> None:
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.name == name, schedules.c.last_state == "running")
+                .values(last_state="interrupted", last_error=line)
+            )
+
+        catalog._write(write)
+        gone.append(row.name)
+    return gone

@@ -22,8 +22,11 @@ from ..catalog.process import current_process
 from ..catalog.schedules import (
     ScheduleRow,
     claim_slot,
+    claimer_alive,
+    claimer_identity,
     due_schedules,
     next_run_of,
+    reap_runs,
     update_schedule,
 )
 from ..errors import LaminaError
@@ -68,11 +71,12 @@ class Controller:
         self.catalog_url = catalog_url or default_catalog_url()
         self.poll = poll
         self.say = say
-        me = current_process()
-        self.identity = f"{me.host}:{me.pid}"
+        self.identity = claimer_identity()
         self._runs: dict[str, _Run] = {}
         self._runs_lock = threading.Lock()
         self.catalog = Catalog.open(self.catalog_url)
+        for name in reap_runs(self.catalog):
+            say(f"{name}: its last run's controller ended without recording an end")
 
     def close(self) -> None:
         self.catalog.close()
@@ -104,6 +108,8 @@ class Controller:
             with self._runs_lock:
                 if row.name in self._runs:  # its previous run is still going: not yet
                     continue
+            if row.last_state == "running" and claimer_alive(row.claimed_by):
+                continue  # ... in another controller on this machine
             new_next = next_slot(row, at)
             if not claim_slot(self.catalog, row.name, row.next_run, new_next, self.identity, at):
                 continue  # another controller claimed this slot

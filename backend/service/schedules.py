@@ -28,6 +28,7 @@ from ..catalog.schedules import (
     add_schedule,
     get_schedule,
     list_schedules,
+    reap_runs,
     remove_schedule,
     update_schedule,
 )
@@ -335,6 +336,7 @@ class Schedules:
     def list(self) -> list[ScheduleInfo]:
         catalog = self._open()
         try:
+            reap_runs(catalog)  # a run whose controller was killed shows as interrupted
             return [ScheduleInfo.of(r) for r in list_schedules(catalog)]
         finally:
             catalog.close()

@@ -421,3 +421,34 @@ def test_schedule_list_escapes_what_the_catalog_holds(
 def test_policy_from_forget_options() -> None:
     policy = policy_from_options(last=3, daily=7, within="2d")
     assert (policy.last, policy.daily, policy.within and policy.within.days) == (3, 7, 2)
+
+
+def test_a_run_whose_controller_was_killed_shows_as_interrupted_and_runs_again(
+    catalog_url: str, setup: dict[str, str], tmp_path: Path
+) -> None:
+    volume = tmp_path / "big.img"
+    with open(volume, "wb") as f:  # incompressible: the backup takes a while to read it
+        for _ in range(96):
+            f.write(os.urandom(MiB))
+    add(catalog_url, setup, "big", "--volume", "big", "--source", str(volume), "--every", "1h")
+    lamina("schedule", "run-now", "big", "--catalog", catalog_url)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        killed = subprocess.Popen(
+            [*LAMINA, "controller", "--local", "--catalog", catalog_url, "--poll", "0.1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: jobs(catalog_url, "backup", "running"), "the backup running")
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    listed = lamina("schedule", "ls", "--catalog", catalog_url).stdout
+    assert re.search(r"^big\s+active.*interrupted", listed, re.M), listed
+    assert f"its controller ({os.uname().nodename}, pid {killed.pid}) ended" in listed
+    lamina("schedule", "run-now", "big", "--catalog", catalog_url)
+    with controller(catalog_url, tmp_path / "controller.log"):
+        wait_for(lambda: jobs(catalog_url, "backup", "succeeded"), "the backup run again")
+    states = sorted(j.state for j in jobs(catalog_url, "backup"))
+    assert states == ["interrupted", "succeeded"]
