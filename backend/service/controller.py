@@ -96,9 +96,10 @@ class Controller:
 
     def _until_next(self) -> float:
         upcoming = next_run_of(self.catalog)
-        if upcoming is None:
+        delay = None if upcoming is None else upcoming - time.time()
+        if delay is None or delay <= 0:  # none, or one due whose last run still goes
             return self.poll
-        return max(0.05, min(self.poll, upcoming - time.time()))
+        return max(0.05, min(self.poll, delay))
 
     def tick(self, now: float | None = None) -> list[str]:
         """Claim and start every due slot; returns the names of the schedules started."""
