@@ -7,6 +7,8 @@ when it comes in, with one line, rather than repaired.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from .display import printable
 from .errors import UsageError
 
@@ -19,15 +21,39 @@ def _is_control(char: str) -> bool:
     return code < 0x20 or 0x7F <= code < 0xA0
 
 
+class ComponentFault(Enum):
+    """Why a string cannot be one path component at all, whatever else a caller allows."""
+
+    EMPTY = "empty"
+    DOT = "dot"  # "." or "..": the directory itself or its parent
+    SLASH = "slash"
+    NUL = "nul"
+
+
+def component_fault(value: str) -> ComponentFault | None:
+    """The rule of one path component that ``value`` breaks, or None. Shared by names
+    (here) and by the engine's safe writer, which words its own messages."""
+    if value == "":
+        return ComponentFault.EMPTY
+    if value in (".", ".."):
+        return ComponentFault.DOT
+    if "/" in value:
+        return ComponentFault.SLASH
+    if "\0" in value:
+        return ComponentFault.NUL
+    return None
+
+
 def name_problem(value: str) -> str | None:
     """Why ``value`` cannot be a name (one path component), or None when it can."""
-    if value == "":
+    fault = component_fault(value)
+    if fault is ComponentFault.EMPTY:
         return "it is empty"
-    if value in (".", ".."):
+    if fault is ComponentFault.DOT:
         return f"{value!r} names a directory itself"
-    if "/" in value:
+    if fault is ComponentFault.SLASH:
         return "it contains '/'"
-    if "\0" in value:
+    if fault is ComponentFault.NUL:
         return "it contains a NUL character"
     if any(_is_control(c) for c in value):
         return "it contains a control character"

@@ -103,7 +103,14 @@ class SizeRun:
         self.restore_dir = folder / "restore"
         self.restore_dir.mkdir(parents=True, exist_ok=True)
         self.digest = ""
-        self.lamina = Lamina(self.env)
+        # lamina's local cache lives in the work folder, as restic's does; --no-lamina-cache
+        # measures without it.
+        lamina_cache = (
+            {"LAMINA_CACHE": "off"}
+            if args.no_lamina_cache
+            else {"LAMINA_CACHE_DIR": str(folder / "lamina-cache")}
+        )
+        self.lamina = Lamina({**self.env, **lamina_cache})
         self.lamina_bucket = ""
         self.lamina_points: dict[str, str] = {}
         self.restic: Restic | None = None
@@ -604,6 +611,7 @@ def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
         "borg": tool_version(["borg", "--version"]),
         "seaweedfs": tool_version([find_weed(), "version"]).splitlines()[0],
         "seed": args.seed,
+        "lamina_cache": not args.no_lamina_cache,
         "drop_caches": args.drop_caches,
         "change_fraction": CHANGE_FRACTION,
     }
@@ -645,6 +653,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="data the sparse volume holds (default 2GiB)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the generated volume (default 1)")
+    p.add_argument(
+        "--no-lamina-cache",
+        action="store_true",
+        help="run lamina without its local cache (LAMINA_CACHE=off), to compare",
+    )
     p.add_argument(
         "--drop-caches",
         action="store_true",

@@ -14,6 +14,9 @@ The job-history catalog (docs/catalog.md):
   in a folder of its own, never the user's;
 - ``postgres_server``: a throwaway PostgreSQL cluster for the run (tests/support/postgres.py);
 - ``catalog_url``: a new, empty catalog, once on SQLite and once on PostgreSQL.
+
+The local cache of S3 repositories (backend/engine/cache.py) lives in a folder of this run
+(``LAMINA_CACHE_DIR``, inherited by the CLI processes tests start), never in the user's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ _STATE_HOME = tempfile.mkdtemp(prefix="lamina-test-state-")
 os.environ["XDG_STATE_HOME"] = _STATE_HOME
 os.environ.pop("LAMINA_CATALOG", None)
 os.environ.pop("LAMINA_PRICES", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir_of_this_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LAMINA_CACHE_DIR", str(tmp_path_factory.mktemp("lamina-cache")))
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)

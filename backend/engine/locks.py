@@ -149,6 +149,7 @@ class Lock:
         self._thread: threading.Thread | None = None
         self.held = False
         self._written_at = 0.0  # monotonic time of the last successful write of our lock
+        self._counted = False  # counted in the repository's shared locks (its local cache)
 
     def _body(self) -> bytes:
         data: dict[str, Any] = {
@@ -219,6 +220,9 @@ class Lock:
     def release(self) -> None:
         with _held_lock:
             _held.discard(self)
+        if self._counted:
+            self._counted = False
+            self.repo.lock_released()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
@@ -271,6 +275,9 @@ def acquire(
             except BaseException:
                 lock.release()
                 raise
+            if kind == SHARED:  # from now on no deleter runs: see Repository.manifest_tag
+                lock._counted = True
+                repo.lock_granted()
             return lock
         if time.monotonic() >= deadline or (cancelled is not None and cancelled()):
             raise RepositoryLocked(

@@ -893,20 +893,27 @@ def verify(
     repo.load_index()
     packs = {pack_id: size for pack_id, size in repo.list_packs()}
     needed: dict[bytes, list[tuple[str, int]]] = {}
+    maps_checked: set[str] = set()
     tracker.set_phase("checking maps", len(points), unit="points")
     for point in points:
         if cancelled():
             raise Cancelled("verify cancelled")
         report.points += 1
         try:
-            resolved = repo.resolve(point)
+            chain = repo.chain(point)
+            # The repository's own maps, never the local cache's: verify checks what is stored.
+            for link in chain:
+                if link.map_key not in maps_checked:
+                    repo.check_stored_map(link)
+                    maps_checked.add(link.map_key)
+            resolved = resolve_chain(repo.load_maps(chain))
         except LaminaError as e:
             report.problems.append(f"point {point.id}: {e}")
             continue
         if image_digest(point.capacity, resolved) != point.manifest.get("image_digest"):
             report.problems.append(f"point {point.id}: image digest does not match its extent maps")
         try:
-            repo.load_fingerprints(point)
+            repo.check_stored_fingerprints(point)
         except LaminaError as e:  # backups would compare whole cells instead: worth knowing
             report.problems.append(f"point {point.id}: {e}")
         for extent in resolved:

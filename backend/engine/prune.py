@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from ..errors import LaminaError
 from .format import PieceEntry
-from .repository import Repository, pack_key, pack_runs
+from .repository import Repository
+from .repository.packs import pack_key, pack_runs
 from .storage.metering import ContextThreadPool
 
 INDEX_SEGMENT_ENTRIES = 250_000

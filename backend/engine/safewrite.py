@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..errors import LaminaError, UsageError
+from ..names import ComponentFault, component_fault
 
 HOLE_BLOCK = 64 * 1024  # all-zero blocks of this size stay holes in files written
 _ZERO_BLOCK = bytes(HOLE_BLOCK)
@@ -55,14 +56,19 @@ class NotAFolder(Exception):
 
 
 def unsafe_name_reason(name: str) -> str | None:
-    """Why ``name`` cannot be created inside a folder, or None when it can."""
-    if name == "":
+    """Why ``name`` cannot be created inside a folder, or None when it can.
+
+    Only the rules of one path component (``names.component_fault``): a file inside a
+    volume may have any other name, control characters included.
+    """
+    fault = component_fault(name)
+    if fault is ComponentFault.EMPTY:
         return "empty name"
-    if name in (".", ".."):
+    if fault is ComponentFault.DOT:
         return f"the name {name!r} refers to a directory itself"
-    if "/" in name:
+    if fault is ComponentFault.SLASH:
         return "the name contains '/'"
-    if "\0" in name:
+    if fault is ComponentFault.NUL:
         return "the name contains a NUL byte"
     return None
 

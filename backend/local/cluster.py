@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.extents import allocated_ranges
-from ..engine.repository import utc_now
+from ..engine.repository.config import utc_now
 from ..errors import LaminaError, SourceError, UsageError
 from ..names import name_problem, shown
 

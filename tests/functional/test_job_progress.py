@@ -128,8 +128,3 @@ def test_a_cancelled_job_no_longer_names_its_last_phase(service: Service) -> Non
     view = InProcessClient(service).job(job.id)
     assert view.phase == "cancelled" and "backing up" not in job_line(view).plain
     service.close()
-
-
-def test_the_cli_bar_counts_points_without_a_byte_rate() -> None:
-    line = _bar(Progress("checking maps", done=3, total=4, rate=7.0, unit="points"))
-    assert "3/4 points" in line and "B/s" not in line and "75.0%" in line

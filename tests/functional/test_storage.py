@@ -597,12 +597,3 @@ def test_counting_over_retrying_counts_one_request_per_call(storage: Storage) ->
     flaky.fail_next = 2
     counting.put("config", b"12345")
     assert (counting.requests, counting.bytes_up, flaky.calls) == (1, 5, 3)
-
-
-def test_retrying_waits_longer_after_each_failure() -> None:
-    # Waits of base * 2**n, each scaled by a random factor in [0.5, 1.5): 0.07 to 0.21 s here.
-    flaky = FlakyStorage(MemoryStorage())
-    flaky.fail_next = 3
-    started = time.monotonic()
-    RetryingStorage(flaky, attempts=4, base_delay=0.02).put("k", b"v")
-    assert 0.07 <= time.monotonic() - started < 0.5

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lamina.backend.engine.format import PIECE_RAW, PIECE_ZSTD, PieceEntry
-from lamina.backend.engine.repository import PieceIndex
+from lamina.backend.engine.repository.index import PieceIndex
 
 
 def _piece(n: int) -> bytes:

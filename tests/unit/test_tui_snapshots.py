@@ -5,7 +5,7 @@ recorded-data client (fixed ids, times and sizes, written down once from a demo-
 repository) and a frozen clock, so every run draws the same picture. The functional tests
 in test_tui.py drive the same screens against a real repository.
 
-Update after an intended change: ``pytest tests/functional/test_tui_snapshots.py --snapshot-update``
+Update after an intended change: ``pytest tests/unit/test_tui_snapshots.py --snapshot-update``
 and look at the SVGs it writes before committing them.
 """
 
