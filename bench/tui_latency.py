@@ -30,7 +30,6 @@ from textual._compositor import CompositorUpdate
 
 from lamina.backend.service import Service, init_repository
 from lamina.tui.app import LaminaApp, make_app
-from lamina.tui.client import InProcessClient
 from lamina.tui.screens.clusters import ClustersScreen
 from lamina.tui.screens.volumes import VolumesScreen
 
@@ -120,7 +119,7 @@ def report(name: str, samples: list[float]) -> str:
 
 
 async def run(service: Service, keys: int) -> list[str]:
-    app = make_app(InProcessClient(service))
+    app = make_app(service)
     lines: list[str] = []
     async with app.run_test(size=(130, 36)) as pilot:
         frames = FrameClock(app)

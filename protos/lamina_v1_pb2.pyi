@@ -1227,6 +1227,7 @@ class RestoreResult(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
+    PIECES_FIELD_NUMBER: _builtins.int
     point: _builtins.str
     target: _builtins.str
     capacity: _builtins.int
@@ -1234,6 +1235,8 @@ class RestoreResult(_message.Message):
     duration_seconds: _builtins.float
     image_digest: _builtins.str
     requests: _builtins.int
+    pieces: _builtins.int
+    """pieces fetched, each checked against its id"""
     def __init__(
         self,
         *,
@@ -1244,10 +1247,11 @@ class RestoreResult(_message.Message):
         duration_seconds: _builtins.float = ...,
         image_digest: _builtins.str = ...,
         requests: _builtins.int = ...,
+        pieces: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "capacity", b"capacity", "duration_seconds", b"duration_seconds", "image_digest", b"image_digest", "point", b"point", "requests", b"requests", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_written", b"bytes_written", "capacity", b"capacity", "duration_seconds", b"duration_seconds", "image_digest", b"image_digest", "pieces", b"pieces", "point", b"point", "requests", b"requests", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

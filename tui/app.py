@@ -1,7 +1,7 @@
 """lamina's terminal UI: clusters, volumes, chains, files and jobs, k9s style.
 
-Build it with ``make_app(client)``; the client is the only way to the backend (see
-``client.py``). Blocking calls run in worker threads and come back as messages; job
+Build it with ``make_app(service)``: a ``LaminaService``, in process or remote, is the
+only way to the backend (see ``client.py``). Blocking calls run in worker threads and come back as messages; job
 progress arrives through the ``JobFeed``, merged so that the screen redraws at most
 about ten times a second however fast a backup reports.
 """
@@ -23,9 +23,10 @@ from textual.binding import Binding, BindingType
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from lamina.backend.service import Capabilities, JobView, LaminaService
 from lamina.backend.units import plural
 
-from .client import Capabilities, JobView, LaminaClient
+from .client import mounted_points, unmount_point
 from .commands import LaminaCommands
 from .formatting import printable
 from .jobfeed import JobFeed
@@ -56,7 +57,7 @@ class LaminaApp(App[None]):
 
     def __init__(
         self,
-        client: LaminaClient,
+        service: LaminaService,
         *,
         clock: Clock = time.time,
         check_timeout: float = 3.0,
@@ -64,7 +65,7 @@ class LaminaApp(App[None]):
         work_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.client = client
+        self.service = service
         self.clock = clock
         self.work_dir = work_dir or os.getcwd()  # where suggested restore and extract paths go
         self.check_timeout = check_timeout
@@ -120,9 +121,9 @@ class LaminaApp(App[None]):
     @work(thread=True, group="startup")
     def startup(self) -> None:
         try:
-            summary = self.client.repository()
-            capabilities = self.client.capabilities()
-            jobs = self.client.jobs()
+            summary = self.service.info()
+            capabilities = self.service.capabilities()
+            jobs = self.service.job_views()
         except Exception as e:
             self.post_message(ActionFailed("open the repository", plain_error(e)))
             return
@@ -178,7 +179,7 @@ class LaminaApp(App[None]):
 
     def _watch(self, job_id: str) -> None:
         try:
-            unwatch = self.client.watch_job(job_id, self.feed.push)
+            unwatch = self.service.watch_job(job_id, self.feed.push)
         except Exception as e:
             self.post_message(ActionFailed(f"follow job {job_id}", plain_error(e)))
             return
@@ -249,7 +250,7 @@ class LaminaApp(App[None]):
     @work(thread=True, group="cancel")
     def _cancel(self, job_id: str) -> None:
         try:
-            self.client.cancel_job(job_id)
+            self.service.cancel_job(job_id)
         except Exception as e:
             self.post_message(ActionFailed(f"cancel job {job_id}", plain_error(e)))
 
@@ -346,7 +347,7 @@ class LaminaApp(App[None]):
     @work(thread=True, group="quit")
     def _look_for_mounts_then_quit(self) -> None:
         try:
-            mounts = self.client.mounts()
+            mounts = mounted_points(self.service)
         except Exception as e:  # quitting must stay possible when the backend is gone
             self.post_message(ActionFailed("list the mounts", plain_error(e)))
             mounts = {}
@@ -393,7 +394,7 @@ class LaminaApp(App[None]):
         failed = False
         for point_id in point_ids:
             try:
-                self.client.unmount(point_id)
+                unmount_point(self.service, point_id)
             except Exception as e:
                 failed = True
                 self.post_message(ActionFailed(f"unmount {point_id}", plain_error(e)))
@@ -404,13 +405,13 @@ class LaminaApp(App[None]):
     def _cancel_all_and_exit(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             try:
-                self.client.cancel_job(job_id)
+                self.service.cancel_job(job_id)
             except Exception:
                 pass
         deadline = time.monotonic() + 5.0
         while job_ids and time.monotonic() < deadline:
             try:
-                if all(self.client.job(j).finished for j in job_ids):
+                if all(self.service.job_view(j).finished for j in job_ids):
                     break
             except Exception:
                 break
@@ -419,11 +420,11 @@ class LaminaApp(App[None]):
 
 
 def make_app(
-    client: LaminaClient,
+    service: LaminaService,
     *,
     clock: Clock = time.time,
     check_timeout: float = 3.0,
     work_dir: str | None = None,
 ) -> LaminaApp:
     """The app factory: tests and screenshots build the app the way the CLI does."""
-    return LaminaApp(client, clock=clock, check_timeout=check_timeout, work_dir=work_dir)
+    return LaminaApp(service, clock=clock, check_timeout=check_timeout, work_dir=work_dir)

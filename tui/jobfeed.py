@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from textual.message import Message
 
-from .client import JobView
+from lamina.backend.service import JobView
+
 from .messages import JobsPending
 
 

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
-from .client import Cluster, ClusterCheck, FileEntry, JobView, Point, Volume
+from lamina.backend.service import (
+    ClusterSummary,
+    ClusterVolume,
+    FileEntry,
+    JobView,
+    PointInfo,
+    Reachability,
+)
 
 
 @dataclass
@@ -37,25 +44,25 @@ class JobStarted(Message):
 
 @dataclass
 class ClustersLoaded(Message):
-    clusters: list[Cluster]
+    clusters: list[ClusterSummary]
 
 
 @dataclass
 class ClustersChecked(Message):
-    results: dict[str, ClusterCheck]
+    results: dict[str, Reachability]
 
 
 @dataclass
 class VolumesLoaded(Message):
     cluster: str
-    volumes: list[Volume]
+    volumes: list[ClusterVolume]
     error: str | None = None
 
 
 @dataclass
 class PointsLoaded(Message):
     volume: str
-    points: list[Point]
+    points: list[PointInfo]
     error: str | None = None
 
 

@@ -28,7 +28,6 @@ from textual.pilot import Pilot  # noqa: E402
 
 from lamina.backend.service import Service, init_repository  # noqa: E402
 from lamina.tui.app import LaminaApp, make_app  # noqa: E402
-from lamina.tui.client import InProcessClient  # noqa: E402
 from lamina.tui.screens.chain import ChainScreen  # noqa: E402
 from lamina.tui.screens.clusters import ClustersScreen  # noqa: E402
 from lamina.tui.screens.files import FilesScreen  # noqa: E402
@@ -224,7 +223,7 @@ def main() -> int:
     try:
         service = build_demo(work)
         try:
-            app = make_app(InProcessClient(service), work_dir=str(work))
+            app = make_app(service, work_dir=str(work))
             saved = asyncio.run(shoot(app, out))
         finally:
             for job in service.jobs():

@@ -5,33 +5,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ..display import printable
 from ..errors import UsageError
+from ..service.remote import read_token_file as read_token_file  # the CLI's `serve` reads it
 
 # Health checks answer without a token: probes and load balancers carry none.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 MIN_TOKEN_LENGTH = 16
-
-
-def read_token_file(path: str) -> str:
-    """The token in ``path``: one line, surrounding whitespace dropped."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"cannot read token file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"token file {path} is not UTF-8 text") from None
-    token = text.strip()
-    if not token:
-        raise UsageError(f"token file {path} is empty")
-    if any(c.isspace() for c in token) or printable(token) != token:  # visible, one word
-        raise UsageError(f"token file {path} must hold one token without spaces")
-    return token
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -33,24 +33,18 @@ from .. import __version__
 from ..errors import LaminaError, UsageError
 from ..service import (
     PATH_MAX,
-    ExtractReport,
-    ForgetReport,
+    JobView,
     PointInfo,
     Policy,
-    PruneReport,
     Range,
     Service,
-    VerifyReport,
     check_backup_options,
     check_cluster_volume,
     checked_ranges,
-    parse_keep_within,
     parse_volume,
+    wire,
 )
-from ..units import format_size, plural
-from . import convert
-from .auth import BearerTokenInterceptor, is_loopback, split_address
-from .errors import (
+from ..service.rpc_errors import (
     ERROR_CLASS_KEY,
     PathNotAllowed,
     SourceNotFound,
@@ -59,7 +53,9 @@ from .errors import (
     one_line,
     status_of,
 )
-from .tasks import FINISHED, TaskManager, TaskView
+from ..units import plural
+from .auth import BearerTokenInterceptor, is_loopback, split_address
+from .tasks import TaskManager
 from .tree import checked_path, file_chunks, tree_items
 
 log = logging.getLogger("lamina.api")
@@ -75,16 +71,6 @@ UNARY_WORKERS = 32
 MAX_CONCURRENT_CALLS = MAX_STREAMS + UNARY_WORKERS + 256
 CANCEL_WAIT = 60.0  # after the grace period, how long cancelled tasks get to stop
 MAX_CHECK_TIMEOUT = 30.0
-
-_STATES = {
-    "queued": pb.TASK_STATE_QUEUED,
-    "running": pb.TASK_STATE_RUNNING,
-    "cancelling": pb.TASK_STATE_CANCELLING,
-    "cancelled": pb.TASK_STATE_CANCELLED,
-    "succeeded": pb.TASK_STATE_SUCCEEDED,
-    "failed": pb.TASK_STATE_FAILED,
-}
-
 
 # ---------------------------------------------------------------------------- errors
 
@@ -213,91 +199,8 @@ class PathPolicy:
 # ---------------------------------------------------------------------------- tasks
 
 
-def _summary(view: TaskView) -> str:
-    if view.state != "succeeded":
-        return view.error or ("" if view.state not in FINISHED else view.state)
-    result = view.result
-    if view.kind == "consolidate" and isinstance(result, PointInfo):
-        parent = f" (now on {result.parent})" if result.parent else " (now a full point)"
-        return f"consolidated point {result.id}{parent}"
-    if isinstance(result, ForgetReport):
-        kept = sum(1 for d in result.decisions if d.keep)
-        if result.dry_run:
-            removable = len(result.decisions) - kept
-            return f"dry run: would keep {plural(kept, 'point')}, remove {removable}"
-        return f"kept {plural(kept, 'point')}, removed {len(result.removed)}"
-    if isinstance(result, PruneReport):
-        verb = "would reclaim" if result.dry_run else "reclaimed"
-        return (
-            f"{verb} {format_size(result.bytes_reclaimed)} of {format_size(result.bytes_total)}: "
-            f"{plural(result.packs_deleted, 'pack')} deleted, {result.packs_repacked} repacked"
-        )
-    if isinstance(result, PointInfo):
-        s = result.stats
-        return (
-            f"point {result.id}: read {format_size(int(s.get('bytes_read', 0)))}, "
-            f"stored {format_size(int(s.get('bytes_stored', 0)))}, "
-            f"deduplicated {format_size(int(s.get('bytes_deduplicated', 0)))}"
-        )
-    if isinstance(result, VerifyReport):
-        if result.ok:
-            return f"{plural(result.points, 'point')}, {plural(result.pieces, 'piece')} checked, no problem found"
-        return f"{plural(len(result.problems), 'problem')}: {result.problems[0]}"
-    if isinstance(result, ExtractReport):
-        text = (
-            f"extracted {plural(result.files, 'file')}, {plural(result.directories, 'folder')}, "
-            f"{format_size(result.bytes)} to {result.target}"
-        )
-        if result.skipped:
-            text += f"; {len(result.skipped)} skipped"
-        return text
-    if isinstance(result, dict) and "bytes_written" in result:
-        return f"restored {format_size(int(result['bytes_written']))} to {result.get('target', '')}"
-    if view.kind == "delete":
-        return f"deleted point {view.point}"
-    return "done"
-
-
-def task_message(view: TaskView, *, include_log: bool = False) -> pb.Task:
-    message = pb.Task(
-        id=view.id,
-        kind=view.kind,
-        description=view.description,
-        state=_STATES[view.state],
-        queue_position=view.queue_position,
-        error=view.error or "",
-        summary=_summary(view),
-        created=convert.timestamp(view.created),
-        point=view.point,
-    )
-    if view.progress is not None:
-        message.progress.CopyFrom(convert.progress_message(view.progress))
-    if view.started is not None:
-        message.started.CopyFrom(convert.timestamp(view.started))
-    if view.finished is not None:
-        message.finished.CopyFrom(convert.timestamp(view.finished))
-    if view.volume is not None:
-        message.volume.CopyFrom(convert.volume_message(view.volume))
-    if include_log:
-        message.log.extend(view.log)
-    result = view.result
-    if view.kind == "consolidate" and isinstance(result, PointInfo):
-        message.consolidate.CopyFrom(convert.point_message(result))
-    elif isinstance(result, ForgetReport):
-        message.forget.CopyFrom(convert.forget_message(result))
-    elif isinstance(result, PruneReport):
-        message.prune.CopyFrom(convert.prune_message(result))
-    elif isinstance(result, PointInfo):
-        message.backup.CopyFrom(convert.point_message(result))
-    elif isinstance(result, VerifyReport):
-        message.verify.CopyFrom(convert.verify_message(result))
-    elif isinstance(result, ExtractReport):
-        message.extract.CopyFrom(convert.extract_message(result))
-    elif isinstance(result, dict) and "bytes_written" in result:
-        message.restore.CopyFrom(convert.restore_message(result))
-    elif view.kind == "delete" and isinstance(result, list):
-        message.delete.children.extend(str(c) for c in result)
-    return message
+def task_message(view: JobView, *, include_log: bool = False) -> pb.Task:
+    return wire.job_message(view, include_log=include_log)
 
 
 # ---------------------------------------------------------------------------- the servicer
@@ -310,22 +213,8 @@ def _ranges(message: pb.ByteRanges, what: str) -> list[Range]:
     return ranges
 
 
-def _count(value: int, what: str) -> int:
-    if value < 0:
-        raise UsageError(f"{what} must not be negative")
-    return value
-
-
 def _policy(request: pb.StartForgetRequest) -> Policy:
-    policy = Policy(
-        last=_count(request.keep_last, "keep_last"),
-        hourly=_count(request.keep_hourly, "keep_hourly"),
-        daily=_count(request.keep_daily, "keep_daily"),
-        weekly=_count(request.keep_weekly, "keep_weekly"),
-        monthly=_count(request.keep_monthly, "keep_monthly"),
-        yearly=_count(request.keep_yearly, "keep_yearly"),
-        within=parse_keep_within(request.keep_within) if request.keep_within else None,
-    )
+    policy = wire.policy(request)
     if policy.empty:
         # Refused before a task exists: forget never removes everything.
         raise UsageError("give at least one keep_* field; forget never removes everything")
@@ -350,8 +239,8 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         self.paths = paths
         self.streams = StreamLimiter()
 
-    def _offers(self, name: str) -> bool:
-        return callable(getattr(self.service, name, None))
+    def _offers(self, capability: str) -> bool:
+        return bool(getattr(self.service.capabilities(), capability))
 
     def _point_id(self, ref: str) -> str:
         return self.service.get_point(_required(ref, "point (id or unique prefix)")).id
@@ -364,15 +253,8 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     ) -> pb.ServerInfo:
         return pb.ServerInfo(
             version=__version__,
-            repository=convert.repository_message(self.service.info()),
-            capabilities=pb.Capabilities(
-                browse=self._offers("list_files"),
-                read_files=self._offers("point_files"),
-                extract=self._offers("start_extract"),
-                delete=self._offers("start_delete"),
-                mount=self._can_mount(),
-                protect=self._offers("protect") and self._offers("unprotect"),
-            ),
+            repository=wire.repository_message(self.service.info()),
+            capabilities=wire.capabilities_message(self.service.capabilities()),
             limits=pb.Limits(
                 max_backups=self.service.backup_caps.max_backups,
                 max_backups_per_volume=self.service.backup_caps.max_backups_per_volume,
@@ -387,7 +269,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         self, request: pb.ListClustersRequest, context: grpc.ServicerContext
     ) -> pb.ListClustersResponse:
         clusters = self.service.list_clusters()
-        return pb.ListClustersResponse(clusters=[convert.cluster_message(c) for c in clusters])
+        return pb.ListClustersResponse(clusters=[wire.cluster_message(c) for c in clusters])
 
     @unary
     def CheckClusters(
@@ -399,7 +281,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         names = list(request.names) or None
         results = self.service.check_clusters(names, timeout=timeout)
         return pb.CheckClustersResponse(
-            checks=[convert.check_message(name, r) for name, r in sorted(results.items())]
+            checks=[wire.check_message(name, r) for name, r in sorted(results.items())]
         )
 
     @unary
@@ -409,7 +291,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         cluster = _required(request.cluster, "cluster")
         volumes = self.service.list_cluster_volumes(cluster, request.namespace or None)
         return pb.ListClusterVolumesResponse(
-            volumes=[convert.cluster_volume_message(v) for v in volumes]
+            volumes=[wire.cluster_volume_message(v) for v in volumes]
         )
 
     # ------------------------------------------------------------------ repository
@@ -419,15 +301,11 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         self, request: pb.ListVolumesRequest, context: grpc.ServicerContext
     ) -> pb.ListVolumesResponse:
         return pb.ListVolumesResponse(
-            volumes=[convert.volume_summary_message(v) for v in self.service.list_volumes()]
+            volumes=[wire.volume_summary_message(v) for v in self.service.list_volumes()]
         )
 
     def _points(self, points: list[PointInfo], manifest: bool) -> list[pb.Point]:
-        states = self.tasks.verify_states()
-        return [
-            convert.point_message(p, manifest=manifest, verify_state=states.get(p.id, ""))
-            for p in points
-        ]
+        return [wire.point_message(p, manifest=manifest) for p in points]
 
     @unary
     def ListPoints(
@@ -452,7 +330,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def SetProtection(
         self, request: pb.SetProtectionRequest, context: grpc.ServicerContext
     ) -> pb.Point:
-        if not (self._offers("protect") and self._offers("unprotect")):
+        if not (self._offers("protect")):
             raise Unimplemented("this server cannot protect points")
         ref = _required(request.point, "point (id or unique prefix)")
         if request.protected:
@@ -506,7 +384,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
                 labels=labels,
             )
 
-        view = self.tasks.submit("backup", f"back up {source} as {ref}", launch, volume=ref)
+        view = self.tasks.submit(launch)
         return task_message(view)
 
     @unary
@@ -520,10 +398,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         )
         service = self.service
         view = self.tasks.submit(
-            "backup",
-            f"back up {ref}",
-            lambda: service.start_volume_backup(ref.cluster, ref.namespace, ref.name),
-            volume=ref,
+            lambda: service.start_volume_backup(ref.cluster, ref.namespace, ref.name)
         )
         return task_message(view)
 
@@ -535,12 +410,9 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         point = self._point_id(request.point)
         service = self.service
         view = self.tasks.submit(
-            "restore",
-            f"restore {point} to {target}",
             lambda: service.start_restore(
                 point, target, overwrite=request.overwrite, within=self.paths.roots
-            ),
-            point=point,
+            )
         )
         return task_message(view)
 
@@ -548,44 +420,33 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def StartVerify(self, request: pb.StartVerifyRequest, context: grpc.ServicerContext) -> pb.Task:
         point = self._point_id(request.point) if request.point else None
         service = self.service
-        what = f"point {point}" if point else "every point"
-        view = self.tasks.submit(
-            "verify",
-            f"verify {what}{' (deep)' if request.deep else ''}",
-            lambda: service.start_verify(point, deep=request.deep),
-            point=point or "",
-        )
+        view = self.tasks.submit(lambda: service.start_verify(point, deep=request.deep))
         return task_message(view)
 
     @unary
     def StartExtract(
         self, request: pb.StartExtractRequest, context: grpc.ServicerContext
     ) -> pb.Task:
-        if not self._offers("start_extract"):
+        if not self._offers("extract"):
             raise Unimplemented("this server cannot extract files")
         target = self.paths.check(request.target, "extract target folder")
-        paths = [checked_path(convert.file_path_text(p)) for p in request.paths]
+        paths = [checked_path(wire.file_path_text(p)) for p in request.paths]
         if not paths:
             raise UsageError("name at least one path to extract")
         point = self._point_id(request.point)
         service = self.service
         view = self.tasks.submit(
-            "extract",
-            f"extract {plural(len(paths), 'path')} of {point} to {target}",
-            lambda: service.start_extract(point, paths, target, within=self.paths.roots),
-            point=point,
+            lambda: service.start_extract(point, paths, target, within=self.paths.roots)
         )
         return task_message(view)
 
     @unary
     def StartDelete(self, request: pb.StartDeleteRequest, context: grpc.ServicerContext) -> pb.Task:
-        start_delete = getattr(self.service, "start_delete", None)
-        if not callable(start_delete):
+        if not self._offers("delete"):
             raise Unimplemented("this server cannot delete points")
         point = self._point_id(request.point)
-        view = self.tasks.submit(
-            "delete", f"delete point {point}", lambda: start_delete(point), point=point
-        )
+        service = self.service
+        view = self.tasks.submit(lambda: service.start_delete(point))
         return task_message(view)
 
     @unary
@@ -595,11 +456,8 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         if volume is not None:
             parse_volume(volume)  # a malformed name fails now, not in the task
         service = self.service
-        what = f"points of {volume}" if volume else "points"
         view = self.tasks.submit(
-            "forget",
-            f"forget {what}{' (dry run)' if request.dry_run else ''}",
-            lambda: service.start_forget(policy, volume=volume, dry_run=request.dry_run),
+            lambda: service.start_forget(policy, volume=volume, dry_run=request.dry_run)
         )
         return task_message(view)
 
@@ -608,9 +466,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         repack_below = request.repack_below if request.HasField("repack_below") else 0.5
         service = self.service
         view = self.tasks.submit(
-            "prune",
-            "prune" + (" (dry run)" if request.dry_run else ""),
-            lambda: service.start_prune(dry_run=request.dry_run, repack_below=repack_below),
+            lambda: service.start_prune(dry_run=request.dry_run, repack_below=repack_below)
         )
         return task_message(view)
 
@@ -621,12 +477,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         point = self._point_id(request.point)
         until = self.service.get_point(request.until).id if request.until else None
         service = self.service
-        view = self.tasks.submit(
-            "consolidate",
-            f"consolidate point {point}" + (f" down to {until}" if until else ""),
-            lambda: service.start_consolidate(point, until),
-            point=point,
-        )
+        view = self.tasks.submit(lambda: service.start_consolidate(point, until))
         return task_message(view)
 
     # ------------------------------------------------------------------ locks
@@ -636,18 +487,18 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         self, request: pb.ListLocksRequest, context: grpc.ServicerContext
     ) -> pb.ListLocksResponse:
         return pb.ListLocksResponse(
-            locks=[convert.lock_message(lock) for lock in self.service.list_locks()]
+            locks=[wire.lock_message(lock) for lock in self.service.list_locks()]
         )
 
     @unary
     def Unlock(self, request: pb.UnlockRequest, context: grpc.ServicerContext) -> pb.UnlockResponse:
         removed = self.service.unlock(all_locks=request.all)
-        return pb.UnlockResponse(removed=[convert.lock_message(lock) for lock in removed])
+        return pb.UnlockResponse(removed=[wire.lock_message(lock) for lock in removed])
 
     # ------------------------------------------------------------------ mounts
 
     def _can_mount(self) -> bool:
-        return all(self._offers(name) for name in ("mount", "unmount", "list_mounts"))
+        return self._offers("mount")
 
     @unary
     def Mount(self, request: pb.MountRequest, context: grpc.ServicerContext) -> pb.MountInfo:
@@ -661,7 +512,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
             mount = self.service.mount(point, mountpoint, cache_bytes=request.cache_bytes)
         else:
             mount = self.service.mount(point, mountpoint)
-        return convert.mount_message(mount)
+        return wire.mount_message(mount)
 
     @unary
     def Unmount(
@@ -680,7 +531,7 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         if not self._can_mount():
             raise Unimplemented("this server cannot mount")
         return pb.ListMountsResponse(
-            mounts=[convert.mount_message(m) for m in self.service.list_mounts()]
+            mounts=[wire.mount_message(m) for m in self.service.list_mounts()]
         )
 
     # ------------------------------------------------------------------ tasks
@@ -715,28 +566,28 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def ListFiles(
         self, request: pb.ListFilesRequest, context: grpc.ServicerContext
     ) -> pb.ListFilesResponse:
-        if not self._offers("list_files"):
+        if not self._offers("browse"):
             raise Unimplemented("this server cannot list files inside points")
         point = _required(request.point, "point (id or unique prefix)")
-        path = checked_path(convert.file_path_text(request.path))
+        path = checked_path(wire.file_path_text(request.path))
         entries = self.service.list_files(point, path)
-        return pb.ListFilesResponse(entries=[convert.entry_message(e) for e in entries])
+        return pb.ListFilesResponse(entries=[wire.entry_message(e) for e in entries])
 
     @streaming
     def ReadFile(
         self, request: pb.ReadFileRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ReadFileResponse]:
-        if not self._offers("point_files"):
+        if not self._offers("read_files"):
             raise Unimplemented("this server cannot read files inside points")
         if request.offset < 0 or request.length < 0:
             raise UsageError("offset and length must not be negative")
-        path = checked_path(convert.file_path_text(request.path))
+        path = checked_path(wire.file_path_text(request.path))
         files = self.service.point_files(_required(request.point, "point (id or unique prefix)"))
         entry = files.lookup(path)
         if entry.kind != "file":
             raise UsageError(f"{path} is a {entry.kind}, not a regular file (use ReadTree)")
         end = request.offset + request.length if request.length else entry.size
-        yield pb.ReadFileResponse(entry=convert.entry_message(entry))
+        yield pb.ReadFileResponse(entry=wire.entry_message(entry))
         for chunk in file_chunks(files, entry, request.offset, end):
             yield pb.ReadFileResponse(chunk=chunk)
 
@@ -744,9 +595,9 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def ReadTree(
         self, request: pb.ReadTreeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.TreeItem]:
-        if not self._offers("point_files"):
+        if not self._offers("read_files"):
             raise Unimplemented("this server cannot read files inside points")
-        path = convert.file_path_text(request.path)
+        path = wire.file_path_text(request.path)
         files = self.service.point_files(_required(request.point, "point (id or unique prefix)"))
         yield from tree_items(files, path)
 
@@ -842,7 +693,7 @@ class ApiServer:
 
     def shutdown(
         self, grace: float, *, cancel_wait: float = CANCEL_WAIT
-    ) -> tuple[list[TaskView], list[TaskView]]:
+    ) -> tuple[list[JobView], list[JobView]]:
         """Stop taking calls, give running tasks ``grace`` seconds, then cancel the rest.
 
         Open WatchTask streams see their task to its end. Returns (finished, cancelled).

@@ -6,7 +6,7 @@ queue position. This module only adds what the API needs on top: the tasks of th
 server, snapshots that many watchers can read, and a clean stop.
 
 Every change of a task (state, progress, queue position) bumps its ``version`` and wakes
-the watchers, who then take a consistent ``TaskView`` snapshot.
+the watchers, who then take a ``JobView`` (the service's one view of a job) of it.
 """
 
 from __future__ import annotations
@@ -15,41 +15,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
-from ..progress import Progress
-from ..service import Job, JobState, PointInfo, VerifyReport, VolumeRef, shown
-from .errors import ShuttingDown, TaskNotFound
+from ..service import Job, JobState, JobView, shown, summary, view_of
+from ..service.rpc_errors import ShuttingDown, TaskNotFound
 
 log = logging.getLogger("lamina.api.tasks")
 
-QUEUED = "queued"
-RUNNING = "running"
-CANCELLING = "cancelling"
-CANCELLED = "cancelled"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-FINISHED = (CANCELLED, SUCCEEDED, FAILED)
-
-_FROM_JOB = {
-    JobState.SUCCEEDED: SUCCEEDED,
-    JobState.FAILED: FAILED,
-    JobState.CANCELLED: CANCELLED,
-}
 LOG_LINES_KEPT = 200
 FINISHED_TASKS_KEPT = 1000
 
 
 @dataclass
 class _Task:
-    kind: str
-    description: str
     job: Job
-    volume: VolumeRef | None
-    point: str
-    state: str = QUEUED
-    error: str | None = None
+    state: str = JobState.QUEUED
+    error: str | None = None  # a reason of the server's own (it shut down), over the job's
     version: int = 0
     cancel_requested: bool = False
     unsubscribe: Callable[[], None] | None = None
@@ -58,42 +39,15 @@ class _Task:
     def id(self) -> str:
         return self.job.id
 
-
-@dataclass(frozen=True)
-class TaskView:
-    """A task at one moment, safe to read from any thread."""
-
-    id: str
-    kind: str
-    description: str
-    state: str
-    queue_position: int  # 1 = next to start; 0 when not queued
-    progress: Progress | None
-    error: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    volume: VolumeRef | None
-    point: str
-    log: tuple[str, ...]
-    result: Any  # the job's result once succeeded
-    version: int
-
     @property
-    def done(self) -> bool:
-        return self.state in FINISHED
-
-
-def _log_lines(job: Job) -> tuple[str, ...]:
-    """The job's log without multi-line entries (tracebacks stay in the server's log)."""
-    lines = [line for line in list(job.log) if "\n" not in line.strip()]
-    return tuple(lines[-LOG_LINES_KEPT:])
+    def description(self) -> str:
+        return self.job.description
 
 
 def _state(job: Job) -> str:
     if job.done:
-        return _FROM_JOB.get(job.state, FAILED)
-    return QUEUED if job.state == JobState.QUEUED else RUNNING
+        return job.state if job.state in JobState.FINISHED else JobState.FAILED
+    return JobState.QUEUED if job.state == JobState.QUEUED else JobState.RUNNING
 
 
 class TaskManager:
@@ -104,15 +58,7 @@ class TaskManager:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(
-        self,
-        kind: str,
-        description: str,
-        launch: Callable[[], Job],
-        *,
-        volume: VolumeRef | None = None,
-        point: str = "",
-    ) -> TaskView:
+    def submit(self, launch: Callable[[], Job]) -> JobView:
         """Start the service's job (it may come back queued). A launch that fails at once raises."""
         with self._cond:
             if self._closing:
@@ -122,34 +68,33 @@ class TaskManager:
             if self._closing:  # the server began to stop while the job was starting
                 job.cancel()
                 raise ShuttingDown("the server is shutting down and takes no new tasks")
-            task = _Task(kind=kind, description=description, job=job, volume=volume, point=point)
+            task = _Task(job=job)
+            description = job.description
             self._tasks[task.id] = task
             task.unsubscribe = job.subscribe(lambda j: self._on_job(task))
             self._on_job(task)
-            if task.state == QUEUED:
+            if task.state == JobState.QUEUED:
                 log.info(
                     "task %s queued at position %d: %s",
                     task.id,
                     job.queue_position,
                     description,
                 )
-            elif task.state == RUNNING:
+            elif task.state == JobState.RUNNING:
                 log.info("task %s started: %s", task.id, description)
             self._forget_old()
             return self._view(task)
 
     def _on_job(self, task: _Task) -> None:
         with self._cond:
-            if task.state in FINISHED:
+            if task.state in JobState.FINISHED:
                 return
             job = task.job
             was, task.state = task.state, _state(job)
-            if was == QUEUED and task.state == RUNNING and task.version:
+            if was == JobState.QUEUED and task.state == JobState.RUNNING and task.version:
                 log.info("task %s started: %s", task.id, task.description)
-            if task.state in FINISHED:
+            if task.state in JobState.FINISHED:
                 task.error = task.error or job.error
-                if task.state == SUCCEEDED and isinstance(job.result, PointInfo):
-                    task.point = job.result.id
                 if task.unsubscribe is not None:
                     task.unsubscribe()
                 log.info(
@@ -166,7 +111,7 @@ class TaskManager:
         self._cond.notify_all()
 
     def _forget_old(self) -> None:
-        finished = [t for t in self._tasks.values() if t.state in FINISHED]
+        finished = [t for t in self._tasks.values() if t.state in JobState.FINISHED]
         for task in finished[: max(0, len(finished) - FINISHED_TASKS_KEPT)]:
             del self._tasks[task.id]
 
@@ -178,57 +123,22 @@ class TaskManager:
             raise TaskNotFound(f"no task {shown(task_id)} on this server")
         return task
 
-    def _view(self, task: _Task) -> TaskView:
-        job = task.job
-        state = task.state
-        if state == RUNNING and (task.cancel_requested or job.cancel_requested):
-            state = CANCELLING
-        return TaskView(
-            id=task.id,
-            kind=task.kind,
-            description=task.description,
-            state=state,
-            queue_position=job.queue_position if state == QUEUED else 0,
-            progress=job.progress,
-            error=task.error,
-            created=job.created,
-            started=job.started,
-            finished=job.finished if state in FINISHED else None,
-            volume=task.volume,
-            point=task.point,
-            log=_log_lines(job),
-            result=job.result if state == SUCCEEDED else None,
-            version=task.version,
-        )
+    def _view(self, task: _Task) -> JobView:
+        view = view_of(task.job, log_lines=LOG_LINES_KEPT, cancelling=task.cancel_requested)
+        if task.state in JobState.FINISHED and task.error and task.error != view.error:
+            text = summary(view.kind, task.state, task.error, view.result, view.point or "")
+            view = replace(view, error=task.error, summary=text)
+        return view
 
-    def get(self, task_id: str) -> TaskView:
+    def get(self, task_id: str) -> JobView:
         with self._cond:
             return self._view(self._get(task_id))
 
-    def all(self) -> list[TaskView]:
+    def all(self) -> list[JobView]:
         with self._cond:
             return [self._view(t) for t in self._tasks.values()]
 
-    def verify_states(self) -> dict[str, str]:
-        """Point id -> "verifying", "ok" or "corrupt", from this server's one-point verifies."""
-        states: dict[str, str] = {}
-        with self._cond:
-            for task in self._tasks.values():
-                if task.kind != "verify" or not task.point:
-                    continue
-                if task.state in (QUEUED, RUNNING):
-                    states[task.point] = "verifying"
-                elif task.state == SUCCEEDED:
-                    report = task.job.result
-                    ok = isinstance(report, VerifyReport) and report.ok
-                    states[task.point] = "ok" if ok else "corrupt"
-                elif task.state == FAILED:
-                    states[task.point] = "corrupt"
-                else:
-                    states.pop(task.point, None)
-        return states
-
-    def watch(self, task_id: str, active: Callable[[], bool]) -> Iterator[TaskView]:
+    def watch(self, task_id: str, active: Callable[[], bool]) -> Iterator[JobView]:
         """The task now, then at every change; ends after the finished state, or when
         ``active()`` turns false (the caller went away)."""
         with self._cond:
@@ -241,9 +151,9 @@ class TaskManager:
                         return
                     self._cond.wait(timeout=1.0)
                 view = self._view(task)
-                seen = view.version
+                seen = task.version
             yield view
-            if view.done:
+            if view.finished:
                 return
 
     def wake_watchers(self) -> None:
@@ -252,13 +162,13 @@ class TaskManager:
 
     # ------------------------------------------------------------------ stopping
 
-    def cancel(self, task_id: str) -> TaskView:
+    def cancel(self, task_id: str) -> JobView:
         with self._cond:
             task = self._get(task_id)
-            if task.state not in (QUEUED, RUNNING) or task.cancel_requested:
+            if task.state not in (JobState.QUEUED, JobState.RUNNING) or task.cancel_requested:
                 return self._view(task)
             task.cancel_requested = True
-            if task.state == QUEUED:
+            if task.state == JobState.QUEUED:
                 log.info("task %s cancelled while queued: %s", task.id, task.description)
             else:
                 log.info("task %s: cancel requested", task.id)
@@ -269,28 +179,28 @@ class TaskManager:
 
     def shutdown(
         self, grace: float, *, cancel_wait: float = 60.0
-    ) -> tuple[list[TaskView], list[TaskView]]:
+    ) -> tuple[list[JobView], list[JobView]]:
         """Take no new tasks; let running ones finish for ``grace`` seconds, then cancel the
         rest. Returns (tasks that finished on their own, tasks that were cancelled)."""
         with self._cond:
             self._closing = True
-            dropped = [t for t in self._tasks.values() if t.state == QUEUED]
+            dropped = [t for t in self._tasks.values() if t.state == JobState.QUEUED]
             for task in dropped:
                 task.error = "cancelled: the server shut down before it started"
                 self.cancel(task.id)
-            running = [t for t in self._tasks.values() if t.state == RUNNING]
+            running = [t for t in self._tasks.values() if t.state == JobState.RUNNING]
             deadline = time.monotonic() + grace
-            while any(t.state == RUNNING for t in running):
+            while any(t.state == JobState.RUNNING for t in running):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(timeout=left)
-            finished = [t for t in running if t.state in FINISHED]
-            stopped = [t for t in running if t.state not in FINISHED]
+            finished = [t for t in running if t.state in JobState.FINISHED]
+            stopped = [t for t in running if t.state not in JobState.FINISHED]
             for task in stopped:
                 self.cancel(task.id)
             deadline = time.monotonic() + cancel_wait
-            while any(t.state not in FINISHED for t in stopped):
+            while any(t.state not in JobState.FINISHED for t in stopped):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

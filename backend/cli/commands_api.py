@@ -29,7 +29,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from lamina.backend.api.client import ApiClient
+    from lamina.backend.service.remote import ApiClient
 
 SERVER_COMMANDS = ("points", "chain", "backup", "restore", "verify")
 DEFAULT_LISTEN = "127.0.0.1:7443"
@@ -162,7 +162,7 @@ def _refuse_stray_server_options(args: argparse.Namespace) -> None:
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    from lamina.backend.api.client import ApiClient
+    from lamina.backend.service.remote import ApiClient
 
     if args.repo:
         raise UsageError("give --repo or --server, not both")
@@ -173,7 +173,7 @@ def _client(args: argparse.Namespace) -> ApiClient:
 def service_for(args: argparse.Namespace) -> Service:
     """The local repository (--repo) or a lamina server (--server)."""
     if args.server:
-        from lamina.backend.api.remote import RemoteService
+        from lamina.backend.service.remote import RemoteService
 
         if getattr(args, "password_file", None):
             raise UsageError("--password-file is for --repo; a server opens its repository itself")

@@ -10,6 +10,7 @@ from ..display import printable, tree_rows
 from ..errors import UsageError
 from ..service import (
     PointInfo,
+    RestoreReport,
     VerifyReport,
     init_repository,
     ranges_from_json_file,
@@ -108,6 +109,16 @@ def register(sub: Any) -> None:
     p.add_argument("point", metavar="POINT", help="point id or unique prefix")
     p.add_argument("target", metavar="TARGET", help="new image file, or a block device")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image file")
+    p.add_argument(
+        "--delta",
+        action="store_true",
+        help="TARGET holds some version of the volume: read it and write only what differs",
+    )
+    p.add_argument(
+        "--assume-from",
+        metavar="POINT",
+        help="with --delta: TARGET holds this point; skip reading it (checked by sampling)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_restore)
@@ -150,7 +161,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
         fingerprint_block=parse_size(args.fingerprint_block),
     )
     if args.json:
-        print_json(info.__dict__)
+        print_json(info.as_json())
     else:
         print(
             f"created repository {info.id[:8]} at {info.url} "
@@ -163,10 +174,10 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
 def cmd_repo_info(args: argparse.Namespace) -> int:
     info = open_service(args).info()
     if args.json:
-        print_json(info.__dict__)
+        print_json(info.as_json())
     else:
         shown = {
-            **info.__dict__,
+            **info.as_json(),
             "grid_size": format_size(info.grid_size),
             "fingerprint_block": (
                 format_size(info.fingerprint_block) if info.fingerprint_block else "off"
@@ -293,18 +304,36 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    if args.assume_from and not args.delta:
+        raise UsageError("--assume-from needs --delta")
     service = open_service(args)
-    job = service.start_restore(args.point, args.target, overwrite=args.overwrite)
-    result = run_job(job, quiet=args.quiet)
-    if args.json:
-        print_json(with_requests(result, service, job))
+    if args.delta:
+        from ..service.copies import start_delta_restore
+
+        job = start_delta_restore(service, args.point, args.target, assume_from=args.assume_from)
+        result = run_job(job, quiet=args.quiet)
+        if args.json:
+            print_json(with_requests(result, service, job))
+            return 0
+        print(
+            f"restored point {printable(result['point'])} onto {printable(result['target'])}: "
+            f"read {format_size(result['bytes_read_target'])} of the target, wrote "
+            f"{format_size(result['bytes_written'])} ({plural(result['blocks_differing'], 'block')} "
+            f"differed), downloaded {format_size(result['bytes_downloaded'])} in "
+            f"{elapsed(result['duration_seconds'])}; the image digest checked"
+        )
+        print_requests(service, job)
         return 0
-    rate = result["bytes_written"] / result["duration_seconds"] if result["duration_seconds"] else 0
+    job = service.start_restore(args.point, args.target, overwrite=args.overwrite)
+    report: RestoreReport = run_job(job, quiet=args.quiet)
+    if args.json:
+        print_json(with_requests(report.as_json(), service, job))
+        return 0
     print(
-        f"restored point {printable(result['point'])} to {printable(result['target'])}: "
-        f"{format_size(result['capacity'])} volume, "
-        f"{format_size(result['bytes_written'])} of data in {elapsed(result['duration_seconds'])} "
-        f"({format_rate(rate)}); every piece and the image digest checked"
+        f"restored point {printable(report.point)} to {printable(report.target)}: "
+        f"{format_size(report.capacity)} volume, "
+        f"{format_size(report.bytes_written)} of data in {elapsed(report.duration_seconds)} "
+        f"({format_rate(report.rate)}); every piece and the image digest checked"
     )
     print_requests(service, job)
     return 0

@@ -69,10 +69,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
     )
     service.info()  # a wrong URL or password is a one-line error here, before the screen opens
     from lamina.tui.app import make_app
-    from lamina.tui.client import InProcessClient
 
     try:
-        make_app(InProcessClient(service)).run()
+        make_app(service).run()
     finally:
         service.close()
     return 0
@@ -87,13 +86,15 @@ def _remote(args: argparse.Namespace) -> int:
         )
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UsageError("lamina tui needs a terminal")
+    from lamina.backend.service.remote import ApiClient, RemoteService
     from lamina.tui.app import make_app
-    from lamina.tui.grpc_client import GrpcClient
 
-    client = GrpcClient.connect(args.server, token_file=args.token_file, ca_file=args.ca_file)
+    service = RemoteService(
+        ApiClient.from_files(args.server, token_file=args.token_file, ca_file=args.ca_file)
+    )
     try:
-        client.repository()  # an unreachable server or a wrong token is one line, before the screen
-        make_app(client).run()
+        service.info()  # an unreachable server or a wrong token is one line, before the screen
+        make_app(service).run()
     finally:
-        client.close()
+        service.close()
     return 0

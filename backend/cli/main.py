@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lamina.backend.cli.commands_cbt",
     "lamina.backend.cli.commands_kube",
     "lamina.backend.cli.commands_files",
+    "lamina.backend.cli.commands_copy",
     "lamina.backend.cli.commands_tui",
     "lamina.backend.cli.commands_history",
     "lamina.backend.cli.commands_schedule",

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import (
@@ -111,6 +111,31 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore wrote: every piece checked against its id, then the image digest."""
+
+    point: str
+    target: str
+    capacity: int
+    bytes_written: int
+    pieces: int
+    image_digest: str
+    requests: int
+    duration_seconds: float
+    digest_checked: bool = True  # a restore fails rather than end with a digest unchecked
+
+    @property
+    def rate(self) -> float:
+        return self.bytes_written / self.duration_seconds if self.duration_seconds else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """What `lamina restore --json` prints: every field but ``digest_checked`` (always)."""
+        values = asdict(self)
+        del values["digest_checked"]
+        return values
 
 
 CancelCheck = Callable[[], bool]
@@ -727,7 +752,7 @@ def restore(
     progress: ProgressCallback | None = None,
     cancelled: CancelCheck = _never,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> RestoreReport:
     """Restore ``point`` to an image file or a block device, checking every piece and the digest.
 
     The target is opened through backend/safewrite.py (``within``: the only folders it may be
@@ -797,15 +822,16 @@ def restore(
         if direct is not None:
             direct.close()
         image.discard()  # after a commit: nothing left to remove
-    result = {
-        "point": point.id,
-        "target": target,
-        "capacity": point.capacity,
-        "bytes_written": total,
-        "image_digest": digest,
-        "requests": repo.counter.requests - requests_before,
-        "duration_seconds": round(time.monotonic() - started, 3),
-    }
+    result = RestoreReport(
+        point=point.id,
+        target=target,
+        capacity=point.capacity,
+        bytes_written=total,
+        pieces=len(users),
+        image_digest=digest,
+        requests=repo.counter.requests - requests_before,
+        duration_seconds=round(time.monotonic() - started, 3),
+    )
     tracker.finish(f"restored {point.id}")
     return result
 

@@ -1,8 +1,9 @@
 """The service layer: the one contract every front end (CLI, TUI, FUSE, gRPC API) talks to.
 
 Front ends import this package and nothing deeper of the backend (ARCHITECTURE.md). What
-they show or pass that the engine or an integration defines is re-exported here; the
-heavier modules (the filesystem view and parsers, gRPC) load on first use of their names.
+they show or pass that the engine or an integration defines is re-exported here; a few
+heavier names (the filesystem view's, the CBT client's) load on first use. The models
+(models.py) hold the file entry and the extract report, so the parsers load with them.
 """
 
 from __future__ import annotations
@@ -12,14 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..defaults import default_local_root, default_repo
 from ..engine.extents import Range, checked_ranges
+from ..engine.image import ImageReader, ImageReadError
 from ..engine.lifecycle import Policy
 from ..engine.safewrite import (
+    PATH_MAX,
     EntryWriter,
     NotAFolder,
+    PathNotAllowed,
+    TargetError,
+    TargetExists,
     open_folder,
     unsafe_name_reason,
     write_sparse,
 )
+from ..errors import LaminaError
+from ..limits import parse_keep_within, shown
+from ..progress import Progress
 from .cbt import (
     backup_options_from_cbt,
     metadata_client,
@@ -27,6 +36,7 @@ from .cbt import (
     take_local_snapshot,
 )
 from .clusters import check_clusters, list_clusters
+from .contract import LaminaService
 from .controller import Controller
 from .demo import run_demo
 from .history import (
@@ -41,65 +51,59 @@ from .history import (
     prune_savings,
     read_history,
 )
+from .jobs import BackupCaps, Job, JobState, summary, view_of
 from .kube import KubeSession, datamover_manifests
+from .models import (
+    Capabilities,
+    ClusterSummary,
+    ClusterVolume,
+    ExtractReport,
+    FileEntry,
+    ForgetDecision,
+    ForgetReport,
+    JobView,
+    LocalSnapshotInfo,
+    LockInfo,
+    MountInfo,
+    PointInfo,
+    PruneReport,
+    Reachability,
+    RepositoryInfo,
+    RestoreReport,
+    Skipped,
+    VerifyReport,
+    VolumeInfo,
+    VolumeRef,
+)
 from .mounts import (
+    FS_TYPE,
     MOUNT_PROCESS,
+    MountEntry,
     MountError,
     find_mount,
     fusermount,
     mount_command,
+    mount_path,
+    mount_table,
     start_mount_process,
     unmount,
 )
 from .schedules import ScheduleInfo, Schedules, format_every, policy_from_options
 from .service import (
-    FS_TYPE,
-    PATH_MAX,
-    BackupCaps,
-    ClusterSummary,
-    ClusterVolume,
-    ForgetDecision,
-    ForgetReport,
-    ImageReader,
-    ImageReadError,
-    Job,
-    JobState,
-    LaminaError,
-    LocalSnapshotInfo,
-    LockInfo,
-    MountEntry,
-    MountInfo,
-    PathNotAllowed,
-    PointInfo,
-    Progress,
-    PruneReport,
-    Reachability,
-    RepositoryInfo,
     Service,
-    TargetError,
-    TargetExists,
-    VerifyReport,
-    VolumeInfo,
-    VolumeRef,
     check_backup_options,
     check_cluster_volume,
     init_repository,
     list_local_snapshots,
-    mount_path,
-    mount_table,
-    parse_keep_within,
     parse_volume,
     ranges_from_json_file,
     read_password_file,
-    shown,
 )
 
 if TYPE_CHECKING:
     from ..cbt.client import MetadataMessage as MetadataMessage
     from ..cbt.client import MetadataStream as MetadataStream
     from ..cbt.client import SnapshotMetadataClient as SnapshotMetadataClient
-    from ..engine.extract import ExtractReport as ExtractReport
-    from ..engine.extract import Skipped as Skipped
     from ..engine.fsview import Node as Node
     from ..engine.fsview import OpenFile as OpenFile
     from ..engine.fsview import PointFiles as PointFiles
@@ -114,8 +118,6 @@ _LAZY = {
     "MetadataMessage": "lamina.backend.cbt.client",
     "MetadataStream": "lamina.backend.cbt.client",
     "SnapshotMetadataClient": "lamina.backend.cbt.client",
-    "ExtractReport": "lamina.backend.engine.extract",
-    "Skipped": "lamina.backend.engine.extract",
     "Node": "lamina.backend.engine.fsview",
     "OpenFile": "lamina.backend.engine.fsview",
     "PointFiles": "lamina.backend.engine.fsview",
@@ -139,12 +141,14 @@ __all__ = [
     "MOUNT_PROCESS",
     "PATH_MAX",
     "BackupCaps",
+    "Capabilities",
     "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
     "Controller",
     "EntryWriter",
     "ExtractReport",
+    "FileEntry",
     "ForgetDecision",
     "ForgetReport",
     "HistoryQuery",
@@ -153,8 +157,10 @@ __all__ = [
     "Job",
     "JobRecord",
     "JobState",
+    "JobView",
     "KubeSession",
     "LaminaError",
+    "LaminaService",
     "LocalSnapshotInfo",
     "LockInfo",
     "MountEntry",
@@ -170,6 +176,7 @@ __all__ = [
     "Reachability",
     "RepositoryInfo",
     "RequestCounts",
+    "RestoreReport",
     "Savings",
     "ScheduleInfo",
     "Schedules",
@@ -212,8 +219,10 @@ __all__ = [
     "serve_snapshot_metadata",
     "shown",
     "start_mount_process",
+    "summary",
     "take_local_snapshot",
     "unmount",
     "unsafe_name_reason",
+    "view_of",
     "write_sparse",
 ]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..engine.extents import Range
 from ..errors import LaminaError, UsageError
 from ..limits import checked_context
+from .models import ClusterSummary, ClusterVolume, Reachability
 
 if TYPE_CHECKING:
     from ..kube.config import ClusterInfo
@@ -33,38 +34,6 @@ if TYPE_CHECKING:
 LOCAL = "local"
 MADE_BY_BACKUP = "backup"  # snapshots a backup takes, and may delete once no point needs them
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-
-
-@dataclass(frozen=True)
-class ClusterSummary:
-    name: str
-    kind: str  # "local" or "kubernetes"
-    current: bool
-    server: str | None  # the API server; for the local cluster, its folder
-    namespace: str | None = None
-    cluster: str = ""  # the kubeconfig's cluster entry the context names
-    user: str = ""  # the kubeconfig's user entry the context names
-
-
-@dataclass(frozen=True)
-class Reachability:
-    ok: bool
-    detail: str  # a version when ok, else what went wrong, in plain words
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ClusterVolume:
-    cluster: str
-    namespace: str
-    name: str
-    mode: str  # "Block" or "Filesystem"
-    capacity: int
-    storage_class: str
-    driver: str
-    cbt: bool  # the driver offers changed-block tracking
-    source: str | None = None  # the image or device of a local volume
-    phase: str = "Bound"
 
 
 def list_clusters(kubeconfig: str | None, local_root: str | None) -> list[ClusterSummary]:

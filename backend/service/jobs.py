@@ -9,6 +9,9 @@ it CANCELLED without it ever running. Every other job starts at once.
 
 The caps belong to the service, so every front end in the process (CLI, TUI, gRPC API)
 shares one queue.
+
+Front ends show a job as a ``JobView`` (models.py), built here by ``view_of`` with the one
+``summary()`` of its outcome; ``VerifyStates`` holds what the last verify of each point said.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, LaminaError, UsageError
 from ..progress import Progress
+from ..units import format_size, plural
+from .models import (
+    ExtractReport,
+    ForgetReport,
+    JobView,
+    PointInfo,
+    PruneReport,
+    RestoreReport,
+    VerifyReport,
+)
 
 if TYPE_CHECKING:
     from ..engine.pipelines import VolumeRef
@@ -36,6 +49,7 @@ CANCELLED_WHILE_QUEUED = "cancelled before it started"
 class JobState:
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"  # how a view shows a running job asked to stop
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -58,6 +72,7 @@ class Job:
     finished: float | None = None
     log: list[str] = field(default_factory=list)
     volume: VolumeRef | None = None  # set for a backup: the volume it counts against
+    point: str = ""  # the point it restores, verifies, extracts from, deletes or consolidates
     queue_position: int = 0  # 1 = next to start; 0 when not waiting for a backup slot
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -273,3 +288,130 @@ class JobRunner:
 def _notify_all(jobs: list[Job]) -> None:
     for job in jobs:
         job._notify()
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def summary(kind: str, state: str, error: str | None, result: Any, point: str = "") -> str:
+    """One line on a finished job's outcome ("" while it runs): what every front end shows."""
+    if state not in JobState.FINISHED:
+        return ""
+    if state != JobState.SUCCEEDED:
+        return error or state
+    if kind == "consolidate" and isinstance(result, PointInfo):
+        parent = f" (now on {result.parent})" if result.parent else " (now a full point)"
+        return f"consolidated point {result.id}{parent}"
+    if isinstance(result, PointInfo):
+        return (
+            f"point {result.id}: read {format_size(result.bytes_read)}, "
+            f"stored {format_size(result.bytes_stored)}, "
+            f"deduplicated {format_size(result.bytes_deduplicated)}"
+        )
+    if isinstance(result, RestoreReport):
+        return f"restored {format_size(result.bytes_written)} to {result.target}"
+    if isinstance(result, VerifyReport):
+        if result.ok:
+            return (
+                f"{plural(result.points, 'point')}, {plural(result.pieces, 'piece')} checked, "
+                "no problem found"
+            )
+        return f"{plural(len(result.problems), 'problem')}: {result.problems[0]}"
+    if isinstance(result, ExtractReport):
+        text = (
+            f"extracted {plural(result.files, 'file')}, {plural(result.directories, 'folder')}, "
+            f"{format_size(result.bytes)} to {result.target}"
+        )
+        if result.skipped:
+            first = result.skipped[0]
+            text += f"; skipped {len(result.skipped)}: {first.path}: {first.reason}"
+        return text
+    if isinstance(result, ForgetReport):
+        kept = sum(1 for d in result.decisions if d.keep)
+        if result.dry_run:
+            removable = len(result.decisions) - kept
+            return f"dry run: would keep {plural(kept, 'point')}, remove {removable}"
+        return f"kept {plural(kept, 'point')}, removed {len(result.removed)}"
+    if isinstance(result, PruneReport):
+        verb = "would reclaim" if result.dry_run else "reclaimed"
+        return (
+            f"{verb} {format_size(result.bytes_reclaimed)} of {format_size(result.bytes_total)}: "
+            f"{plural(result.packs_deleted, 'pack')} deleted, {result.packs_repacked} repacked"
+        )
+    if kind == "delete" and isinstance(result, list):
+        folded = f"; its data folded into {', '.join(result)}" if result else ""
+        return f"deleted point {point}{folded}"
+    return "done"
+
+
+def job_point(job: Job) -> str:
+    """The point a job concerns: the one it made once it made one, else its subject."""
+    if job.state == JobState.SUCCEEDED and isinstance(job.result, PointInfo):
+        return job.result.id
+    return job.point
+
+
+def view_of(job: Job, *, log_lines: int | None = None, cancelling: bool = False) -> JobView:
+    """The job now. ``log_lines``: keep only the last ones, without multi-line entries
+    (tracebacks stay in the job's own log); ``cancelling``: a cancel was asked elsewhere."""
+    log = list(job.log)
+    if log_lines is not None:
+        log = [line for line in log if "\n" not in line.strip()][-log_lines:]
+    state = job.state
+    if state == JobState.RUNNING and (cancelling or job.cancel_requested):
+        state = JobState.CANCELLING
+    succeeded = job.state == JobState.SUCCEEDED
+    point = job_point(job)
+    return JobView(
+        id=job.id,
+        kind=job.kind,
+        description=job.description,
+        state=state,
+        queue_position=job.queue_position if state == JobState.QUEUED else 0,
+        progress=job.progress,
+        error=job.error,
+        summary=summary(job.kind, job.state, job.error, job.result, point),
+        log=tuple(log),
+        volume=job.volume,
+        point=point or None,
+        created=job.created,
+        started=job.started,
+        ended=job.finished if job.state in JobState.FINISHED else None,
+        result=job.result if succeeded else None,
+    )
+
+
+class VerifyStates:
+    """What the last verify of each point said: "verifying", "ok" or "corrupt" (held by the
+    service, so every front end shows the same)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, str] = {}
+
+    def get(self, point_id: str) -> str:
+        with self._lock:
+            return self._states.get(point_id, "")
+
+    def follow(self, point_id: str, job: Job) -> None:
+        """Track a verify of one point from now to its end (cancelled: as if never run)."""
+        with self._lock:
+            self._states[point_id] = "verifying"
+
+        def record(j: Job) -> None:
+            if not j.done:
+                return
+            state = ""
+            if j.state == JobState.SUCCEEDED and isinstance(j.result, VerifyReport):
+                state = "ok" if j.result.ok else "corrupt"
+            elif j.state == JobState.FAILED:
+                state = "corrupt"
+            with self._lock:
+                if state:
+                    self._states[point_id] = state
+                else:
+                    self._states.pop(point_id, None)
+
+        job.subscribe(record)
+        if job.done:
+            record(job)

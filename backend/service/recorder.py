@@ -25,7 +25,7 @@ from .accounting import RequestCounts
 from .jobs import Job, JobState
 
 if TYPE_CHECKING:
-    from .service import PointInfo
+    from .models import PointInfo
 
 log = logging.getLogger("lamina.catalog")
 

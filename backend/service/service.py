@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +21,13 @@ from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
 from ..engine.extents import Range
 from ..engine.fingerprints import DEFAULT_FINGERPRINT_BLOCK
-from ..engine.image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader, ImageReadError
+from ..engine.image import DEFAULT_CACHE, DEFAULT_READAHEAD, ImageReader
 from ..engine.locks import LockInfo
 from ..engine.pipelines import BackupRequest, VerifyReport, VolumeRef
 from ..engine.prune import PruneReport, prune
 from ..engine.repository import DEFAULT_GRID, DEFAULT_ZSTD_LEVEL, Point, Repository
 from ..engine.safewrite import (
-    PATH_MAX,
-    PathNotAllowed,
     TargetError,
-    TargetExists,
     check_folder_target,
     check_image_target,
 )
@@ -45,10 +42,9 @@ from ..limits import (
     checked_snapshot_handle,
     checked_volume_parts,
     checked_volume_text,
-    parse_keep_within,
     shown,
 )
-from ..local.cluster import LocalCluster, LocalSnapshot
+from ..local.cluster import LocalCluster
 from ..progress import Progress
 from ..units import plural
 from . import clusters
@@ -56,21 +52,31 @@ from .accounting import JobAccounting, RequestCounts
 from .clusters import (
     LOCAL,
     MADE_BY_BACKUP,
-    ClusterSummary,
-    ClusterVolume,
-    Reachability,
     add_local_volume,
     local_volumes,
     plan_local_backup,
 )
-from .jobs import BackupCaps, Job, JobRunner, JobState
+from .jobs import BackupCaps, Job, JobRunner, VerifyStates, view_of
+from .models import (
+    Capabilities,
+    ClusterSummary,
+    ClusterVolume,
+    FileEntry,
+    ForgetDecision,
+    ForgetReport,
+    JobView,
+    LocalSnapshotInfo,
+    MountInfo,
+    PointInfo,
+    Reachability,
+    RepositoryInfo,
+    RestoreReport,
+    VolumeInfo,
+)
 from .mounts import (
-    FS_TYPE,
-    MountEntry,
     MountRecord,
     live_records,
     mount_path,
-    mount_table,
     remove_record,
     repo_key,
     start_mount_process,
@@ -84,47 +90,14 @@ if TYPE_CHECKING:
 
     from ..engine.extract import ExtractReport
     from ..engine.fsview import PointFiles, RepositoryView
-    from ..fsread import Entry
 
-__all__ = [
-    "FS_TYPE",
-    "PATH_MAX",
-    "BackupCaps",
-    "ClusterSummary",
-    "ClusterVolume",
-    "ForgetDecision",
-    "ForgetReport",
-    "ImageReadError",
-    "ImageReader",
-    "Job",
-    "JobState",
-    "LaminaError",
-    "LocalSnapshotInfo",
-    "LockInfo",
-    "MountEntry",
-    "MountInfo",
-    "PathNotAllowed",
-    "PointInfo",
-    "Progress",
-    "PruneReport",
-    "Reachability",
-    "RepositoryInfo",
-    "Service",
-    "TargetError",
-    "TargetExists",
-    "VerifyReport",
-    "VolumeInfo",
-    "VolumeRef",
-    "check_backup_options",
-    "check_cluster_volume",
-    "init_repository",
-    "mount_path",
-    "mount_table",
-    "parse_keep_within",
-    "parse_volume",
-    "read_password_file",
-    "shown",
-]
+
+class FixedRanges(list[Range]):
+    """Ranges known in full when the backup is asked for (a file, a request), callable like
+    a live range source; only these can be sent on to a server."""
+
+    def __call__(self) -> list[Range]:
+        return self
 
 
 def parse_volume(volume: str | VolumeRef) -> VolumeRef:
@@ -179,133 +152,6 @@ def read_password_file(path: str | None) -> bytes | None:
     if not data:
         raise UsageError(f"password file {path} is empty")
     return data
-
-
-@dataclass(frozen=True)
-class RepositoryInfo:
-    url: str
-    id: str
-    version: int
-    grid_size: int
-    encrypted: bool
-    compression: str
-    created: str
-    object_lock_days: int = 0
-    fingerprint_block: int = 0  # 0: the repository keeps no fingerprints (made before them)
-
-
-@dataclass(frozen=True)
-class PointInfo:
-    id: str
-    parent: str | None
-    kind: str
-    volume: VolumeRef
-    created: str
-    capacity: int
-    snapshot_handle: str | None
-    image_digest: str
-    stats: dict[str, Any]
-    notes: list[str]
-    manifest: dict[str, Any]
-    protected: bool = False
-
-    @classmethod
-    def of(cls, p: Point, protected: bool = False) -> PointInfo:
-        m = p.manifest
-        v = m["volume"]
-        return cls(
-            id=p.id,
-            parent=p.parent,
-            kind=str(m.get("kind", "incremental" if p.parent else "full")),
-            volume=VolumeRef(v["cluster"], v["namespace"], v["name"]),
-            created=p.created,
-            capacity=p.capacity,
-            snapshot_handle=m.get("snapshot_handle"),
-            image_digest=str(m.get("image_digest", "")),
-            stats=dict(m.get("stats", {})),
-            notes=list(m.get("notes", [])),
-            manifest=m,
-            protected=protected,
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "parent": self.parent,
-            "kind": self.kind,
-            "volume": self.volume.as_dict(),
-            "created": self.created,
-            "capacity": self.capacity,
-            "snapshot_handle": self.snapshot_handle,
-            "image_digest": self.image_digest,
-            "stats": self.stats,
-            "notes": self.notes,
-            "protected": self.protected,
-            "consolidated": list(self.manifest.get("consolidated", [])),
-        }
-
-
-@dataclass(frozen=True)
-class VolumeInfo:
-    volume: VolumeRef
-    points: int
-    last_point: PointInfo
-    capacity: int
-    stored_bytes: int  # bytes uploaded by this volume's points (new pieces only)
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mountpoint: str
-    point: str | None  # None: the whole repository
-    pid: int
-    repo: str
-
-
-@dataclass(frozen=True)
-class LocalSnapshotInfo:
-    namespace: str
-    name: str
-    handle: str
-    source: str
-    size: int
-    created: str
-    made_by: str  # "backup" when a backup took it, "" when taken by hand
-    needed_by: str | None  # the point whose next incremental starts from this snapshot
-    copy_method: str = ""
-    image: str = ""
-
-    @classmethod
-    def of(cls, snapshot: LocalSnapshot, needed_by: str | None) -> LocalSnapshotInfo:
-        return cls(
-            namespace=snapshot.namespace,
-            name=snapshot.name,
-            handle=snapshot.handle,
-            source=snapshot.source,
-            size=snapshot.size,
-            created=snapshot.created,
-            made_by=snapshot.made_by,
-            needed_by=needed_by,
-            copy_method=snapshot.copy_method,
-            image=str(snapshot.image),
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class ForgetDecision:
-    point: PointInfo
-    keep: bool
-    reasons: list[str]
-
-
-@dataclass(frozen=True)
-class ForgetReport:
-    dry_run: bool
-    decisions: list[ForgetDecision]
-    removed: list[str]
 
 
 class _Held:
@@ -400,6 +246,7 @@ class Service:
         self._jobs_lock = threading.Lock()
         # The backup caps and their queue: one per service, shared by every front end.
         self._runner = JobRunner(backup_caps)
+        self._verify_states = VerifyStates()
         # Every job is recorded in the job-history catalog, its requests counted.
         self.accounting = JobAccounting()
         self._recorder = JobRecorder(
@@ -428,6 +275,12 @@ class Service:
     def info(self) -> RepositoryInfo:
         return _repo_info(self.repo)
 
+    def capabilities(self) -> Capabilities:
+        """Everything: a service in this process has the repository itself."""
+        return Capabilities(
+            browse=True, read_files=True, extract=True, delete=True, mount=True, protect=True
+        )
+
     @property
     def password(self) -> bytes | None:
         """The password the repository was opened with (given, or asked for)."""
@@ -442,26 +295,31 @@ class Service:
 
     # ------------------------------------------------------------------ queries
 
+    def _info(self, point: Point, protected: set[str] | None = None) -> PointInfo:
+        """A point as front ends see it: protected or not, and what its last verify said."""
+        if protected is None:
+            protected = lifecycle.protected_ids(self.repo)
+        return PointInfo.of(point, point.id in protected, self._verify_states.get(point.id))
+
     def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
         protected = lifecycle.protected_ids(self.repo)
-        points = [PointInfo.of(p, p.id in protected) for p in self.repo.list_points()]
+        points = [self._info(p, protected) for p in self.repo.list_points()]
         if volume is not None:
             ref = parse_volume(volume)
             points = [p for p in points if p.volume == ref]
         return points
 
-    def find_point(self, ref: str) -> Point:
+    def find_point(self, point_ref: str) -> Point:
         """A point by id or unique prefix; anything but hex digits is refused first."""
-        return self.repo.find_point(checked_point_ref(ref))
+        return self.repo.find_point(checked_point_ref(point_ref))
 
-    def get_point(self, ref: str) -> PointInfo:
-        point = self.find_point(ref)
-        return PointInfo.of(point, point.id in lifecycle.protected_ids(self.repo))
+    def get_point(self, point_ref: str) -> PointInfo:
+        return self._info(self.find_point(point_ref))
 
-    def chain(self, ref: str) -> list[PointInfo]:
+    def chain(self, point_ref: str) -> list[PointInfo]:
         """The point and its ancestors, newest first."""
         protected = lifecycle.protected_ids(self.repo)
-        return [PointInfo.of(p, p.id in protected) for p in self.repo.chain(self.find_point(ref))]
+        return [self._info(p, protected) for p in self.repo.chain(self.find_point(point_ref))]
 
     def list_volumes(self) -> list[VolumeInfo]:
         by_volume: dict[VolumeRef, list[PointInfo]] = {}
@@ -517,8 +375,16 @@ class Service:
         return clusters.check_clusters(self.kubeconfig, self.local_root, names, timeout=timeout)
 
     def list_cluster_volumes(
-        self, cluster: str, namespace: str | None = None
+        self, cluster: str, namespace: str | None = None, *, with_backups: bool = False
     ) -> list[ClusterVolume]:
+        """The volumes of a cluster. ``with_backups``: each with what the repository holds
+        of it, then the volumes of the cluster that only have backups left."""
+        listed = self._cluster_volumes(cluster, namespace)
+        if not with_backups:
+            return listed
+        return volumes_with_backups(cluster, namespace, listed, self.list_points())
+
+    def _cluster_volumes(self, cluster: str, namespace: str | None) -> list[ClusterVolume]:
         checked_context(cluster)
         if namespace:
             checked_name(namespace, "namespace")
@@ -557,7 +423,8 @@ class Service:
         if cluster != LOCAL:
             raise UsageError(
                 f"volumes of cluster {cluster} are backed up by a data-mover Job running in the cluster: "
-                f"lamina kube datamover --context {cluster} --namespace {namespace} {name} --repo REPO --submit"
+                f"lamina kube datamover --context {cluster} --namespace {namespace} {name} "
+                f"--repo {self.repo_url} --submit"
             )
         ref = VolumeRef.of(LOCAL, namespace, name)
         if not self.local_root:
@@ -765,12 +632,12 @@ class Service:
         checked_note(note)
         point = self.find_point(point_ref)
         lifecycle.protect(self.repo, point, note)
-        return PointInfo.of(point, True)
+        return self._info(point)
 
     def unprotect(self, point_ref: str) -> PointInfo:
         point = self.find_point(point_ref)
         lifecycle.unprotect(self.repo, point)
-        return PointInfo.of(point, False)
+        return self._info(point)
 
     def start_delete(self, point_ref: str) -> Job:
         """Delete a point; its children absorb its extents so they resolve as before."""
@@ -787,7 +654,7 @@ class Service:
                 self._tidy_local_snapshots(job)
             return children
 
-        return self._start("delete", f"delete point {point_ref}", run)
+        return self._start("delete", f"delete point {point_ref}", run, point=point_ref)
 
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
         checked_point_ref(point_ref)
@@ -799,9 +666,12 @@ class Service:
                 point = self.find_point(point_ref)
                 stop = self.find_point(until) if until else None
                 merged = lifecycle.consolidate(self.repo, point, until=stop)
-                return PointInfo.of(merged, merged.id in lifecycle.protected_ids(self.repo))
+                return self._info(merged)
 
-        return self._start("consolidate", f"consolidate point {point_ref}", run)
+        down_to = f" down to {until}" if until else ""
+        return self._start(
+            "consolidate", f"consolidate point {point_ref}{down_to}", run, point=point_ref
+        )
 
     def start_forget(
         self, policy: lifecycle.Policy, *, volume: str | None = None, dry_run: bool = False
@@ -832,7 +702,8 @@ class Service:
                 self._tidy_local_snapshots(job)
             return report
 
-        return self._start("forget", "forget points" + (" (dry run)" if dry_run else ""), run)
+        what = f"points of {volume}" if volume else "points"
+        return self._start("forget", f"forget {what}{' (dry run)' if dry_run else ''}", run)
 
     def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job:
         if not 0.0 <= repack_below <= 1.0:
@@ -889,7 +760,24 @@ class Service:
             try:
                 return self._jobs[job_id]
             except KeyError:
-                raise UsageError(f"no job {job_id}") from None
+                raise UsageError(f"no job {shown(job_id)}") from None
+
+    def job_views(self) -> list[JobView]:
+        return [view_of(j) for j in self.jobs()]
+
+    def job_view(self, job_id: str) -> JobView:
+        return view_of(self.job(job_id))
+
+    def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]:
+        """Call ``listener`` (from any thread) with the job now, then on every change of it;
+        returns a function that stops watching."""
+        job = self.job(job_id)
+        unwatch = job.subscribe(lambda j: listener(view_of(j)))
+        listener(view_of(job))  # the state it is in now, in case it changed before
+        return unwatch
+
+    def cancel_job(self, job_id: str) -> None:
+        self.job(job_id).cancel()
 
     @property
     def backup_caps(self) -> BackupCaps:
@@ -907,10 +795,11 @@ class Service:
         fn: Callable[[Job], Any],
         *,
         volume: VolumeRef | None = None,
+        point: str = "",
     ) -> Job:
         """Run ``fn`` as a job; a backup (``volume`` given) waits, queued, while the caps
-        are reached."""
-        job = Job(kind=kind, description=description, volume=volume)
+        are reached. ``point``: the point the job is about."""
+        job = Job(kind=kind, description=description, volume=volume, point=point)
         with self._jobs_lock:
             self._jobs[job.id] = job
         self._recorder.track(job)
@@ -937,8 +826,7 @@ class Service:
         if changed_ranges is None or callable(changed_ranges):
             changed = changed_ranges
         else:
-            fixed = list(changed_ranges)
-            changed = lambda: fixed  # noqa: E731
+            changed = FixedRanges(changed_ranges)
         request = BackupRequest(
             source=source,
             volume=ref,
@@ -951,6 +839,11 @@ class Service:
             snapshot_handle=snapshot_handle,
             labels=labels or {},
         )
+        return self._start_backup(request)
+
+    def _start_backup(self, request: BackupRequest) -> Job:
+        """Run a checked backup here (``RemoteService`` sends it to its server instead)."""
+        ref = request.volume
 
         def run(job: Job) -> PointInfo:
             with self._lock(job, locks.SHARED, f"backup of {ref}") as held:
@@ -963,7 +856,7 @@ class Service:
                 )
             return PointInfo.of(point)
 
-        return self._start("backup", f"back up {source} as {ref}", run, volume=ref)
+        return self._start("backup", f"back up {request.source} as {ref}", run, volume=ref)
 
     def check_restore_target(
         self, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
@@ -989,7 +882,7 @@ class Service:
         checked_point_ref(point_ref)
         self.check_restore_target(target, overwrite=overwrite, within=within)
 
-        def run(job: Job) -> dict[str, Any]:
+        def run(job: Job) -> RestoreReport:
             with self._lock(job, locks.SHARED, f"restore of {point_ref}", optional=True):
                 point = self.find_point(point_ref)
                 return engine.restore(
@@ -1002,7 +895,7 @@ class Service:
                     cancelled=lambda: job.cancel_requested,
                 )
 
-        return self._start("restore", f"restore {point_ref} to {target}", run)
+        return self._start("restore", f"restore {point_ref} to {target}", run, point=point_ref)
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         if point_ref:
@@ -1013,6 +906,8 @@ class Service:
                 # Listed under the lock: a concurrent forget cannot make false problems.
                 if point_ref:
                     points = [self.find_point(point_ref)]
+                    job.point = points[0].id
+                    self._verify_states.follow(job.point, job)
                 else:
                     points = self.repo.list_points()
                 return engine.verify(
@@ -1024,7 +919,9 @@ class Service:
                 )
 
         what = f"point {point_ref}" if point_ref else "every point"
-        return self._start("verify", f"verify {what}{' (deep)' if deep else ''}", run)
+        return self._start(
+            "verify", f"verify {what}{' (deep)' if deep else ''}", run, point=point_ref or ""
+        )
 
     # ------------------------------------------------------------------ files inside points
     # (the FUSE mount, `lamina files`, the TUI file browser)
@@ -1092,7 +989,7 @@ class Service:
                 used.pop(pid, None)
             return len(stale)
 
-    def list_files(self, point_ref: str, path: str = "/") -> list[Entry]:
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
         """The entries of a directory in a point's filesystem (sorted), or [the entry] of a file.
 
         Raises FilesUnavailable when the volume holds no readable filesystem, FileNotFound
@@ -1101,8 +998,19 @@ class Service:
         files = self.point_files(point_ref)
         entry = files.lookup(path)
         if entry.kind == "dir":
-            return files.listdir(path)
-        return [entry]
+            folder = "/" + path.strip("/")
+            return [FileEntry.of(e, folder) for e in files.listdir(path)]
+        return [FileEntry.of(entry, "/" + path.strip("/").rpartition("/")[0])]
+
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        """Bytes of a regular file inside a point from ``offset`` (``length`` 0: to its end)."""
+        if offset < 0 or length < 0:
+            raise UsageError("offset and length must not be negative")
+        files = self.point_files(point_ref)
+        entry = files.lookup(path)
+        if entry.kind != "file":
+            raise UsageError(f"{shown(path)} is a {entry.kind}, not a regular file")
+        return bytes(files.read(entry, offset, length or entry.size))
 
     def start_extract(
         self, point_ref: str, paths: Sequence[str], to_dir: str, *, within: Sequence[str] = ()
@@ -1138,7 +1046,10 @@ class Service:
                 files.close()
 
         return self._start(
-            "extract", f"extract {plural(len(wanted), 'path')} of {point_ref} to {to_dir}", run
+            "extract",
+            f"extract {plural(len(wanted), 'path')} of {point_ref} to {to_dir}",
+            run,
+            point=point_ref,
         )
 
 
@@ -1159,3 +1070,65 @@ def ranges_from_json_file(path: str) -> list[Range]:
     if not isinstance(items, list):
         raise UsageError(f"changed ranges file {path} must hold a JSON list")
     return list(engine.iter_ranges_json(items, f"changed ranges file {path}"))
+
+
+def _chain_length(point: PointInfo, by_id: dict[str, PointInfo]) -> int:
+    length, current, seen = 0, point, set()
+    while current.id not in seen:
+        seen.add(current.id)
+        length += 1
+        parent = by_id.get(current.parent) if current.parent else None
+        if parent is None:
+            break
+        current = parent
+    return length
+
+
+def volumes_with_backups(
+    cluster: str,
+    namespace: str | None,
+    listed: Sequence[ClusterVolume],
+    points: Sequence[PointInfo],
+) -> list[ClusterVolume]:
+    """A cluster's volumes with what the repository holds of each, then the volumes of that
+    cluster that only have backups left (``RemoteService`` fills them the same way)."""
+    points = [p for p in points if p.volume.cluster == cluster]
+    by_id = {p.id: p for p in points}
+    by_volume: dict[tuple[str, str], list[PointInfo]] = {}
+    for p in points:
+        by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
+
+    def backed_up(volume: ClusterVolume) -> ClusterVolume:
+        mine = by_volume.get((volume.namespace, volume.name), [])
+        if not mine:
+            return volume
+        newest = max(mine, key=lambda p: p.created)
+        return replace(
+            volume,
+            last_backup=newest.created,
+            last_point=newest.id,
+            chain_length=_chain_length(newest, by_id),
+            points=len(mine),
+            stored=sum(p.bytes_uploaded for p in mine),
+        )
+
+    out = [backed_up(v) for v in listed]
+    seen = {(v.namespace, v.name) for v in listed}
+    for ns, name in sorted(by_volume):
+        if (ns, name) in seen or (namespace and ns != namespace):
+            continue
+        newest = max(by_volume[(ns, name)], key=lambda p: p.created)
+        gone = ClusterVolume(
+            cluster=cluster,
+            namespace=ns,
+            name=name,
+            mode="",
+            capacity=newest.capacity,
+            storage_class="",
+            driver="",
+            cbt=False,
+            phase="backups only",
+            in_cluster=False,
+        )
+        out.append(backed_up(gone))
+    return out

@@ -16,10 +16,10 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.errors import ApiError
 from lamina.backend.errors import PasswordRequired, PointNotFound, StorageUnavailable, WrongPassword
 from lamina.backend.service import BackupCaps, JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient
+from lamina.backend.service.rpc_errors import ApiError
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from tests.support.api_server import (

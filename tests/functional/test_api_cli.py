@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from lamina.backend.api.client import ApiClient
 from lamina.backend.api.server import ApiServer, ServerOptions
 from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient
 from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
 from tests.support.ext4_trees import describe_tree, make_source_tree, mkfs_ext4
 from tests.support.volumes import make_volume, sha256_file
@@ -319,8 +319,8 @@ def test_sigterm_lets_running_tasks_finish_then_cancels_the_rest(tmp_path: Path)
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     small = slow_image(tmp_path / "small.img", MiB + MiB // 2, seed=31)
-    big = slow_image(tmp_path / "big.img", 48 * MiB, seed=32)
-    grace = 6.0  # the small backup needs about 1.5 s, more on a busy machine
+    big = slow_image(tmp_path / "big.img", 96 * MiB, seed=32)
+    grace = 12.0  # the small backup needs about 1.5 s, several times that on a loaded machine
     proc = subprocess.Popen(
         [
             *LAMINA,

@@ -19,17 +19,23 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.api.server import ApiServer
 from lamina.backend.engine.lifecycle import Policy
 from lamina.backend.engine.locks import SHARED, acquire
 from lamina.backend.engine.prune import PruneReport
-from lamina.backend.errors import LaminaError
-from lamina.backend.service import ForgetReport, JobState, PointInfo, Service, init_repository
+from lamina.backend.errors import LaminaError, UsageError
+from lamina.backend.service import (
+    ForgetReport,
+    JobState,
+    PointInfo,
+    RestoreReport,
+    Service,
+    init_repository,
+)
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
-from lamina.tui.grpc_client import GrpcClient
+from lamina.tui.client import mount_point, mounted_points, unmount_point
 from tests.support.api_server import AUTH, TOKEN, MiB, running_server, stub_for
 from tests.support.volumes import make_volume, scribble, sha256_file
 
@@ -204,6 +210,47 @@ def test_prune_reclaims_what_forget_left_and_points_still_restore(lab: Lab) -> N
     assert "between 0 and 1" in str(error.details())
 
 
+def test_remote_service_backs_up_fixed_ranges_and_restores_with_a_report(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A backup through RemoteService is checked here and run there: a list of changed
+    ranges travels with it, a live range source of this machine is refused in one line,
+    and the restore's result is the same RestoreReport as in process."""
+    parent = lab.points[-1]
+    image = lab.allowed / "db-next.img"
+    image.write_bytes((tmp_path / "db.img").read_bytes())  # the lab's volume, as last backed up
+    with open(image, "r+b") as f:
+        f.seek(256 * 1024)
+        f.write(b"\x5a" * 4096)
+    remote = RemoteService(ApiClient(lab.server.address, token=TOKEN))
+    try:
+        with pytest.raises(UsageError, match="range source of this machine"):
+            remote.start_backup(str(image), VOLUME, changed_ranges=lambda: [(0, 4096)])
+        job = remote.start_backup(
+            str(image), VOLUME, parent=parent.id, changed_ranges=[(256 * 1024, 4096)]
+        )
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        point = job.result
+        assert isinstance(point, PointInfo) and point.parent == parent.id
+        assert point.bytes_read == 4096  # the range it was given, not the 2 MiB volume
+
+        target = lab.allowed / "restored-next.img"
+        job = remote.start_restore(point.id, str(target))
+        assert job.wait(60) and job.state == JobState.SUCCEEDED, job.error
+        report = job.result
+        assert isinstance(report, RestoreReport)
+        assert (report.point, report.target, report.digest_checked) == (
+            point.id,
+            str(target),
+            True,
+        )
+        assert report.pieces > 0 and report.bytes_written > 0
+        assert sha256_file(target) == sha256_file(image)
+        assert remote.job_view(job.id).summary.startswith("restored ")
+    finally:
+        remote.close()
+
+
 def test_remote_service_runs_lifecycle_jobs_on_the_server(lab: Lab) -> None:
     """What the CLI's --server uses: the service layer's own results, from the server."""
     ids = [p.id for p in lab.points]
@@ -332,10 +379,10 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
     mountpoint.mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    client = GrpcClient(ApiClient(lab.server.address, token=TOKEN))
+    client = RemoteService(ApiClient(lab.server.address, token=TOKEN))
     try:
         assert client.capabilities().mount
-        assert client.mounts() == {}
+        assert mounted_points(client) == {}
 
         # --allow-path covers mountpoints, symlinks resolved; relative paths are refused
         sneaky = lab.allowed / "sneaky"
@@ -354,7 +401,7 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
         assert error.code() == grpc.StatusCode.NOT_FOUND
         assert not _is_mounted(outside) and not _is_mounted(mountpoint)
 
-        assert client.mount(point.id[:10], str(mountpoint)) == str(mountpoint)
+        assert mount_point(client, point.id[:10], str(mountpoint)) == str(mountpoint)
         assert _is_mounted(mountpoint)
         # the volume holds no filesystem, so there is no files/ tree to browse
         assert sorted(os.listdir(mountpoint)) == ["disk.img", "files.unavailable", "manifest.json"]
@@ -363,13 +410,13 @@ def test_mount_through_the_api_serves_the_point_and_unmounts(lab: Lab, tmp_path:
         assert len(listed) == 1
         assert listed[0].mountpoint == str(mountpoint) and listed[0].point == point.id
         assert listed[0].pid > 0 and os.path.exists(f"/proc/{listed[0].pid}")
-        assert client.mounts() == {point.id: str(mountpoint)}
+        assert mounted_points(client) == {point.id: str(mountpoint)}
 
-        client.unmount(point.id)
+        unmount_point(client, point.id)
         assert not _is_mounted(mountpoint)
-        assert client.mounts() == {}
+        assert mounted_points(client) == {}
         with pytest.raises(LaminaError, match=f"point {point.id} is not mounted"):
-            client.unmount(point.id)
+            unmount_point(client, point.id)
     finally:
         client.close()
         for where in (mountpoint, outside):  # outside too, should a refusal ever fail

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.tree import MalformedStream
+from lamina.backend.service.remote import ApiClient
+from lamina.backend.service.tree_writer import MalformedStream
 from lamina.protos import lamina_v1_pb2 as pb
 from lamina.protos import lamina_v1_pb2_grpc as pb_grpc
 from tests.support.volumes import sha256_file

@@ -15,7 +15,6 @@ import pytest
 from lamina.backend.errors import UsageError
 from lamina.backend.service import BackupCaps, Job, JobState, Service
 from lamina.protos import lamina_v1_pb2 as pb
-from lamina.tui.client import InProcessClient
 from tests.support.api_server import (
     AUTH,
     LAMINA,
@@ -50,13 +49,13 @@ def test_two_in_process_front_ends_never_overlap_on_one_volume(
 ) -> None:
     image = slow_image(tmp_path / "db.img", 4 * MiB, seed=41)
     service.add_local_volume("prod", "db", str(image))
-    tui = InProcessClient(service)
+    tui = service  # what the TUI holds
 
     first = service.start_volume_backup("local", "prod", "db")  # what `lamina` runs
-    second_id = tui.start_backup("local", "prod", "db")  # the TUI's backup key
+    second_id = tui.start_volume_backup("local", "prod", "db").id  # the TUI's backup key
     second = service.job(second_id)
     assert first.state == JobState.RUNNING, first.error
-    assert tui.job(second_id).state == "queued"
+    assert tui.job_view(second_id).state == "queued"
     assert second.queue_position == 1
 
     finished(first)
@@ -80,7 +79,7 @@ def test_a_queued_backup_cancelled_ends_without_running(tmp_path: Path, service:
     verify = service.start_verify()  # only backups wait for a slot
     assert verify.state != JobState.QUEUED
 
-    InProcessClient(service).cancel_job(b.id)
+    service.cancel_job(b.id)
     assert b.done  # at once: it never held a slot
     assert (b.state, b.error, b.started) == (
         JobState.CANCELLED,

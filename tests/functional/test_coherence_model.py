@@ -30,10 +30,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from lamina.backend.api.client import ApiClient
-from lamina.backend.api.remote import RemoteService
 from lamina.backend.engine.lifecycle import Policy
 from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient, RemoteService
 
 KiB = 1024
 GRID = 64 * KiB

@@ -17,6 +17,7 @@ from lamina.backend.service import (
     Job,
     JobState,
     PointInfo,
+    RestoreReport,
     Service,
     TargetExists,
     init_repository,
@@ -34,12 +35,12 @@ def _backup(service: Service, source: Path, volume: str = "db", **kw: object) ->
     return point
 
 
-def _restore(service: Service, point: str, target: Path) -> dict[str, object]:
+def _restore(service: Service, point: str, target: Path) -> RestoreReport:
     job = service.start_restore(point, str(target))
     assert job.wait(120)
     assert job.state == JobState.SUCCEEDED, job.error
-    result: dict[str, object] = job.result
-    return result
+    assert isinstance(job.result, RestoreReport)
+    return job.result
 
 
 def _fail(job_starter: object) -> str:
@@ -77,7 +78,8 @@ def test_chain_restores_byte_identical_and_incremental_stores_only_changes(
         result = _restore(repo, point.id, out)
         assert sha256_file(out) == digest
         assert os.path.getsize(out) == 32 * MiB
-        assert result["image_digest"] == point.image_digest
+        assert result.image_digest == point.image_digest and result.digest_checked
+        assert 0 < result.bytes_written <= 32 * MiB and result.pieces > 0
     job = repo.start_verify(deep=True)
     job.wait()
     assert job.result.ok, job.result.problems

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service import JobState, RestoreReport, Service, init_repository
 from tests.support.seaweedfs import S3Server
 from tests.support.volumes import make_volume, scribble, sha256_file
 
@@ -54,7 +54,9 @@ def test_restore_reads_pieces_in_few_requests(s3_repo_url: str, tmp_path: Path) 
     result_job = Service(s3_repo_url).start_restore(job.result.id, str(tmp_path / "out.img"))
     result_job.wait()
     assert result_job.state == JobState.SUCCEEDED, result_job.error
-    assert result_job.result["requests"] < 20, result_job.result
+    report = result_job.result
+    assert isinstance(report, RestoreReport) and report.requests < 20, report
+    assert report.pieces == 256 and report.bytes_written == 16 * MiB  # 64 KiB pieces
     assert sha256_file(tmp_path / "out.img") == sha256_file(vol)
 
 

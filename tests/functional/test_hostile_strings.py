@@ -21,11 +21,10 @@ import pytest
 from rich.console import Console
 from textual.pilot import Pilot
 
-from lamina.backend.api.client import ApiClient
 from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.tui.app import LaminaApp, make_app
-from lamina.tui.client import InProcessClient
-from lamina.tui.grpc_client import GrpcClient
+from lamina.tui.client import start_restore
 from lamina.tui.screens.dialogs import RestoreScreen
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.jobs import JobsScreen
@@ -139,7 +138,7 @@ async def until(pilot: Pilot[None], condition: Callable[[], object], timeout: fl
 async def test_the_file_browser_shows_hostile_names_and_contents_escaped(
     hostile: Hostile,
 ) -> None:
-    client = InProcessClient(hostile.service)
+    client = hostile.service
     (point,) = client.list_points()
     app = make_app(client)
     async with app.run_test(size=SIZE) as pilot:
@@ -166,7 +165,7 @@ async def test_the_file_browser_shows_hostile_names_and_contents_escaped(
 @pytest.mark.asyncio
 async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostile) -> None:
     with hostile_server(hostile.service) as address:
-        app = make_app(GrpcClient(ApiClient(address)))
+        app = make_app(RemoteService(ApiClient(address)))
         async with app.run_test(size=SIZE, notifications=True) as pilot:
             await until(pilot, lambda: app.started)
             home = app.screen
@@ -180,7 +179,7 @@ async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostil
             await pilot.pause()
             volume_list = screen_text(app)
 
-            app.start_job("verify", lambda: app.client.start_verify(hostile.point))
+            app.start_job("verify", lambda: app.service.start_verify(hostile.point).id)
             await until(pilot, lambda: any(v.finished for v in app.job_views.values()))
             # The notification of the finished job quotes the server's summary.
             await until(pilot, lambda: "verify done" in screen_text(app))
@@ -205,7 +204,7 @@ async def test_the_tui_over_a_hostile_server_escapes_every_reply(hostile: Hostil
 async def test_the_restore_dialog_shows_a_refused_hostile_target_escaped(hostile: Hostile) -> None:
     """The service's refusal quotes the target, resolved under a working folder whose name
     holds terminal sequences; the dialog draws that line escaped."""
-    client = InProcessClient(hostile.service)
+    client = hostile.service
     with tempfile.TemporaryDirectory(prefix="r") as tmp:
         work_dir = os.path.join(tmp, "evil\x1b]0;pwned\x07\x1b[2J")
         os.makedirs(os.path.join(work_dir, "restored"))
@@ -215,8 +214,8 @@ async def test_the_restore_dialog_shows_a_refused_hostile_target_escaped(hostile
             dialog = RestoreScreen(
                 f"Restore point {hostile.point}",
                 "restored",
-                lambda target, overwrite: client.start_restore(
-                    hostile.point, os.path.join(work_dir, target), overwrite
+                lambda target, overwrite: start_restore(
+                    client, hostile.point, os.path.join(work_dir, target), overwrite
                 ),
             )
             await app.push_screen(dialog)

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lamina.backend.api.client import ApiClient
 from lamina.backend.cli.common import _bar
 from lamina.backend.engine import locks
 from lamina.backend.progress import Progress
-from lamina.backend.service import Job, JobState, Service
-from lamina.tui.client import InProcessClient, JobView, LaminaClient
-from lamina.tui.grpc_client import GrpcClient
+from lamina.backend.service import Job, JobState, JobView, LaminaService, Service
+from lamina.backend.service.remote import ApiClient, RemoteService
 from lamina.tui.widgets.jobs import job_line, rate_text
 from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
 
@@ -30,7 +28,7 @@ def service(tmp_path: Path) -> Service:
     return service
 
 
-def follow(client: LaminaClient, job_id: str) -> list[JobView]:
+def follow(client: LaminaService, job_id: str) -> list[JobView]:
     views: list[JobView] = []
     done = threading.Event()
 
@@ -74,8 +72,8 @@ def test_a_volume_backup_reports_its_snapshot_then_a_total(service: Service) -> 
 def test_the_ui_sees_percent_rate_and_eta_and_honest_figures(
     service: Service, tmp_path: Path, remote: bool
 ) -> None:
-    def run(client: LaminaClient) -> None:
-        views = follow(client, client.start_backup("local", "db", "pg-data"))
+    def run(client: LaminaService) -> None:
+        views = follow(client, client.start_volume_backup("local", "db", "pg-data").id)
         assert views[-1].state == "succeeded", views[-1].error
         running = [v for v in views if v.phase == "backing up" and not v.finished]
         assert running and all(v.total == 8 * MiB for v in running)
@@ -87,18 +85,18 @@ def test_the_ui_sees_percent_rate_and_eta_and_honest_figures(
         assert point is not None
 
         # A quick verify counts points, not bytes: no "7 B/s".
-        verify = follow(client, client.start_verify(point))[-1]
+        verify = follow(client, client.start_verify(point).id)[-1]
         assert verify.state == "succeeded" and verify.unit == "points"
         assert rate_text(verify) == "-"
 
         # A restore reads from the repository: READ is not 0 B.
         target = tmp_path / f"restored-{remote}.img"
-        restore = follow(client, client.start_restore(point, str(target)))[-1]
+        restore = follow(client, client.start_restore(point, str(target)).id)[-1]
         assert restore.state == "succeeded", restore.error
         assert restore.read > 0
 
         # Phases are shown whole.
-        deep = follow(client, client.start_verify(point, deep=True))
+        deep = follow(client, client.start_verify(point, deep=True).id)
         assert any(v.phase == "reading pieces" for v in deep)
         assert (
             "reading pieces" in job_line(next(v for v in deep if v.phase == "reading pieces")).plain
@@ -107,9 +105,9 @@ def test_the_ui_sees_percent_rate_and_eta_and_honest_figures(
     try:
         if remote:
             with running_server(service, allowed_paths=[str(tmp_path)]) as server:
-                run(GrpcClient(ApiClient(server.address, token=TOKEN)))
+                run(RemoteService(ApiClient(server.address, token=TOKEN)))
         else:
-            run(InProcessClient(service))
+            run(service)
     finally:
         service.close()
 
@@ -125,6 +123,6 @@ def test_a_cancelled_job_no_longer_names_its_last_phase(service: Service) -> Non
     job.wait()
     assert job.state == JobState.CANCELLED
     assert job.progress is not None and job.progress.phase == "cancelled"
-    view = InProcessClient(service).job(job.id)
+    view = service.job_view(job.id)
     assert view.phase == "cancelled" and "backing up" not in job_line(view).plain
     service.close()

@@ -97,7 +97,7 @@ def test_files_ls_gives_its_lock_back_after_an_error(repo: Repo) -> None:
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 def test_serve_gives_back_the_locks_of_its_views(repo: Repo, tmp_path: Path, how: str) -> None:
-    from lamina.backend.api.client import ApiClient
+    from lamina.backend.service.remote import ApiClient
 
     log = tmp_path / "serve.log"
     server = subprocess.Popen(

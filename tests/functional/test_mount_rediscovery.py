@@ -21,7 +21,7 @@ from textual.pilot import Pilot
 
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.tui.app import make_app
-from lamina.tui.client import InProcessClient
+from lamina.tui.client import mounted_points
 from lamina.tui.screens.clusters import ClustersScreen
 from lamina.tui.screens.quit import QuitWithMountsScreen
 from tests.support.volumes import make_volume
@@ -126,11 +126,11 @@ async def test_the_tui_asks_before_quitting_with_mounts(
     where = tmp_path / "mnt"
     earlier.mount(repo.point, str(where))  # mounted by an earlier run of the UI
     service = Service(repo.url)
-    app = make_app(InProcessClient(service))
+    app = make_app(service)
     try:
         async with app.run_test(size=(120, 36)) as pilot:
             await _wait(pilot, lambda: app.started, "the repository")
-            assert InProcessClient(service).mounts() == {repo.point: str(where)}
+            assert mounted_points(service) == {repo.point: str(where)}
             await _wait(
                 pilot,
                 lambda: isinstance(app.screen, ClustersScreen) and app.screen.loaded,

@@ -17,7 +17,7 @@ from lamina.backend.service import (
     mount_command,
     start_mount_process,
 )
-from lamina.tui.client import InProcessClient
+from lamina.tui.client import mount_point, mounted_points, unmount_point
 from tests.support.volumes import make_volume
 
 MiB = 1024 * 1024
@@ -50,29 +50,29 @@ def test_the_tui_client_offers_mounts_and_reports_errors(tmp_path: Path) -> None
     service = Service(str(tmp_path / "repo"))
     job = service.start_backup(str(make_volume(tmp_path / "vol.img", 4 * MiB)), "v")
     job.wait()
-    client = InProcessClient(service)
+    client = service
     assert client.capabilities().mount
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     (mnt / "busy").write_text("x")
     with pytest.raises(LaminaError, match="not empty") as refused:
-        client.mount(job.result.id, str(mnt))
+        mount_point(client, job.result.id, str(mnt))
     assert "\n" not in str(refused.value)
     (mnt / "busy").unlink()
-    where = client.mount(job.result.id, str(mnt))
+    where = mount_point(client, job.result.id, str(mnt))
     try:
-        assert client.mounts() == {job.result.id: where}
+        assert mounted_points(client) == {job.result.id: where}
         assert sorted(os.listdir(mnt)) == ["disk.img", "files.unavailable", "manifest.json"]
     finally:
-        client.unmount(job.result.id)
-    assert client.mounts() == {}
+        unmount_point(client, job.result.id)
+    assert mounted_points(client) == {}
     # a folder that does not exist yet (what the TUI suggests) is made, then removed
     fresh = tmp_path / "new-mountpoint"
-    client.mount(job.result.id, str(fresh))
+    mount_point(client, job.result.id, str(fresh))
     try:
         assert (fresh / "disk.img").exists()
     finally:
-        client.unmount(job.result.id)
+        unmount_point(client, job.result.id)
     assert not fresh.exists()
 
 

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,9 +26,8 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Log, Static
 
-from lamina.backend.service import Service, init_repository
+from lamina.backend.service import JobView, Progress, Service, init_repository
 from lamina.tui.app import LaminaApp, make_app
-from lamina.tui.client import InProcessClient, JobView
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
 from lamina.tui.screens.dialogs import (
@@ -77,12 +76,11 @@ class World:
 
     def app(self) -> LaminaApp:
         if self.server_address is None:
-            return make_app(InProcessClient(self.service))
-        from lamina.backend.api.client import ApiClient
-        from lamina.tui.grpc_client import GrpcClient
+            return make_app(self.service)
+        from lamina.backend.service.remote import ApiClient, RemoteService
         from tests.support.api_server import TOKEN
 
-        return make_app(GrpcClient(ApiClient(self.server_address, token=TOKEN)))
+        return make_app(RemoteService(ApiClient(self.server_address, token=TOKEN)))
 
 
 @pytest.fixture(params=["in-process", "grpc"])
@@ -343,7 +341,7 @@ async def test_cancel_a_running_backup(tmp_path: Path) -> None:
     image = slow_image(tmp_path / "big.img", 64 * MIB, seed=3)
     service = Service(slow_repository(tmp_path / "repo"), local_root=str(tmp_path / "cluster"))
     service.add_local_volume("db", "pg-data", str(image))
-    app = make_app(InProcessClient(service))
+    app = make_app(service)
     try:
         async with app.run_test(size=SIZE) as pilot:
             await open_volumes(pilot, app)
@@ -428,7 +426,7 @@ async def test_filter_sort_go_to_help_and_palette(world: World) -> None:
         await wait_for(pilot, lambda: palette_settled(app, "Back up"), "the palette to find it")
         await pilot.press("enter")
         await wait_for(pilot, lambda: finished_jobs(app, "backup"), "the backup from the palette")
-        assert finished_jobs(app, "backup")[0].volume == "local/demo/app-data"
+        assert finished_jobs(app, "backup")[0].volume_key == "local/demo/app-data"
 
 
 async def test_a_flood_of_progress_is_merged(world: World) -> None:
@@ -441,10 +439,9 @@ async def test_a_flood_of_progress_is_merged(world: World) -> None:
 
         def flood() -> None:
             for i in range(10_000):
-                app.feed.push(
-                    JobView(**{**base.__dict__, "done": i, "total": 10_000, "phase": "backing up"})
-                )
-            app.feed.push(JobView(**{**base.__dict__, "state": "succeeded", "done": 10_000}))
+                progress = Progress(phase="backing up", done=i, total=10_000)
+                app.feed.push(replace(base, progress=progress))
+            app.feed.push(replace(base, state="succeeded", progress=Progress("done", 10_000)))
 
         redraws_before = app.redraws
         thread = threading.Thread(target=flood)
@@ -524,7 +521,7 @@ async def test_a_kubernetes_cluster_its_volumes_and_a_refusal(world: World, tmp_
         service = Service(
             world.service.repo_url, kubeconfig=str(kubeconfig), local_root=world.service.local_root
         )
-        app = make_app(InProcessClient(service))
+        app = make_app(service)
         async with app.run_test(size=SIZE) as pilot:
             clusters = screen_of(app, ClustersScreen)
             await wait_for(pilot, lambda: len(clusters.checks) == 2, "the reachability checks")

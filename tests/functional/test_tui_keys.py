@@ -13,7 +13,6 @@ import pytest
 from textual.pilot import Pilot
 
 from lamina.tui.app import LaminaApp, make_app
-from lamina.tui.client import InProcessClient
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.dialogs import ConfirmScreen, PromptScreen
 from lamina.tui.screens.files import FilesScreen
@@ -177,7 +176,7 @@ async def test_the_mount_key_follows_the_state_and_unmount_is_confirmed(
 
 async def test_ages_grow_while_a_screen_is_open(world: World) -> None:
     now = [time.time()]
-    app = make_app(InProcessClient(world.service), clock=lambda: now[0])
+    app = make_app(world.service, clock=lambda: now[0])
     app.age_interval = 0.05
     async with app.run_test(size=SIZE) as pilot:
         volumes = await open_volumes(pilot, app)

@@ -50,18 +50,9 @@ EXTRA = {
     "lamina.fs": ("mfusepy",),
 }
 
-# Imports still pending, each with why; this list only shrinks. The gRPC client and its
-# conversion move into the service package (a remote Service): until then the CLI's
-# `--server` commands and the TUI's remote client import them from the API package.
-PENDING = {
-    ("backend/cli/commands_api.py", "lamina.backend.api.client.ApiClient"): "remote client",
-    ("backend/cli/commands_api.py", "lamina.backend.api.remote.RemoteService"): "remote client",
-    ("tui/grpc_client.py", "lamina.backend.api.client.ApiClient"): "remote client",
-    ("tui/grpc_client.py", "lamina.backend.api.client.TaskInfo"): "remote client",
-    ("tui/grpc_client.py", "lamina.backend.api.client.task_info"): "remote client",
-    ("tui/grpc_client.py", "lamina.backend.api.convert.point_info"): "gRPC conversion",
-    ("tui/grpc_client.py", "lamina.protos.lamina_v1_pb2"): "gRPC conversion",
-}
+# Imports still pending, each with why; this list only shrinks. (The gRPC client and its
+# conversion now live in the service package, so nothing is pending.)
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _imports(path: Path, package: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from lamina.backend.service import PointInfo, VolumeRef
 from lamina.tui import formatting as fmt
-from lamina.tui.client import Point
 from lamina.tui.screens.chain import chain_rows
 
 NOW = fmt.parse_time("2026-03-14T12:00:00Z")
@@ -44,9 +44,9 @@ def test_bars_fill_by_eighths() -> None:
     assert fmt.bar(7.0, 2) == "██"
 
 
-def _point(id: str, parent: str | None, created: str) -> Point:
-    return Point(id, parent, "incremental" if parent else "full", "local/ns/v", created,
-                 100, 0, 0, 0, 0, 0, 0.0, "", None, "")  # fmt: skip
+def _point(id: str, parent: str | None, created: str) -> PointInfo:
+    return PointInfo(id, parent, "incremental" if parent else "full", VolumeRef("local", "ns", "v"),
+                     created, 100, None, "", {}, [], {})  # fmt: skip
 
 
 def test_chain_rows_draw_each_point_under_its_own_parent() -> None:

@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from lamina.tui.app import LaminaApp, make_app
-from lamina.tui.client import (
+from lamina.backend.progress import Progress
+from lamina.backend.service import (
     Capabilities,
-    Cluster,
-    ClusterCheck,
+    ClusterSummary,
+    ClusterVolume,
     FileEntry,
+    Job,
     JobView,
-    Point,
-    RepositorySummary,
-    Volume,
+    LockInfo,
+    MountInfo,
+    PointInfo,
+    Reachability,
+    RepositoryInfo,
+    VolumeInfo,
+    VolumeRef,
 )
+from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.formatting import parse_time
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
@@ -53,21 +59,24 @@ def _point(
     dedup: int = 0,
     verify: str = "",
     protected: bool = False,
-) -> Point:
+) -> PointInfo:
     capacity = 256 * MIB
-    return Point(
+    return PointInfo(
         id=id,
         parent=parent,
         kind="incremental" if parent else "full",
-        volume="local/demo/app-data",
+        volume=VolumeRef("local", "demo", "app-data"),
         created=created,
         capacity=capacity,
-        bytes_read=read,
-        bytes_new=read - dedup,
-        bytes_stored=stored,
-        bytes_deduplicated=dedup,
-        bytes_uploaded=stored + 4096,
-        duration=round(read / (180 * MIB), 2) + 0.05,
+        stats={
+            "bytes_read": read,
+            "bytes_new": read - dedup,
+            "bytes_stored": stored,
+            "bytes_deduplicated": dedup,
+            "bytes_uploaded": stored + 4096,
+            "duration_seconds": round(read / (180 * MIB), 2) + 0.05,
+        },
+        notes=[],
         image_digest=f"blake3:{id * 4}",
         snapshot_handle=f"snap-{id[:8]}",
         verify_state=verify,
@@ -107,24 +116,50 @@ POINTS = [
     ),
 ]
 
+
+def _file(
+    path: str,
+    name: str,
+    kind: str,
+    size: int,
+    mtime: float,
+    mode: int = 0,
+    target: str | None = None,
+) -> FileEntry:
+    ns = int(mtime * 1e9)
+    return FileEntry(
+        name=name,
+        kind=kind,
+        inode=0,
+        size=size,
+        mode=mode,
+        uid=0,
+        gid=0,
+        nlink=1,
+        mtime_ns=ns,
+        atime_ns=ns,
+        ctime_ns=ns,
+        link_target=target,
+        path=path,
+    )
+
+
 FILES: dict[str, list[FileEntry]] = {
     "/": [
-        FileEntry("/data", "data", "dir", 4096, parse_time("2026-03-13T01:58:00Z"), 0o40755),
-        FileEntry("/docs", "docs", "dir", 4096, parse_time("2026-03-10T09:12:00Z"), 0o40755),
-        FileEntry("/etc", "etc", "dir", 4096, parse_time("2026-03-14T09:30:00Z"), 0o40755),
-        FileEntry(
+        _file("/data", "data", "dir", 4096, parse_time("2026-03-13T01:58:00Z"), 0o40755),
+        _file("/docs", "docs", "dir", 4096, parse_time("2026-03-10T09:12:00Z"), 0o40755),
+        _file("/etc", "etc", "dir", 4096, parse_time("2026-03-14T09:30:00Z"), 0o40755),
+        _file(
             "/lost+found", "lost+found", "dir", 16384, parse_time("2026-03-10T09:00:00Z"), 0o40700
         ),
-        FileEntry("/README", "README", "file", 412, parse_time("2026-03-10T09:00:00Z"), 0o100644),
+        _file("/README", "README", "file", 412, parse_time("2026-03-10T09:00:00Z"), 0o100644),
     ],
     "/etc": [
-        FileEntry(
+        _file(
             "/etc/app.conf", "app.conf", "file", 57, parse_time("2026-03-14T09:30:00Z"), 0o100644
         ),
-        FileEntry(
-            "/etc/cron.d", "cron.d", "dir", 4096, parse_time("2026-03-10T09:00:00Z"), 0o40755
-        ),
-        FileEntry(
+        _file("/etc/cron.d", "cron.d", "dir", 4096, parse_time("2026-03-10T09:00:00Z"), 0o40755),
+        _file(
             "/etc/current",
             "current",
             "symlink",
@@ -133,7 +168,7 @@ FILES: dict[str, list[FileEntry]] = {
             0o120777,
             "app.conf",
         ),
-        FileEntry(
+        _file(
             "/etc/tls.key", "tls.key", "file", 1704, parse_time("2026-03-10T09:00:00Z"), 0o100600
         ),
     ],
@@ -144,8 +179,26 @@ CONTENTS = {
 }
 
 
-def _job(id: str, kind: str, description: str, state: str, **fields: object) -> JobView:
-    return JobView(id=id, kind=kind, description=description, state=state, **fields)  # type: ignore[arg-type]
+PROGRESS = ("phase", "done", "total", "rate", "eta", "read", "stored", "deduplicated", "elapsed")
+
+
+def _job(id: str, kind: str, description: str, state: str, **fields: Any) -> JobView:
+    progress = Progress(**{name: fields.pop(name) for name in PROGRESS if name in fields})
+    volume = fields.pop("volume", None)
+    created = float(fields.pop("created"))
+    finished = state in ("succeeded", "failed", "cancelled")
+    return JobView(
+        id=id,
+        kind=kind,
+        description=description,
+        state=state,
+        progress=progress,
+        volume=VolumeRef.parse(volume) if volume else None,
+        created=created,
+        started=created,
+        ended=created + progress.elapsed if finished else None,
+        **fields,
+    )
 
 
 JOBS = [
@@ -210,38 +263,53 @@ JOBS = [
 ]
 
 
-class RecordedClient:
-    """Recorded data for snapshots: fixed ids, times and sizes; jobs never move."""
+def _not_in_a_snapshot() -> NoReturn:
+    raise AssertionError("not in a snapshot")
 
-    def repository(self) -> RepositorySummary:
-        return RepositorySummary("s3://backups/lamina", "3e1f", True, "zstd level 3")
+
+class RecordedClient:
+    """Recorded data for snapshots: fixed ids, times and sizes; jobs never move. It keeps
+    the whole service contract (LaminaService); what the screens only look at answers."""
+
+    repo_url = "s3://backups/lamina"
+
+    def info(self) -> RepositoryInfo:
+        return RepositoryInfo(
+            self.repo_url, "3e1f", 1, 4 * MIB, True, "zstd level 3", "2026-03-01T00:00:00Z"
+        )
 
     def capabilities(self) -> Capabilities:
         return Capabilities(browse=True, extract=True, mount=False, delete=True, protect=True)
 
-    def list_clusters(self) -> list[Cluster]:
+    def close(self) -> None:
+        pass
+
+    def list_clusters(self) -> list[ClusterSummary]:
         return [
-            Cluster("prod-eu", "kubernetes", True, "https://10.20.0.1:6443", "default"),
-            Cluster("staging", "kubernetes", False, "https://10.30.0.1:6443", None),
-            Cluster("local", "local", False, "demo/cluster", None),
+            ClusterSummary("prod-eu", "kubernetes", True, "https://10.20.0.1:6443", "default"),
+            ClusterSummary("staging", "kubernetes", False, "https://10.30.0.1:6443", None),
+            ClusterSummary("local", "local", False, "demo/cluster", None),
         ]
 
     def check_clusters(
-        self, names: Sequence[str] | None = None, timeout: float = 3.0
-    ) -> dict[str, ClusterCheck]:
+        self, names: Iterable[str] | None = None, *, timeout: float = 3.0
+    ) -> dict[str, Reachability]:
         return {
-            "prod-eu": ClusterCheck(True, "Kubernetes v1.31.2", 0.042),
-            "staging": ClusterCheck(
+            "prod-eu": Reachability(True, "Kubernetes v1.31.2", 0.042),
+            "staging": Reachability(
                 False, "cannot connect to https://10.30.0.1:6443: connection refused", 0.003
             ),
-            "local": ClusterCheck(True, "volumes under demo/cluster", 0.0),
+            "local": Reachability(True, "volumes under demo/cluster", 0.0),
         }
 
-    def list_volumes(self, cluster: str, namespace: str | None = None) -> list[Volume]:
-        def volume(ns: str, name: str, capacity: int, **backups: Any) -> Volume:
-            return Volume(
-                cluster, ns, name, "Block", capacity, "local-image", True, "Bound", True, **backups
-            )
+    def list_cluster_volumes(
+        self, cluster: str, namespace: str | None = None, *, with_backups: bool = False
+    ) -> list[ClusterVolume]:
+        def volume(ns: str, name: str, capacity: int, **backups: Any) -> ClusterVolume:
+            return ClusterVolume(
+                cluster, ns, name, "Block", capacity, "local-image", "lamina.local", True,
+                phase="Bound", **backups,
+            )  # fmt: skip
 
         return [
             volume(
@@ -284,58 +352,91 @@ class RecordedClient:
             ),
         ]
 
-    def list_points(self, volume: str | None = None) -> list[Point]:
-        return [p for p in POINTS if volume in (None, p.volume)]
+    def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
+        return [p for p in POINTS if volume in (None, str(p.volume))]
 
-    def chain(self, point_id: str) -> list[Point]:
+    def get_point(self, ref: str) -> PointInfo:
+        return next(p for p in POINTS if p.id.startswith(ref))
+
+    def chain(self, ref: str) -> list[PointInfo]:
         return POINTS[::-1]
 
-    def jobs(self) -> list[JobView]:
+    def list_volumes(self) -> list[VolumeInfo]:
+        _not_in_a_snapshot()
+
+    def job_views(self) -> list[JobView]:
         return list(JOBS)
 
-    def job(self, job_id: str) -> JobView:
+    def job_view(self, job_id: str) -> JobView:
         return next(j for j in JOBS if j.id == job_id)
 
     def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]:
-        listener(self.job(job_id))
+        listener(self.job_view(job_id))
         return lambda: None
 
-    def list_files(self, point_id: str, path: str) -> list[FileEntry]:
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
         return FILES.get(path, [])
 
-    def read_file(self, point_id: str, path: str, limit: int) -> bytes:
-        return CONTENTS.get(path, bytes(range(256)) * 8)[:limit]
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        return CONTENTS.get(path, bytes(range(256)) * 8)[offset : offset + length]
 
-    def mounts(self) -> dict[str, str]:
-        return {}
+    def list_mounts(self) -> list[MountInfo]:
+        return []
 
     # The snapshots only look: nothing here starts or changes anything.
-    def start_backup(self, cluster: str, namespace: str, name: str) -> str:
-        raise AssertionError("not in a snapshot")
+    def start_backup(self, source: str, volume: str | VolumeRef, **options: Any) -> Job:
+        _not_in_a_snapshot()
 
-    def start_verify(self, point_id: str, deep: bool = False) -> str:
-        raise AssertionError("not in a snapshot")
+    def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job:
+        _not_in_a_snapshot()
 
-    def start_restore(self, point_id: str, target: str, overwrite: bool = False) -> str:
-        raise AssertionError("not in a snapshot")
+    def start_restore(
+        self, point_ref: str, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+    ) -> Job:
+        _not_in_a_snapshot()
 
-    def start_extract(self, point_id: str, paths: Sequence[str], to_dir: str) -> str:
-        raise AssertionError("not in a snapshot")
+    def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
+        _not_in_a_snapshot()
 
-    def start_delete(self, point_id: str) -> str:
-        raise AssertionError("not in a snapshot")
+    def start_extract(
+        self, point_ref: str, paths: Sequence[str], to_dir: str, *, within: Sequence[str] = ()
+    ) -> Job:
+        _not_in_a_snapshot()
 
-    def set_protected(self, point_id: str, protected: bool) -> None:
-        raise AssertionError("not in a snapshot")
+    def start_delete(self, point_ref: str) -> Job:
+        _not_in_a_snapshot()
+
+    def start_forget(self, policy: Any, *, volume: str | None = None, dry_run: bool = False) -> Job:
+        _not_in_a_snapshot()
+
+    def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job:
+        _not_in_a_snapshot()
+
+    def start_consolidate(self, point_ref: str, until: str | None = None) -> Job:
+        _not_in_a_snapshot()
+
+    def protect(self, point_ref: str, note: str = "") -> PointInfo:
+        _not_in_a_snapshot()
+
+    def unprotect(self, point_ref: str) -> PointInfo:
+        _not_in_a_snapshot()
 
     def cancel_job(self, job_id: str) -> None:
-        raise AssertionError("not in a snapshot")
+        _not_in_a_snapshot()
 
-    def mount(self, point_id: str, mountpoint: str) -> str:
-        raise AssertionError("not in a snapshot")
+    def list_locks(self) -> list[LockInfo]:
+        _not_in_a_snapshot()
 
-    def unmount(self, point_id: str) -> None:
-        raise AssertionError("not in a snapshot")
+    def unlock(self, *, all_locks: bool = False) -> list[LockInfo]:
+        _not_in_a_snapshot()
+
+    def mount(
+        self, point_ref: str | None, mountpoint: str, *, cache_bytes: int = 512 * 1024 * 1024
+    ) -> MountInfo:
+        _not_in_a_snapshot()
+
+    def unmount(self, mountpoint: str) -> None:
+        _not_in_a_snapshot()
 
 
 def app() -> LaminaApp:
@@ -485,21 +586,19 @@ def test_narrow_terminal(snap_compare: Callable[..., bool], width: int) -> None:
 class HostileClient(RecordedClient):
     """The recorded data, with a volume whose names and contents attack the terminal."""
 
-    def list_files(self, point_id: str, path: str) -> list[FileEntry]:
+    def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
         when = parse_time("2026-03-10T09:00:00Z")
         names = [os.fsdecode(name) for name in HOSTILE_FILES]
         entries = [
-            FileEntry(
-                "/" + os.fsdecode(HOSTILE_DIR[0]), os.fsdecode(HOSTILE_DIR[0]), "dir", 0, when
-            ),
-            *(FileEntry("/" + n, n, "file", 13, when, 0o100644) for n in names),
-            FileEntry("/link", "link", "symlink", 12, when, 0o120777, os.fsdecode(HOSTILE_LINK[1])),
-            FileEntry("/colours.txt", "colours.txt", "file", len(COLOURS), when, 0o100644),
+            _file("/" + os.fsdecode(HOSTILE_DIR[0]), os.fsdecode(HOSTILE_DIR[0]), "dir", 0, when),
+            *(_file("/" + n, n, "file", 13, when, 0o100644) for n in names),
+            _file("/link", "link", "symlink", 12, when, 0o120777, os.fsdecode(HOSTILE_LINK[1])),
+            _file("/colours.txt", "colours.txt", "file", len(COLOURS), when, 0o100644),
         ]
         return entries if path == "/" else []
 
-    def read_file(self, point_id: str, path: str, limit: int) -> bytes:
-        return (COLOURS if path == "/colours.txt" else b"hostile name\n")[:limit]
+    def read_file(self, point_ref: str, path: str, *, offset: int = 0, length: int = 0) -> bytes:
+        return (COLOURS if path == "/colours.txt" else b"hostile name\n")[offset : offset + length]
 
 
 def test_files_with_hostile_names(snap_compare: Callable[..., bool]) -> None:

@@ -12,7 +12,8 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import DataTable, Input
 
-from ..client import JobView, LaminaClient, LaminaError
+from lamina.backend.service import JobView, LaminaError, LaminaService
+
 from ..messages import ActionFailed, JobsUpdated
 from ..widgets.bars import TopBar
 from ..widgets.footer import KeyFooter
@@ -50,8 +51,8 @@ class LaminaScreen(Screen[None]):
         return self.app  # type: ignore[return-value]
 
     @property
-    def client(self) -> LaminaClient:
-        return self.lamina.client
+    def service(self) -> LaminaService:
+        return self.lamina.service
 
     def now(self) -> float:
         return self.lamina.clock()
@@ -88,7 +89,7 @@ class LaminaScreen(Screen[None]):
         for view in reversed(list(self.lamina.job_views.values())):
             if view.finished:
                 continue
-            if (volume and view.volume == volume) or (point and view.point == point):
+            if (volume and view.volume_key == volume) or (point and view.point == point):
                 return view
         return None
 

@@ -16,10 +16,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from lamina.backend.display import tree_rows
+from lamina.backend.service import ClusterVolume, JobView, PointInfo
 from lamina.backend.units import plural
 
 from .. import formatting as fmt
-from ..client import JobView, Point, Volume
+from ..client import mount_point, mounted_points, start_restore, unmount_point
 from ..formatting import shown
 from ..messages import MountsChanged, PointsLoaded
 from ..widgets.table import LaminaTable
@@ -34,7 +35,7 @@ VERIFY_STYLES = {
 }
 
 
-def chain_rows(points: list[Point]) -> list[tuple[Point, str]]:
+def chain_rows(points: list[PointInfo]) -> list[tuple[PointInfo, str]]:
     """Points in tree order with their tree glyphs: each point one level under its parent.
 
     Newest chain first; under each point the points built on it, oldest first. A full
@@ -43,7 +44,7 @@ def chain_rows(points: list[Point]) -> list[tuple[Point, str]]:
     rows = tree_rows(
         points, key=lambda p: p.id, parent=lambda p: p.parent, order=lambda p: p.created
     )
-    out: list[tuple[Point, str]] = []
+    out: list[tuple[PointInfo, str]] = []
     for point, connector in rows:
         if point.kind == "full":
             marker = "●"
@@ -76,10 +77,10 @@ class ChainScreen(LaminaScreen):
 
     AUTO_FOCUS = "#points"
 
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: ClusterVolume) -> None:
         super().__init__()
         self.volume = volume
-        self.points: list[Point] = []
+        self.points: list[PointInfo] = []
         self.mounts: dict[str, str] = {}
         self.loaded = False
 
@@ -151,8 +152,8 @@ class ChainScreen(LaminaScreen):
     @work(thread=True, exclusive=True, group="points")
     def load(self) -> None:
         try:
-            points = self.client.list_points(self.volume.key)
-            mounts = self.client.mounts() if self.lamina.capabilities.mount else {}
+            points = self.service.list_points(self.volume.key)
+            mounts = mounted_points(self.service) if self.lamina.capabilities.mount else {}
         except Exception as e:
             self.post_message(PointsLoaded(self.volume.key, [], plain_error(e)))
             return
@@ -198,7 +199,7 @@ class ChainScreen(LaminaScreen):
             table.move_cursor(row=table.get_row_index(current.id))
         self.show_detail(self.current_point())
 
-    def current_point(self) -> Point | None:
+    def current_point(self) -> PointInfo | None:
         table = self.table
         if not table.row_count:
             return None
@@ -218,7 +219,7 @@ class ChainScreen(LaminaScreen):
         event.stop()
         self.action_browse()
 
-    def show_detail(self, point: Point | None) -> None:
+    def show_detail(self, point: PointInfo | None) -> None:
         info = self.query_one("#point-info", Static)
         manifest = self.query_one("#manifest", Static)
         if point is None:
@@ -268,7 +269,7 @@ class ChainScreen(LaminaScreen):
     def jobs_changed(self, views: list[JobView]) -> None:
         ids = {p.id for p in self.points}
         for view in views:
-            if view.kind == "backup" and view.volume == self.volume.key and view.finished:
+            if view.kind == "backup" and view.volume_key == self.volume.key and view.finished:
                 self.load()
                 return
             if view.kind in ("verify", "delete") and view.point in ids:
@@ -286,7 +287,7 @@ class ChainScreen(LaminaScreen):
     def action_cursor_up(self) -> None:
         self.table.action_cursor_up()
 
-    def _point_or_warn(self) -> Point | None:
+    def _point_or_warn(self) -> PointInfo | None:
         point = self.current_point()
         if point is None:
             self.notify("no point selected", severity="warning")
@@ -309,7 +310,7 @@ class ChainScreen(LaminaScreen):
             return
         self.lamina.start_job(
             f"verify {point.id}",
-            lambda: self.client.start_verify(point.id, deep),
+            lambda: self.service.start_verify(point.id, deep=deep).id,
         )
         self.table.update_cell(point.id, "verify", verify_cell("verifying"))
 
@@ -328,7 +329,9 @@ class ChainScreen(LaminaScreen):
         )
 
         def start(target: str, overwrite: bool) -> str:
-            return self.client.start_restore(point.id, self.lamina.resolve_path(target), overwrite)
+            return start_restore(
+                self.service, point.id, self.lamina.resolve_path(target), overwrite
+            )
 
         def started(job_id: str | None) -> None:
             if job_id:
@@ -381,21 +384,23 @@ class ChainScreen(LaminaScreen):
 
     @work(thread=True, group="mount")
     def mount_point(self, point_id: str, target: str) -> None:
-        where = self.call_safely(f"mount {point_id}", lambda: self.client.mount(point_id, target))
+        where = self.call_safely(
+            f"mount {point_id}", lambda: mount_point(self.service, point_id, target)
+        )
         if where is not None:
             self.app.call_from_thread(self.notify, f"point {point_id} mounted at {where}")
-        self.post_message(MountsChanged(self.client.mounts()))
+        self.post_message(MountsChanged(mounted_points(self.service)))
         self.load()
 
     @work(thread=True, group="mount")
     def unmount_point(self, point_id: str) -> None:
         def unmount() -> bool:
-            self.client.unmount(point_id)
+            unmount_point(self.service, point_id)
             return True
 
         if self.call_safely(f"unmount {point_id}", unmount):
             self.app.call_from_thread(self.notify, f"point {point_id} unmounted")
-        self.post_message(MountsChanged(self.client.mounts()))
+        self.post_message(MountsChanged(mounted_points(self.service)))
         self.load()
 
     def action_delete(self) -> None:
@@ -421,7 +426,7 @@ class ChainScreen(LaminaScreen):
         def delete(yes: bool | None) -> None:
             if yes:
                 self.lamina.start_job(
-                    f"delete {point.id}", lambda: self.client.start_delete(point.id)
+                    f"delete {point.id}", lambda: self.service.start_delete(point.id).id
                 )
 
         self.app.push_screen(
@@ -439,7 +444,10 @@ class ChainScreen(LaminaScreen):
     @work(thread=True, group="protect")
     def set_protected(self, point_id: str, protected: bool) -> None:
         def change() -> bool:
-            self.client.set_protected(point_id, protected)
+            if protected:
+                self.service.protect(point_id)
+            else:
+                self.service.unprotect(point_id)
             return True
 
         if self.call_safely(f"{'protect' if protected else 'unprotect'} {point_id}", change):
@@ -451,7 +459,8 @@ class ChainScreen(LaminaScreen):
             self.notify(f"{v.key} is not in the cluster any more", severity="warning")
             return
         self.lamina.start_job(
-            f"back up {v.key}", lambda: self.client.start_backup(v.cluster, v.namespace, v.name)
+            f"back up {v.key}",
+            lambda: self.service.start_volume_backup(v.cluster, v.namespace, v.name).id,
         )
 
     def action_cancel(self) -> None:

@@ -12,14 +12,14 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from lamina.backend.errors import UsageError
+from lamina.backend.service import ClusterSummary, Reachability
 
-from ..client import Cluster, ClusterCheck
 from ..formatting import shown
 from ..messages import ClustersChecked, ClustersLoaded
 from .base import Column, TableScreen, plain_error
 
 
-def _status(check: ClusterCheck | None) -> Text:
+def _status(check: Reachability | None) -> Text:
     if check is None:
         return Text("checking…", style="dim italic")
     if check.ok:
@@ -27,7 +27,7 @@ def _status(check: ClusterCheck | None) -> Text:
     return Text("● unreachable", style="bold red")
 
 
-class ClustersScreen(TableScreen[Cluster]):
+class ClustersScreen(TableScreen[ClusterSummary]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Volumes", id="clusters.open", key_display="enter", priority=True),
         Binding("ctrl+r", "refresh", "Check again", id="clusters.refresh"),
@@ -52,7 +52,7 @@ class ClustersScreen(TableScreen[Cluster]):
 
     def __init__(self) -> None:
         super().__init__()
-        self.checks: dict[str, ClusterCheck] = {}
+        self.checks: dict[str, Reachability] = {}
         self.loaded = False
 
     def crumbs(self) -> list[str]:
@@ -69,37 +69,37 @@ class ClustersScreen(TableScreen[Cluster]):
         self.table.loading = True
         self.load()
 
-    def item_key(self, item: Cluster) -> str:
+    def item_key(self, item: ClusterSummary) -> str:
         return item.name
 
-    def item_text(self, item: Cluster) -> str:
+    def item_text(self, item: ClusterSummary) -> str:
         return f"{item.name} {item.kind} {item.server or ''} {item.namespace or ''}"
 
     @work(thread=True, exclusive=True, group="clusters")
     def load(self) -> None:
-        clusters = self.call_safely("list clusters", self.client.list_clusters)
+        clusters = self.call_safely("list clusters", self.service.list_clusters)
         self.post_message(ClustersLoaded(clusters or []))
         if clusters:
             names = [c.name for c in clusters]
             checks = self.call_safely("check clusters", lambda: self.check_each(names))
             self.post_message(ClustersChecked(checks or {}))
 
-    def check_each(self, names: list[str]) -> dict[str, ClusterCheck]:
+    def check_each(self, names: list[str]) -> dict[str, Reachability]:
         """A check of every cluster listed. A name the backend refuses to check (a context
         name breaking its rules, say) is that cluster's failed check, in the backend's own
         line; it does not cost the other clusters their answer."""
         timeout = self.lamina.check_timeout
         try:
-            return self.client.check_clusters(names, timeout)
+            return self.service.check_clusters(names, timeout=timeout)
         except UsageError:
             if len(names) == 1:
                 raise
 
-        def one(name: str) -> dict[str, ClusterCheck]:
+        def one(name: str) -> dict[str, Reachability]:
             try:
-                return self.client.check_clusters([name], timeout)
+                return self.service.check_clusters([name], timeout=timeout)
             except UsageError as e:
-                return {name: ClusterCheck(False, plain_error(e), 0.0)}
+                return {name: Reachability(False, plain_error(e), 0.0)}
 
         # In parallel: each check may take up to the timeout.
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:

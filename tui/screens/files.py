@@ -15,10 +15,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from lamina.backend.service import FileEntry, PointInfo
 from lamina.backend.units import plural
 
 from .. import formatting as fmt
-from ..client import FileEntry, Point
+from ..client import start_extract
 from ..formatting import shown
 from ..messages import FilesLoaded, PreviewLoaded
 from ..widgets.filetree import GUIDE_WIDTH, FileTree, entry_label, header_label
@@ -56,7 +57,7 @@ class FilesScreen(FilteredScreen):
 
     AUTO_FOCUS = "#file-tree"
 
-    def __init__(self, point: Point) -> None:
+    def __init__(self, point: PointInfo) -> None:
         super().__init__()
         self.point = point
         self.marked: dict[str, FileEntry] = {}
@@ -66,13 +67,14 @@ class FilesScreen(FilteredScreen):
         self.root_loaded = False
 
     def crumbs(self) -> list[str]:
-        cluster, namespace, name = [*self.point.volume.split("/", 2), "", ""][:3]
+        volume = self.point.volume
+        cluster, namespace, name = volume.cluster, volume.namespace, volume.name
         return ["clusters", cluster, f"{namespace}/{name}", self.point.id, "files"]
 
     def compose(self) -> Iterable[Any]:
         yield self.compose_top()
         with Horizontal(id="files-body"):
-            root = FileEntry(path="/", name="/", kind="dir", size=0, mtime=0.0)
+            root = FileEntry.folder("/", "/")
             tree = FileTree(
                 shown(f"{self.point.volume} @ {self.point.id}"), data=root, id="file-tree"
             )
@@ -113,7 +115,7 @@ class FilesScreen(FilteredScreen):
     @work(thread=True, group="files")
     def list_folder(self, path: str) -> None:
         try:
-            entries = self.client.list_files(self.point.id, path)
+            entries = self.service.list_files(self.point.id, path)
         except Exception as e:
             self.post_message(FilesLoaded(self.point.id, path, [], plain_error(e)))
             return
@@ -233,7 +235,7 @@ class FilesScreen(FilteredScreen):
     @work(thread=True, exclusive=True, group="preview")
     def load_preview(self, entry: FileEntry) -> None:
         try:
-            data = self.client.read_file(self.point.id, entry.path, PREVIEW_BYTES)
+            data = self.service.read_file(self.point.id, entry.path, length=PREVIEW_BYTES)
         except Exception as e:
             self.post_message(PreviewLoaded(self.point.id, entry.path, None, plain_error(e)))
             return
@@ -262,8 +264,8 @@ class FilesScreen(FilteredScreen):
             facts.add_row("modified", fmt.mtime(entry.mtime) + " UTC")
         if entry.mode:
             facts.add_row("mode", f"{entry.mode & 0o7777:04o}")
-        if entry.target:
-            facts.add_row("target", shown(entry.target))
+        if entry.link_target:
+            facts.add_row("target", shown(entry.link_target))
         marks = f"{len(self.marked)} marked" if self.marked else "nothing marked"
         self.query_one("#file-info", Static).update(Group(facts, Text(marks, style="magenta")))
 
@@ -309,7 +311,7 @@ class FilesScreen(FilteredScreen):
             folder = self.lamina.resolve_path(target)
             self.lamina.start_job(
                 f"extract {what}",
-                lambda: self.client.start_extract(self.point.id, paths, folder),
+                lambda: start_extract(self.service, self.point.id, paths, folder),
             )
             self.action_clear_marks()
 

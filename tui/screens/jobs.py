@@ -11,8 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import DataTable, Log, Static
 
+from lamina.backend.service import JobView
+
 from .. import formatting as fmt
-from ..client import JobView
 from ..formatting import shown
 from ..widgets.jobs import JobCard, plain_log, progress_cell, rate_text, shown_rate, state_text
 from .base import Column, TableScreen
@@ -29,7 +30,7 @@ class JobsScreen(TableScreen[JobView]):
         Column(
             "what",
             "WHAT",
-            lambda j: shown(fmt.printable(j.volume or j.point or j.description)[:40]),
+            lambda j: shown(fmt.printable(j.volume_key or j.point or j.description)[:40]),
             lambda j: j.description,
         ),
         Column("state", "STATE", lambda j: state_text(j.state), lambda j: j.state),

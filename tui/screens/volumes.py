@@ -10,28 +10,29 @@ from textual import on, work
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
+from lamina.backend.service import ClusterVolume, JobView
+
 from .. import formatting as fmt
-from ..client import JobView, Volume
 from ..formatting import shown
 from ..messages import VolumesLoaded
 from ..widgets.jobs import PHASE_WIDTH
 from .base import Column, TableScreen
 
 
-def _cbt(v: Volume) -> Text:
+def _cbt(v: ClusterVolume) -> Text:
     if not v.in_cluster:
         return Text("-", style="dim")
     return Text("yes", style="green") if v.cbt else Text("no", style="yellow")
 
 
-def _name(v: Volume) -> Text:
+def _name(v: ClusterVolume) -> Text:
     name = shown(v.name, style="bold" if v.in_cluster else "dim")
     if v.phase != "Bound":
         name.append(f" ({fmt.printable(v.phase)})", style="dim italic" if v.in_cluster else "dim")
     return name
 
 
-class VolumesScreen(TableScreen[Volume]):
+class VolumesScreen(TableScreen[ClusterVolume]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open", "Chain", id="volumes.open", key_display="enter", priority=True),
         Binding("b", "backup", "Back up", id="volumes.backup"),
@@ -112,13 +113,13 @@ class VolumesScreen(TableScreen[Volume]):
         self.load()
         self.set_interval(self.lamina.age_interval, self.refresh_ages)
 
-    def item_key(self, item: Volume) -> str:
+    def item_key(self, item: ClusterVolume) -> str:
         return item.key
 
-    def item_text(self, item: Volume) -> str:
+    def item_text(self, item: ClusterVolume) -> str:
         return f"{item.namespace}/{item.name} {item.mode} {item.storage_class} {item.phase}"
 
-    def _last_backup(self, v: Volume) -> Text:
+    def _last_backup(self, v: ClusterVolume) -> Text:
         return Text(fmt.age(v.last_backup, self.now()), style="" if v.last_backup else "dim")
 
     def refresh_ages(self) -> None:
@@ -126,10 +127,10 @@ class VolumesScreen(TableScreen[Volume]):
         for item in self.visible_items():
             self.update_cell(item.key, "last", self._last_backup(item))
 
-    def _mark(self, v: Volume) -> Text:
+    def _mark(self, v: ClusterVolume) -> Text:
         return Text("✔", style="bold magenta") if v.key in self.marked else Text("")
 
-    def _job_cell(self, v: Volume) -> Text:
+    def _job_cell(self, v: ClusterVolume) -> Text:
         """The volume's running job: its whole phase and how far it is (the strip has more)."""
         view = self.running_job_for(volume=v.key)
         if view is None:
@@ -144,7 +145,7 @@ class VolumesScreen(TableScreen[Volume]):
     @work(thread=True, exclusive=True, group="volumes")
     def load(self) -> None:
         try:
-            volumes = self.client.list_volumes(self.cluster)
+            volumes = self.service.list_cluster_volumes(self.cluster, with_backups=True)
         except Exception as e:
             from .base import plain_error
 
@@ -173,11 +174,11 @@ class VolumesScreen(TableScreen[Volume]):
         self.show_items(message.volumes)
 
     def jobs_changed(self, views: list[JobView]) -> None:
-        mine = [v for v in views if v.volume and v.volume.startswith(self.cluster + "/")]
+        mine = [v for v in views if v.volume and v.volume.cluster == self.cluster]
         for view in mine:
-            if not any(i.key == view.volume for i in self.items):
+            if not any(i.key == view.volume_key for i in self.items):
                 continue
-            item = next(i for i in self.items if i.key == view.volume)
+            item = next(i for i in self.items if i.key == view.volume_key)
             self.update_cell(item.key, "job", self._job_cell(item))
         if any(v.finished and v.kind == "backup" for v in mine):
             self.load()
@@ -208,7 +209,7 @@ class VolumesScreen(TableScreen[Volume]):
         self.update_cell(volume.key, "mark", self._mark(volume))
         self.table.action_cursor_down()
 
-    def selected(self) -> list[Volume]:
+    def selected(self) -> list[ClusterVolume]:
         marked = [v for v in self.items if v.key in self.marked]
         if marked:
             return marked
@@ -223,7 +224,9 @@ class VolumesScreen(TableScreen[Volume]):
         for volume in volumes:
             self.lamina.start_job(
                 f"back up {volume.key}",
-                lambda v=volume: self.client.start_backup(v.cluster, v.namespace, v.name),
+                lambda v=volume: (
+                    self.service.start_volume_backup(v.cluster, v.namespace, v.name).id
+                ),
             )
         self.marked.clear()
         for volume in volumes:

@@ -11,8 +11,9 @@ from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from lamina.backend.service import FileEntry
+
 from .. import formatting as fmt
-from ..client import FileEntry
 
 NAME_WIDTH = 40
 GUIDE_WIDTH = 3  # the tree's indent per level
@@ -32,10 +33,10 @@ def entry_label(entry: FileEntry, depth: int, marked: bool) -> Text:
     label.append("✔ " if marked else "  ", style="bold magenta")
     # Names and link targets come from the volume: escaped, and never markup.
     name = fmt.printable(entry.name) + ("/" if entry.kind == "dir" else "")
-    style = {"dir": "bold blue", "symlink": "cyan", "other": "yellow"}.get(entry.kind, "")
+    style = {"file": "", "dir": "bold blue", "symlink": "cyan"}.get(entry.kind, "yellow")
     label.append(name, style=style)
-    if entry.kind == "symlink" and entry.target:
-        label.append(f" → {fmt.printable(entry.target)}", style="dim")
+    if entry.kind == "symlink" and entry.link_target:
+        label.append(f" → {fmt.printable(entry.link_target)}", style="dim")
     indent = GUIDE_WIDTH * depth + (EXPANDER_WIDTH if entry.kind == "dir" else 0)
     width = max(NAME_WIDTH - indent, len(label.plain) + 1)
     label.pad_right(width - len(label.plain))

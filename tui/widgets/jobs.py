@@ -7,8 +7,9 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from lamina.backend.service import JobView
+
 from .. import formatting as fmt
-from ..client import JobView
 from ..formatting import printable, shown
 
 STATE_COLORS = {
@@ -83,7 +84,7 @@ def job_line(view: JobView) -> Text:
     """'backup local/demo/app-data  backing up ████▌ 45.0%  120.0 MiB/s ETA 0:03  read … stored … dedup …'"""
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(f"{view.kind:<7}", style="bold")
-    target = printable(view.volume or view.point or view.description)
+    target = printable(view.volume_key or view.point or view.description)
     line.append(f"{target[:23]:<24}")
     phase = printable(view.phase or view.state)[:PHASE_WIDTH]
     line.append(f"{phase:<{PHASE_WIDTH + 1}}", style="italic")

@@ -1,5 +1,8 @@
 """Errors across the wire: LaminaError classes to gRPC status codes, and back again.
 
+Shared by both ends of the API: the server (backend/api/server.py) answers with
+``status_of``, ``RemoteService`` (remote.py) raises what ``error_from_rpc`` makes of it.
+
 The server answers every failure with a status code and one plain line; the class name of
 the LaminaError rides along in the trailing metadata, so the client raises the same class
 when it knows it (PointNotFound stays PointNotFound) and ApiError otherwise.
@@ -10,8 +13,8 @@ from __future__ import annotations
 import grpc
 
 from .. import errors as core_errors
+from ..engine.safewrite import PathNotAllowed, TargetError, TargetExists
 from ..errors import LaminaError
-from ..service import PathNotAllowed, TargetError, TargetExists
 
 __all__ = ["PathNotAllowed", "TargetError", "TargetExists"]
 

@@ -1,0 +1,167 @@
+"""restore --delta: a target that holds some version of the volume gets only what differs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lamina.backend.service import JobState, Service, init_repository
+from lamina.backend.service.copies import start_delta_restore
+from tests.support.volumes import make_volume, scribble, sha256_file
+
+KiB = 1024
+MiB = 1024 * KiB
+LAMINA = [sys.executable, "-m", "lamina.backend.cli.main"]
+
+
+def run(job: Any) -> Any:
+    job.wait()
+    assert job.state == JobState.SUCCEEDED, job.error
+    return job.result
+
+
+@pytest.fixture
+def two_points(tmp_path: Path) -> tuple[Service, Path, str, str]:
+    repo = str(tmp_path / "repo")
+    init_repository(repo, grid_size=256 * KiB)  # 64 KiB fingerprint blocks
+    service = Service(repo)
+    vol = make_volume(tmp_path / "vol.img", 16 * MiB, seed=6, extents=30)
+    old = run(service.start_backup(str(vol), "v")).id
+    changed = scribble(vol, 20, 8192, seed=3)
+    changed += scribble(vol, 4, 64 * KiB, seed=4, zero=True)  # zeros where data was
+    new = run(service.start_backup(str(vol), "v", changed_ranges=merged(changed))).id
+    return service, vol, old, new
+
+
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if out and offset <= out[-1][0] + out[-1][1]:
+            last = out.pop()
+            end = max(last[0] + last[1], offset + length)
+            out.append((last[0], end - last[0]))
+        else:
+            out.append((offset, length))
+    return out
+
+
+def test_delta_restore_writes_only_the_blocks_that_differ(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    service, vol, old, new = two_points
+    target = tmp_path / "target.img"
+    run(service.start_restore(old, str(target)))
+    result = run(start_delta_restore(service, new, str(target)))
+    assert sha256_file(target) == sha256_file(vol)
+    full = tmp_path / "full.img"
+    run(service.start_restore(new, str(full)))
+    assert sha256_file(full) == sha256_file(target)
+    # 24 changed ranges touch at most 2 blocks of 64 KiB each.
+    assert 0 < result["bytes_written"] <= 48 * 64 * KiB
+    assert result["bytes_downloaded"] < 4 * MiB
+    assert result["bytes_read_target"] > 0
+
+    # A damaged target is repaired the same way; a second run finds nothing to write.
+    scribble(target, 5, 4096, seed=9)
+    result = run(start_delta_restore(service, new, str(target)))
+    assert sha256_file(target) == sha256_file(vol)
+    assert 0 < result["bytes_written"] <= 10 * 64 * KiB
+    again = run(start_delta_restore(service, new, str(target)))
+    assert again["bytes_written"] == 0 and again["blocks_differing"] == 0
+
+
+def test_assume_from_skips_reading_the_target_and_checks_a_sample(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    service, vol, old, new = two_points
+    target = tmp_path / "target.img"
+    run(service.start_restore(old, str(target)))
+    out = subprocess.run(
+        [
+            *LAMINA,
+            "restore",
+            "--repo",
+            service.repo_url,
+            new,
+            str(target),
+            "--delta",
+            "--assume-from",
+            old,
+            "--json",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout)
+    assert sha256_file(target) == sha256_file(vol)
+    assert result["bytes_read_target"] <= 32 * 64 * KiB
+    assert 0 < result["bytes_written"] <= 48 * 64 * KiB
+
+
+def test_assume_from_refuses_a_target_that_holds_something_else(tmp_path: Path) -> None:
+    repo = str(tmp_path / "repo")
+    init_repository(repo, grid_size=256 * KiB)
+    service = Service(repo)
+    vol = tmp_path / "vol.img"
+    vol.write_bytes(os.urandom(4 * MiB))  # every block data: every sample tells
+    old = run(service.start_backup(str(vol), "v")).id
+    changed = scribble(vol, 3, 8192, seed=2)
+    new = run(service.start_backup(str(vol), "v", changed_ranges=changed)).id
+    target = tmp_path / "target.img"
+    target.write_bytes(os.urandom(4 * MiB))
+    before = sha256_file(target)
+    out = subprocess.run(
+        [*LAMINA, "restore", "--repo", repo, new, str(target), "--delta", "--assume-from", old],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1 and "does not hold point" in out.stderr
+    assert sha256_file(target) == before
+
+
+def test_a_small_missing_or_attached_target_is_refused_untouched(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    service, vol, _old, new = two_points
+    small = tmp_path / "small.img"
+    small.write_bytes(b"x" * MiB)
+    cases = {
+        str(small): "less than the volume",
+        str(tmp_path / "missing.img"): "does not exist",
+    }
+    link = tmp_path / "link.img"
+    link.symlink_to(vol)  # never followed: the restore writes the file it checked
+    cases[str(link)] = "cannot open"
+    attached = tmp_path / "attached.img"
+    shutil.copyfile(vol, attached)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(attached)], capture_output=True, text=True
+    )
+    if loop.returncode == 0:
+        cases[str(attached)] = "attached to"
+    try:
+        for target, said in cases.items():
+            before = sha256_file(target) if os.path.exists(target) else None
+            out = subprocess.run(
+                [*LAMINA, "restore", "--repo", service.repo_url, new, target, "--delta"],
+                capture_output=True,
+                text=True,
+            )
+            assert out.returncode != 0, target
+            assert out.stderr.count("\n") == 1 and said in out.stderr, out.stderr
+            after = sha256_file(target) if os.path.exists(target) else None
+            assert after == before
+    finally:
+        if loop.returncode == 0:
+            subprocess.run(["losetup", "-d", loop.stdout.strip()], check=True)
+    assert loop.returncode == 0, f"no loop device to check the attached case: {loop.stderr}"
