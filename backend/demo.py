@@ -13,11 +13,12 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from .errors import LaminaError
-from .service import PointInfo, Service, init_repository
+from .service import Controller, PointInfo, Schedules, Service, init_repository, policy_from_options
 from .units import format_size
 
 NAMESPACE = "demo"
@@ -168,6 +169,8 @@ def run_demo(directory: str) -> int:
         print(f"{step}. {what} (debugfs -w, no mount)")
         backup()
 
+    _scheduled_backup(work, repo_url, cluster_root, volume_image, step + 1, points)
+
     newest = points[-1][0]
     print(f"\nchain of {newest.id} (newest first):")
     for depth, p in enumerate(service.chain(newest.id)):
@@ -208,6 +211,59 @@ def run_demo(directory: str) -> int:
         "      lamina tui          (from this folder: it finds the demo's repository and cluster)"
     )
     return 0 if ok else 1
+
+
+def _scheduled_backup(
+    work: Path,
+    repo_url: str,
+    cluster_root: Path,
+    volume_image: Path,
+    step: int,
+    points: list[tuple[PointInfo, str]],
+) -> None:
+    """A one-second schedule, run by the controller (here in a thread), backs up the volume."""
+    catalog = f"sqlite:///{work / 'catalog.sqlite'}"
+    _debugfs_write(volume_image, {"/etc/motd": b"backed up by a schedule\n"}, work)
+    expected = _sha256(volume_image)
+    schedules = Schedules(catalog)
+    schedules.add(
+        "every-second",
+        repository=repo_url,
+        every="1s",
+        volume=f"{NAMESPACE}/{VOLUME}",
+        source=str(volume_image),
+        local_root=str(cluster_root),
+        policy=policy_from_options(last=10),
+    )
+    print(f"{step}. wrote /etc/motd; schedule 'every-second': every 1s, keep the last 10 points")
+    controller = Controller(catalog, poll=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.serve, args=(stop,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    paused = False
+    try:
+        while (fired := schedules.get("every-second")).last_state in (None, "running"):
+            if fired.last_state == "running" and not paused:
+                schedules.pause("every-second")  # one run is enough for the demo
+                paused = True
+            if time.monotonic() > deadline:
+                raise LaminaError("the schedule did not fire within 2 minutes")
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+        controller.close()
+    if fired.last_state != "succeeded":
+        raise LaminaError(f"the scheduled backup failed: {fired.last_error}")
+    service = Service(repo_url, local_root=str(cluster_root), catalog="none")
+    point = service.list_points()[-1]
+    service.close()
+    print(
+        f"   lamina controller --local fired it: point {point.id}, then forget by the "
+        f"retention ({len(fired.last_jobs)} jobs, origin controller, in the catalog)"
+    )
+    points.append((point, expected))
 
 
 def _patched_table() -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -63,4 +64,31 @@ job_events = Table(
     Column("at", Float, nullable=False),
     Column("state", String(16), nullable=False),
     Column("message", Text, nullable=False, default=""),
+)
+
+# Revision 0003: schedules (docs/schedules.md).
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("name", String(253), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "backup" or "prune"
+    Column("repository", Text, nullable=False),
+    Column("password_file", Text, nullable=True),
+    Column("local_root", Text, nullable=True),
+    Column("volume", Text, nullable=True),  # NAMESPACE/NAME in the local cluster
+    Column("source", Text, nullable=True),  # the image file or block device
+    Column("every_seconds", Float, nullable=True),
+    Column("cron", Text, nullable=True),
+    Column("retention", Text, nullable=False, default="{}"),  # JSON: the --keep-* options
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("run_once", Boolean, nullable=False, default=False),  # run-now of a paused one
+    Column("created_at", Float, nullable=False),
+    # The slot to run next; a controller claims it by moving it on (UPDATE ... WHERE
+    # next_run = the value it read), so one slot runs once however many controllers race.
+    Column("next_run", Float, nullable=False),
+    Column("last_run", Float, nullable=True),
+    Column("last_state", String(16), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_jobs", Text, nullable=True),  # space-separated job ids of the last run
+    Column("claimed_by", Text, nullable=True),  # host:pid of the controller of the last run
 )

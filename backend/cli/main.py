@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "lamina.backend.cli.commands_copy",
     "lamina.backend.cli.commands_tui",
     "lamina.backend.cli.commands_history",
+    "lamina.backend.cli.commands_schedule",
     # Last: it adds --server to parsers registered above.
     "lamina.backend.cli.commands_api",
 ]

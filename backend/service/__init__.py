@@ -37,6 +37,7 @@ from .cbt import (
 )
 from .clusters import check_clusters, list_clusters
 from .contract import LaminaService
+from .controller import Controller
 from .demo import run_demo
 from .history import (
     JOB_KINDS,
@@ -90,6 +91,7 @@ from .mounts import (
     start_mount_process,
     unmount,
 )
+from .schedules import ScheduleInfo, Schedules, format_every, policy_from_options
 from .service import (
     Service,
     check_backup_options,
@@ -146,6 +148,7 @@ __all__ = [
     "CatalogError",
     "ClusterSummary",
     "ClusterVolume",
+    "Controller",
     "EntryWriter",
     "ExtractReport",
     "FileEntry",
@@ -181,6 +184,8 @@ __all__ = [
     "RequestCounts",
     "RestoreReport",
     "Savings",
+    "ScheduleInfo",
+    "Schedules",
     "Service",
     "Skipped",
     "TargetError",
@@ -199,6 +204,7 @@ __all__ = [
     "find_mount",
     "forget_savings",
     "format_cost",
+    "format_every",
     "fusermount",
     "init_repository",
     "list_clusters",
@@ -210,6 +216,7 @@ __all__ = [
     "open_folder",
     "parse_keep_within",
     "parse_volume",
+    "policy_from_options",
     "prune_savings",
     "ranges_from_json_file",
     "read_history",

@@ -216,11 +216,22 @@ def test_sigterm_cancels_a_backup_cleanly(tmp_path: Path) -> None:
 def test_demo_runs_a_verified_chain(tmp_path: Path) -> None:
     result = lamina("demo", "--dir", str(tmp_path / "demo"))
     assert "demo passed" in result.stdout
-    assert result.stdout.count(": byte-identical") == 4
+    assert result.stdout.count(": byte-identical") == 5
+    assert "lamina controller --local fired it: point" in result.stdout
     points = json.loads(
         lamina("points", "--repo", str(tmp_path / "demo" / "repo"), "--json").stdout
     )
-    assert [p["kind"] for p in points] == ["full", "incremental", "incremental", "incremental"]
+    assert [p["kind"] for p in points] == ["full"] + ["incremental"] * 4
+    # The last point is the schedule's: a backup job the controller recorded in the catalog.
+    history = json.loads(
+        lamina("history", "--catalog", str(tmp_path / "demo" / "catalog.sqlite"), "--json").stdout
+    )
+    assert any(
+        j["kind"] == "backup"
+        and j["point"] == points[-1]["id"]
+        and j["started_by"]["origin"] == "controller"
+        for j in history
+    )
     assert all(p["snapshot_handle"] for p in points)
     assert points[1]["stats"]["bytes_read"] < 64 * 1024  # the config file change: a few blocks
     assert all(p["parent"] == q["id"] for p, q in zip(points[1:], points, strict=False))
