@@ -220,6 +220,11 @@ class SeaweedFS:
             "-s3.autoCreateBucket=false",
             # Its default is one second of waiting on every stop.
             "-volume.preStopSeconds=0",
+            # Every bucket is a collection with volumes of its own, and `mini` sizes its volume
+            # budget from free disk space: about 54 written buckets here, fewer than the suite
+            # makes. Volume files are sparse, so small volumes and a high count cost no disk.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=4000",
             # Keep the unix sockets in our folder instead of /tmp.
             f"-s3.localSocket={self.workdir / 's3.sock'}",
             f"-filer.localSocket={self.workdir / 'filer.sock'}",
