@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: e2fsprogs (mkfs.ext4, debugfs) for demo and tests; fuse and libfuse2 for
 # `lamina mount` (never fuse3: it conflicts with fuse); postgresql for the catalog tests (their
-# fixture starts a throwaway cluster with its initdb and pg_ctl).
-SYSTEM_PACKAGES := e2fsprogs xfsprogs fuse libfuse2 postgresql
+# fixture starts a throwaway cluster with its initdb and pg_ctl); etcd-server, openssl and curl
+# for the loopback Kubernetes control plane of the controller tests.
+SYSTEM_PACKAGES := e2fsprogs xfsprogs fuse libfuse2 postgresql etcd-server openssl curl
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 

@@ -15,6 +15,10 @@ The job-history catalog (docs/catalog.md):
 - ``postgres_server``: a throwaway PostgreSQL cluster for the run (tests/support/postgres.py);
 - ``catalog_url``: a new, empty catalog, once on SQLite and once on PostgreSQL.
 
+Kubernetes: ``real_kube`` is a real kube-apiserver, kube-controller-manager and etcd on
+loopback for the run (tests/support/kube_cluster.py), and ``kube_namespace`` a fresh namespace
+in it for one test. The strict fake server (tests/support/fake_kube.py) stays for fast tests.
+
 The local cache of S3 repositories (backend/engine/cache.py) lives in a folder of this run
 (``LAMINA_CACHE_DIR``, inherited by the CLI processes tests start), never in the user's.
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.kube_cluster import RealKube, find_scripts, real_kube
 from tests.support.postgres import PostgresServer, find_binaries, postgres_server
 from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
 
@@ -101,3 +106,18 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/catalog.sqlite"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture(scope="session")
+def real_kube_cluster() -> Iterator[RealKube]:
+    if find_scripts() is None:
+        pytest.skip("the loopback Kubernetes scripts are not found ($LAMINA_KUBE_SCRIPTS)")
+    with real_kube() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kube_namespace(real_kube_cluster: RealKube) -> Iterator[str]:
+    name = real_kube_cluster.new_namespace()
+    yield name
+    real_kube_cluster.delete_namespace(name)
