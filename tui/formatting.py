@@ -67,6 +67,20 @@ def age(iso: str | None, now: float) -> str:
     return f"{int(seconds)}s ago"
 
 
+def relative(seconds: float, now: float) -> str:
+    """A moment from now, to the second when near: 'in 5s', 'in 3m', '2h ago', 'now'."""
+    delta = seconds - now
+    span = abs(delta)
+    if span < 1:
+        return "now"
+    text = f"{int(span)}s"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if span >= length:
+            text = f"{int(span // length)}{unit}"
+            break
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
 def timestamp(iso: str) -> str:
     """'2026-01-02T03:04:05.123Z' -> '2026-01-02 03:04:05 UTC'."""
     try:

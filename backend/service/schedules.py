@@ -9,6 +9,7 @@ slot is the first one after now.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -183,6 +184,22 @@ class ScheduleInfo:
             "last_error": self.last_error,
             "last_jobs": self.last_jobs,
         }
+
+
+#: Cron slots looked at for the longest time between two of them.
+_CRON_GAPS = 10
+
+
+def allowed_age(info: ScheduleInfo) -> float:
+    """How old the newest good backup of a schedule's volume may get before it is late:
+    two intervals, or twice the longest time between its next cron slots."""
+    if info.cron:
+        times = croniter(info.cron, datetime.fromtimestamp(info.next_run, UTC))
+        slots = [info.next_run] + [float(times.get_next(float)) for _ in range(_CRON_GAPS)]
+        gap = max(b - a for a, b in itertools.pairwise(slots))
+    else:
+        gap = float(info.every_seconds or MIN_EVERY)
+    return 2 * gap
 
 
 def format_every(seconds: float) -> str:
