@@ -2055,6 +2055,7 @@ class Schedule(_message.Message):
     LAST_STATE_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     LAST_JOBS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: _builtins.str
     """"backup" (of a local-cluster volume, then forget) or "prune" """
@@ -2089,6 +2090,8 @@ class Schedule(_message.Message):
     def last_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ids of the last run's jobs (the history has them)"""
 
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -2109,10 +2112,11 @@ class Schedule(_message.Message):
         last_state: _builtins.str | None = ...,
         last_error: _builtins.str | None = ...,
         last_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "cron", b"cron", "every_seconds", b"every_seconds", "last_error", b"last_error", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "next_run", b"next_run", "password_file", b"password_file", "source", b"source", "volume", b"volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "created", b"created", "cron", b"cron", "every_seconds", b"every_seconds", "last_error", b"last_error", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "next_run", b"next_run", "password_file", b"password_file", "source", b"source", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "cron", b"cron", "every_seconds", b"every_seconds", "kind", b"kind", "last_error", b"last_error", "last_jobs", b"last_jobs", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "name", b"name", "next_run", b"next_run", "password_file", b"password_file", "paused", b"paused", "repository", b"repository", "retention_json", b"retention_json", "run_now_pending", b"run_now_pending", "source", b"source", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "created", b"created", "cron", b"cron", "every_seconds", b"every_seconds", "kind", b"kind", "last_error", b"last_error", "last_jobs", b"last_jobs", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "name", b"name", "next_run", b"next_run", "password_file", b"password_file", "paused", b"paused", "repository", b"repository", "retention_json", b"retention_json", "run_now_pending", b"run_now_pending", "source", b"source", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cron: _TypeAlias = _typing.Literal["cron"]  # noqa: Y015
     _WhichOneofArgType__cron: _TypeAlias = _typing.Literal["_cron", b"_cron"]  # noqa: Y015
@@ -2179,6 +2183,7 @@ class LastGoodBackup(_message.Message):
     ENDED_FIELD_NUMBER: _builtins.int
     ALLOWED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_SINCE_FIELD_NUMBER: _builtins.int
     volume: _builtins.str
     allowed_age_seconds: _builtins.float
     schedule: _builtins.str
@@ -2187,6 +2192,12 @@ class LastGoodBackup(_message.Message):
     def ended(self) -> _timestamp_pb2.Timestamp:
         """absent: no successful backup in the history"""
 
+    @_builtins.property
+    def scheduled_since(self) -> _timestamp_pb2.Timestamp:
+        """When that schedule was made: a volume it never backed up is late once the allowed age
+        has passed since then.
+        """
+
     def __init__(
         self,
         *,
@@ -2194,10 +2205,11 @@ class LastGoodBackup(_message.Message):
         ended: _timestamp_pb2.Timestamp | None = ...,
         allowed_age_seconds: _builtins.float = ...,
         schedule: _builtins.str | None = ...,
+        scheduled_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "ended", b"ended", "schedule", b"schedule"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "ended", b"ended", "schedule", b"schedule", "scheduled_since", b"scheduled_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "allowed_age_seconds", b"allowed_age_seconds", "ended", b"ended", "schedule", b"schedule", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "allowed_age_seconds", b"allowed_age_seconds", "ended", b"ended", "schedule", b"schedule", "scheduled_since", b"scheduled_since", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__schedule: _TypeAlias = _typing.Literal["schedule"]  # noqa: Y015
     _WhichOneofArgType__schedule: _TypeAlias = _typing.Literal["_schedule", b"_schedule"]  # noqa: Y015

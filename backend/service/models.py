@@ -431,9 +431,13 @@ class LastGoodBackup:
     ended_at: float | None  # None: the history holds no successful backup of it
     allowed_age: float = LAST_GOOD_DEFAULT_AGE  # seconds
     schedule: str | None = None  # the active schedule that sets allowed_age, if any
+    scheduled_since: float | None = None  # when that schedule was made
 
     def overdue(self, now: float) -> bool:
-        """Older than allowed; a scheduled volume with no good backup at all is overdue too."""
-        if self.ended_at is None:
-            return self.schedule is not None
-        return now - self.ended_at > self.allowed_age
+        """Older than allowed. A volume never backed up is late only when a schedule should
+        have backed it up by now; without a schedule nothing was expected."""
+        if self.ended_at is not None:
+            return now - self.ended_at > self.allowed_age
+        if self.scheduled_since is None:
+            return False
+        return now - self.scheduled_since > self.allowed_age

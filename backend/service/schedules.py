@@ -126,6 +126,7 @@ class ScheduleInfo:
     last_state: str | None = None
     last_error: str | None = None
     last_jobs: list[str] = field(default_factory=list)
+    created_at: float = 0.0
 
     @property
     def state(self) -> str:
@@ -162,6 +163,7 @@ class ScheduleInfo:
             last_state=row.last_state,
             last_error=row.last_error,
             last_jobs=(row.last_jobs or "").split(),
+            created_at=float(row.created_at),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -183,6 +185,7 @@ class ScheduleInfo:
             "last_state": self.last_state,
             "last_error": self.last_error,
             "last_jobs": self.last_jobs,
+            "created": _iso(self.created_at),
         }
 
 

@@ -863,7 +863,8 @@ class Service:
             ended = opened.last_successes(forms, wanted)
         finally:
             opened.close()
-        limits: dict[str, tuple[float, str]] = {}
+        limits: dict[str, ScheduleInfo] = {}
+        ages: dict[str, float] = {}
         for s in self.list_schedules():
             if s.kind != BACKUP or s.paused or not s.volume:
                 continue
@@ -871,15 +872,23 @@ class Service:
                 continue
             key = f"{LOCAL}/{s.volume}"
             age = allowed_age(s)
-            if key not in limits or age < limits[key][0]:
-                limits[key] = (age, s.name)
+            if key not in limits or age < ages[key]:
+                limits[key], ages[key] = s, age
         found = []
         for volume in wanted:
-            if volume in limits:
-                age, schedule = limits[volume]
-                found.append(LastGoodBackup(volume, ended.get(volume), age, schedule))
-            else:
+            schedule = limits.get(volume)
+            if schedule is None:
                 found.append(LastGoodBackup(volume, ended.get(volume)))
+                continue
+            found.append(
+                LastGoodBackup(
+                    volume,
+                    ended.get(volume),
+                    ages[volume],
+                    schedule.name,
+                    scheduled_since=schedule.created_at,
+                )
+            )
         return found
 
     def job(self, job_id: str) -> Job:

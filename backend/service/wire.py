@@ -482,6 +482,7 @@ def schedule_message(info: ScheduleInfo) -> pb.Schedule:
         retention_json=json.dumps(info.retention, sort_keys=True),
         next_run=timestamp(info.next_run),
         last_run=timestamp(info.last_run) if info.last_run is not None else None,
+        created=timestamp(info.created_at),
     )
 
 
@@ -496,6 +497,7 @@ def schedule_info(message: pb.Schedule) -> ScheduleInfo:
         retention=retention if isinstance(retention, dict) else {},
         next_run=seconds_of(message.next_run),
         last_run=seconds_of(message.last_run) if message.HasField("last_run") else None,
+        created_at=seconds_of(message.created),
     )
 
 
@@ -505,6 +507,9 @@ def last_good_message(backup: LastGoodBackup) -> pb.LastGoodBackup:
         pb.LastGoodBackup,
         ended=timestamp(backup.ended_at) if backup.ended_at is not None else None,
         allowed_age_seconds=backup.allowed_age,
+        scheduled_since=(
+            timestamp(backup.scheduled_since) if backup.scheduled_since is not None else None
+        ),
     )
 
 
@@ -514,6 +519,9 @@ def last_good(message: pb.LastGoodBackup) -> LastGoodBackup:
         LastGoodBackup,
         ended_at=seconds_of(message.ended) if message.HasField("ended") else None,
         allowed_age=message.allowed_age_seconds,
+        scheduled_since=(
+            seconds_of(message.scheduled_since) if message.HasField("scheduled_since") else None
+        ),
     )
 
 
