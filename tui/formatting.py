@@ -54,9 +54,14 @@ def age(iso: str | None, now: float) -> str:
     if not iso:
         return "never"
     try:
-        seconds = now - parse_time(iso)
+        return ago(parse_time(iso), now)
     except ValueError:
         return iso
+
+
+def ago(moment: float, now: float) -> str:
+    """``age`` of a moment in seconds since the epoch."""
+    seconds = now - moment
     if seconds < 0:
         return "in the future"
     if seconds < 45:

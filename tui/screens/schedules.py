@@ -19,6 +19,9 @@ from ..formatting import shown
 from ..widgets.jobs import state_text
 from .base import Column, TableScreen
 
+#: Seconds between two readings of the schedules while the screen is open.
+RELOAD_EVERY = 2.0
+
 
 class SchedulesLoaded(Message):
     def __init__(self, schedules: list[ScheduleInfo] | None) -> None:
@@ -113,7 +116,10 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
         self.query_one("#empty").display = False
         self.table.loading = True
         self.load()
-        self.set_interval(self.lamina.age_interval, self.refresh_ages)
+        # Schedules run every few seconds in demos and tests: ages to the second, and the
+        # catalog read again often enough that a controller's runs show up at once.
+        self.set_interval(min(self.lamina.age_interval, 1.0), self.refresh_ages)
+        self.set_interval(RELOAD_EVERY, self.load)
 
     def item_key(self, item: ScheduleInfo) -> str:
         return item.name
@@ -137,12 +143,10 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
         return Text(fmt.relative(s.last_run, self.now()))
 
     def refresh_ages(self) -> None:
-        """Ages move while the screen is open ('in 5m' becomes 'in 4m'), and a controller
-        runs schedules meanwhile: redraw the ages now, then read the schedules again."""
+        """Ages move while the screen is open: 'in 5s' becomes 'in 4s'."""
         for item in self.visible_items():
             self.update_cell(item.name, "next", self._next_run(item))
             self.update_cell(item.name, "last", self._last_run(item))
-        self.load()
 
     # ------------------------------------------------------------------ loading
 
@@ -159,6 +163,8 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
         if message.schedules is None:
             empty.update(Text("The schedules could not be read.", style="red"))
         empty.display = not message.schedules
+        if message.schedules is not None and message.schedules == self.items:
+            return  # nothing changed: no redraw under the cursor
         self.show_items(message.schedules or [])
 
     def action_refresh(self) -> None:

@@ -145,7 +145,7 @@ class VolumesScreen(TableScreen[ClusterVolume]):
         late = found.overdue(now)
         if found.ended_at is None:
             return Text("never", style="bold red" if late else "dim")
-        return Text(fmt.relative(found.ended_at, now), style="bold red" if late else "green")
+        return Text(fmt.ago(found.ended_at, now), style="bold red" if late else "green")
 
     def refresh_ages(self) -> None:
         """Ages grow while the screen is open: '3m ago' becomes '4m ago'."""
