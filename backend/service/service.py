@@ -226,10 +226,14 @@ MAX_VOLUMES_ASKED = 10_000
 
 
 def _repository_forms(url: str) -> list[str]:
-    """The spellings a repository is recorded under: as given, and a plain path made absolute."""
+    """The spellings a local repository is recorded under: as given, as an absolute path
+    and as a file:// URL."""
     forms = [url]
-    if "://" not in url and url:
-        forms.append(os.path.abspath(url))
+    if url.startswith("file://"):
+        forms.append(url.removeprefix("file://"))
+    elif "://" not in url and url:
+        path = os.path.abspath(url)
+        forms += [path, f"file://{path}"]
     return list(dict.fromkeys(forms))
 
 

@@ -184,6 +184,8 @@ def test_last_good_backups_come_from_one_query_with_the_schedules_allowance(lab:
             ("a5", "local/prod/db", NOW - 40, {"repository": "/elsewhere"}),
             ("b1", "local/prod/idle", NOW - 30 * HOUR, {"repository": lab.repo}),
             ("c1", "prod-eu/web/data", NOW - 2 * HOUR, {"repository": lab.repo}),
+            # The same repository spelled as a file:// URL counts.
+            ("d1", "local/prod/url", NOW - 3 * HOUR, {"repository": f"file://{lab.repo}"}),
         ):
             _record_backup(catalog, job_id, volume, ended, **extra)
         # a1 has no repository: it counts for none.
@@ -218,6 +220,8 @@ def test_last_good_backups_come_from_one_query_with_the_schedules_allowance(lab:
         # Never backed up and not scheduled: nothing to be late for.
         assert new.ended_at is None and not new.overdue(NOW)
         assert service.last_good_backups([]) == []
+        (url,) = service.last_good_backups(["local/prod/url"])
+        assert url.ended_at == NOW - 3 * HOUR
         cache, fresh = service.last_good_backups(["local/prod/cache", "local/prod/fresh"])
         assert cache.ended_at is None and cache.scheduled_since == NOW - 3 * HOUR
         assert cache.overdue(NOW)

@@ -177,11 +177,14 @@ class VolumesScreen(TableScreen[ClusterVolume]):
 
             self.post_message(VolumesLoaded(self.cluster, [], plain_error(e)))
             return
-        # One call for every volume shown: the history's newest good backup of each.
-        last_good = self.call_safely(
-            "read the last good backups",
-            lambda: {b.volume: b for b in self.service.last_good_backups([v.key for v in volumes])},
-        )
+        # One call for every volume shown: the history's newest good backup of each. A
+        # catalog that is off or down leaves the column at '?', without a notice each load.
+        last_good: dict[str, LastGoodBackup] | None
+        try:
+            found = self.service.last_good_backups([v.key for v in volumes])
+            last_good = {b.volume: b for b in found}
+        except Exception:
+            last_good = None
         self.post_message(VolumesLoaded(self.cluster, volumes, last_good=last_good))
 
     @on(VolumesLoaded)
