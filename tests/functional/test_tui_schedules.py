@@ -145,26 +145,27 @@ async def test_schedules_screen_lists_filters_and_pauses_resumes_runs_now(lab: L
         assert _rows(screen) == ["fresh-hourly", "late-hourly", "weekly-prune"]
 
         screen.table.move_cursor(row=_rows(screen).index("late-hourly"))
+        # Each change is drawn from what the service answered once it was stored.
         await pilot.press("p")
-        await wait_for(pilot, lambda: stored.get("late-hourly").paused, "the pause")
         await wait_for(
             pilot, lambda: _cells(screen, "late-hourly")["state"] == "paused", "paused shown"
         )
+        assert stored.get("late-hourly").paused
         assert _cells(screen, "late-hourly")["next"] == "paused"
         await pilot.press("n")
-        await wait_for(pilot, lambda: stored.get("late-hourly").run_now_pending, "the run-now")
         await wait_for(
             pilot,
             lambda: _cells(screen, "late-hourly")["state"] == "paused +run now",
             "run-now shown",
         )
+        assert stored.get("late-hourly").run_now_pending
         await pilot.press("r")
-        await wait_for(pilot, lambda: not stored.get("late-hourly").paused, "the resume")
         await wait_for(
             pilot,
             lambda: _cells(screen, "late-hourly")["state"] == "active +run now",
             "resumed shown",
         )
+        assert not stored.get("late-hourly").paused
         assert not stored.get("fresh-hourly").paused  # only the selected one changed
 
         await pilot.press("question_mark")

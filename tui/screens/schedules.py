@@ -24,9 +24,10 @@ RELOAD_EVERY = 2.0
 
 
 class SchedulesLoaded(Message):
-    def __init__(self, schedules: list[ScheduleInfo] | None) -> None:
+    def __init__(self, schedules: list[ScheduleInfo] | None, generation: int) -> None:
         super().__init__()
         self.schedules = schedules  # None: they could not be read
+        self.generation = generation  # the screen's change count when the reading began
 
 
 class ScheduleChanged(Message):
@@ -70,6 +71,8 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
     def __init__(self) -> None:
         super().__init__()
         self.sort_column = "name"
+        # Changes drawn so far: a reading begun before the last one may be older than it.
+        self.generation = 0
         self._column_list = self._columns()
 
     def columns(self) -> list[Column[Any]]:
@@ -152,11 +155,14 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
 
     @work(thread=True, exclusive=True, group="schedules")
     def load(self) -> None:
+        generation = self.generation
         found = self.call_safely("list the schedules", self.service.list_schedules)
-        self.post_message(SchedulesLoaded(found))
+        self.post_message(SchedulesLoaded(found, generation))
 
     @on(SchedulesLoaded)
     def _loaded(self, message: SchedulesLoaded) -> None:
+        if message.generation != self.generation:
+            return  # read before a change was drawn: the next reading has it
         self.table.loading = False
         self.refresh_bindings()  # the focused widget was hidden while loading
         empty = self.query_one("#empty", Static)
@@ -201,6 +207,7 @@ class SchedulesScreen(TableScreen[ScheduleInfo]):
     @on(ScheduleChanged)
     def _changed(self, message: ScheduleChanged) -> None:
         changed = message.schedule
+        self.generation += 1
         self.items = [changed if i.name == changed.name else i for i in self.items]
         self.redraw_table()
         self.notify(f"schedule {changed.name}: {message.said}", timeout=4)
