@@ -1962,6 +1962,284 @@ class JobRecord(_message.Message):
 Global___JobRecord: _TypeAlias = JobRecord  # noqa: Y015
 
 @_typing.final
+class ListSchedulesRequest(_message.Message):
+    """---------------------------------------------------------------------------- schedules"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]:
+        """by name"""
+
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class ScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRequest: _TypeAlias = ScheduleRequest  # noqa: Y015
+
+@_typing.final
+class RemoveScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveScheduleResponse: _TypeAlias = RemoveScheduleResponse  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LOCAL_ROOT_FIELD_NUMBER: _builtins.int
+    PASSWORD_FILE_FIELD_NUMBER: _builtins.int
+    EVERY_SECONDS_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    RETENTION_JSON_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    RUN_NOW_PENDING_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_FIELD_NUMBER: _builtins.int
+    LAST_RUN_FIELD_NUMBER: _builtins.int
+    LAST_STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_JOBS_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    """"backup" (of a local-cluster volume, then forget) or "prune" """
+    repository: _builtins.str
+    volume: _builtins.str
+    """NAMESPACE/NAME of the local cluster (backup schedules)"""
+    source: _builtins.str
+    """its image file or block device, on the server's machine"""
+    local_root: _builtins.str
+    password_file: _builtins.str
+    """the path of the file, never the password"""
+    every_seconds: _builtins.float
+    """one of every_seconds and cron"""
+    cron: _builtins.str
+    """five fields, UTC"""
+    retention_json: _builtins.str
+    """the forget policy: {"daily": 7, "within_seconds": ...}"""
+    paused: _builtins.bool
+    run_now_pending: _builtins.bool
+    """run-now asked, not yet started"""
+    last_state: _builtins.str
+    """running, succeeded, failed, interrupted"""
+    last_error: _builtins.str
+    """one line"""
+    @_builtins.property
+    def next_run(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_run(self) -> _timestamp_pb2.Timestamp:
+        """absent before the first run"""
+
+    @_builtins.property
+    def last_jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids of the last run's jobs (the history has them)"""
+
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        repository: _builtins.str = ...,
+        volume: _builtins.str | None = ...,
+        source: _builtins.str | None = ...,
+        local_root: _builtins.str | None = ...,
+        password_file: _builtins.str | None = ...,
+        every_seconds: _builtins.float | None = ...,
+        cron: _builtins.str | None = ...,
+        retention_json: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        run_now_pending: _builtins.bool = ...,
+        next_run: _timestamp_pb2.Timestamp | None = ...,
+        last_run: _timestamp_pb2.Timestamp | None = ...,
+        last_state: _builtins.str | None = ...,
+        last_error: _builtins.str | None = ...,
+        last_jobs: _abc.Iterable[_builtins.str] | None = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "created", b"created", "cron", b"cron", "every_seconds", b"every_seconds", "last_error", b"last_error", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "next_run", b"next_run", "password_file", b"password_file", "source", b"source", "volume", b"volume"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cron", b"_cron", "_every_seconds", b"_every_seconds", "_last_error", b"_last_error", "_last_state", b"_last_state", "_local_root", b"_local_root", "_password_file", b"_password_file", "_source", b"_source", "_volume", b"_volume", "created", b"created", "cron", b"cron", "every_seconds", b"every_seconds", "kind", b"kind", "last_error", b"last_error", "last_jobs", b"last_jobs", "last_run", b"last_run", "last_state", b"last_state", "local_root", b"local_root", "name", b"name", "next_run", b"next_run", "password_file", b"password_file", "paused", b"paused", "repository", b"repository", "retention_json", b"retention_json", "run_now_pending", b"run_now_pending", "source", b"source", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cron: _TypeAlias = _typing.Literal["cron"]  # noqa: Y015
+    _WhichOneofArgType__cron: _TypeAlias = _typing.Literal["_cron", b"_cron"]  # noqa: Y015
+    _WhichOneofReturnType__every_seconds: _TypeAlias = _typing.Literal["every_seconds"]  # noqa: Y015
+    _WhichOneofArgType__every_seconds: _TypeAlias = _typing.Literal["_every_seconds", b"_every_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
+    _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    _WhichOneofReturnType__last_state: _TypeAlias = _typing.Literal["last_state"]  # noqa: Y015
+    _WhichOneofArgType__last_state: _TypeAlias = _typing.Literal["_last_state", b"_last_state"]  # noqa: Y015
+    _WhichOneofReturnType__local_root: _TypeAlias = _typing.Literal["local_root"]  # noqa: Y015
+    _WhichOneofArgType__local_root: _TypeAlias = _typing.Literal["_local_root", b"_local_root"]  # noqa: Y015
+    _WhichOneofReturnType__password_file: _TypeAlias = _typing.Literal["password_file"]  # noqa: Y015
+    _WhichOneofArgType__password_file: _TypeAlias = _typing.Literal["_password_file", b"_password_file"]  # noqa: Y015
+    _WhichOneofReturnType__source: _TypeAlias = _typing.Literal["source"]  # noqa: Y015
+    _WhichOneofArgType__source: _TypeAlias = _typing.Literal["_source", b"_source"]  # noqa: Y015
+    _WhichOneofReturnType__volume: _TypeAlias = _typing.Literal["volume"]  # noqa: Y015
+    _WhichOneofArgType__volume: _TypeAlias = _typing.Literal["_volume", b"_volume"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cron) -> _WhichOneofReturnType__cron | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__every_seconds) -> _WhichOneofReturnType__every_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_state) -> _WhichOneofReturnType__last_state | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__local_root) -> _WhichOneofReturnType__local_root | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__password_file) -> _WhichOneofReturnType__password_file | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__source) -> _WhichOneofReturnType__source | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__volume) -> _WhichOneofReturnType__volume | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ListLastGoodBackupsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CLUSTER/NAMESPACE/NAME each; at most 10000"""
+
+    def __init__(
+        self,
+        *,
+        volumes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLastGoodBackupsRequest: _TypeAlias = ListLastGoodBackupsRequest  # noqa: Y015
+
+@_typing.final
+class LastGoodBackup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUME_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    ALLOWED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_SINCE_FIELD_NUMBER: _builtins.int
+    volume: _builtins.str
+    allowed_age_seconds: _builtins.float
+    schedule: _builtins.str
+    """the active schedule that sets the allowed age"""
+    @_builtins.property
+    def ended(self) -> _timestamp_pb2.Timestamp:
+        """absent: no successful backup in the history"""
+
+    @_builtins.property
+    def scheduled_since(self) -> _timestamp_pb2.Timestamp:
+        """When that schedule was made: a volume it never backed up is late once the allowed age
+        has passed since then.
+        """
+
+    def __init__(
+        self,
+        *,
+        volume: _builtins.str = ...,
+        ended: _timestamp_pb2.Timestamp | None = ...,
+        allowed_age_seconds: _builtins.float = ...,
+        schedule: _builtins.str | None = ...,
+        scheduled_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "ended", b"ended", "schedule", b"schedule", "scheduled_since", b"scheduled_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schedule", b"_schedule", "allowed_age_seconds", b"allowed_age_seconds", "ended", b"ended", "schedule", b"schedule", "scheduled_since", b"scheduled_since", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__schedule: _TypeAlias = _typing.Literal["schedule"]  # noqa: Y015
+    _WhichOneofArgType__schedule: _TypeAlias = _typing.Literal["_schedule", b"_schedule"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__schedule) -> _WhichOneofReturnType__schedule | None: ...
+
+Global___LastGoodBackup: _TypeAlias = LastGoodBackup  # noqa: Y015
+
+@_typing.final
+class ListLastGoodBackupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backups(self) -> _containers.RepeatedCompositeFieldContainer[Global___LastGoodBackup]:
+        """in the order asked"""
+
+    def __init__(
+        self,
+        *,
+        backups: _abc.Iterable[Global___LastGoodBackup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backups", b"backups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLastGoodBackupsResponse: _TypeAlias = ListLastGoodBackupsResponse  # noqa: Y015
+
+@_typing.final
 class ListLocksRequest(_message.Message):
     """---------------------------------------------------------------------------- locks"""
 

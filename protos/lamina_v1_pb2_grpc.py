@@ -179,6 +179,41 @@ class LaminaServiceStub:
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.FromString,
                 _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/lamina.v1.LaminaService/ListSchedules',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/lamina.v1.LaminaService/GetSchedule',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/lamina.v1.LaminaService/PauseSchedule',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/lamina.v1.LaminaService/ResumeSchedule',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RunScheduleNow = channel.unary_unary(
+                '/lamina.v1.LaminaService/RunScheduleNow',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RemoveSchedule = channel.unary_unary(
+                '/lamina.v1.LaminaService/RemoveSchedule',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.RemoveScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListLastGoodBackups = channel.unary_unary(
+                '/lamina.v1.LaminaService/ListLastGoodBackups',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsResponse.FromString,
+                _registered_method=True)
         self.ListFiles = channel.unary_unary(
                 '/lamina.v1.LaminaService/ListFiles',
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListFilesRequest.SerializeToString,
@@ -402,6 +437,56 @@ class LaminaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSchedules(self, request, context):
+        """Schedules of the server's catalog (docs/schedules.md), of every repository, by name;
+        a `lamina controller --local` on the server's machine runs them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Stop its runs until resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Active again from its next slot after now: the slots it was paused over are skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunScheduleNow(self, request, context):
+        """Due now: the controller's next pass runs it once, also when it is paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedule(self, request, context):
+        """Remove it; its points and history stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLastGoodBackups(self, request, context):
+        """Per volume, the end of its newest successful backup into this repository and how old
+        it may get (twice its schedule's interval, else 24 h), from the catalog in one query.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListFiles(self, request, context):
         """The entries of a folder inside a point's filesystem (or the one entry of a file).
         """
@@ -570,6 +655,41 @@ def add_LaminaServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.FromString,
                     response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.SerializeToString,
+            ),
+            'RunScheduleNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunScheduleNow,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Schedule.SerializeToString,
+            ),
+            'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedule,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.RemoveScheduleResponse.SerializeToString,
+            ),
+            'ListLastGoodBackups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLastGoodBackups,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsResponse.SerializeToString,
             ),
             'ListFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFiles,
@@ -1370,6 +1490,195 @@ class LaminaService:
             '/lamina.v1.LaminaService/GetJob',
             lamina_dot_protos_dot_lamina__v1__pb2.GetJobRequest.SerializeToString,
             lamina_dot_protos_dot_lamina__v1__pb2.JobRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ListSchedules',
+            lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/GetSchedule',
+            lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/PauseSchedule',
+            lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ResumeSchedule',
+            lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunScheduleNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/RunScheduleNow',
+            lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/RemoveSchedule',
+            lamina_dot_protos_dot_lamina__v1__pb2.ScheduleRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.RemoveScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLastGoodBackups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/ListLastGoodBackups',
+            lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.ListLastGoodBackupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

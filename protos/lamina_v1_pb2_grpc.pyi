@@ -100,6 +100,23 @@ class LaminaServiceStub:
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetJobRequest, _lamina_v1_pb2.JobRecord]
     """One job of the history with its state changes."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListSchedulesRequest, _lamina_v1_pb2.ListSchedulesResponse]
+    """Schedules of the server's catalog (docs/schedules.md), of every repository, by name;
+    a `lamina controller --local` on the server's machine runs them.
+    """
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]
+    """Stop its runs until resumed."""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]
+    """Active again from its next slot after now: the slots it was paused over are skipped."""
+    RunScheduleNow: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]
+    """Due now: the controller's next pass runs it once, also when it is paused."""
+    RemoveSchedule: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.RemoveScheduleResponse]
+    """Remove it; its points and history stay."""
+    ListLastGoodBackups: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListLastGoodBackupsRequest, _lamina_v1_pb2.ListLastGoodBackupsResponse]
+    """Per volume, the end of its newest successful backup into this repository and how old
+    it may get (twice its schedule's interval, else 24 h), from the catalog in one query.
+    """
     ListFiles: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListFilesRequest, _lamina_v1_pb2.ListFilesResponse]
     """The entries of a folder inside a point's filesystem (or the one entry of a file)."""
     ReadFile: _grpc.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadFileRequest, _lamina_v1_pb2.ReadFileResponse]
@@ -170,6 +187,23 @@ class LaminaServiceAsyncStub(LaminaServiceStub):
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.GetJobRequest, _lamina_v1_pb2.JobRecord]  # type: ignore[assignment]
     """One job of the history with its state changes."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListSchedulesRequest, _lamina_v1_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """Schedules of the server's catalog (docs/schedules.md), of every repository, by name;
+    a `lamina controller --local` on the server's machine runs them.
+    """
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]  # type: ignore[assignment]
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]  # type: ignore[assignment]
+    """Stop its runs until resumed."""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]  # type: ignore[assignment]
+    """Active again from its next slot after now: the slots it was paused over are skipped."""
+    RunScheduleNow: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.Schedule]  # type: ignore[assignment]
+    """Due now: the controller's next pass runs it once, also when it is paused."""
+    RemoveSchedule: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ScheduleRequest, _lamina_v1_pb2.RemoveScheduleResponse]  # type: ignore[assignment]
+    """Remove it; its points and history stay."""
+    ListLastGoodBackups: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListLastGoodBackupsRequest, _lamina_v1_pb2.ListLastGoodBackupsResponse]  # type: ignore[assignment]
+    """Per volume, the end of its newest successful backup into this repository and how old
+    it may get (twice its schedule's interval, else 24 h), from the catalog in one query.
+    """
     ListFiles: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.ListFilesRequest, _lamina_v1_pb2.ListFilesResponse]  # type: ignore[assignment]
     """The entries of a folder inside a point's filesystem (or the one entry of a file)."""
     ReadFile: _aio.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadFileRequest, _lamina_v1_pb2.ReadFileResponse]  # type: ignore[assignment]
@@ -411,6 +445,65 @@ class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lamina_v1_pb2.JobRecord, _abc.Awaitable[_lamina_v1_pb2.JobRecord]]:
         """One job of the history with its state changes."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _lamina_v1_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.ListSchedulesResponse, _abc.Awaitable[_lamina_v1_pb2.ListSchedulesResponse]]:
+        """Schedules of the server's catalog (docs/schedules.md), of every repository, by name;
+        a `lamina controller --local` on the server's machine runs them.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _lamina_v1_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Schedule, _abc.Awaitable[_lamina_v1_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _lamina_v1_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Schedule, _abc.Awaitable[_lamina_v1_pb2.Schedule]]:
+        """Stop its runs until resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _lamina_v1_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Schedule, _abc.Awaitable[_lamina_v1_pb2.Schedule]]:
+        """Active again from its next slot after now: the slots it was paused over are skipped."""
+
+    @_abc_1.abstractmethod
+    def RunScheduleNow(
+        self,
+        request: _lamina_v1_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Schedule, _abc.Awaitable[_lamina_v1_pb2.Schedule]]:
+        """Due now: the controller's next pass runs it once, also when it is paused."""
+
+    @_abc_1.abstractmethod
+    def RemoveSchedule(
+        self,
+        request: _lamina_v1_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.RemoveScheduleResponse, _abc.Awaitable[_lamina_v1_pb2.RemoveScheduleResponse]]:
+        """Remove it; its points and history stay."""
+
+    @_abc_1.abstractmethod
+    def ListLastGoodBackups(
+        self,
+        request: _lamina_v1_pb2.ListLastGoodBackupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.ListLastGoodBackupsResponse, _abc.Awaitable[_lamina_v1_pb2.ListLastGoodBackupsResponse]]:
+        """Per volume, the end of its newest successful backup into this repository and how old
+        it may get (twice its schedule's interval, else 24 h), from the catalog in one query.
+        """
 
     @_abc_1.abstractmethod
     def ListFiles(

@@ -1,4 +1,4 @@
-"""lamina's terminal UI: clusters, volumes, chains, files and jobs, k9s style.
+"""lamina's terminal UI: clusters, volumes, chains, files, jobs, history and schedules, k9s style.
 
 Build it with ``make_app(service)``: a ``LaminaService``, in process or remote, is the
 only way to the backend (see ``client.py``). Blocking calls run in worker threads and come back as messages; job
@@ -37,6 +37,7 @@ from .screens.dialogs import ConfirmScreen, GotoScreen, HelpScreen
 from .screens.history import HistoryScreen
 from .screens.jobs import JobsScreen
 from .screens.quit import QuitAnswer, QuitWithMountsScreen
+from .screens.schedules import SchedulesScreen
 from .screens.volumes import VolumesScreen
 
 Clock = Callable[[], float]
@@ -55,6 +56,7 @@ class LaminaApp(App[None]):
         Binding("colon", "command_line", "Go to", id="goto", key_display=":"),
         Binding("J", "goto('jobs')", "Jobs", id="jobs", show=False),
         Binding("H", "goto('history')", "History", id="history", show=False),
+        Binding("T", "goto('schedules')", "Schedules", id="schedules", show=False),
     ]
 
     def __init__(
@@ -334,9 +336,12 @@ class LaminaApp(App[None]):
         elif word in ("history", "hist"):
             if not isinstance(self.screen, HistoryScreen):
                 self.push_screen(HistoryScreen())
+        elif word in ("schedules", "schedule", "sched"):
+            if not isinstance(self.screen, SchedulesScreen):
+                self.push_screen(SchedulesScreen())
         else:
             self.notify(
-                f"no view {word!r}: try :clusters, :volumes, :jobs, :history",
+                f"no view {word!r}: try :clusters, :volumes, :jobs, :history, :schedules",
                 severity="warning",
                 timeout=5,
             )

@@ -25,7 +25,7 @@ class LaminaCommands(Provider):
             seen.add(binding.id)
             run = partial(self.app.run_action, binding.action, active.node)
             yield binding.description, f"key: {key_label(binding)}", run
-        for view in ("clusters", "volumes", "jobs", "history"):
+        for view in ("clusters", "volumes", "jobs", "history", "schedules"):
             yield f"Go to {view}", f":{view}", partial(self.app.run_action, f"goto('{view}')")
 
     async def discover(self) -> Hits:

@@ -54,9 +54,14 @@ def age(iso: str | None, now: float) -> str:
     if not iso:
         return "never"
     try:
-        seconds = now - parse_time(iso)
+        return ago(parse_time(iso), now)
     except ValueError:
         return iso
+
+
+def ago(moment: float, now: float) -> str:
+    """``age`` of a moment in seconds since the epoch."""
+    seconds = now - moment
     if seconds < 0:
         return "in the future"
     if seconds < 45:
@@ -65,6 +70,20 @@ def age(iso: str | None, now: float) -> str:
         if seconds >= length:
             return f"{int(seconds // length)}{unit} ago"
     return f"{int(seconds)}s ago"
+
+
+def relative(seconds: float, now: float) -> str:
+    """A moment from now, to the second when near: 'in 5s', 'in 3m', '2h ago', 'now'."""
+    delta = seconds - now
+    span = abs(delta)
+    if span < 1:
+        return "now"
+    text = f"{int(span)}s"
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if span >= length:
+            text = f"{int(span // length)}{unit}"
+            break
+    return f"in {text}" if delta > 0 else f"{text} ago"
 
 
 def timestamp(iso: str) -> str:

@@ -11,6 +11,7 @@ from lamina.backend.service import (
     ClusterVolume,
     FileEntry,
     JobView,
+    LastGoodBackup,
     PointInfo,
     Reachability,
 )
@@ -57,6 +58,9 @@ class VolumesLoaded(Message):
     cluster: str
     volumes: list[ClusterVolume]
     error: str | None = None
+    # Each volume's newest successful backup in the job history, by volume key; None: the
+    # history could not be read.
+    last_good: dict[str, LastGoodBackup] | None = None
 
 
 @dataclass

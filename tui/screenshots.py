@@ -26,12 +26,20 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from textual.pilot import Pilot  # noqa: E402
 
-from lamina.backend.service import Service, init_repository  # noqa: E402
+from lamina.backend.service import (  # noqa: E402
+    Controller,
+    Schedules,
+    Service,
+    init_repository,
+    policy_from_options,
+)
 from lamina.tui.app import LaminaApp, make_app  # noqa: E402
 from lamina.tui.screens.chain import ChainScreen  # noqa: E402
 from lamina.tui.screens.clusters import ClustersScreen  # noqa: E402
 from lamina.tui.screens.files import FilesScreen  # noqa: E402
+from lamina.tui.screens.history import HistoryScreen  # noqa: E402
 from lamina.tui.screens.jobs import JobsScreen  # noqa: E402
+from lamina.tui.screens.schedules import SchedulesScreen  # noqa: E402
 from lamina.tui.screens.volumes import VolumesScreen  # noqa: E402
 
 SIZE = (130, 36)
@@ -91,7 +99,8 @@ def build_demo(work: Path) -> Service:
         f.truncate(32 * MIB)
 
     init_repository(str(work / "repo"))
-    service = Service(str(work / "repo"), local_root=str(work / "cluster"))
+    catalog = f"sqlite:///{work}/catalog.sqlite"  # its own history, not the user's
+    service = Service(str(work / "repo"), local_root=str(work / "cluster"), catalog=catalog)
     service.add_local_volume("demo", "app-data", str(image))
     service.add_local_volume("db", "pg-data", str(big))
     service.add_local_volume("db", "pg-wal", str(wal))
@@ -118,7 +127,37 @@ def build_demo(work: Path) -> Service:
         backup()
     verify = service.start_verify(service.list_points()[-1].id)
     verify.wait()
+    add_schedules(work, catalog, image, wal)
     return service
+
+
+def add_schedules(work: Path, catalog: str, image: Path, wal: Path) -> None:
+    """An hourly schedule of demo/app-data that has run once (by a real controller), a
+    4-hourly one of db/pg-wal that has not run yet, and a paused weekly prune."""
+    repo, root = str(work / "repo"), str(work / "cluster")
+    schedules = Schedules(catalog)
+    keep = policy_from_options(hourly=24, daily=7)
+    schedules.add("app-data-hourly", repository=repo, every="1h", volume="demo/app-data",
+                  source=str(image), local_root=root, policy=keep)  # fmt: skip
+    schedules.add("pg-wal-4h", repository=repo, cron="0 */4 * * *", volume="db/pg-wal",
+                  source=str(wal), local_root=root)  # fmt: skip
+    schedules.add("weekly-prune", repository=repo, cron="0 3 * * 0", prune=True)
+    schedules.pause("weekly-prune")
+    schedules.run_now("app-data-hourly")
+    controller = Controller(catalog)
+    try:
+        if controller.tick() != ["app-data-hourly"]:
+            raise SystemExit("the controller did not start the schedule")
+        deadline = time.monotonic() + 120
+        while controller.running():
+            if time.monotonic() > deadline:
+                raise SystemExit("the schedule's run did not end")
+            time.sleep(0.1)
+    finally:
+        controller.shutdown()
+        controller.close()
+    if schedules.get("app-data-hourly").last_state != "succeeded":
+        raise SystemExit("the schedule's run failed")
 
 
 async def _until(
@@ -205,6 +244,24 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
         await pilot.press("escape", "colon", "v", "o")
         await pilot.pause(0.3)
         save("command-line")
+
+        await pilot.press("escape", "H")
+        await _until(
+            pilot,
+            "the history",
+            lambda: isinstance(app.screen, HistoryScreen) and bool(app.screen.items),
+        )
+        await pilot.pause(0.3)
+        save("history")
+
+        await pilot.press("T")
+        await _until(
+            pilot,
+            "the schedules",
+            lambda: isinstance(app.screen, SchedulesScreen) and bool(app.screen.items),
+        )
+        await pilot.pause(0.3)
+        save("schedules")
     return saved
 
 

@@ -569,6 +569,57 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext) -> pb.JobRecord:
         return wire.history_job_message(self.service.get_job(_required(request.id, "job id")))
 
+    # ------------------------------------------------------------------ schedules
+
+    @unary
+    def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: grpc.ServicerContext
+    ) -> pb.ListSchedulesResponse:
+        found = self.service.list_schedules()
+        return pb.ListSchedulesResponse(schedules=[wire.schedule_message(s) for s in found])
+
+    @unary
+    def GetSchedule(
+        self, request: pb.ScheduleRequest, context: grpc.ServicerContext
+    ) -> pb.Schedule:
+        info = self.service.get_schedule(_required(request.name, "schedule name"))
+        return wire.schedule_message(info)
+
+    @unary
+    def PauseSchedule(
+        self, request: pb.ScheduleRequest, context: grpc.ServicerContext
+    ) -> pb.Schedule:
+        info = self.service.pause_schedule(_required(request.name, "schedule name"))
+        return wire.schedule_message(info)
+
+    @unary
+    def ResumeSchedule(
+        self, request: pb.ScheduleRequest, context: grpc.ServicerContext
+    ) -> pb.Schedule:
+        info = self.service.resume_schedule(_required(request.name, "schedule name"))
+        return wire.schedule_message(info)
+
+    @unary
+    def RunScheduleNow(
+        self, request: pb.ScheduleRequest, context: grpc.ServicerContext
+    ) -> pb.Schedule:
+        info = self.service.run_schedule_now(_required(request.name, "schedule name"))
+        return wire.schedule_message(info)
+
+    @unary
+    def RemoveSchedule(
+        self, request: pb.ScheduleRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveScheduleResponse:
+        self.service.remove_schedule(_required(request.name, "schedule name"))
+        return pb.RemoveScheduleResponse()
+
+    @unary
+    def ListLastGoodBackups(
+        self, request: pb.ListLastGoodBackupsRequest, context: grpc.ServicerContext
+    ) -> pb.ListLastGoodBackupsResponse:
+        found = self.service.last_good_backups(list(request.volumes))
+        return pb.ListLastGoodBackupsResponse(backups=[wire.last_good_message(b) for b in found])
+
     @unary
     def CancelTask(self, request: pb.CancelTaskRequest, context: grpc.ServicerContext) -> pb.Task:
         return task_message(self.tasks.cancel(_required(request.id, "task id")))

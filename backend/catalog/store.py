@@ -485,20 +485,7 @@ class Catalog:
                     int(values[-2]),
                     float(values[-1]),
                 )
-            last_success = {
-                str(volume): float(at)
-                for volume, at in conn.execute(
-                    sa.select(jobs.c.volume, sa.func.max(jobs.c.ended_at))
-                    .where(
-                        jobs.c.kind == "backup",
-                        jobs.c.state == "succeeded",
-                        jobs.c.volume.is_not(None),
-                        *where,
-                    )
-                    .group_by(jobs.c.volume)
-                )
-                if at is not None
-            }
+            last_success = self._last_successes(conn, where)
         return CatalogTotals(
             jobs=by_kind_state,
             bytes_read=int(sums[0]),
@@ -507,6 +494,36 @@ class Catalog:
             durations=histogram,
             last_success=last_success,
         )
+
+    def last_successes(
+        self, repositories: Sequence[str] | None = None, volumes: Sequence[str] | None = None
+    ) -> dict[str, float]:
+        """The end of the newest successful backup of each volume, in one query: of the
+        jobs of ``repositories`` (None: of any) and of ``volumes`` (None: every volume)."""
+        where: list[Any] = []
+        if repositories is not None:
+            where.append(jobs.c.repository.in_(list(repositories)))
+        if volumes is not None:
+            where.append(jobs.c.volume.in_(list(volumes)))
+        with self._reading() as conn:
+            return self._last_successes(conn, where)
+
+    @staticmethod
+    def _last_successes(conn: Connection, where: Sequence[Any]) -> dict[str, float]:
+        return {
+            str(volume): float(at)
+            for volume, at in conn.execute(
+                sa.select(jobs.c.volume, sa.func.max(jobs.c.ended_at))
+                .where(
+                    jobs.c.kind == "backup",
+                    jobs.c.state == "succeeded",
+                    jobs.c.volume.is_not(None),
+                    *where,
+                )
+                .group_by(jobs.c.volume)
+            )
+            if at is not None
+        }
 
     def job(self, job_id: str) -> JobRecord | None:
         with self._reading() as conn:

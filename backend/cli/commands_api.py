@@ -29,7 +29,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from lamina.backend.service.remote import ApiClient
+    from lamina.backend.service.remote import ApiClient, RemoteService
 
 SERVER_COMMANDS = ("points", "chain", "backup", "restore", "verify", "history")
 DEFAULT_LISTEN = "127.0.0.1:7443"
@@ -118,9 +118,9 @@ def _subcommand(
     return None
 
 
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
+def _add_server_options(parser: argparse.ArgumentParser, instead: str = "--repo") -> None:
     parser.set_defaults(repo_required=False)  # --repo or --server, checked when it runs
-    group = parser.add_argument_group("through a lamina server (instead of --repo)")
+    group = parser.add_argument_group(f"through a lamina server (instead of {instead})")
     group.add_argument("--server", metavar="ADDR", help="HOST:PORT of a `lamina serve`")
     # `backup` already has --token-file and --ca-file (for --cbt): with --server they name
     # the server's token and CA instead, so both options keep one spelling everywhere.
@@ -168,6 +168,22 @@ def _client(args: argparse.Namespace) -> ApiClient:
         raise UsageError("give --repo or --server, not both")
     token_file, ca_file = _server_files(args)
     return ApiClient.from_files(args.server, token_file=token_file, ca_file=ca_file)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """--server ADDR, --token-file and --ca-file for a command that has no --repo."""
+    _add_server_options(parser, instead="--catalog")
+
+
+def remote_service(args: argparse.Namespace) -> RemoteService | None:
+    """The lamina server of --server, for a command that has no --repo (None: no --server)."""
+    if not args.server:
+        _refuse_stray_server_options(args)
+        return None
+    from lamina.backend.service.remote import ApiClient, RemoteService
+
+    token_file, ca_file = _server_files(args)
+    return RemoteService(ApiClient.from_files(args.server, token_file=token_file, ca_file=ca_file))
 
 
 def service_for(args: argparse.Namespace) -> Service:

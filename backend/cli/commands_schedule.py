@@ -9,6 +9,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ from ..service import (
     default_local_root,
     policy_from_options,
 )
+from .commands_api import add_server_options, remote_service
 from .common import add_catalog_arg, print_json
 
 _KEEP = (
@@ -82,6 +85,7 @@ def register(sub: Any) -> None:
     p = actions.add_parser("ls", help="list schedules with their next and last run")
     add_catalog_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_server_options(p)
     p.set_defaults(func=cmd_ls)
 
     for action, text in (
@@ -93,6 +97,7 @@ def register(sub: Any) -> None:
         p = actions.add_parser(action, help=text)
         p.add_argument("name", metavar="NAME", help="the schedule's name")
         add_catalog_arg(p)
+        add_server_options(p)
         p.set_defaults(func=cmd_change, action=action)
 
     p = sub.add_parser("controller", help="run the due schedules until stopped (SIGTERM)")
@@ -115,6 +120,34 @@ def register(sub: Any) -> None:
 
 def _schedules(args: argparse.Namespace) -> Schedules:
     return Schedules(args.catalog)
+
+
+@dataclass(frozen=True)
+class _Steering:
+    """The schedules of this machine's catalog, or of a lamina server's (--server)."""
+
+    list: Callable[[], list[ScheduleInfo]]
+    pause: Callable[[str], ScheduleInfo]
+    resume: Callable[[str], ScheduleInfo]
+    run_now: Callable[[str], ScheduleInfo]
+    remove: Callable[[str], None]
+
+
+def _steering(args: argparse.Namespace) -> _Steering:
+    remote = remote_service(args)
+    if remote is None:
+        local = _schedules(args)
+        return _Steering(local.list, local.pause, local.resume, local.run_now, local.remove)
+    if args.catalog:
+        remote.close()
+        raise UsageError("--catalog is for this machine; a server uses its own catalog")
+    return _Steering(
+        remote.list_schedules,
+        remote.pause_schedule,
+        remote.resume_schedule,
+        remote.run_schedule_now,
+        remote.remove_schedule,
+    )
 
 
 def _repo_url(repo: str) -> str:
@@ -164,7 +197,7 @@ def _at(seconds: float | None) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    found = _schedules(args).list()
+    found = _steering(args).list()
     if args.json:
         print_json([s.as_json() for s in found])
         return 0
@@ -187,7 +220,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_change(args: argparse.Namespace) -> int:
-    schedules = _schedules(args)
+    schedules = _steering(args)
     name = printable(args.name)
     if args.action == "rm":
         schedules.remove(args.name)

@@ -23,6 +23,7 @@ from .models import (
     HistoryPage,
     JobRecord,
     JobView,
+    LastGoodBackup,
     LockInfo,
     MountInfo,
     PointInfo,
@@ -31,6 +32,7 @@ from .models import (
     VolumeInfo,
     VolumeRef,
 )
+from .schedules import ScheduleInfo
 
 
 class LaminaService(Protocol):
@@ -137,6 +139,23 @@ class LaminaService(Protocol):
     def watch_job(self, job_id: str, listener: Callable[[JobView], None]) -> Callable[[], None]: ...
 
     def cancel_job(self, job_id: str) -> None: ...
+
+    # ------------------------------------------------------------------ schedules
+    # The schedules of the service's catalog, by name (docs/schedules.md).
+
+    def list_schedules(self) -> list[ScheduleInfo]: ...
+
+    def get_schedule(self, name: str) -> ScheduleInfo: ...
+
+    def pause_schedule(self, name: str) -> ScheduleInfo: ...
+
+    def resume_schedule(self, name: str) -> ScheduleInfo: ...
+
+    def run_schedule_now(self, name: str) -> ScheduleInfo: ...
+
+    def remove_schedule(self, name: str) -> None: ...
+
+    def last_good_backups(self, volumes: Sequence[str]) -> list[LastGoodBackup]: ...
 
     # ------------------------------------------------------------------ locks, mounts
     def list_locks(self) -> list[LockInfo]: ...

@@ -414,3 +414,30 @@ class HistoryPage:
 
     jobs: list[JobRecord]
     next_page_token: str = ""
+
+
+# ---------------------------------------------------------------------------- schedules
+
+#: How old a volume's last good backup may get when no schedule of it says otherwise.
+LAST_GOOD_DEFAULT_AGE = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class LastGoodBackup:
+    """The newest successful backup of a volume in the job history, and how old it may get:
+    twice its schedule's interval (or the time between its cron slots), else 24 hours."""
+
+    volume: str  # cluster/namespace/name
+    ended_at: float | None  # None: the history holds no successful backup of it
+    allowed_age: float = LAST_GOOD_DEFAULT_AGE  # seconds
+    schedule: str | None = None  # the active schedule that sets allowed_age, if any
+    scheduled_since: float | None = None  # when that schedule was made
+
+    def overdue(self, now: float) -> bool:
+        """Older than allowed. A volume never backed up is late only when a schedule should
+        have backed it up by now; without a schedule nothing was expected."""
+        if self.ended_at is not None:
+            return now - self.ended_at > self.allowed_age
+        if self.scheduled_since is None:
+            return False
+        return now - self.scheduled_since > self.allowed_age

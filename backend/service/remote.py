@@ -46,6 +46,7 @@ from .models import (
     HistoryPage,
     JobRecord,
     JobView,
+    LastGoodBackup,
     LockInfo,
     MountInfo,
     PointInfo,
@@ -55,6 +56,7 @@ from .models import (
     VolumeRef,
 )
 from .rpc_errors import error_from_rpc
+from .schedules import ScheduleInfo
 from .service import FixedRanges, Service, volumes_with_backups
 from .tree_writer import TreeWriter
 
@@ -370,6 +372,23 @@ class ApiClient:
     def get_job(self, job_id: str) -> JobRecord:
         return wire.history_job(self._call(self.stub.GetJob, pb.GetJobRequest(id=job_id)))
 
+    def list_schedules(self) -> list[ScheduleInfo]:
+        m = self._call(self.stub.ListSchedules, pb.ListSchedulesRequest())
+        return [wire.schedule_info(s) for s in m.schedules]
+
+    def schedule(self, rpc: str, name: str) -> ScheduleInfo:
+        """GetSchedule, PauseSchedule, ResumeSchedule or RunScheduleNow of one schedule."""
+        method = getattr(self.stub, rpc)
+        return wire.schedule_info(self._call(method, pb.ScheduleRequest(name=name)))
+
+    def remove_schedule(self, name: str) -> None:
+        self._call(self.stub.RemoveSchedule, pb.ScheduleRequest(name=name))
+
+    def last_good_backups(self, volumes: Sequence[str]) -> list[LastGoodBackup]:
+        request = pb.ListLastGoodBackupsRequest(volumes=list(volumes))
+        m = self._call(self.stub.ListLastGoodBackups, request)
+        return [wire.last_good(b) for b in m.backups]
+
     def job(self, task: JobView) -> RemoteJob:
         """A service-layer Job that mirrors a remote task (progress, result, cancel)."""
         return RemoteJob.follow(self, task)
@@ -633,6 +652,27 @@ class RemoteService(Service):
 
     def get_job(self, job_id: str) -> JobRecord:
         return self.client.get_job(job_id)
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        return self.client.list_schedules()
+
+    def get_schedule(self, name: str) -> ScheduleInfo:
+        return self.client.schedule("GetSchedule", name)
+
+    def pause_schedule(self, name: str) -> ScheduleInfo:
+        return self.client.schedule("PauseSchedule", name)
+
+    def resume_schedule(self, name: str) -> ScheduleInfo:
+        return self.client.schedule("ResumeSchedule", name)
+
+    def run_schedule_now(self, name: str) -> ScheduleInfo:
+        return self.client.schedule("RunScheduleNow", name)
+
+    def remove_schedule(self, name: str) -> None:
+        self.client.remove_schedule(name)
+
+    def last_good_backups(self, volumes: Sequence[str]) -> list[LastGoodBackup]:
+        return self.client.last_good_backups(volumes)
 
     def cancel_job(self, job_id: str) -> None:
         self.client.cancel(job_id)

@@ -9,6 +9,7 @@ slot is the first one after now.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -125,6 +126,7 @@ class ScheduleInfo:
     last_state: str | None = None
     last_error: str | None = None
     last_jobs: list[str] = field(default_factory=list)
+    created_at: float = 0.0
 
     @property
     def state(self) -> str:
@@ -161,6 +163,7 @@ class ScheduleInfo:
             last_state=row.last_state,
             last_error=row.last_error,
             last_jobs=(row.last_jobs or "").split(),
+            created_at=float(row.created_at),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -182,7 +185,24 @@ class ScheduleInfo:
             "last_state": self.last_state,
             "last_error": self.last_error,
             "last_jobs": self.last_jobs,
+            "created": _iso(self.created_at),
         }
+
+
+#: Cron slots looked at for the longest time between two of them.
+_CRON_GAPS = 10
+
+
+def allowed_age(info: ScheduleInfo) -> float:
+    """How old the newest good backup of a schedule's volume may get before it is late:
+    two intervals, or twice the longest time between its next cron slots."""
+    if info.cron:
+        times = croniter(info.cron, datetime.fromtimestamp(info.next_run, UTC))
+        slots = [info.next_run] + [float(times.get_next(float)) for _ in range(_CRON_GAPS)]
+        gap = max(b - a for a, b in itertools.pairwise(slots))
+    else:
+        gap = float(info.every_seconds or MIN_EVERY)
+    return 2 * gap
 
 
 def format_every(seconds: float) -> str:

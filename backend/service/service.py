@@ -69,6 +69,7 @@ from .models import (
     ForgetReport,
     HistoryPage,
     JobView,
+    LastGoodBackup,
     LocalSnapshotInfo,
     MountInfo,
     PointInfo,
@@ -88,6 +89,7 @@ from .mounts import (
     write_record,
 )
 from .recorder import JobRecorder, reconcile
+from .schedules import BACKUP, ScheduleInfo, Schedules, allowed_age
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -217,6 +219,22 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
         object_lock_days=repo.retention_days,
         fingerprint_block=repo.fingerprint_block,
     )
+
+
+#: The most volumes one last_good_backups() call answers for.
+MAX_VOLUMES_ASKED = 10_000
+
+
+def _repository_forms(url: str) -> list[str]:
+    """The spellings a local repository is recorded under: as given, as an absolute path
+    and as a file:// URL."""
+    forms = [url]
+    if url.startswith("file://"):
+        forms.append(url.removeprefix("file://"))
+    elif "://" not in url and url:
+        path = os.path.abspath(url)
+        forms += [path, f"file://{path}"]
+    return list(dict.fromkeys(forms))
 
 
 class Service:
@@ -806,6 +824,76 @@ class Service:
         if record is None:
             raise JobNotFound(f"no job {shown(job_id)} in the job history")
         return record
+
+    # ------------------------------------------------------------------ schedules
+    # The schedules of this service's catalog (docs/schedules.md), of every repository:
+    # `lamina controller --local` runs them; here they are listed and steered.
+
+    def _schedules(self) -> Schedules:
+        return Schedules(self._recorder.catalog_url)
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        return self._schedules().list()
+
+    def get_schedule(self, name: str) -> ScheduleInfo:
+        return self._schedules().get(name)
+
+    def pause_schedule(self, name: str) -> ScheduleInfo:
+        return self._schedules().pause(name)
+
+    def resume_schedule(self, name: str) -> ScheduleInfo:
+        """Active again from its next slot after now (the paused-over slots are skipped)."""
+        return self._schedules().resume(name)
+
+    def run_schedule_now(self, name: str) -> ScheduleInfo:
+        """Due now: a running controller starts it at its next pass, also when paused."""
+        return self._schedules().run_now(name)
+
+    def remove_schedule(self, name: str) -> None:
+        self._schedules().remove(name)
+
+    def last_good_backups(self, volumes: Sequence[str]) -> list[LastGoodBackup]:
+        """For each volume (``cluster/namespace/name``): the end of its newest successful
+        backup into this repository, from the catalog in one query, and how old it may get
+        by its active schedules (the most frequent one), else 24 hours."""
+        wanted = list(dict.fromkeys(volumes))
+        if len(wanted) > MAX_VOLUMES_ASKED:
+            raise UsageError(f"at most {MAX_VOLUMES_ASKED} volumes at once")
+        if not wanted:
+            return []
+        forms = _repository_forms(self.repo_url)
+        opened = Catalog.open(self._recorder.catalog_url)
+        try:
+            ended = opened.last_successes(forms, wanted)
+        finally:
+            opened.close()
+        limits: dict[str, ScheduleInfo] = {}
+        ages: dict[str, float] = {}
+        for s in self.list_schedules():
+            if s.kind != BACKUP or s.paused or not s.volume:
+                continue
+            if not set(_repository_forms(s.repository)) & set(forms):
+                continue
+            key = f"{LOCAL}/{s.volume}"
+            age = allowed_age(s)
+            if key not in limits or age < ages[key]:
+                limits[key], ages[key] = s, age
+        found = []
+        for volume in wanted:
+            schedule = limits.get(volume)
+            if schedule is None:
+                found.append(LastGoodBackup(volume, ended.get(volume)))
+                continue
+            found.append(
+                LastGoodBackup(
+                    volume,
+                    ended.get(volume),
+                    ages[volume],
+                    schedule.name,
+                    scheduled_since=schedule.created_at,
+                )
+            )
+        return found
 
     def job(self, job_id: str) -> Job:
         with self._jobs_lock:

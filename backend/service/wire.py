@@ -36,6 +36,7 @@ from .models import (
     JobEvent,
     JobRecord,
     JobView,
+    LastGoodBackup,
     LockInfo,
     MountInfo,
     PointInfo,
@@ -48,6 +49,7 @@ from .models import (
     VolumeInfo,
     VolumeRef,
 )
+from .schedules import ScheduleInfo
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -467,6 +469,59 @@ def history_page_message(page: HistoryPage) -> pb.ListHistoryResponse:
 def history_page(message: pb.ListHistoryResponse) -> HistoryPage:
     return HistoryPage(
         jobs=[history_job(m) for m in message.jobs], next_page_token=message.next_page_token
+    )
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+def schedule_message(info: ScheduleInfo) -> pb.Schedule:
+    return _to(
+        info,
+        pb.Schedule,
+        retention_json=json.dumps(info.retention, sort_keys=True),
+        next_run=timestamp(info.next_run),
+        last_run=timestamp(info.last_run) if info.last_run is not None else None,
+        created=timestamp(info.created_at),
+    )
+
+
+def schedule_info(message: pb.Schedule) -> ScheduleInfo:
+    try:
+        retention = json.loads(message.retention_json or "{}")
+    except ValueError:
+        retention = {}
+    return _from(
+        message,
+        ScheduleInfo,
+        retention=retention if isinstance(retention, dict) else {},
+        next_run=seconds_of(message.next_run),
+        last_run=seconds_of(message.last_run) if message.HasField("last_run") else None,
+        created_at=seconds_of(message.created),
+    )
+
+
+def last_good_message(backup: LastGoodBackup) -> pb.LastGoodBackup:
+    return _to(
+        backup,
+        pb.LastGoodBackup,
+        ended=timestamp(backup.ended_at) if backup.ended_at is not None else None,
+        allowed_age_seconds=backup.allowed_age,
+        scheduled_since=(
+            timestamp(backup.scheduled_since) if backup.scheduled_since is not None else None
+        ),
+    )
+
+
+def last_good(message: pb.LastGoodBackup) -> LastGoodBackup:
+    return _from(
+        message,
+        LastGoodBackup,
+        ended_at=seconds_of(message.ended) if message.HasField("ended") else None,
+        allowed_age=message.allowed_age_seconds,
+        scheduled_since=(
+            seconds_of(message.scheduled_since) if message.HasField("scheduled_since") else None
+        ),
     )
 
 

@@ -32,11 +32,13 @@ from lamina.backend.service import (
     JobEvent,
     JobRecord,
     JobView,
+    LastGoodBackup,
     LockInfo,
     MountInfo,
     PointInfo,
     Reachability,
     RepositoryInfo,
+    ScheduleInfo,
     VolumeInfo,
     VolumeRef,
 )
@@ -434,6 +436,29 @@ class RecordedClient:
 
     def get_job(self, job_id: str) -> JobRecord:
         return next(r for r in HISTORY if r.id == job_id)
+
+    def list_schedules(self) -> list[ScheduleInfo]:
+        return []
+
+    def get_schedule(self, name: str) -> ScheduleInfo:
+        _not_in_a_snapshot()
+
+    def pause_schedule(self, name: str) -> ScheduleInfo:
+        _not_in_a_snapshot()
+
+    def resume_schedule(self, name: str) -> ScheduleInfo:
+        _not_in_a_snapshot()
+
+    def run_schedule_now(self, name: str) -> ScheduleInfo:
+        _not_in_a_snapshot()
+
+    def remove_schedule(self, name: str) -> None:
+        _not_in_a_snapshot()
+
+    def last_good_backups(self, volumes: Sequence[str]) -> list[LastGoodBackup]:
+        # app-data's last good backup is recent; pg-data's is two days old: drawn in red.
+        ended = {"demo/app-data": NOW - 3 * 3600, "db/pg-data": NOW - 2 * 86400}
+        return [LastGoodBackup(v, ended.get(v.split("/", 1)[-1])) for v in volumes]
 
     # The snapshots only look: nothing here starts or changes anything.
     def start_backup(self, source: str, volume: str | VolumeRef, **options: Any) -> Job:

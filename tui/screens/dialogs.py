@@ -19,7 +19,7 @@ from lamina.backend.service import TargetExists
 from ..formatting import printable, shown
 from .base import plain_error
 
-VIEWS = ["clusters", "volumes", "jobs", "history", "help", "quit"]
+VIEWS = ["clusters", "volumes", "jobs", "history", "schedules", "help", "quit"]
 
 
 class PromptScreen(ModalScreen[str | None]):
@@ -185,7 +185,7 @@ class GotoScreen(ModalScreen[str | None]):
         with Horizontal(id="goto-line"):
             yield Label(":", id="goto-prompt")
             yield Input(
-                placeholder="clusters | volumes [CLUSTER] | jobs | history | help | quit",
+                placeholder="clusters | volumes [CLUSTER] | jobs | history | schedules | help | quit",
                 suggester=SuggestFromList(choices, case_sensitive=False),
                 id="goto-input",
             )
@@ -235,7 +235,8 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(
                 Text(
-                    ":clusters, :volumes, :jobs, :history go to a view; / filters a table; esc goes back; "
+                    ":clusters, :volumes, :jobs, :history, :schedules go to a view; / filters a "
+                    "table; esc goes back; "
                     "ctrl+p finds any action by name. Jobs keep running while you browse.",
                     style="dim",
                 ),

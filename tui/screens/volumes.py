@@ -10,7 +10,7 @@ from textual import on, work
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from lamina.backend.service import ClusterVolume, JobView
+from lamina.backend.service import ClusterVolume, JobView, LastGoodBackup
 
 from .. import formatting as fmt
 from ..formatting import shown
@@ -47,6 +47,7 @@ class VolumesScreen(TableScreen[ClusterVolume]):
         self.marked: set[str] = set()
         self.loaded = False
         self.sort_column = "namespace"
+        self.last_good: dict[str, LastGoodBackup] | None = {}
         self._column_list = self._columns()
 
     def columns(self) -> list[Column[Any]]:
@@ -81,6 +82,12 @@ class VolumesScreen(TableScreen[ClusterVolume]):
                 "LAST BACKUP",
                 lambda v: self._last_backup(v),
                 lambda v: v.last_backup or "",
+            ),
+            Column(
+                "good",
+                "LAST GOOD",
+                lambda v: self._last_good(v),
+                lambda v: self._last_good_end(v),
             ),
             Column(
                 "chain",
@@ -122,10 +129,29 @@ class VolumesScreen(TableScreen[ClusterVolume]):
     def _last_backup(self, v: ClusterVolume) -> Text:
         return Text(fmt.age(v.last_backup, self.now()), style="" if v.last_backup else "dim")
 
+    def _last_good_end(self, v: ClusterVolume) -> float:
+        found = (self.last_good or {}).get(v.key)
+        return found.ended_at or 0.0 if found else 0.0
+
+    def _last_good(self, v: ClusterVolume) -> Text:
+        """When the newest successful backup ended; red when it is older than the volume's
+        schedule allows (twice its interval), or than 24 hours without a schedule."""
+        if self.last_good is None:
+            return Text("?", style="dim")  # the history could not be read
+        found = self.last_good.get(v.key)
+        if found is None:
+            return Text("-", style="dim")
+        now = self.now()
+        late = found.overdue(now)
+        if found.ended_at is None:
+            return Text("never", style="bold red" if late else "dim")
+        return Text(fmt.ago(found.ended_at, now), style="bold red" if late else "green")
+
     def refresh_ages(self) -> None:
         """Ages grow while the screen is open: '3m ago' becomes '4m ago'."""
         for item in self.visible_items():
             self.update_cell(item.key, "last", self._last_backup(item))
+            self.update_cell(item.key, "good", self._last_good(item))
 
     def _mark(self, v: ClusterVolume) -> Text:
         return Text("✔", style="bold magenta") if v.key in self.marked else Text("")
@@ -151,7 +177,15 @@ class VolumesScreen(TableScreen[ClusterVolume]):
 
             self.post_message(VolumesLoaded(self.cluster, [], plain_error(e)))
             return
-        self.post_message(VolumesLoaded(self.cluster, volumes))
+        # One call for every volume shown: the history's newest good backup of each. A
+        # catalog that is off or down leaves the column at '?', without a notice each load.
+        last_good: dict[str, LastGoodBackup] | None
+        try:
+            found = self.service.last_good_backups([v.key for v in volumes])
+            last_good = {b.volume: b for b in found}
+        except Exception:
+            last_good = None
+        self.post_message(VolumesLoaded(self.cluster, volumes, last_good=last_good))
 
     @on(VolumesLoaded)
     def _loaded(self, message: VolumesLoaded) -> None:
@@ -169,6 +203,7 @@ class VolumesScreen(TableScreen[ClusterVolume]):
                 shown(f"cluster {self.cluster} has no volumes lamina can back up.", style="dim")
             )
         empty.display = bool(message.error or not message.volumes)
+        self.last_good = message.last_good
         keys = {v.key for v in message.volumes}
         self.marked &= keys
         self.show_items(message.volumes)
