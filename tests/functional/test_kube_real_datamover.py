@@ -23,7 +23,12 @@ import kubernetes
 import pytest
 
 from tests.support.kube_cluster import RealKube
-from tests.support.kube_csi import CsiStandIn, ensure_classes, install_snapshot_crds
+from tests.support.kube_csi import (
+    TEST_STORAGE_CLASS,
+    CsiStandIn,
+    ensure_classes,
+    install_snapshot_crds,
+)
 from tests.support.kube_node import KubeNode
 from tests.support.kube_objects import block_pv_and_claim, wait_for
 from tests.support.seaweedfs import S3Server, subprocess_environment
@@ -68,10 +73,28 @@ def volume_image(path: Path, size: int = 4 * MiB) -> bytes:
     return bytes(data)
 
 
-def lamina(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def lamina(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*LAMINA, *args], capture_output=True, text=True, env=env, timeout=180)
-    assert result.returncode == 0, result.stderr
+    if ok:
+        assert result.returncode == 0, result.stderr
     return result
+
+
+def fails(env: dict[str, str], *args: str) -> str:
+    """Run a command that must fail with exactly one `lamina: error:` line; return it."""
+    result = lamina(env, *args, ok=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lamina: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+def local_path_of(api: Any, namespace: str, pvc: str) -> Path:
+    """The image file (or folder) behind a PVC of the CSI stand-in."""
+    core: Any = kubernetes.client.CoreV1Api(api)
+    claim = core.read_namespaced_persistent_volume_claim(pvc, namespace)
+    return Path(core.read_persistent_volume(claim.spec.volume_name).spec.csi.volume_handle)
 
 
 def s3_secret(api: Any, namespace: str, server: S3Server, name: str = "lamina-s3") -> str:
@@ -126,3 +149,36 @@ def test_datamover_backs_up_a_block_pvc_that_restores_byte_identically(
         job.metadata.name, cluster.namespace, propagation_policy="Background"
     )
     assert wait_for(lambda: claims() == [("data", False)])
+
+    # restore --to-pvc: a new PVC, written by a restore Job, byte-identical; the Job is gone
+    to_pvc = [
+        "--repo", repo, "--kubeconfig", str(cluster.real.kubeconfig),
+        "--storage-class", TEST_STORAGE_CLASS, "--env-secret", secret, "--poll", "0.2",
+    ]  # fmt: skip
+    short = point["id"][:12]
+    result = lamina(env, "restore", short, "--to-pvc", f"{cluster.namespace}/back", *to_pvc)
+    assert f"into new PVC {cluster.namespace}/back (block mode" in result.stdout, result.stdout
+    assert local_path_of(cluster.api, cluster.namespace, "back").read_bytes() == original
+    assert batch.list_namespaced_job(cluster.namespace).items == []
+    history = json.loads(lamina(env, "history", "--kind", "restore", "--json").stdout)
+    jobs = history if isinstance(history, list) else history["jobs"]
+    assert any(
+        f"to PVC {cluster.namespace}/back" in j["description"] and j["state"] == "succeeded"
+        for j in jobs
+    ), jobs
+
+    # an existing PVC is refused before anything is written or created
+    before = local_path_of(cluster.api, cluster.namespace, "data").read_bytes()
+    line = fails(env, "restore", point["id"], "--to-pvc", f"{cluster.namespace}/data", *to_pvc)
+    assert line == (
+        f"lamina: error: PVC {cluster.namespace}/data already exists; restore --to-pvc creates "
+        "a new PVC and writes nothing into an existing one (choose another name)"
+    )
+    assert local_path_of(cluster.api, cluster.namespace, "data").read_bytes() == before
+    assert batch.list_namespaced_job(cluster.namespace).items == []
+
+    # filesystem mode: the image file volume.img in a new Filesystem-mode PVC
+    files = f"{cluster.namespace}/files"
+    lamina(env, "restore", point["id"], "--to-pvc", files, "--mode", "filesystem", *to_pvc)
+    folder = local_path_of(cluster.api, cluster.namespace, "files")
+    assert (folder / "volume.img").read_bytes() == original
