@@ -10,7 +10,6 @@ tests/support/kube_csi.py; the API server, the PV binder and the Job controller 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,10 @@ from typing import Any
 import kubernetes
 import pytest
 
+from lamina.backend.catalog import HistoryQuery
+from lamina.backend.service import KubeSession, Service, start_restore_to_pvc
+from lamina.backend.service.recorder import read_history
+from lamina.backend.service.service import init_repository
 from tests.support.kube_cluster import RealKube
 from tests.support.kube_csi import (
     TEST_STORAGE_CLASS,
@@ -104,15 +107,15 @@ def s3_secret(api: Any, namespace: str, server: S3Server, name: str = "lamina-s3
     return name
 
 
-def test_datamover_backs_up_a_block_pvc_that_restores_byte_identically(
-    cluster: Cluster, s3_server: S3Server, tmp_path: Path
+def test_datamover_backup_then_restore_to_new_pvcs_byte_identical(
+    cluster: Cluster, s3_env: S3Server, tmp_path: Path
 ) -> None:
     original = volume_image(tmp_path / "data.img")
     block_pv_and_claim(cluster.api, cluster.namespace, "data", tmp_path / "data.img")
-    secret = s3_secret(cluster.api, cluster.namespace, s3_server)
-    repo = f"s3://{s3_server.create_bucket()}/repo"
-    env = subprocess_environment(s3_server)
-    lamina(env, "repo", "init", repo)
+    secret = s3_secret(cluster.api, cluster.namespace, s3_env)
+    repo = f"s3://{s3_env.create_bucket()}/repo"
+    init_repository(repo)
+    env = subprocess_environment(s3_env)
 
     result = lamina(
         env,
@@ -123,13 +126,9 @@ def test_datamover_backs_up_a_block_pvc_that_restores_byte_identically(
         "--submit", "--poll", "0.2", "--timeout", "120",
     )  # fmt: skip
     assert "completed in" in result.stdout, result.stdout
-
-    points = json.loads(lamina(env, "points", "--repo", repo, "--json").stdout)
-    (point,) = points if isinstance(points, list) else points["points"]
-    assert point["volume"] == {"cluster": "real", "namespace": cluster.namespace, "name": "data"}
-    restored = tmp_path / "restored.img"
-    lamina(env, "restore", "--repo", repo, point["id"], str(restored), "-q")
-    assert restored.read_bytes() == original
+    service = Service(repo)
+    (point,) = service.list_points()
+    assert str(point.volume) == f"real/{cluster.namespace}/data"
 
     # the real Job controller saw the Pod succeed; the PVC from the snapshot is gone again
     batch: Any = kubernetes.client.BatchV1Api(cluster.api)
@@ -155,21 +154,15 @@ def test_datamover_backs_up_a_block_pvc_that_restores_byte_identically(
         "--repo", repo, "--kubeconfig", str(cluster.real.kubeconfig),
         "--storage-class", TEST_STORAGE_CLASS, "--env-secret", secret, "--poll", "0.2",
     ]  # fmt: skip
-    short = point["id"][:12]
+    short = point.id[:12]
     result = lamina(env, "restore", short, "--to-pvc", f"{cluster.namespace}/back", *to_pvc)
     assert f"into new PVC {cluster.namespace}/back (block mode" in result.stdout, result.stdout
     assert local_path_of(cluster.api, cluster.namespace, "back").read_bytes() == original
     assert batch.list_namespaced_job(cluster.namespace).items == []
-    history = json.loads(lamina(env, "history", "--kind", "restore", "--json").stdout)
-    jobs = history if isinstance(history, list) else history["jobs"]
-    assert any(
-        f"to PVC {cluster.namespace}/back" in j["description"] and j["state"] == "succeeded"
-        for j in jobs
-    ), jobs
 
     # an existing PVC is refused before anything is written or created
     before = local_path_of(cluster.api, cluster.namespace, "data").read_bytes()
-    line = fails(env, "restore", point["id"], "--to-pvc", f"{cluster.namespace}/data", *to_pvc)
+    line = fails(env, "restore", point.id, "--to-pvc", f"{cluster.namespace}/data", *to_pvc)
     assert line == (
         f"lamina: error: PVC {cluster.namespace}/data already exists; restore --to-pvc creates "
         "a new PVC and writes nothing into an existing one (choose another name)"
@@ -177,8 +170,22 @@ def test_datamover_backs_up_a_block_pvc_that_restores_byte_identically(
     assert local_path_of(cluster.api, cluster.namespace, "data").read_bytes() == before
     assert batch.list_namespaced_job(cluster.namespace).items == []
 
-    # filesystem mode: the image file volume.img in a new Filesystem-mode PVC
-    files = f"{cluster.namespace}/files"
-    lamina(env, "restore", point["id"], "--to-pvc", files, "--mode", "filesystem", *to_pvc)
+    # the service's function (what the controller calls for a Restore): filesystem mode, the
+    # image file volume.img in a new Filesystem-mode PVC
+    with KubeSession.open(kubeconfig=str(cluster.real.kubeconfig)) as session:
+        job_of_service = start_restore_to_pvc(
+            service, session, point.id, cluster.namespace, "files",
+            repo=repo, storage_class=TEST_STORAGE_CLASS, mode="filesystem",
+            env_secret=secret, poll=0.2,
+        )  # fmt: skip
+        assert job_of_service.wait(120)
+    assert job_of_service.error is None
+    assert job_of_service.result.mode == "filesystem"
     folder = local_path_of(cluster.api, cluster.namespace, "files")
     assert (folder / "volume.img").read_bytes() == original
+    service.close()
+
+    restores = read_history(HistoryQuery(kind="restore"))
+    described = {r.description: r.state for r in restores}
+    for name in ("back", "files"):
+        assert described[f"restore {point.id} to PVC {cluster.namespace}/{name}"] == "succeeded"
