@@ -138,7 +138,7 @@ def rbac_manifests(
                 {
                     "apiGroups": [SNAPSHOT_GROUP],
                     "resources": ["volumesnapshots"],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
                 {
                     # its own token, scoped to the audience of the CBT service
@@ -168,12 +168,12 @@ def rbac_manifests(
                 {
                     "apiGroups": [SNAPSHOT_GROUP],
                     "resources": ["volumesnapshotcontents"],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
                 {
                     "apiGroups": [CBT_GROUP],
                     "resources": [CBT_PLURAL],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
             ],
         },

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from lamina.backend.service.recorder import read_history
 from lamina.backend.service.service import init_repository
 from tests.support.kube_cluster import RealKube
 from tests.support.kube_csi import (
+    TEST_DRIVER,
+    TEST_SNAPSHOT_CLASS,
     TEST_STORAGE_CLASS,
     CsiStandIn,
     ensure_classes,
@@ -50,21 +53,34 @@ class Cluster:
     folder: Path  # for images outside /tmp's mapping: the pods' /tmp is their scratch volume
 
 
-@pytest.fixture
-def cluster(real_kube_cluster: RealKube, kube_namespace: str, tmp_path: Path) -> Iterator[Cluster]:
-    with real_kube_cluster.api_client() as api:
+@contextmanager
+def cluster_parts(
+    real: RealKube, namespace: str, folder: Path, driver: str = TEST_DRIVER
+) -> Iterator[Cluster]:
+    """CRDs and classes for `driver`, its CSI stand-in and a test node, for one namespace."""
+    with real.api_client() as api:
         install_snapshot_crds(api)
-        ensure_classes(api)
-        csi = CsiStandIn(real_kube_cluster.kubeconfig, tmp_path / "csi", [kube_namespace])
+        ensure_classes(api, driver, *classes_of(driver))
+        csi = CsiStandIn(real.kubeconfig, folder / "csi", [namespace], driver=driver)
         node = KubeNode(
-            real_kube_cluster.kubeconfig,
-            tmp_path / "node",
-            name=f"node-{kube_namespace}",
-            namespaces=[kube_namespace],
+            real.kubeconfig, folder / "node", name=f"node-{namespace}", namespaces=[namespace]
         )
         with csi, node:
-            yield Cluster(real_kube_cluster, kube_namespace, node, csi, api, tmp_path)
+            yield Cluster(real, namespace, node, csi, api, folder)
         assert node.errors == [] and csi.errors == []
+
+
+def classes_of(driver: str) -> tuple[str, str]:
+    """(StorageClass, VolumeSnapshotClass) of a test driver."""
+    if driver == TEST_DRIVER:
+        return TEST_STORAGE_CLASS, TEST_SNAPSHOT_CLASS
+    return f"{driver}-sc", f"{driver}-snapclass"
+
+
+@pytest.fixture
+def cluster(real_kube_cluster: RealKube, kube_namespace: str, tmp_path: Path) -> Iterator[Cluster]:
+    with cluster_parts(real_kube_cluster, kube_namespace, tmp_path) as parts:
+        yield parts
 
 
 def volume_image(path: Path, size: int = 4 * MiB) -> bytes:

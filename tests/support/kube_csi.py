@@ -9,8 +9,10 @@ snapshot controller, the CSI external-provisioner and the driver itself.
   cluster; waits until they are Established.
 - ``CsiStandIn``: a thread that does, for the namespaces it is given, what the snapshot
   controller, the CSI sidecars and a hostpath-like driver do, with image files in a local
-  folder: a VolumeSnapshot of a Bound PVC of its driver gets a copy of the PV's image file, a
-  VolumeSnapshotContent (handle, restoreSize, creationTime) and ``readyToUse``; a Pending PVC
+  folder: a VolumeSnapshot of a Bound PVC of its driver becomes a snapshot of lamina's
+  LocalCluster under ``folder/local`` (a frozen copy of the PV's image file, which lamina's
+  SnapshotMetadata server can serve for CBT), a VolumeSnapshotContent (its handle,
+  restoreSize, creationTime) and ``readyToUse``; a Pending PVC
   of a StorageClass whose provisioner is its driver gets a new PV (an empty sparse image of
   the requested size in Block mode, a folder in Filesystem mode, or a copy of the snapshot's
   image for a PVC whose ``dataSource`` is a ready VolumeSnapshot), pre-bound to the claim so
@@ -32,6 +34,8 @@ from typing import Any
 
 import kubernetes
 
+from lamina.backend.local import LocalCluster
+from lamina.backend.local.cluster import SnapshotExists
 from tests.support.kube_cluster import new_api_client
 
 Obj = dict[str, Any]
@@ -206,6 +210,9 @@ class CsiStandIn:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._api: Any = None
+        # the snapshots are a LocalCluster's: lamina's own SnapshotMetadata server
+        # (backend/cbt/server.py) serves their changed blocks, as a CSI driver's sidecar would
+        self.local = LocalCluster(self.folder / "local")
 
     def __enter__(self) -> CsiStandIn:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -262,8 +269,14 @@ class CsiStandIn:
             if pv is None:
                 continue  # a real controller waits for the claim too
             uid = snapshot["metadata"]["uid"]
-            image = self.folder / f"snap-{uid}.img"
-            shutil.copyfile(pv.spec.csi.volume_handle, image)
+            name = snapshot["metadata"]["name"]
+            try:
+                local = self.local.create_snapshot(
+                    pv.spec.csi.volume_handle, namespace, name, made_by="csi-stand-in"
+                )
+            except SnapshotExists:
+                local = self.local.snapshot(namespace, name)
+            image = local.image
             content_name = f"snapcontent-{uid}"
             content = {
                 "apiVersion": f"{SNAPSHOT_GROUP}/v1",
@@ -299,7 +312,7 @@ class CsiStandIn:
                 "creationTime": time.time_ns(),
                 "readyToUse": True,
                 "restoreSize": size,
-                "snapshotHandle": f"snap-{uid}",
+                "snapshotHandle": local.handle,
             }
             self.custom.replace_cluster_custom_object_status(
                 SNAPSHOT_GROUP, "v1", "volumesnapshotcontents", content_name, created
@@ -348,7 +361,7 @@ class CsiStandIn:
                     continue
                 if parse_size(size) < parse_size(str(status["restoreSize"])):
                     continue  # a real provisioner refuses a claim smaller than the snapshot
-                snapshot_image = self.folder / f"snap-{snapshot['metadata']['uid']}.img"
+                snapshot_image = self.local.snapshot(namespace, source.name).image
                 if not path.exists():
                     shutil.copyfile(snapshot_image, path)
             elif mode == "Block":

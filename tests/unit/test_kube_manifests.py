@@ -105,7 +105,7 @@ def test_rbac_grants_what_the_data_mover_needs() -> None:
     role_rules = kinds["Role"]["rules"]
     snapshots = next(r for r in role_rules if r["resources"] == ["volumesnapshots"])
     assert snapshots["apiGroups"] == ["snapshot.storage.k8s.io"]
-    assert set(snapshots["verbs"]) == {"get", "list"}
+    assert set(snapshots["verbs"]) == {"get"}
     token = next(r for r in role_rules if r["resources"] == ["serviceaccounts/token"])
     assert token == {
         "apiGroups": [""],
@@ -115,13 +115,13 @@ def test_rbac_grants_what_the_data_mover_needs() -> None:
     }
     cluster_rules = kinds["ClusterRole"]["rules"]
     contents = next(r for r in cluster_rules if r["resources"] == ["volumesnapshotcontents"])
-    assert set(contents["verbs"]) == {"get", "list"}
+    assert set(contents["verbs"]) == {"get"}
     services = next(r for r in cluster_rules if r["resources"] == ["snapshotmetadataservices"])
     assert services["apiGroups"] == ["cbt.storage.k8s.io"]
-    assert set(services["verbs"]) == {"get", "list"}
+    assert set(services["verbs"]) == {"get"}
     # nothing that writes or deletes anything but its own token
     for rule in role_rules + cluster_rules:
-        assert set(rule["verbs"]) <= {"get", "list", "create"}
+        assert set(rule["verbs"]) <= {"get", "create"}
         if "create" in rule["verbs"]:
             assert rule["resources"] == ["serviceaccounts/token"]
     for binding in (kinds["RoleBinding"], kinds["ClusterRoleBinding"]):
