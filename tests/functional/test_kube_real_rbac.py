@@ -86,7 +86,7 @@ def test_datamover_with_cbt_needs_exactly_the_rights_of_deploy_rbac(
         ) as cbt,
     ):
         custom: Any = kubernetes.client.CustomObjectsApi(cluster.api)
-        service_body = {
+        service_body: dict[str, Any] = {
             "apiVersion": "cbt.storage.k8s.io/v1beta1",
             "kind": "SnapshotMetadataService",
             "metadata": {"name": CBT_DRIVER},
