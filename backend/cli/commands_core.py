@@ -17,7 +17,6 @@ from ..service import (
     read_password_file,
 )
 from ..units import format_rate, format_size, parse_size, plural
-from .commands_restore_pvc import add_to_pvc_args, pvc_only_options, restore_to_pvc
 from .common import (
     add_repo_args,
     elapsed,
@@ -28,6 +27,7 @@ from .common import (
     run_job,
     with_requests,
 )
+from .restore_pvc import add_to_pvc_args, pvc_only_options, restore_to_pvc
 
 
 def register(sub: Any) -> None:
