@@ -322,7 +322,8 @@ def test_restore_job_writes_the_new_pvc_and_has_no_api_rights() -> None:
     assert pvc["spec"]["resources"]["requests"]["storage"] == "64Mi"
     assert pvc["spec"]["storageClassName"] == "fast" and "dataSource" not in pvc["spec"]
     job = restore_job_manifest(spec)
-    assert k8s.V1Job.from_dict(job).spec.template.spec.containers[0].name == "lamina"
+    model: Any = k8s.V1Job.from_dict(job)  # the client's model takes the manifest
+    assert model.spec.template.spec.containers[0].name == "lamina"
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
     (container,) = pod["containers"]
