@@ -1,8 +1,12 @@
 """A FAKE Kubernetes API server for tests. It is a test double, not Kubernetes.
 
-No real API server can run on the test machines, so lamina's Kubernetes code is tested
-against this small, strict imitation, spoken to over real HTTP on 127.0.0.1 through the real
-`kubernetes` Python client and a real kubeconfig file. What it imitates, it imitates the way
+A real API server does run in the tests (kube_cluster.py: kube-apiserver v1.20.2,
+controller-manager and etcd on loopback, ~8 s to start, one per run), and the tests of
+test_kube_real_*.py use it. This small, strict imitation stays for the fast tests and for
+what the real one cannot be made to do on demand (a snapshot that never becomes ready, a
+silent server, forbidden requests for the admin); it is spoken to over real HTTP on 127.0.0.1
+through the real `kubernetes` Python client and a real kubeconfig file. Where it and the real
+server disagree, it is wrong. What it imitates, it imitates the way
 a real API server answers:
 
 - complete objects: apiVersion, kind, metadata with uid, resourceVersion, creationTimestamp,
@@ -194,6 +198,26 @@ def parse_quantity(text: str) -> int:
     factors = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
     factors.update({s + "i": 1024 ** (i + 1) for i, s in enumerate("KMGTPE")})
     return int(float(match.group(1)) * factors[match.group(2) or ""])
+
+
+def canonical_quantity(text: str) -> str:
+    """A whole quantity as the API server stores it: the largest suffix of its kind (binary
+    Ki, Mi, ... or decimal k, M, ...) that keeps it whole ("1024Ki" -> "1Mi", "1536Ki" stays,
+    "2000000" -> "2M"). Fractions are kept as given."""
+    match = re.fullmatch(r"(\d+)([KMGTPE]i|[kMGTPE])?", str(text).strip())
+    if not match:
+        return str(text)
+    value = parse_quantity(text)
+    binary = (match.group(2) or "").endswith("i")
+    base = 1024 if binary else 1000
+    suffixes = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] if binary else ["k", "M", "G", "T", "P", "E"]
+    suffix = ""
+    for candidate in suffixes:
+        if value == 0 or value % base:
+            break
+        value //= base
+        suffix = candidate
+    return f"{value}{suffix}"
 
 
 @dataclass
@@ -563,6 +587,9 @@ class FakeKube:
             body.setdefault("spec", {"finalizers": ["kubernetes"]})
             body["status"] = {"phase": "Active"}
         elif rt.kind == "PersistentVolumeClaim":
+            requests = (body["spec"].get("resources") or {}).get("requests") or {}
+            if "storage" in requests:  # a real server stores quantities canonical: 1024Ki is 1Mi
+                requests["storage"] = canonical_quantity(requests["storage"])
             body["spec"].setdefault("volumeMode", "Filesystem")
             if "storageClassName" not in body["spec"]:
                 default = self._default_storage_class()
