@@ -26,6 +26,7 @@ from lamina.backend.service import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
     FileEntry,
     HistoryPage,
     Job,
@@ -443,8 +444,32 @@ class RecordedClient:
         _not_in_a_snapshot()
 
     def start_restore(
-        self, point_ref: str, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),
+        delta: bool = False,
+        assume_from: str | None = None,
     ) -> Job:
+        _not_in_a_snapshot()
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> Job:
+        _not_in_a_snapshot()
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport:
         _not_in_a_snapshot()
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
