@@ -1542,7 +1542,7 @@ class Task(_message.Message):
     DELTA_RESTORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
-    """"backup", "restore", "verify", "extract", "delete", "forget", "prune" or "consolidate" """
+    """"backup", "restore", "verify", "extract", "delete", "forget", "prune", "consolidate" or "copy" """
     description: _builtins.str
     state: Global___TaskState.ValueType
     queue_position: _builtins.int
