@@ -113,7 +113,19 @@ def test_copy_to_s3_through_the_server_is_a_job_with_history_and_requests(
     # A service job like the others: in the server's history, its S3 requests counted.
     [record] = site.remote.list_history(kind="copy").jobs
     assert record.id == job.id and record.state == "succeeded"
-    assert record.requests.get("put", 0) > 0 and record.bytes_up > 0
+    # Every upload counts, also those of the copy's worker threads.
+    assert record.requests.get("put", 0) > 0 and record.bytes_up >= report.bytes_uploaded
+
+    # A delta restore from S3 counts the pieces its worker threads download.
+    target = site.root / "target.img"
+    finished(other.start_restore(ids[0], str(target)))
+    delta = other.start_restore(ids[-1], str(target), delta=True)
+    result = finished(delta)
+    assert isinstance(result, dict)
+    counts = other.job_requests(delta.id)
+    assert counts is not None and counts.bytes_down >= result["bytes_downloaded"] > 0
+    assert sha256_file(target) == site.digests[ids[-1]]
+    target.unlink()
 
     # The chain grows by one point: the comparison says so, and a second copy moves it alone.
     scribble(site.image, 4, 64 * KiB, seed=9)
