@@ -170,9 +170,11 @@ class CompareScreen(LaminaScreen):
             else:
                 text.append(f"{side} holds every point of the other", style="green")
         if c.differing:
+            one = len(c.differing) == 1
             text.append(
-                f"\n{plural(len(c.differing), 'point')} differ: same id, other content "
-                "(corruption or tampering); they are not copied",
+                f"\n{plural(len(c.differing), 'point')} {'differs' if one else 'differ'}: same "
+                f"id, other content (corruption or tampering); {'it is' if one else 'they are'} "
+                "not copied",
                 style="bold red",
             )
         return text
