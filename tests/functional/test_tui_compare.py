@@ -195,7 +195,7 @@ async def test_compare_side_by_side_copy_what_is_missing_and_refresh(pair: Pair)
     assert {p.id for p in pair.here.list_points()} == ids
 
 
-@pytest.fixture(params=["in-process", "grpc"])
+@pytest.fixture(params=["in-process"])  # cancelling over the API: tests/functional/test_api_copy.py
 def slow_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
     init_repository(str(tmp_path / "here"), grid_size=256 * 1024)
     here = Service(str(tmp_path / "here"), local_root=str(tmp_path / "cluster"))
