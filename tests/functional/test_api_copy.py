@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from lamina.backend.service import (
     CompareReport,
     CopyReport,
     Job,
+    JobRecord,
     JobState,
     PointInfo,
     Service,
@@ -81,6 +83,18 @@ def finished(job: Job) -> object:
     return job.result
 
 
+def copy_records(site: Site, states: list[str]) -> list[JobRecord]:
+    """The copy jobs of the server's history once they are in these states: the catalog's
+    writer thread records a job's end a moment after the job itself ends."""
+    deadline = time.monotonic() + 30
+    while True:
+        records = site.remote.list_history(kind="copy").jobs
+        if [r.state for r in records] == states:
+            return records
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)
+
+
 def restored_digest(service: Service, point: str, target: Path) -> str:
     finished(service.start_restore(point, str(target)))
     digest = sha256_file(target)
@@ -111,8 +125,8 @@ def test_copy_to_s3_through_the_server_is_a_job_with_history_and_requests(
         assert restored_digest(other, point_id, site.root / "out.img") == site.digests[point_id]
 
     # A service job like the others: in the server's history, its S3 requests counted.
-    [record] = site.remote.list_history(kind="copy").jobs
-    assert record.id == job.id and record.state == "succeeded"
+    [record] = copy_records(site, ["succeeded"])
+    assert record.id == job.id
     # Every upload counts, also those of the copy's worker threads.
     assert record.requests.get("put", 0) > 0 and record.bytes_up >= report.bytes_uploaded
 
@@ -178,8 +192,7 @@ def test_cancelling_a_copy_through_the_server_leaves_no_point(site: Site) -> Non
     job.wait()
     assert job.state == JobState.CANCELLED, job.error
     assert Service(other).list_points() == []
-    [record] = site.remote.list_history(kind="copy").jobs
-    assert record.state == "cancelled"
+    copy_records(site, ["cancelled"])
 
 
 def test_delta_restore_through_the_server(site: Site) -> None:
