@@ -15,8 +15,12 @@ def test_real_api_server_answers_and_keeps_optimistic_concurrency(
         version = kubernetes.client.VersionApi(api).get_code()
         assert version.major == "1" and version.minor.startswith("20")
         leases = kubernetes.client.CoordinationV1Api(api)
-        body = {"metadata": {"name": "probe"}, "spec": {"holderIdentity": "a"}}
+        body = kubernetes.client.V1Lease(
+            metadata=kubernetes.client.V1ObjectMeta(name="probe"),
+            spec=kubernetes.client.V1LeaseSpec(holder_identity="a"),
+        )
         created = leases.create_namespaced_lease(kube_namespace, body)
+        assert created.metadata is not None and created.spec is not None
         stale = created.metadata.resource_version
         created.spec.holder_identity = "b"
         leases.replace_namespaced_lease("probe", kube_namespace, created)

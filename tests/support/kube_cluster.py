@@ -72,7 +72,9 @@ class RealKube:
         """A new kubernetes.client.ApiClient with the admin credentials."""
         import kubernetes
 
-        return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+        return kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(self.kubeconfig)
+        )
 
     def new_namespace(self, prefix: str = "t") -> str:
         """Create a namespace with a fresh name and return the name."""
@@ -81,7 +83,7 @@ class RealKube:
         name = f"{prefix}-{secrets.token_hex(4)}"
         with self.api_client() as api:
             kubernetes.client.CoreV1Api(api).create_namespace(
-                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+                kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
             )
         return name
 
