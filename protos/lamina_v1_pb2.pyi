@@ -5,7 +5,8 @@ lamina's headless API, version 1: what `lamina serve` offers to scripts, other t
 remote terminal UIs. It covers the service layer: clusters and their volumes, the
 repository's volumes, points and chains, long operations as tasks (backup, restore,
 verify, extract, delete, forget, prune, consolidate), repository locks, FUSE mounts on the
-server's machine, and the files inside points.
+server's machine, the files inside points, and copies and comparisons between the
+server's repository and another one.
 
 Every call needs the metadata `authorization: Bearer <token>` unless the server was
 started without authentication (loopback only). Paths in requests that start tasks are
@@ -967,21 +968,31 @@ class StartRestoreRequest(_message.Message):
     POINT_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
     OVERWRITE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ASSUME_FROM_FIELD_NUMBER: _builtins.int
     point: _builtins.str
     target: _builtins.str
     """absolute path on the server: a new image file or a block device"""
     overwrite: _builtins.bool
     """replace an existing image file"""
+    delta: _builtins.bool
+    """The target holds some version of the volume: write only the blocks that differ
+    (docs/copy.md, "Delta restore"); the task's result is then delta_restore.
+    """
+    assume_from: _builtins.str
+    """with delta: the point the target holds; skip reading it"""
     def __init__(
         self,
         *,
         point: _builtins.str = ...,
         target: _builtins.str = ...,
         overwrite: _builtins.bool = ...,
+        delta: _builtins.bool = ...,
+        assume_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["overwrite", b"overwrite", "point", b"point", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assume_from", b"assume_from", "delta", b"delta", "overwrite", b"overwrite", "point", b"point", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1527,9 +1538,11 @@ class Task(_message.Message):
     FORGET_FIELD_NUMBER: _builtins.int
     PRUNE_FIELD_NUMBER: _builtins.int
     CONSOLIDATE_FIELD_NUMBER: _builtins.int
+    COPY_FIELD_NUMBER: _builtins.int
+    DELTA_RESTORE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
-    """"backup", "restore", "verify", "extract", "delete", "forget", "prune" or "consolidate" """
+    """"backup", "restore", "verify", "extract", "delete", "forget", "prune", "consolidate" or "copy" """
     description: _builtins.str
     state: Global___TaskState.ValueType
     queue_position: _builtins.int
@@ -1580,6 +1593,12 @@ class Task(_message.Message):
     def consolidate(self) -> Global___Point:
         """the point, now with fewer ancestors"""
 
+    @_builtins.property
+    def copy(self) -> Global___CopyResult: ...
+    @_builtins.property
+    def delta_restore(self) -> Global___DeltaRestoreResult:
+        """a restore with delta"""
+
     def __init__(
         self,
         *,
@@ -1605,12 +1624,14 @@ class Task(_message.Message):
         forget: Global___ForgetResult | None = ...,
         prune: Global___PruneResult | None = ...,
         consolidate: Global___Point | None = ...,
+        copy: Global___CopyResult | None = ...,
+        delta_restore: Global___DeltaRestoreResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "created", b"created", "delete", b"delete", "extract", b"extract", "finished", b"finished", "forget", b"forget", "progress", b"progress", "prune", b"prune", "restore", b"restore", "result", b"result", "started", b"started", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "copy", b"copy", "created", b"created", "delete", b"delete", "delta_restore", b"delta_restore", "extract", b"extract", "finished", b"finished", "forget", b"forget", "progress", b"progress", "prune", b"prune", "restore", b"restore", "result", b"result", "started", b"started", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "created", b"created", "delete", b"delete", "description", b"description", "error", b"error", "extract", b"extract", "finished", b"finished", "forget", b"forget", "id", b"id", "kind", b"kind", "log", b"log", "point", b"point", "progress", b"progress", "prune", b"prune", "queue_position", b"queue_position", "restore", b"restore", "result", b"result", "started", b"started", "state", b"state", "summary", b"summary", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup", b"backup", "consolidate", b"consolidate", "copy", b"copy", "created", b"created", "delete", b"delete", "delta_restore", b"delta_restore", "description", b"description", "error", b"error", "extract", b"extract", "finished", b"finished", "forget", b"forget", "id", b"id", "kind", b"kind", "log", b"log", "point", b"point", "progress", b"progress", "prune", b"prune", "queue_position", b"queue_position", "restore", b"restore", "result", b"result", "started", b"started", "state", b"state", "summary", b"summary", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["backup", "restore", "verify", "extract", "delete", "forget", "prune", "consolidate"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["backup", "restore", "verify", "extract", "delete", "forget", "prune", "consolidate", "copy", "delta_restore"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
@@ -2837,3 +2858,292 @@ class TreeItem(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___TreeItem: _TypeAlias = TreeItem  # noqa: Y015
+
+@_typing.final
+class OtherRepository(_message.Message):
+    """---------------------------------------------------------------------------- copies
+
+    A repository other than the server's, as the server's machine reaches it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """s3://bucket/prefix, or an absolute folder on the server (under --allow-path, if set)"""
+    password: _builtins.bytes
+    """when it is encrypted; send it over TLS only"""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        password: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OtherRepository: _TypeAlias = OtherRepository  # noqa: Y015
+
+@_typing.final
+class StartCopyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OTHER_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    VERIFY_FIELD_NUMBER: _builtins.int
+    direction: _builtins.str
+    """"to" (or empty): from the server's repository to other; "from": from other into it"""
+    volume: _builtins.str
+    """only this volume's points; NAME, NS/NAME or CLUSTER/NS/NAME"""
+    verify: _builtins.bool
+    """re-read every piece of each copied point on the destination"""
+    @_builtins.property
+    def other(self) -> Global___OtherRepository: ...
+    @_builtins.property
+    def points(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids or unique prefixes of the source; empty: every point"""
+
+    def __init__(
+        self,
+        *,
+        other: Global___OtherRepository | None = ...,
+        direction: _builtins.str = ...,
+        points: _abc.Iterable[_builtins.str] | None = ...,
+        volume: _builtins.str = ...,
+        verify: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["other", b"other"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "other", b"other", "points", b"points", "verify", b"verify", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartCopyRequest: _TypeAlias = StartCopyRequest  # noqa: Y015
+
+@_typing.final
+class CopyResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    COPIED_FIELD_NUMBER: _builtins.int
+    PRESENT_FIELD_NUMBER: _builtins.int
+    PIECES_COPIED_FIELD_NUMBER: _builtins.int
+    BYTES_READ_FIELD_NUMBER: _builtins.int
+    BYTES_UPLOADED_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    destination: _builtins.str
+    mode: _builtins.str
+    """"as-is" (sealed pieces moved unchanged) or "re-encoded" """
+    pieces_copied: _builtins.int
+    bytes_read: _builtins.int
+    """downloaded from the source"""
+    bytes_uploaded: _builtins.int
+    """packs written to the destination"""
+    verified: _builtins.bool
+    duration_seconds: _builtins.float
+    @_builtins.property
+    def copied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """points written to the destination"""
+
+    @_builtins.property
+    def present(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """points the destination already held"""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        mode: _builtins.str = ...,
+        copied: _abc.Iterable[_builtins.str] | None = ...,
+        present: _abc.Iterable[_builtins.str] | None = ...,
+        pieces_copied: _builtins.int = ...,
+        bytes_read: _builtins.int = ...,
+        bytes_uploaded: _builtins.int = ...,
+        verified: _builtins.bool = ...,
+        duration_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_read", b"bytes_read", "bytes_uploaded", b"bytes_uploaded", "copied", b"copied", "destination", b"destination", "duration_seconds", b"duration_seconds", "mode", b"mode", "pieces_copied", b"pieces_copied", "present", b"present", "source", b"source", "verified", b"verified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CopyResult: _TypeAlias = CopyResult  # noqa: Y015
+
+@_typing.final
+class CompareRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OTHER_FIELD_NUMBER: _builtins.int
+    VOLUME_FIELD_NUMBER: _builtins.int
+    volume: _builtins.str
+    """empty: every volume"""
+    @_builtins.property
+    def other(self) -> Global___OtherRepository: ...
+    def __init__(
+        self,
+        *,
+        other: Global___OtherRepository | None = ...,
+        volume: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["other", b"other"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["other", b"other", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareRequest: _TypeAlias = CompareRequest  # noqa: Y015
+
+@_typing.final
+class VolumeComparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUME_FIELD_NUMBER: _builtins.int
+    BOTH_FIELD_NUMBER: _builtins.int
+    ONLY_LEFT_FIELD_NUMBER: _builtins.int
+    ONLY_RIGHT_FIELD_NUMBER: _builtins.int
+    DIFFERING_FIELD_NUMBER: _builtins.int
+    NEWEST_COMMON_FIELD_NUMBER: _builtins.int
+    LEFT_BEHIND_POINTS_FIELD_NUMBER: _builtins.int
+    LEFT_BEHIND_BYTES_FIELD_NUMBER: _builtins.int
+    RIGHT_BEHIND_POINTS_FIELD_NUMBER: _builtins.int
+    RIGHT_BEHIND_BYTES_FIELD_NUMBER: _builtins.int
+    volume: _builtins.str
+    newest_common: _builtins.str
+    left_behind_points: _builtins.int
+    """points the server's repository lacks"""
+    left_behind_bytes: _builtins.int
+    """bytes a copy into it would move"""
+    right_behind_points: _builtins.int
+    right_behind_bytes: _builtins.int
+    @_builtins.property
+    def both(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def only_left(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only in the server's repository"""
+
+    @_builtins.property
+    def only_right(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only in the other"""
+
+    @_builtins.property
+    def differing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """same id, other identity: corruption or tampering"""
+
+    def __init__(
+        self,
+        *,
+        volume: _builtins.str = ...,
+        both: _abc.Iterable[_builtins.str] | None = ...,
+        only_left: _abc.Iterable[_builtins.str] | None = ...,
+        only_right: _abc.Iterable[_builtins.str] | None = ...,
+        differing: _abc.Iterable[_builtins.str] | None = ...,
+        newest_common: _builtins.str | None = ...,
+        left_behind_points: _builtins.int = ...,
+        left_behind_bytes: _builtins.int = ...,
+        right_behind_points: _builtins.int = ...,
+        right_behind_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_newest_common", b"_newest_common", "newest_common", b"newest_common"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_newest_common", b"_newest_common", "both", b"both", "differing", b"differing", "left_behind_bytes", b"left_behind_bytes", "left_behind_points", b"left_behind_points", "newest_common", b"newest_common", "only_left", b"only_left", "only_right", b"only_right", "right_behind_bytes", b"right_behind_bytes", "right_behind_points", b"right_behind_points", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__newest_common: _TypeAlias = _typing.Literal["newest_common"]  # noqa: Y015
+    _WhichOneofArgType__newest_common: _TypeAlias = _typing.Literal["_newest_common", b"_newest_common"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__newest_common) -> _WhichOneofReturnType__newest_common | None: ...
+
+Global___VolumeComparison: _TypeAlias = VolumeComparison  # noqa: Y015
+
+@_typing.final
+class CompareResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    IN_SYNC_FIELD_NUMBER: _builtins.int
+    VOLUMES_FIELD_NUMBER: _builtins.int
+    left: _builtins.str
+    right: _builtins.str
+    in_sync: _builtins.bool
+    @_builtins.property
+    def volumes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeComparison]: ...
+    def __init__(
+        self,
+        *,
+        left: _builtins.str = ...,
+        right: _builtins.str = ...,
+        in_sync: _builtins.bool = ...,
+        volumes: _abc.Iterable[Global___VolumeComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_sync", b"in_sync", "left", b"left", "right", b"right", "volumes", b"volumes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareResult: _TypeAlias = CompareResult  # noqa: Y015
+
+@_typing.final
+class DeltaRestoreResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    ASSUMED_FROM_FIELD_NUMBER: _builtins.int
+    BYTES_READ_TARGET_FIELD_NUMBER: _builtins.int
+    BYTES_WRITTEN_FIELD_NUMBER: _builtins.int
+    BYTES_DOWNLOADED_FIELD_NUMBER: _builtins.int
+    BLOCKS_DIFFERING_FIELD_NUMBER: _builtins.int
+    BLOCK_SIZE_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    point: _builtins.str
+    target: _builtins.str
+    capacity: _builtins.int
+    assumed_from: _builtins.str
+    bytes_read_target: _builtins.int
+    bytes_written: _builtins.int
+    bytes_downloaded: _builtins.int
+    blocks_differing: _builtins.int
+    block_size: _builtins.int
+    image_digest: _builtins.str
+    requests: _builtins.int
+    duration_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        point: _builtins.str = ...,
+        target: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+        assumed_from: _builtins.str | None = ...,
+        bytes_read_target: _builtins.int = ...,
+        bytes_written: _builtins.int = ...,
+        bytes_downloaded: _builtins.int = ...,
+        blocks_differing: _builtins.int = ...,
+        block_size: _builtins.int = ...,
+        image_digest: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        duration_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from", "assumed_from", b"assumed_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from", "assumed_from", b"assumed_from", "block_size", b"block_size", "blocks_differing", b"blocks_differing", "bytes_downloaded", b"bytes_downloaded", "bytes_read_target", b"bytes_read_target", "bytes_written", b"bytes_written", "capacity", b"capacity", "duration_seconds", b"duration_seconds", "image_digest", b"image_digest", "point", b"point", "requests", b"requests", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__assumed_from: _TypeAlias = _typing.Literal["assumed_from"]  # noqa: Y015
+    _WhichOneofArgType__assumed_from: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__assumed_from) -> _WhichOneofReturnType__assumed_from | None: ...
+
+Global___DeltaRestoreResult: _TypeAlias = DeltaRestoreResult  # noqa: Y015

@@ -229,6 +229,16 @@ class LaminaServiceStub:
                 request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.ReadTreeRequest.SerializeToString,
                 response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.TreeItem.FromString,
                 _registered_method=True)
+        self.StartCopy = channel.unary_unary(
+                '/lamina.v1.LaminaService/StartCopy',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.StartCopyRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+                _registered_method=True)
+        self.Compare = channel.unary_unary(
+                '/lamina.v1.LaminaService/Compare',
+                request_serializer=lamina_dot_protos_dot_lamina__v1__pb2.CompareRequest.SerializeToString,
+                response_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.CompareResult.FromString,
+                _registered_method=True)
 
 
 class LaminaServiceServicer:
@@ -508,6 +518,22 @@ class LaminaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartCopy(self, request, context):
+        """Copy points with their chains between the server's repository and another one, in
+        either direction; only what the destination lacks moves (docs/copy.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Compare(self, request, context):
+        """Compare the server's repository (left) with another one (right), volume by volume:
+        the whole result in one answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LaminaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -705,6 +731,16 @@ def add_LaminaServiceServicer_to_server(servicer, server):
                     servicer.ReadTree,
                     request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.ReadTreeRequest.FromString,
                     response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.TreeItem.SerializeToString,
+            ),
+            'StartCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCopy,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.StartCopyRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.Task.SerializeToString,
+            ),
+            'Compare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compare,
+                    request_deserializer=lamina_dot_protos_dot_lamina__v1__pb2.CompareRequest.FromString,
+                    response_serializer=lamina_dot_protos_dot_lamina__v1__pb2.CompareResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1760,6 +1796,60 @@ class LaminaService:
             '/lamina.v1.LaminaService/ReadTree',
             lamina_dot_protos_dot_lamina__v1__pb2.ReadTreeRequest.SerializeToString,
             lamina_dot_protos_dot_lamina__v1__pb2.TreeItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/StartCopy',
+            lamina_dot_protos_dot_lamina__v1__pb2.StartCopyRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lamina.v1.LaminaService/Compare',
+            lamina_dot_protos_dot_lamina__v1__pb2.CompareRequest.SerializeToString,
+            lamina_dot_protos_dot_lamina__v1__pb2.CompareResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,7 +5,8 @@ lamina's headless API, version 1: what `lamina serve` offers to scripts, other t
 remote terminal UIs. It covers the service layer: clusters and their volumes, the
 repository's volumes, points and chains, long operations as tasks (backup, restore,
 verify, extract, delete, forget, prune, consolidate), repository locks, FUSE mounts on the
-server's machine, and the files inside points.
+server's machine, the files inside points, and copies and comparisons between the
+server's repository and another one.
 
 Every call needs the metadata `authorization: Bearer <token>` unless the server was
 started without authentication (loopback only). Paths in requests that start tasks are
@@ -123,6 +124,14 @@ class LaminaServiceStub:
     """A file's content: its entry, then chunks in increasing offset order."""
     ReadTree: _grpc.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadTreeRequest, _lamina_v1_pb2.TreeItem]
     """A folder (or a file) with everything it holds, as a stream of entries and chunks."""
+    StartCopy: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartCopyRequest, _lamina_v1_pb2.Task]
+    """Copy points with their chains between the server's repository and another one, in
+    either direction; only what the destination lacks moves (docs/copy.md).
+    """
+    Compare: _grpc.UnaryUnaryMultiCallable[_lamina_v1_pb2.CompareRequest, _lamina_v1_pb2.CompareResult]
+    """Compare the server's repository (left) with another one (right), volume by volume:
+    the whole result in one answer.
+    """
 
 @_typing.type_check_only
 class LaminaServiceAsyncStub(LaminaServiceStub):
@@ -210,6 +219,14 @@ class LaminaServiceAsyncStub(LaminaServiceStub):
     """A file's content: its entry, then chunks in increasing offset order."""
     ReadTree: _aio.UnaryStreamMultiCallable[_lamina_v1_pb2.ReadTreeRequest, _lamina_v1_pb2.TreeItem]  # type: ignore[assignment]
     """A folder (or a file) with everything it holds, as a stream of entries and chunks."""
+    StartCopy: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.StartCopyRequest, _lamina_v1_pb2.Task]  # type: ignore[assignment]
+    """Copy points with their chains between the server's repository and another one, in
+    either direction; only what the destination lacks moves (docs/copy.md).
+    """
+    Compare: _aio.UnaryUnaryMultiCallable[_lamina_v1_pb2.CompareRequest, _lamina_v1_pb2.CompareResult]  # type: ignore[assignment]
+    """Compare the server's repository (left) with another one (right), volume by volume:
+    the whole result in one answer.
+    """
 
 class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -528,5 +545,25 @@ class LaminaServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lamina_v1_pb2.TreeItem], _abc.AsyncIterator[_lamina_v1_pb2.TreeItem]]:
         """A folder (or a file) with everything it holds, as a stream of entries and chunks."""
+
+    @_abc_1.abstractmethod
+    def StartCopy(
+        self,
+        request: _lamina_v1_pb2.StartCopyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.Task, _abc.Awaitable[_lamina_v1_pb2.Task]]:
+        """Copy points with their chains between the server's repository and another one, in
+        either direction; only what the destination lacks moves (docs/copy.md).
+        """
+
+    @_abc_1.abstractmethod
+    def Compare(
+        self,
+        request: _lamina_v1_pb2.CompareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lamina_v1_pb2.CompareResult, _abc.Awaitable[_lamina_v1_pb2.CompareResult]]:
+        """Compare the server's repository (left) with another one (right), volume by volume:
+        the whole result in one answer.
+        """
 
 def add_LaminaServiceServicer_to_server(servicer: LaminaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -75,6 +75,7 @@ class LaminaApp(App[None]):
         self.check_timeout = check_timeout
         self.capabilities = Capabilities()
         self.repository_label = ""
+        self.compare_with = ""  # the repository last compared with (offered again)
         self.job_views: dict[str, JobView] = {}
         self.feed = JobFeed(self.post_message, feed_interval)
         self._unwatch: dict[str, Callable[[], None]] = {}

@@ -36,6 +36,7 @@ from lamina.backend.service import (  # noqa: E402
 from lamina.tui.app import LaminaApp, make_app  # noqa: E402
 from lamina.tui.screens.chain import ChainScreen  # noqa: E402
 from lamina.tui.screens.clusters import ClustersScreen  # noqa: E402
+from lamina.tui.screens.compare import CompareScreen  # noqa: E402
 from lamina.tui.screens.files import FilesScreen  # noqa: E402
 from lamina.tui.screens.history import HistoryScreen  # noqa: E402
 from lamina.tui.screens.jobs import JobsScreen  # noqa: E402
@@ -128,6 +129,16 @@ def build_demo(work: Path) -> Service:
     verify = service.start_verify(service.list_points()[-1].id)
     verify.wait()
     add_schedules(work, catalog, image, wal)
+    # An offsite copy that holds the first point only, for the comparison.
+    from lamina.backend.service.copies import start_copy
+
+    init_repository(str(work / "offsite"))
+    offsite = Service(str(work / "offsite"))
+    copy = start_copy(service, offsite, [service.list_points("demo/app-data")[0].id])
+    copy.wait()
+    if copy.error:
+        raise SystemExit(f"copy failed: {copy.error}")
+    offsite.close()
     return service
 
 
@@ -218,6 +229,17 @@ async def shoot(app: LaminaApp, out: Path) -> list[Path]:
         await pilot.press("down", "down")  # the newest point
         await pilot.pause(0.2)
         save("chain")
+
+        await pilot.press("equals_sign", *"offsite", "enter")  # compare with the offsite copy
+        await _until(
+            pilot,
+            "the comparison",
+            lambda: isinstance(app.screen, CompareScreen) and app.screen.comparison is not None,
+        )
+        await pilot.pause(0.2)
+        save("compare")
+        await pilot.press("escape")
+        await _until(pilot, "the chain again", lambda: isinstance(app.screen, ChainScreen))
 
         await pilot.press("f")
         await _until(

@@ -408,10 +408,16 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
     ) -> pb.Task:
         target = self.paths.check(request.target, "restore target")
         point = self._point_id(request.point)
+        assume_from = self._point_id(request.assume_from) if request.assume_from else None
         service = self.service
         view = self.tasks.submit(
             lambda: service.start_restore(
-                point, target, overwrite=request.overwrite, within=self.paths.roots
+                point,
+                target,
+                overwrite=request.overwrite,
+                within=self.paths.roots,
+                delta=request.delta,
+                assume_from=assume_from,
             )
         )
         return task_message(view)
@@ -479,6 +485,46 @@ class LaminaServicer(pb_grpc.LaminaServiceServicer):
         service = self.service
         view = self.tasks.submit(lambda: service.start_consolidate(point, until))
         return task_message(view)
+
+    # ------------------------------------------------------------------ other repositories
+
+    def _other(self, other: pb.OtherRepository) -> tuple[str, bytes | None]:
+        """The other repository's URL (a folder of the server's machine under the allowed
+        paths, like every path of a request) and its password."""
+        url = _required(other.url, "other repository (an s3:// URL or a folder on the server)")
+        if "\0" in url:
+            raise UsageError("the other repository must not contain a NUL byte")
+        if url.startswith("s3://"):
+            return url, other.password or None
+        if "://" in url and not url.startswith("file://"):
+            raise UsageError(f"the other repository is an s3:// URL or a folder, not {url!r}")
+        folder = self.paths.check(url.removeprefix("file://"), "other repository")
+        return folder, other.password or None
+
+    @unary
+    def StartCopy(self, request: pb.StartCopyRequest, context: grpc.ServicerContext) -> pb.Task:
+        other, password = self._other(request.other)
+        direction = request.direction or "to"
+        service = self.service
+        view = self.tasks.submit(
+            lambda: service.start_copy(
+                other,
+                direction=direction,
+                points=list(request.points),
+                volume=request.volume or None,
+                verify=request.verify,
+                other_password=password,
+            )
+        )
+        return task_message(view)
+
+    @unary
+    def Compare(
+        self, request: pb.CompareRequest, context: grpc.ServicerContext
+    ) -> pb.CompareResult:
+        other, password = self._other(request.other)
+        report = self.service.compare(other, volume=request.volume or None, other_password=password)
+        return wire.compare_message(report)
 
     # ------------------------------------------------------------------ locks
 

@@ -48,6 +48,8 @@ class ScheduleRow:
     last_error: str | None = None
     last_jobs: str | None = None
     claimed_by: str | None = None
+    copy_to: str | None = None
+    copy_password_file: str | None = None
 
     @classmethod
     def of_row(cls, row: sa.Row[Any]) -> ScheduleRow:

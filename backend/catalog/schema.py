@@ -91,4 +91,7 @@ schedules = Table(
     Column("last_error", Text, nullable=True),
     Column("last_jobs", Text, nullable=True),  # space-separated job ids of the last run
     Column("claimed_by", Text, nullable=True),  # host:pid of the controller of the last run
+    # Revision 0004: after each backup, copy the volume's points to this repository.
+    Column("copy_to", Text, nullable=True),
+    Column("copy_password_file", Text, nullable=True),
 )

@@ -2,6 +2,7 @@
 
 `points`, `chain`, `backup`, `restore` and `verify` take ``--server ADDR`` instead of
 ``--repo``: the same command then runs through a lamina server (paths are the server's).
+`copy` and `compare` take it too: the server's repository is then one of the two.
 `files get --server` downloads over the API into a folder of this machine.
 """
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from lamina.backend.service.remote import ApiClient, RemoteService
 
 SERVER_COMMANDS = ("points", "chain", "backup", "restore", "verify", "history")
+# Between two repositories: with --server, the server's repository is one of them.
+SERVER_PAIR_COMMANDS = ("copy", "compare")
 DEFAULT_LISTEN = "127.0.0.1:7443"
 
 
@@ -99,6 +102,11 @@ def register(sub: Any) -> None:
         if parser is not None:
             _add_server_options(parser)
             parser.set_defaults(service_factory=service_for)
+    for name in SERVER_PAIR_COMMANDS:
+        parser = sub.choices.get(name)
+        if parser is not None:
+            _add_server_options(parser)
+            parser.set_defaults(service_factory=service_for, repo=None)
     files_get = _subcommand(sub.choices.get("files"), "get")
     if files_get is not None:
         _add_server_options(files_get)

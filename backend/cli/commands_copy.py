@@ -7,10 +7,20 @@ import sys
 from typing import Any
 
 from ..display import printable
-from ..service import Service, read_password_file
-from ..service.copies import VolumeComparison, compare, start_copy
+from ..errors import UsageError
+from ..service import Service, VolumeComparison, read_password_file
+from ..service.copies import compare, start_copy
 from ..units import format_size, plural
-from .common import _prompt, elapsed, opened, print_json, print_requests, run_job, with_requests
+from .common import (
+    _prompt,
+    elapsed,
+    open_service,
+    opened,
+    print_json,
+    print_requests,
+    run_job,
+    with_requests,
+)
 
 
 def _add_password_option(p: argparse.ArgumentParser, side: str) -> None:
@@ -30,8 +40,9 @@ def register(sub: Any) -> None:
         "(folders and S3, in any direction). Only what the destination lacks moves; a point "
         "is written there once every piece it needs is.",
     )
-    p.add_argument("--from", dest="source", required=True, metavar="REPO", help="source repository")
-    p.add_argument("--to", dest="destination", required=True, metavar="REPO", help="destination")
+    # Not argparse-required: with --server, the server's repository is the other side.
+    p.add_argument("--from", dest="source", metavar="REPO", help="source repository")
+    p.add_argument("--to", dest="destination", metavar="REPO", help="destination")
     p.add_argument(
         "--volume", help="only the points of this volume (NAME, NS/NAME or CLUSTER/NS/NAME)"
     )
@@ -52,7 +63,12 @@ def register(sub: Any) -> None:
         help="compare the restore points of two repositories, volume by volume",
     )
     p.add_argument("left", metavar="REPO1", help="a repository (path, file:// or s3:// URL)")
-    p.add_argument("right", metavar="REPO2", help="another repository")
+    p.add_argument(
+        "right",
+        metavar="REPO2",
+        nargs="?",
+        help="another repository (with --server: give one REPO, compared with the server's)",
+    )
     p.add_argument("--volume", help="only this volume")
     p.add_argument("--left-password-file", metavar="FILE", help="password of REPO1")
     p.add_argument("--right-password-file", metavar="FILE", help="password of REPO2")
@@ -65,17 +81,55 @@ def _service(url: str, password_file: str | None) -> Service:
     return opened(Service(url, password=read_password_file(password_file), ask_password=ask))
 
 
+def _through_server(args: argparse.Namespace) -> Service | None:
+    """The server's service with --server (its repository is one side), else None."""
+    if not getattr(args, "server", None):
+        stray = [
+            f
+            for f, dest, own in getattr(args, "server_option_dests", ())
+            if own and getattr(args, dest)
+        ]
+        if stray:
+            raise UsageError(f"{' and '.join(stray)} go with --server")
+        return None
+    return open_service(args)
+
+
 def cmd_copy(args: argparse.Namespace) -> int:
-    source = _service(args.source, args.from_password_file)
-    destination = _service(args.destination, args.to_password_file)
-    job = start_copy(source, destination, args.points, volume=args.volume, verify=args.verify)
+    server = _through_server(args)
+    if server is not None:
+        if bool(args.source) == bool(args.destination):
+            raise UsageError(
+                "with --server, the server's repository is one side: give --from REPO "
+                "(copy into it) or --to REPO (copy from it), not both"
+            )
+        direction = "to" if args.destination else "from"
+        other = args.destination or args.source
+        password = read_password_file(
+            args.to_password_file if direction == "to" else args.from_password_file
+        )
+        job = server.start_copy(
+            other,
+            direction=direction,
+            points=args.points,
+            volume=args.volume,
+            verify=args.verify,
+            other_password=password,
+        )
+        source: Service = server
+    else:
+        if not args.source or not args.destination:
+            raise UsageError("give --from REPO and --to REPO (or --server ADDR and one of them)")
+        source = _service(args.source, args.from_password_file)
+        destination = _service(args.destination, args.to_password_file)
+        job = start_copy(source, destination, args.points, volume=args.volume, verify=args.verify)
     report = run_job(job, quiet=args.quiet)
     if args.json:
         print_json(with_requests(report.as_json(), source, job))
         return 0
     print(
         f"copied {plural(len(report.copied), 'point')} to {printable(report.destination)} "
-        f"({report.mode}); {plural(len(report.present), 'point')} already there"
+        f"({printable(report.mode)}); {plural(len(report.present), 'point')} already there"
     )
     print(
         f"  {plural(report.pieces_copied, 'piece')} moved: read {format_size(report.bytes_read)}, "
@@ -87,9 +141,23 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    left = _service(args.left, args.left_password_file)
-    right = _service(args.right, args.right_password_file)
-    report = compare(left, right, volume=args.volume)
+    server = _through_server(args)
+    if server is not None:
+        if args.right is not None:
+            raise UsageError("with --server, give one REPO: it is compared with the server's")
+        if args.left_password_file:
+            raise UsageError(
+                "with --server, REPO's password is --right-password-file; "
+                "the server opens its own repository"
+            )
+        password = read_password_file(args.right_password_file)
+        report = server.compare(args.left, volume=args.volume, other_password=password)
+    else:
+        if args.right is None:
+            raise UsageError("give two repositories, REPO1 and REPO2 (or --server ADDR and one)")
+        left = _service(args.left, args.left_password_file)
+        right = _service(args.right, args.right_password_file)
+        report = compare(left, right, volume=args.volume)
     if args.json:
         print_json(report.as_json())
     else:

@@ -318,9 +318,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"{pvc_only_options(args)[0]} applies to --to-pvc only")
     service = open_service(args)
     if args.delta:
-        from ..service.copies import start_delta_restore
-
-        job = start_delta_restore(service, args.point, args.target, assume_from=args.assume_from)
+        job = service.start_restore(
+            args.point,
+            args.target,
+            overwrite=args.overwrite,
+            delta=True,
+            assume_from=args.assume_from,
+        )
         result = run_job(job, quiet=args.quiet)
         if args.json:
             print_json(with_requests(result, service, job))

@@ -78,6 +78,16 @@ def register(sub: Any) -> None:
         action="store_true",
         help="a prune of the repository instead of a backup (no --volume, --source or --keep-*)",
     )
+    p.add_argument(
+        "--copy-to",
+        metavar="REPO",
+        help="after each backup (and its forget), copy the volume's points to this repository",
+    )
+    p.add_argument(
+        "--copy-password-file",
+        metavar="FILE",
+        help="file holding the --copy-to repository's password, read at every run",
+    )
     add_catalog_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_add)
@@ -174,6 +184,8 @@ def cmd_add(args: argparse.Namespace) -> int:
         policy=policy,
         prune=args.prune,
         password_file=args.password_file or os.environ.get("LAMINA_PASSWORD_FILE"),
+        copy_to=args.copy_to,
+        copy_password_file=args.copy_password_file,
     )
     if args.json:
         print_json(info.as_json())
@@ -187,7 +199,10 @@ def cmd_add(args: argparse.Namespace) -> int:
 def _what(info: ScheduleInfo) -> str:
     if info.kind == "prune":
         return f"prune {printable(info.repository)}"
-    return f"back up {printable(info.volume)} ({printable(info.source)})"
+    what = f"back up {printable(info.volume)} ({printable(info.source)})"
+    if info.copy_to:
+        what += f" and copy to {printable(info.copy_to)}"
+    return what
 
 
 def _at(seconds: float | None) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +28,7 @@ from .extents import image_digest, resolve_chain, split_on_grid
 from .format import EXTENT_DATA, Extent, PieceEntry
 from .repository import Point, Repository, pack_key, pack_runs, utc_now
 from .storage import ObjectNotFound, ShortRead
+from .storage.metering import ContextThreadPool
 
 CancelCheck = Callable[[], bool]
 
@@ -183,7 +183,7 @@ class _Copier:
                 f"point {point.id} on the source does not match its recorded image digest"
             )
         extents = src.load_map(point)
-        with ThreadPoolExecutor(4, thread_name_prefix="lamina-copy-up") as up:
+        with ContextThreadPool(4, thread_name_prefix="lamina-copy-up") as up:
             writer = dst.new_pack_writer(up, max_in_flight=4)
             try:
                 if self.as_is:
@@ -272,7 +272,7 @@ class _Copier:
                     return
                 take(entry, stored, data)
 
-        with ThreadPoolExecutor(self.src.io_threads, thread_name_prefix="lamina-copy") as pool:
+        with ContextThreadPool(self.src.io_threads, thread_name_prefix="lamina-copy") as pool:
             for f in [pool.submit(fetch, run) for run in pack_runs(entries)]:
                 f.result()
         if failure:
@@ -361,7 +361,7 @@ class _Copier:
                 if isinstance(data, LaminaError):
                     problems.append(str(data))
 
-        with ThreadPoolExecutor(self.dst.io_threads) as pool:
+        with ContextThreadPool(self.dst.io_threads) as pool:
             list(pool.map(check, pack_runs(entries)))
         if problems:
             raise CorruptObject(f"the copy of point {point.id} does not read back: {problems[0]}")

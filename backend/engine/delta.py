@@ -16,7 +16,6 @@ import random
 import stat
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import Cancelled, CorruptObject, LaminaError, MissingObject
@@ -26,6 +25,7 @@ from .fingerprints import UNKNOWN, Fingerprinter
 from .format import EXTENT_DATA, Extent, PieceEntry
 from .repository import Point, Repository, pack_runs
 from .safewrite import TargetError
+from .storage.metering import ContextThreadPool
 
 SAMPLES = 32  # blocks of an --assume-from restore read back to check the assumption
 
@@ -164,7 +164,7 @@ def delta_restore(
                 tracker.add(length, read=length)
                 return hasher.of(have) == want
 
-            with ThreadPoolExecutor(4) as pool:
+            with ContextThreadPool(4) as pool:
                 verdicts = list(pool.map(same, units))
             if cancelled():
                 raise Cancelled("delta restore cancelled; nothing was written")
@@ -275,7 +275,7 @@ def _write_units(
                 )
                 tracker.add(e.length)
 
-    with ThreadPoolExecutor(repo.io_threads) as pool:
+    with ContextThreadPool(repo.io_threads) as pool:
         list(pool.map(fetch, pack_runs(entries)))
     if failure:
         raise failure[0]

@@ -19,6 +19,7 @@ from .models import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
     FileEntry,
     HistoryPage,
     JobRecord,
@@ -98,7 +99,14 @@ class LaminaService(Protocol):
     def start_volume_backup(self, cluster: str, namespace: str, name: str) -> Job: ...
 
     def start_restore(
-        self, point_ref: str, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),
+        delta: bool = False,
+        assume_from: str | None = None,
     ) -> Job: ...
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job: ...
@@ -116,6 +124,24 @@ class LaminaService(Protocol):
     def start_prune(self, *, dry_run: bool = False, repack_below: float = 0.5) -> Job: ...
 
     def start_consolidate(self, point_ref: str, until: str | None = None) -> Job: ...
+
+    # ------------------------------------------------------------------ other repositories
+    # ``other`` is a repository URL as the service's machine reaches it (docs/copy.md).
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> Job: ...
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport: ...
 
     def job_views(self) -> list[JobView]: ...
 

@@ -4,7 +4,8 @@ Every pass: find the due schedules, claim each slot in the catalog (a row-level
 compare-and-set on ``next_run``: two controllers never run one slot twice), and run it in
 a thread through a Service with origin ``controller``, so the catalog records each job. A
 backup schedule's run is a backup job of its local volume (snapshot, CBT, backup), then a
-forget job by its retention; a prune schedule's run is a prune job. A run that fails is
+forget job by its retention, then (with ``copy_to``) a copy job of the volume's points to
+that repository; a prune schedule's run is a prune job. A run that fails is
 recorded, with its one-line error, on its jobs and on the schedule, and the other schedules
 go on. docs/schedules.md has the rules.
 """
@@ -192,13 +193,24 @@ class Controller:
                 return self._wait(run, service.start_prune())
             assert info.volume is not None
             namespace, name = info.volume.split("/", 1)
+            volume = f"{LOCAL}/{namespace}/{name}"
             state, error = self._wait(run, service.start_volume_backup(LOCAL, namespace, name))
             policy = policy_of(info.retention)
-            if state != JobState.SUCCEEDED or policy.empty:
+            if state == JobState.SUCCEEDED and not policy.empty:
+                state, error = self._wait(run, service.start_forget(policy, volume=volume))
+            if state != JobState.SUCCEEDED or info.copy_to is None:
                 return state, error
-            return self._wait(
-                run, service.start_forget(policy, volume=f"{LOCAL}/{namespace}/{name}")
-            )
+            # The copy step: what the other repository lacks of the volume, a copy job.
+            try:
+                copy = service.start_copy(
+                    info.copy_to,
+                    volume=volume,
+                    other_password=read_password_file(info.copy_password_file),
+                )
+            except LaminaError as e:  # the other repository does not open: a failed copy
+                self._record_failed(info, str(e), kind="copy")
+                return JobState.FAILED, str(e)
+            return self._wait(run, copy)
         finally:
             service.close()  # also writes the jobs' ends to the catalog
 
@@ -208,16 +220,16 @@ class Controller:
         job.wait()
         return job.state, job.error
 
-    def _record_failed(self, info: ScheduleInfo, error: str) -> None:
+    def _record_failed(self, info: ScheduleInfo, error: str, *, kind: str | None = None) -> None:
         """A run that failed before its job could start is still a failed job in the history."""
         me = current_process()
         now = time.time()
         volume = f"{LOCAL}/{info.volume}" if info.volume else None
         record = JobRecord(
             id=uuid.uuid4().hex[:12],
-            kind=info.kind,
+            kind=kind or info.kind,
             state=JobState.FAILED,
-            description=f"scheduled {info.kind} {info.name}",
+            description=f"scheduled {kind or info.kind} {info.name}",
             repository=info.repository,
             volume=volume,
             created_at=now,

@@ -44,11 +44,13 @@ def start_copy(
     *,
     volume: str | None = None,
     verify: bool = False,
+    owner: Service | None = None,
 ) -> Job:
     """Copy points (all, those of ``volume``, or those named) with their chains.
 
     Both repositories are opened now: a wrong password, an unsupported format or the same
     repository twice fails here, before any job exists and before anything is written.
+    The job is ``owner``'s (default: the source's): its history, caps and request meter.
     """
     refs = [checked_point_ref(p) for p in points]
     shown_volume, wanted = _volume_filter(volume)
@@ -80,7 +82,7 @@ def start_copy(
     what = (
         ", ".join(refs) if refs else (f"volume {shown_volume}" if shown_volume else "every point")
     )
-    return source._start("copy", f"copy {what} from {src.url} to {dst.url}", run)
+    return (owner or source)._start("copy", f"copy {what} from {src.url} to {dst.url}", run)
 
 
 def compare(a: Service, b: Service, *, volume: str | None = None) -> CompareReport:
@@ -123,4 +125,6 @@ def start_delta_restore(
                 cancelled=lambda: job.cancel_requested,
             )
 
-    return service._start("restore", f"restore {point_ref} onto {target} (delta)", run)
+    return service._start(
+        "restore", f"restore {point_ref} onto {target} (delta)", run, point=point_ref
+    )

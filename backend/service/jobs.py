@@ -29,6 +29,7 @@ from ..errors import Cancelled, LaminaError, UsageError
 from ..progress import Progress
 from ..units import format_size, plural
 from .models import (
+    CopyReport,
     ExtractReport,
     ForgetReport,
     JobView,
@@ -337,6 +338,17 @@ def summary(kind: str, state: str, error: str | None, result: Any, point: str = 
         return (
             f"{verb} {format_size(result.bytes_reclaimed)} of {format_size(result.bytes_total)}: "
             f"{plural(result.packs_deleted, 'pack')} deleted, {result.packs_repacked} repacked"
+        )
+    if isinstance(result, CopyReport):
+        return (
+            f"copied {plural(len(result.copied), 'point')} to {result.destination}, "
+            f"{len(result.present)} already there; uploaded {format_size(result.bytes_uploaded)}"
+        )
+    if kind == "restore" and isinstance(result, dict):  # a delta restore
+        return (
+            f"restored onto {result.get('target')}: wrote {format_size(result['bytes_written'])}"
+            f" ({plural(result['blocks_differing'], 'block')} differed), downloaded "
+            f"{format_size(result['bytes_downloaded'])}"
         )
     if kind == "delete" and isinstance(result, list):
         folded = f"; its data folded into {', '.join(result)}" if result else ""

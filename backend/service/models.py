@@ -17,6 +17,9 @@ from ..catalog import JobEvent as JobEvent
 from ..catalog import JobRecord as JobRecord
 
 # The engine's reports and names, shown as they are (re-exported).
+from ..engine.compare import CompareReport as CompareReport
+from ..engine.compare import VolumeComparison as VolumeComparison
+from ..engine.copy import CopyReport as CopyReport
 from ..engine.extract import ExtractReport as ExtractReport
 from ..engine.extract import Skipped as Skipped
 from ..engine.locks import LockInfo as LockInfo
@@ -338,7 +341,8 @@ class JobView:
     started: float | None = None
     ended: float | None = None
     # The job's result once succeeded: PointInfo (backup, consolidate), RestoreReport,
-    # VerifyReport, ExtractReport, list[str] (delete), ForgetReport, PruneReport.
+    # VerifyReport, ExtractReport, list[str] (delete), ForgetReport, PruneReport,
+    # CopyReport, a dict (a delta restore: engine/delta.py's report).
     result: Any = field(default=None, compare=False)
 
     @property

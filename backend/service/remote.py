@@ -41,6 +41,7 @@ from .models import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
     ExtractReport,
     FileEntry,
     HistoryPage,
@@ -261,10 +262,53 @@ class ApiClient:
         request = pb.StartVolumeBackupRequest(cluster=cluster, namespace=namespace, name=name)
         return wire.job_view(self._call(self.stub.StartVolumeBackup, request))
 
-    def start_restore(self, point_ref: str, target: str, *, overwrite: bool = False) -> JobView:
+    def start_restore(
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        delta: bool = False,
+        assume_from: str | None = None,
+    ) -> JobView:
         """Restore to ``target``, a path on the server's machine."""
-        request = pb.StartRestoreRequest(point=point_ref, target=target, overwrite=overwrite)
+        request = pb.StartRestoreRequest(
+            point=point_ref,
+            target=target,
+            overwrite=overwrite,
+            delta=delta,
+            assume_from=assume_from or "",
+        )
         return wire.job_view(self._call(self.stub.StartRestore, request))
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> JobView:
+        """Copy between the server's repository and ``other`` (as the server reaches it)."""
+        request = pb.StartCopyRequest(
+            other=pb.OtherRepository(url=other, password=other_password or b""),
+            direction=direction,
+            points=list(points),
+            volume=volume or "",
+            verify=verify,
+        )
+        return wire.job_view(self._call(self.stub.StartCopy, request))
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport:
+        request = pb.CompareRequest(
+            other=pb.OtherRepository(url=other, password=other_password or b""),
+            volume=volume or "",
+        )
+        return wire.compare_report(self._call(self.stub.Compare, request))
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> JobView:
         request = pb.StartVerifyRequest(point=point_ref or "", deep=deep)
@@ -591,8 +635,40 @@ class RemoteService(Service):
         *,
         overwrite: bool = False,
         within: Sequence[str] = (),  # the server's own --allow-path applies instead
+        delta: bool = False,
+        assume_from: str | None = None,
     ) -> Job:
-        return self._follow(self.client.start_restore(point_ref, target, overwrite=overwrite))
+        return self._follow(
+            self.client.start_restore(
+                point_ref, target, overwrite=overwrite, delta=delta, assume_from=assume_from
+            )
+        )
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> Job:
+        return self._follow(
+            self.client.start_copy(
+                other,
+                direction=direction,
+                points=points,
+                volume=volume,
+                verify=verify,
+                other_password=other_password,
+            )
+        )
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport:
+        return self.client.compare(other, volume=volume, other_password=other_password)
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         return self._follow(self.client.start_verify(point_ref, deep=deep))

@@ -127,6 +127,8 @@ class ScheduleInfo:
     last_error: str | None = None
     last_jobs: list[str] = field(default_factory=list)
     created_at: float = 0.0
+    copy_to: str | None = None  # after each backup, the volume's points are copied there
+    copy_password_file: str | None = None
 
     @property
     def state(self) -> str:
@@ -164,6 +166,8 @@ class ScheduleInfo:
             last_error=row.last_error,
             last_jobs=(row.last_jobs or "").split(),
             created_at=float(row.created_at),
+            copy_to=row.copy_to,
+            copy_password_file=row.copy_password_file,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -186,6 +190,8 @@ class ScheduleInfo:
             "last_error": self.last_error,
             "last_jobs": self.last_jobs,
             "created": _iso(self.created_at),
+            "copy_to": self.copy_to,
+            "copy_password_file": self.copy_password_file,
         }
 
 
@@ -280,10 +286,13 @@ class Schedules:
         policy: Policy | None = None,
         prune: bool = False,
         password_file: str | None = None,
+        copy_to: str | None = None,
+        copy_password_file: str | None = None,
         now: float | None = None,
     ) -> ScheduleInfo:
         """Check everything, then store the schedule. A backup schedule registers its
-        source as the local-cluster volume when the volume is not there yet."""
+        source as the local-cluster volume when the volume is not there yet; with
+        ``copy_to`` each run then copies the volume's points to that repository."""
         checked_name(name, "schedule name")
         if (every is None) == (cron is None):
             raise UsageError("give one of --every INTERVAL or --cron EXPRESSION")
@@ -306,9 +315,24 @@ class Schedules:
             namespace, volume_name = _local_volume(volume)
             source = _check_source(source)
             local_root = os.path.abspath(local_root)
+        if copy_password_file is not None and copy_to is None:
+            raise UsageError("--copy-password-file goes with --copy-to")
+        if copy_to is not None and prune:
+            raise UsageError("a prune schedule takes no --copy-to; copies follow backups")
         if password_file is not None:
             password_file = os.path.abspath(password_file)
-        self._check_repository(repository, password_file)
+        if copy_password_file is not None:
+            copy_password_file = os.path.abspath(copy_password_file)
+        if copy_to is not None and "://" not in copy_to:
+            copy_to = os.path.abspath(copy_to)
+        repository_id = self._check_repository(repository, password_file)
+        if (
+            copy_to is not None
+            and self._check_repository(copy_to, copy_password_file) == repository_id
+        ):
+            raise UsageError(
+                f"--copy-to '{shown(copy_to)}' is the schedule's own repository; give another one"
+            )
         catalog = self._open()
         try:
             try:
@@ -334,6 +358,8 @@ class Schedules:
                 every_seconds=every_seconds,
                 cron=cron_text,
                 retention=json.dumps(retention_of(policy)),
+                copy_to=copy_to,
+                copy_password_file=copy_password_file,
             )
             # The first slot: the next on the grid (a cron time, or one interval from now).
             row.next_run = next_slot(row, created)
@@ -343,13 +369,14 @@ class Schedules:
             catalog.close()
 
     @staticmethod
-    def _check_repository(repository: str, password_file: str | None) -> None:
-        """The repository opens with the password file: a schedule that can never run is refused."""
+    def _check_repository(repository: str, password_file: str | None) -> str:
+        """The repository opens with the password file: a schedule that can never run is
+        refused. Returns the repository's id."""
         from .service import Service, read_password_file
 
         service = Service(repository, password=read_password_file(password_file), catalog="none")
         try:
-            service.info()
+            return service.info().id
         finally:
             service.close()
 

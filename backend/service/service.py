@@ -64,6 +64,7 @@ from .models import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
     FileEntry,
     ForgetDecision,
     ForgetReport,
@@ -1012,13 +1013,27 @@ class Service:
         *,
         overwrite: bool = False,
         within: Sequence[str] = (),
+        delta: bool = False,
+        assume_from: str | None = None,
     ) -> Job:
         """Restore a point to an image file or block device.
 
         The target is checked now (a bad one raises before any job exists) and opened again
         when the restore starts writing; ``within`` limits it to those folders, walked
-        without following symlinks then.
+        without following symlinks then. ``delta``: the target holds some version of the
+        volume and only the blocks that differ are written (``assume_from``: the point it
+        holds, so it is not read); the result is then the delta report (docs/copy.md).
         """
+        if assume_from and not delta:
+            raise UsageError("--assume-from needs --delta")
+        if delta:
+            if overwrite:
+                raise UsageError(
+                    "--delta writes onto an existing target; --overwrite is not needed"
+                )
+            from .copies import start_delta_restore
+
+            return start_delta_restore(self, point_ref, target, assume_from=assume_from)
         checked_point_ref(point_ref)
         self.check_restore_target(target, overwrite=overwrite, within=within)
 
@@ -1036,6 +1051,66 @@ class Service:
                 )
 
         return self._start("restore", f"restore {point_ref} to {target}", run, point=point_ref)
+
+    # ------------------------------------------------------------------ other repositories
+
+    def open_other(self, url: str, password: bytes | None = None) -> Service:
+        """Another repository, opened now (a wrong password or format fails here), for a
+        copy or a comparison; its jobs are this service's, so it records nothing itself."""
+        other = Service(url, password=password, lock_wait=self.lock_wait, catalog="none")
+        try:
+            other.repo  # noqa: B018 - opening is the check
+        except BaseException:
+            other.close()
+            raise
+        return other
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> Job:
+        """Copy points with their chains between this repository and ``other``:
+        ``direction`` "to" copies from this one to ``other``, "from" the other way. A job
+        of this service (history, request accounting); see copies.start_copy."""
+        from .copies import start_copy
+
+        if direction not in ("to", "from"):
+            raise UsageError(f"the direction of a copy is 'to' or 'from', not {shown(direction)}")
+        peer = self.open_other(other, other_password)
+        try:
+            source, destination = (self, peer) if direction == "to" else (peer, self)
+            job = start_copy(source, destination, points, volume=volume, verify=verify, owner=self)
+        except BaseException:
+            peer.close()
+            raise
+        closed = threading.Event()
+
+        def close_when_done(j: Job) -> None:
+            if j.done and not closed.is_set():
+                closed.set()
+                peer.close()
+
+        job.subscribe(close_when_done)
+        close_when_done(job)  # it may have ended before the subscription
+        return job
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport:
+        """This repository (left) and ``other`` (right), volume by volume."""
+        from .copies import compare
+
+        peer = self.open_other(other, other_password)
+        try:
+            return compare(self, peer, volume=volume)
+        finally:
+            peer.close()
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         if point_ref:

@@ -28,6 +28,8 @@ from .models import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
+    CopyReport,
     ExtractReport,
     FileEntry,
     ForgetDecision,
@@ -46,6 +48,7 @@ from .models import (
     RestoreReport,
     Skipped,
     VerifyReport,
+    VolumeComparison,
     VolumeInfo,
     VolumeRef,
 )
@@ -335,6 +338,47 @@ def extract_report(message: pb.ExtractResult) -> ExtractReport:
     return _from(message, ExtractReport, skipped=skipped)
 
 
+def copy_message(report: CopyReport) -> pb.CopyResult:
+    return _to(report, pb.CopyResult)
+
+
+def copy_report(message: pb.CopyResult) -> CopyReport:
+    return _from(message, CopyReport)
+
+
+def compare_message(report: CompareReport) -> pb.CompareResult:
+    return _to(
+        report,
+        pb.CompareResult,
+        volumes=[_to(v, pb.VolumeComparison) for v in report.volumes],
+    )
+
+
+def compare_report(message: pb.CompareResult) -> CompareReport:
+    return _from(
+        message,
+        CompareReport,
+        volumes=[_from(v, VolumeComparison) for v in message.volumes],
+    )
+
+
+def delta_restore_message(report: dict[str, Any]) -> pb.DeltaRestoreResult:
+    """A delta restore's report (engine/delta.py: a dict of plain values) as a message."""
+    names = {f.name for f in pb.DeltaRestoreResult.DESCRIPTOR.fields}
+    return pb.DeltaRestoreResult(
+        **{k: v for k, v in report.items() if k in names and v is not None}
+    )
+
+
+def delta_restore_report(message: pb.DeltaRestoreResult) -> dict[str, Any]:
+    """The same dict the in-process delta restore returns."""
+    report: dict[str, Any] = {"delta": True}
+    for f in _plain_fields(pb.DeltaRestoreResult):
+        present = not f.has_presence or message.HasField(f.name)
+        report[f.name] = getattr(message, f.name) if present else None
+    return report
+
+
 # ---------------------------------------------------------------------------- requests
 
 _KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")  # Policy field: keep_FIELD
@@ -367,6 +411,8 @@ _RESULTS: list[tuple[type[Any], str, Callable[[Any], Message], Callable[[Any], A
     (ExtractReport, "extract", extract_message, extract_report),
     (ForgetReport, "forget", forget_message, forget_report),
     (PruneReport, "prune", prune_message, prune_report),
+    (CopyReport, "copy", copy_message, copy_report),
+    (dict, "delta_restore", delta_restore_message, delta_restore_report),  # restore --delta
     (PointInfo, "backup", point_message, point_info),  # "consolidate" for a consolidation
 ]
 _READERS = {name: read for _, name, _, read in _RESULTS} | {"consolidate": point_info}

@@ -165,3 +165,50 @@ def test_a_small_missing_or_attached_target_is_refused_untouched(
         if loop.returncode == 0:
             subprocess.run(["losetup", "-d", loop.stdout.strip()], check=True)
     assert loop.returncode == 0, f"no loop device to check the attached case: {loop.stderr}"
+
+
+def _mkfs_ext4() -> str:
+    for candidate in (shutil.which("mkfs.ext4"), "/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    pytest.fail("mkfs.ext4 is missing (Debian package e2fsprogs; `make test` installs it)")
+
+
+def test_a_mounted_target_is_refused_in_one_line_and_left_alone(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    """A filesystem mounted from the target: its block device is refused as mounted, and
+    the image file under it as attached to that device, both before anything is written."""
+    service, _vol, _old, new = two_points
+    image = tmp_path / "mounted.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)  # the volume's size: only the mount stands in the way
+    subprocess.run([_mkfs_ext4(), "-q", "-F", str(image)], check=True, capture_output=True)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    # Read-only: the mount itself writes nothing, so the image's digest shows any write.
+    mounted = subprocess.run(
+        ["mount", "-o", "ro,loop", str(image), str(mountpoint)], capture_output=True, text=True
+    )
+    assert mounted.returncode == 0, f"cannot mount a loop device here: {mounted.stderr}"
+    try:
+        source = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert source.startswith("/dev/loop"), source
+        before = sha256_file(image)
+        for target, said in ((source, "is mounted"), (str(image), "attached to")):
+            out = subprocess.run(
+                [*LAMINA, "restore", "--repo", service.repo_url, new, target, "--delta"],
+                capture_output=True,
+                text=True,
+            )
+            assert out.returncode != 0, target
+            assert out.stderr.count("\n") == 1 and said in out.stderr, out.stderr
+            assert "internal error" not in out.stderr
+        assert sha256_file(image) == before
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)

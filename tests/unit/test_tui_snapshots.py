@@ -26,6 +26,7 @@ from lamina.backend.service import (
     Capabilities,
     ClusterSummary,
     ClusterVolume,
+    CompareReport,
     FileEntry,
     HistoryPage,
     Job,
@@ -39,6 +40,7 @@ from lamina.backend.service import (
     Reachability,
     RepositoryInfo,
     ScheduleInfo,
+    VolumeComparison,
     VolumeInfo,
     VolumeRef,
 )
@@ -46,6 +48,7 @@ from lamina.tui.app import LaminaApp, make_app
 from lamina.tui.formatting import parse_time
 from lamina.tui.screens.chain import ChainScreen
 from lamina.tui.screens.clusters import ClustersScreen
+from lamina.tui.screens.compare import CompareScreen
 from lamina.tui.screens.files import FilesScreen
 from lamina.tui.screens.volumes import VolumesScreen
 from tests.support.hostile import COLOURS, HOSTILE_DIR, HOSTILE_FILES, HOSTILE_LINK
@@ -468,9 +471,52 @@ class RecordedClient:
         _not_in_a_snapshot()
 
     def start_restore(
-        self, point_ref: str, target: str, *, overwrite: bool = False, within: Sequence[str] = ()
+        self,
+        point_ref: str,
+        target: str,
+        *,
+        overwrite: bool = False,
+        within: Sequence[str] = (),
+        delta: bool = False,
+        assume_from: str | None = None,
     ) -> Job:
         _not_in_a_snapshot()
+
+    def start_copy(
+        self,
+        other: str,
+        *,
+        direction: str = "to",
+        points: Sequence[str] = (),
+        volume: str | None = None,
+        verify: bool = False,
+        other_password: bytes | None = None,
+    ) -> Job:
+        _not_in_a_snapshot()
+
+    def compare(
+        self, other: str, *, volume: str | None = None, other_password: bytes | None = None
+    ) -> CompareReport:
+        """An offsite copy one point behind, with a point of its own and one that differs."""
+        ids = [p.id for p in POINTS]
+        return CompareReport(
+            self.repo_url,
+            other,
+            [
+                VolumeComparison(
+                    "local/demo/app-data",
+                    both=ids[:1],
+                    only_left=ids[2:],
+                    only_right=["7d3e0a9f5b1c2864"],
+                    differing=ids[1:2],
+                    newest_common=ids[0],
+                    left_behind_points=1,
+                    left_behind_bytes=12 * MIB,
+                    right_behind_points=2,
+                    right_behind_bytes=3 * MIB + 98304,
+                )
+            ],
+        )
 
     def start_verify(self, point_ref: str | None = None, *, deep: bool = False) -> Job:
         _not_in_a_snapshot()
@@ -599,6 +645,18 @@ def test_volumes_filtered(snap_compare: Callable[..., bool]) -> None:
 
 def test_chain(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(app(), terminal_size=SIZE, run_before=to_chain)
+
+
+def test_compare_with_another_repository(snap_compare: Callable[..., bool]) -> None:
+    async def run(pilot: Pilot[None]) -> None:
+        await to_chain(pilot)
+        await pilot.press("equals_sign", *"s3://offsite/lamina", "enter")
+        await until(
+            pilot,
+            lambda: isinstance(pilot.app.screen, CompareScreen) and pilot.app.screen.loaded,
+        )
+
+    assert snap_compare(app(), terminal_size=SIZE, run_before=run)
 
 
 def test_files_with_preview_and_marks(snap_compare: Callable[..., bool]) -> None:

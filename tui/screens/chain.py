@@ -71,6 +71,7 @@ class ChainScreen(LaminaScreen):
         Binding("p", "protect", "Protect", id="chain.protect", show=False),
         Binding("b", "backup", "Back up", id="chain.backup"),
         Binding("c", "cancel", "Cancel job", id="chain.cancel", show=False),
+        Binding("equals_sign", "compare", "Compare", id="chain.compare", key_display="="),
         Binding("j", "cursor_down", "Down", show=False, id="chain.cursor-down"),
         Binding("k", "cursor_up", "Up", show=False, id="chain.cursor-up"),
     ]
@@ -472,3 +473,8 @@ class ChainScreen(LaminaScreen):
             self.notify("no job is running here", severity="warning")
             return
         self.lamina.cancel_job(view.id)
+
+    def action_compare(self) -> None:
+        from .compare import ask_and_compare
+
+        ask_and_compare(self, self.volume.key)

@@ -38,6 +38,7 @@ class VolumesScreen(TableScreen[ClusterVolume]):
         Binding("b", "backup", "Back up", id="volumes.backup"),
         Binding("space", "mark", "Mark", id="volumes.mark", key_display="space"),
         Binding("c", "cancel", "Cancel job", id="volumes.cancel"),
+        Binding("equals_sign", "compare", "Compare", id="volumes.compare", key_display="="),
         Binding("ctrl+r", "refresh", "Refresh", show=False, id="volumes.refresh"),
     ]
 
@@ -274,3 +275,12 @@ class VolumesScreen(TableScreen[ClusterVolume]):
             self.notify("no job is running for this volume", severity="warning")
             return
         self.lamina.cancel_job(view.id)
+
+    def action_compare(self) -> None:
+        volume = self.current_item()
+        if volume is None:
+            self.notify("no volume selected", severity="warning")
+            return
+        from .compare import ask_and_compare
+
+        ask_and_compare(self, volume.key)
