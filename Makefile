@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := e2fsprogs xfsprogs fuse libfuse2 postgresql etcd-server opens
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint proto bench screenshots system-packages clean
+.PHONY: test demo lint proto manifests bench screenshots system-packages clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lamina needs Python 3.11 or newer"'
@@ -50,6 +50,11 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) protos/generate.py
+
+# deploy/: the data mover's examples and the CRDs, generated from backend/kube/ (tests diff them)
+manifests: $(STAMP)
+	$(PY) -m lamina.backend.kube.datamover deploy
+	$(PY) -m lamina.backend.kube.crds deploy/crds.yaml
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(SYSTEM_PACKAGES) $(BENCH_PACKAGES)"
