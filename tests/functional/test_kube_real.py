@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes
 import pytest
 
@@ -14,7 +16,7 @@ def test_real_api_server_answers_and_keeps_optimistic_concurrency(
     with real_kube_cluster.api_client() as api:
         version = kubernetes.client.VersionApi(api).get_code()
         assert version.major == "1" and version.minor.startswith("20")
-        leases = kubernetes.client.CoordinationV1Api(api)
+        leases: Any = kubernetes.client.CoordinationV1Api(api)
         body = {"metadata": {"name": "probe"}, "spec": {"holderIdentity": "a"}}
         created = leases.create_namespaced_lease(kube_namespace, body)
         stale = created.metadata.resource_version

@@ -39,6 +39,14 @@ def find_scripts() -> Path | None:
     return None
 
 
+def new_api_client(kubeconfig: Path | str) -> Any:
+    """A kubernetes.client.ApiClient for a kubeconfig file (the client's loader is untyped)."""
+    import kubernetes
+
+    config: Any = kubernetes.config
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
 def _read_env(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in path.read_text().splitlines():
@@ -70,9 +78,7 @@ class RealKube:
 
     def api_client(self) -> Any:
         """A new kubernetes.client.ApiClient with the admin credentials."""
-        import kubernetes
-
-        return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+        return new_api_client(self.kubeconfig)
 
     def new_namespace(self, prefix: str = "t") -> str:
         """Create a namespace with a fresh name and return the name."""
@@ -80,7 +86,8 @@ class RealKube:
 
         name = f"{prefix}-{secrets.token_hex(4)}"
         with self.api_client() as api:
-            kubernetes.client.CoreV1Api(api).create_namespace(
+            core: Any = kubernetes.client.CoreV1Api(api)
+            core.create_namespace(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
             )
         return name
