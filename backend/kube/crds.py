@@ -233,7 +233,9 @@ def _backup_schema() -> Schema:
             "bytes": _count("Bytes the point holds."),
             "requests": _count("Storage requests the backup made."),
             "attempts": _count("Times the controller retried after an error."),
-            "startTime": _string("When the controller took it up.", format="date-time"),
+            "startTime": _string(
+                "When it left Pending: its snapshot was requested.", format="date-time"
+            ),
             "completionTime": _string("When it reached Succeeded or Failed.", format="date-time"),
         },
     )

@@ -534,6 +534,16 @@ class ClusterController:
                 slot=slot,
             )
             return max(0.05, upcoming - now)
+        running = {
+            self._source(b)
+            for b in self._list("backups", namespace)
+            if section(b, "spec").get("schedule") == name
+            and section(b, "status").get("phase") not in BACKUP_TERMINAL
+        }
+        if any(volume in running for volume in pvcs):
+            # The previous run still goes: this slot folds into the first one after it ends
+            # (docs/schedules.md's catch-up rule); its end requeues the schedule.
+            return self.options.poll
         names = []
         for pvc_namespace, pvc in pvcs:
             names.append(self._create_slot_backup(obj, pvc_namespace, pvc, slot))
@@ -699,7 +709,6 @@ class ClusterController:
         if not phase:
             status = {
                 "phase": "Pending",
-                "startTime": _now_iso(),
                 "message": "waiting for a place",
                 "conditions": _set_condition(
                     [],
@@ -775,6 +784,7 @@ class ClusterController:
                 obj,
                 {
                     "phase": "Snapshotting",
+                    "startTime": _now_iso(),
                     "snapshot": snapshot,
                     "volume": f"{self.options.cluster_name}/{src_ns}/{pvc}",
                     "message": f"VolumeSnapshot {src_ns}/{snapshot} requested",
@@ -1037,6 +1047,7 @@ class ClusterController:
             bytes_stored=stored,
         )
         self._requeue_namespace(namespace)
+        self._requeue_schedule(obj)
         return None
 
     def _forget(self, service: Any, retention: Obj, volume: str) -> str:
@@ -1103,6 +1114,12 @@ class ClusterController:
         except KubeError:
             pass
         self._requeue_namespace(namespace)
+        self._requeue_schedule(obj)
+
+    def _requeue_schedule(self, obj: Obj) -> None:
+        schedule = section(obj, "spec").get("schedule")
+        if schedule:
+            self.queue.add(("backupschedules", str(meta(obj).get("namespace")), str(schedule)))
 
     def _requeue_namespace(self, namespace: str) -> None:
         """A place under the cap is free: the queued Backups of the namespace look again."""

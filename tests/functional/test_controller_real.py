@@ -1,0 +1,342 @@
+"""The cluster controller on the real API server: real `lamina controller --kubeconfig`
+processes, the real Job controller and PV binder, the test node running the data movers'
+`lamina backup` as local processes into a real SeaweedFS bucket."""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+
+from lamina.backend.catalog import Catalog
+from lamina.backend.service import Service
+from lamina.backend.service.service import init_repository
+from tests.support.kube_cluster import RealKube
+from tests.support.kube_controller import (
+    SnapshotStandIn,
+    controller_process,
+    create_lamina,
+    events_of,
+    install_cluster_basics,
+    install_datamover_rbac,
+    lamina_objects,
+)
+from tests.support.kube_crds import install_crds
+from tests.support.kube_node import KubeNode
+from tests.support.kube_objects import block_pv_and_claim, wait_for
+from tests.support.seaweedfs import S3Server
+
+PASSWORD = b"controller-test-password"
+IMAGE_SIZE = 2 * 1024 * 1024
+TERMINAL = ("Succeeded", "Failed")
+
+
+@pytest.fixture(scope="module")
+def api(real_kube_cluster: RealKube) -> Iterator[Any]:
+    with real_kube_cluster.api_client() as client:
+        install_crds(client)
+        install_cluster_basics(client)
+        yield client
+
+
+@dataclass
+class Setup:
+    api: Any
+    kube: RealKube
+    namespace: str
+    folder: Path
+    repo: str
+    env: dict[str, str]
+    catalog: str
+    image: Path
+    node: KubeNode
+
+    def controller(self, *args: str, name: str = "controller") -> Any:
+        return controller_process(
+            self.kube.kubeconfig,
+            self.namespace,
+            self.folder,
+            self.env,
+            "--catalog",
+            self.catalog,
+            *args,
+            name=name,
+        )
+
+    def backups(self) -> list[dict[str, Any]]:
+        return lamina_objects(self.api, self.namespace, "backups")
+
+    def phases(self) -> dict[str, str]:
+        return {
+            b["metadata"]["name"]: (b.get("status") or {}).get("phase", "") for b in self.backups()
+        }
+
+    def service(self) -> Service:
+        return Service(self.repo, password=PASSWORD, catalog=self.catalog)
+
+
+def _write_image(path: Path, seed: int) -> None:
+    path.write_bytes(random.Random(seed).randbytes(IMAGE_SIZE))
+
+
+@pytest.fixture
+def setup(
+    api: Any,
+    real_kube_cluster: RealKube,
+    kube_namespace: str,
+    tmp_path: Path,
+    s3_env: S3Server,
+) -> Iterator[Setup]:
+    import os
+
+    repo = f"s3://{s3_env.create_bucket()}/repo"
+    init_repository(repo, password=PASSWORD)
+    image = tmp_path / "db.img"
+    _write_image(image, 1)
+    block_pv_and_claim(api, kube_namespace, "db", image)
+    install_datamover_rbac(api, kube_namespace)
+    core: Any = kubernetes.client.CoreV1Api(api)
+    secret = {"password": PASSWORD.decode(), **s3_env.environment()}
+    core.create_namespaced_secret(
+        kube_namespace,
+        {
+            "metadata": {"name": "lamina-repo"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+        },
+    )
+    node_env = {
+        name: os.environ[name]
+        for name in ("XDG_STATE_HOME", "LAMINA_CACHE_DIR")
+        if name in os.environ
+    }
+    with (
+        SnapshotStandIn(
+            real_kube_cluster.kubeconfig, kube_namespace, tmp_path / "snapshots"
+        ) as standin,
+        KubeNode(
+            real_kube_cluster.kubeconfig,
+            tmp_path / "node",
+            name=f"node-{kube_namespace}",
+            namespaces=[kube_namespace],
+            base_env=node_env,
+        ) as node,
+    ):
+        yield Setup(
+            api=api,
+            kube=real_kube_cluster,
+            namespace=kube_namespace,
+            folder=tmp_path,
+            repo=repo,
+            env=s3_env.environment(),
+            catalog=f"sqlite:///{tmp_path}/catalog.sqlite",
+            image=image,
+            node=node,
+        )
+    assert standin.errors == []
+
+
+def _wait(setup: Setup, controller: Any, condition: Any, timeout: float) -> None:
+    """wait_for, failing with the Backups' phases and the controller's last lines."""
+    try:
+        wait_for(condition, timeout=timeout, interval=0.3)
+    except AssertionError:
+        states = {
+            b["metadata"]["name"]: (b.get("status") or {}).get("message") for b in setup.backups()
+        }
+        tail = "\n".join(controller.output.splitlines()[-30:])
+        raise AssertionError(f"{states}\n{tail}") from None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _suspend(setup: Setup, name: str) -> None:
+    custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+    custom.patch_namespaced_custom_object(
+        "lamina.dev",
+        "v1alpha1",
+        setup.namespace,
+        "backupschedules",
+        name,
+        {"spec": {"suspend": True}},
+    )
+
+
+def _succeeded(setup: Setup) -> list[dict[str, Any]]:
+    return [b for b in setup.backups() if (b.get("status") or {}).get("phase") == "Succeeded"]
+
+
+def _all_terminal(setup: Setup) -> bool:
+    phases = setup.phases()
+    return bool(phases) and all(p in TERMINAL for p in phases.values())
+
+
+def test_a_schedule_backs_up_its_pvc_once_per_slot_and_forgets_by_retention(setup: Setup) -> None:
+    create_lamina(
+        setup.api,
+        setup.namespace,
+        "backupschedules",
+        "BackupSchedule",
+        "db-often",
+        {
+            "selector": {"names": ["db"]},
+            "every": "3s",
+            "repository": {"url": setup.repo, "secretRef": {"name": "lamina-repo"}},
+            "retention": {"keepLast": 2},
+        },
+    )
+    port = _free_port()
+    with setup.controller("--metrics-listen", f"127.0.0.1:{port}") as controller:
+        _wait(setup, controller, lambda: len(_succeeded(setup)) >= 3, 150)
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        )
+        _suspend(setup, "db-often")
+        _wait(setup, controller, lambda: _all_terminal(setup), 90)
+        assert controller.process.poll() is None, controller.output
+    assert "lamina_controller_leader 1.0" in metrics
+    assert "# TYPE lamina_queue_depth gauge" in metrics
+
+    backups = setup.backups()
+    assert all(b["status"]["phase"] == "Succeeded" for b in backups), [
+        (b["metadata"]["name"], b["status"].get("message")) for b in backups
+    ]
+    names = [b["metadata"]["name"] for b in backups]
+    assert all(re.fullmatch(r"db-often-db-\d{8}-\d{6}", n) for n in names), names
+    slots = [b["spec"]["slot"] for b in backups]
+    assert len(set(slots)) == len(slots), "one Backup per slot"
+    # no two backups of the volume overlapped
+    spans = sorted((b["status"]["startTime"], b["status"]["completionTime"]) for b in backups)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert end <= start, spans
+    newest = sorted(backups, key=lambda b: b["spec"]["slot"])
+    kept = {b["status"]["pointId"] for b in newest[-2:]}
+    service = setup.service()
+    try:
+        points = service.list_points("test/" + setup.namespace + "/db")
+        assert {p.id for p in points} == kept, "retention keepLast 2 after each success"
+        target = setup.folder / "restored.img"
+        job = service.start_restore(newest[-1]["status"]["pointId"], str(target))
+        job.wait()
+        assert job.error is None
+        assert target.read_bytes() == setup.image.read_bytes()
+    finally:
+        service.close()
+    catalog = Catalog.open(setup.catalog)
+    try:
+        records = [r for r in catalog.history() if r.origin == "controller" and r.kind == "backup"]
+    finally:
+        catalog.close()
+    done = {r.point for r in records if r.state == "succeeded"}
+    assert done == {b["status"]["pointId"] for b in backups}
+    schedule = lamina_objects(setup.api, setup.namespace, "backupschedules")[0]
+    assert schedule["status"]["lastBackup"] in names and schedule["status"]["nextSlot"]
+    reasons = {e.reason for e in events_of(setup.api, setup.namespace, "db-often")}
+    assert "Scheduled" in reasons
+    assert {"Snapshotting", "Transferring", "Succeeded"} <= {
+        e.reason for e in events_of(setup.api, setup.namespace, names[0])
+    }
+
+
+def _ready(obj: dict[str, Any]) -> dict[str, Any]:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Ready":
+            return dict(condition)
+    return {}
+
+
+def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work_goes_on(
+    setup: Setup,
+) -> None:
+    core: Any = kubernetes.client.CoreV1Api(setup.api)
+    repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
+    for name, spec in (
+        ("bad-cron", {"selector": {}, "cron": "61 * * * *", "repository": repository}),
+        ("nothing", {"selector": {"names": ["nope"]}, "every": "2s", "repository": repository}),
+        (
+            "no-secret",
+            {
+                "selector": {},
+                "every": "2s",
+                "repository": {"url": setup.repo, "secretRef": {"name": "gone"}},
+            },
+        ),
+    ):
+        create_lamina(setup.api, setup.namespace, "backupschedules", "BackupSchedule", name, spec)
+    folder = setup.folder / "fsvol"
+    folder.mkdir()
+    block_pv_and_claim(setup.api, setup.namespace, "files", folder, mode="Filesystem")
+    core.create_namespaced_secret(
+        setup.namespace,
+        {
+            "metadata": {"name": "wrong-password"},
+            "data": {"password": base64.b64encode(b"wrong").decode()},
+        },
+    )
+    for name, spec in (
+        ("fs-mode", {"source": {"pvc": "files"}, "repository": repository}),
+        (
+            "wrong-pw",
+            {
+                "source": {"pvc": "db"},
+                "repository": {"url": setup.repo, "secretRef": {"name": "wrong-password"}},
+            },
+        ),
+        ("missing-pvc", {"source": {"pvc": "absent"}, "repository": repository}),
+        ("good", {"source": {"pvc": "db"}, "repository": repository}),
+    ):
+        create_lamina(setup.api, setup.namespace, "backups", "Backup", name, spec)
+
+    expected = {
+        "bad-cron": "InvalidSchedule",
+        "nothing": "NothingSelected",
+        "no-secret": "SecretMissing",
+    }
+    with setup.controller() as controller:
+        _wait(setup, controller, lambda: _all_terminal(setup), 120)
+
+        def schedules_marked() -> bool:
+            found = {
+                s["metadata"]["name"]: _ready(s).get("reason")
+                for s in lamina_objects(setup.api, setup.namespace, "backupschedules")
+            }
+            return found == expected
+
+        wait_for(schedules_marked, timeout=30, interval=0.3)
+        assert controller.process.poll() is None, controller.output
+    phases = setup.phases()
+    assert phases == {
+        "fs-mode": "Failed",
+        "wrong-pw": "Failed",
+        "missing-pvc": "Failed",
+        "good": "Succeeded",
+    }
+    backups = {b["metadata"]["name"]: b for b in setup.backups()}
+    assert "Block" in backups["fs-mode"]["status"]["message"]
+    assert "password" in backups["wrong-pw"]["status"]["message"].lower()
+    assert "absent" in backups["missing-pvc"]["status"]["message"]
+    for name in ("fs-mode", "wrong-pw", "missing-pvc"):
+        assert _ready(backups[name])["status"] == "False"
+        assert any(e.type == "Warning" for e in events_of(setup.api, setup.namespace, name)), name
+    for name in expected:
+        assert any(e.type == "Warning" for e in events_of(setup.api, setup.namespace, name)), name
+    catalog = Catalog.open(setup.catalog)
+    try:
+        failed = [r for r in catalog.history() if r.origin == "controller" and r.state == "failed"]
+    finally:
+        catalog.close()
+    described = " ".join(f"{r.description}: {r.error}" for r in failed)
+    for name in ("bad-cron", "nothing", "no-secret", "fs-mode", "wrong-pw", "missing-pvc"):
+        assert name in described, (name, described)
