@@ -90,13 +90,12 @@ def install_cluster_basics(api: Any) -> None:
             extensions.create_custom_resource_definition, _open_crd(kind, plural, scope)
         )
     for plural in ("volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"):
-        name = f"{plural}.{SNAPSHOT_GROUP}"
-        wait_for(
-            lambda name=name: any(
-                c.type == "Established" and c.status == "True"
-                for c in extensions.read_custom_resource_definition(name).status.conditions or []
-            )
-        )
+
+        def established(name: str = f"{plural}.{SNAPSHOT_GROUP}") -> bool:
+            conditions = extensions.read_custom_resource_definition(name).status.conditions
+            return any(c.type == "Established" and c.status == "True" for c in conditions or [])
+
+        wait_for(established)
     storage: Any = kubernetes.client.StorageV1Api(api)
     _ignore_conflict(
         storage.create_storage_class,
@@ -260,6 +259,13 @@ class SnapshotStandIn:
                         "claimRef": {"namespace": self.namespace, "name": pvc.metadata.name},
                     },
                 },
+            )
+            # the PV binder looks at a claim again on its next event (or its 15 s resync):
+            # an annotation is that event
+            core.patch_namespaced_persistent_volume_claim(
+                pvc.metadata.name,
+                self.namespace,
+                {"metadata": {"annotations": {"lamina.test/provisioned": pv_name}}},
             )
 
 

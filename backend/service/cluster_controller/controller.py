@@ -163,7 +163,7 @@ class ClusterController:
         self.say = say
         self.queue = WorkQueue()
         self._failures: dict[Key, int] = {}
-        self._admission = threading.Lock()
+        self._admission = threading.RLock()  # _fail requeues the namespace while admitting
         self._queued: dict[str, set[str]] = {}
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
@@ -217,8 +217,11 @@ class ClusterController:
             thread.start()
         stop.wait()
         self.queue.wake()
+        # workers and the elector see `stop` within a second; a watch may sit in a read for
+        # a minute, and is a daemon thread that ends with the process
         for thread in threads:
-            thread.join(timeout=self.cluster.timeout + 5)
+            if not thread.name.startswith("watch-"):
+                thread.join(timeout=self.cluster.timeout + 5)
         if self.elector is not None:
             self.elector.release()
 
