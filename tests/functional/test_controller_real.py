@@ -11,6 +11,7 @@ import re
 import socket
 import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,68 @@ def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work
     described = " ".join(f"{r.description}: {r.error}" for r in failed)
     for name in ("bad-cron", "nothing", "no-secret", "fs-mode", "wrong-pw", "missing-pvc"):
         assert name in described, (name, described)
+
+
+def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup: Setup) -> None:
+    """Two controller processes on one Lease; the leader is killed with SIGKILL twice (a new
+    process joins after each kill); every slot still yields one point, never two."""
+    from tests.support.kube_controller import check_invariants, lease_holder
+
+    create_lamina(
+        setup.api,
+        setup.namespace,
+        "backupschedules",
+        "BackupSchedule",
+        "db-ha",
+        {
+            "selector": {"names": ["db"]},
+            "every": "2s",
+            "repository": {"url": setup.repo, "secretRef": {"name": "lamina-repo"}},
+        },
+    )
+
+    def start(identity: str) -> Any:
+        return setup.controller(
+            "--lease-namespace", setup.namespace, "--lease-duration", "3",
+            "--identity", identity, name=identity,
+        )  # fmt: skip
+
+    with ExitStack() as stack:
+        running = {name: stack.enter_context(start(name)) for name in ("a", "b")}
+        spare = iter(("c", "d"))
+        for _round in range(2):
+            before = len(_succeeded(setup))
+            _wait(
+                setup, next(iter(running.values())), lambda b=before: len(_succeeded(setup)) > b, 90
+            )
+            leader = lease_holder(setup.api, setup.namespace)
+            assert leader in running, (leader, list(running))
+            running.pop(leader).kill()
+            survivor = next(iter(running))
+            wait_for(lambda s=survivor: lease_holder(setup.api, setup.namespace) == s, timeout=30)
+            newcomer = next(spare)
+            running[newcomer] = stack.enter_context(start(newcomer))
+        before = len(_succeeded(setup))
+        _wait(setup, running[survivor], lambda: len(_succeeded(setup)) > before, 90)
+        _suspend(setup, "db-ha")
+        _wait(setup, running[survivor], lambda: _all_terminal(setup), 90)
+        for process in running.values():
+            assert process.process.poll() is None, process.output
+    service = setup.service()
+    try:
+        problems = check_invariants(setup.api, setup.namespace, service, setup.catalog)
+    finally:
+        service.close()
+    assert problems == []
+    assert len(_succeeded(setup)) >= 3
+    # the checker sees a Backup that no controller finished
+    create_lamina(
+        setup.api, setup.namespace, "backups", "Backup", "left-behind",
+        {"source": {"pvc": "db"}, "repository": {"url": setup.repo}},
+    )  # fmt: skip
+    service = setup.service()
+    try:
+        problems = check_invariants(setup.api, setup.namespace, service, setup.catalog)
+    finally:
+        service.close()
+    assert problems == ["Backup left-behind is new"]

@@ -12,6 +12,7 @@ the test node (kube_node.py) stands in for the kubelet.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -342,3 +343,81 @@ def controller_process(
         yield running
     finally:
         running.stop()
+
+
+def lease_holder(api: Any, namespace: str, name: str = "lamina-controller") -> str | None:
+    coordination: Any = kubernetes.client.CoordinationV1Api(api)
+    try:
+        lease = coordination.read_namespaced_lease(name, namespace)
+    except kubernetes.client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return lease.spec.holder_identity if lease.spec else None
+
+
+def check_invariants(api: Any, namespace: str, service: Any, catalog_url: str) -> list[str]:
+    """What must hold once the controllers have recovered, over the CRs, the repository and
+    the catalog; the list of what does not (empty: all hold).
+
+    - no Backup stays non-terminal;
+    - each (schedule, PVC, slot) has one Backup, and each Succeeded Backup one point, never two;
+    - no two Backups of one volume overlap in time;
+    - the history agrees with the repository: every Succeeded Backup's point is in the
+      repository and recorded as a succeeded controller job, and no point of a backed-up
+      volume came from outside a Backup.
+    """
+    from lamina.backend.catalog import Catalog
+
+    problems: list[str] = []
+    backups = lamina_objects(api, namespace, "backups")
+    for b in backups:
+        phase = (b.get("status") or {}).get("phase")
+        if phase not in ("Succeeded", "Failed"):
+            problems.append(f"Backup {b['metadata']['name']} is {phase or 'new'}")
+    slots: dict[tuple[str, str, str], list[str]] = {}
+    for b in backups:
+        spec = b["spec"]
+        if spec.get("schedule"):
+            key = (spec["schedule"], spec["source"]["pvc"], spec.get("slot", ""))
+            slots.setdefault(key, []).append(b["metadata"]["name"])
+    problems += [
+        f"slot {key} has Backups {names}" for key, names in slots.items() if len(names) > 1
+    ]
+    by_volume: dict[str, list[tuple[str, str, str]]] = {}
+    for b in backups:
+        status = b.get("status") or {}
+        if status.get("startTime") and status.get("completionTime"):
+            span = (status["startTime"], status["completionTime"], b["metadata"]["name"])
+            by_volume.setdefault(b["spec"]["source"]["pvc"], []).append(span)
+    for pvc, spans in by_volume.items():
+        spans.sort()
+        for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+            if end > start:
+                problems.append(f"Backups {first} and {second} of {pvc} overlap")
+    succeeded = [b for b in backups if (b.get("status") or {}).get("phase") == "Succeeded"]
+    volumes = {b["status"]["volume"] for b in succeeded}
+    points = [p for v in volumes for p in service.list_points(v)]
+    labels = [(p.manifest.get("labels") or {}).get("kube.snapshot") for p in points]
+    if len(labels) != len(set(labels)):
+        problems.append(f"one snapshot yielded several points: {sorted(map(str, labels))}")
+    point_ids = {p.id for p in points}
+    wanted = {b["status"]["pointId"] for b in succeeded}
+    if wanted - point_ids:
+        problems.append(
+            f"points of Succeeded Backups missing from the repository: {wanted - point_ids}"
+        )
+    if point_ids - wanted:
+        problems.append(f"points that no Succeeded Backup names: {point_ids - wanted}")
+    catalog = Catalog.open(catalog_url)
+    try:
+        recorded = {
+            r.point
+            for r in catalog.history()
+            if r.origin == "controller" and r.state == "succeeded"
+        }
+    finally:
+        catalog.close()
+    if recorded != wanted:
+        problems.append(f"history {sorted(map(str, recorded))} != Backups {sorted(wanted)}")
+    return problems
