@@ -381,7 +381,11 @@ def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup
             assert leader in running, (leader, list(running))
             running.pop(leader).kill()
             survivor = next(iter(running))
-            wait_for(lambda s=survivor: lease_holder(setup.api, setup.namespace) == s, timeout=30)
+
+            def taken_over(expected: str = survivor) -> bool:
+                return lease_holder(setup.api, setup.namespace) == expected
+
+            wait_for(taken_over, timeout=30)
             newcomer = next(spare)
             running[newcomer] = stack.enter_context(start(newcomer))
         before = len(_succeeded(setup))
