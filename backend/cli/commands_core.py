@@ -27,6 +27,7 @@ from .common import (
     run_job,
     with_requests,
 )
+from .restore_pvc import add_to_pvc_args, pvc_only_options, restore_to_pvc
 
 
 def register(sub: Any) -> None:
@@ -107,7 +108,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore a point to an image file or block device")
     add_repo_args(p)
     p.add_argument("point", metavar="POINT", help="point id or unique prefix")
-    p.add_argument("target", metavar="TARGET", help="new image file, or a block device")
+    p.add_argument("target", metavar="TARGET", nargs="?", help="new image file, or a block device")
     p.add_argument("--overwrite", action="store_true", help="replace an existing image file")
     p.add_argument(
         "--delta",
@@ -121,6 +122,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    add_to_pvc_args(p)
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(
@@ -306,6 +308,12 @@ def cmd_chain(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     if args.assume_from and not args.delta:
         raise UsageError("--assume-from needs --delta")
+    if args.to_pvc:
+        return restore_to_pvc(args)
+    if args.target is None:
+        raise UsageError("restore needs a TARGET (an image file or block device) or --to-pvc")
+    if pvc_only_options(args):
+        raise UsageError(f"{pvc_only_options(args)[0]} applies to --to-pvc only")
     service = open_service(args)
     if args.delta:
         from ..service.copies import start_delta_restore

@@ -1,4 +1,5 @@
-"""The data mover: a Job that runs `lamina backup` in the cluster, next to the data.
+"""The data mover: a Job that runs `lamina backup` in the cluster, next to the data, and the
+restore Job that runs `lamina restore` into a new PVC (`lamina restore --to-pvc`).
 
 A snapshot's blocks can only be read from a pod, through a PVC made from the snapshot. The
 manifests here are plain dicts (dumpable as YAML):
@@ -35,8 +36,17 @@ from .errors import (
     KubeConflict,
     KubeError,
     KubeInvalid,
+    KubeNotFound,
 )
-from .objects import CBT_GROUP, CBT_PLURAL, SNAPSHOT_GROUP, SNAPSHOT_VERSION, dns_label, section
+from .objects import (
+    CBT_GROUP,
+    CBT_PLURAL,
+    SNAPSHOT_GROUP,
+    SNAPSHOT_VERSION,
+    dns_label,
+    parse_quantity,
+    section,
+)
 from .snapshots import (
     DEFAULT_SNAPSHOT_TIMEOUT,
     SnapshotInfo,
@@ -128,7 +138,7 @@ def rbac_manifests(
                 {
                     "apiGroups": [SNAPSHOT_GROUP],
                     "resources": ["volumesnapshots"],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
                 {
                     # its own token, scoped to the audience of the CBT service
@@ -158,12 +168,12 @@ def rbac_manifests(
                 {
                     "apiGroups": [SNAPSHOT_GROUP],
                     "resources": ["volumesnapshotcontents"],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
                 {
                     "apiGroups": [CBT_GROUP],
                     "resources": [CBT_PLURAL],
-                    "verbs": ["get", "list"],
+                    "verbs": ["get"],
                 },
             ],
         },
@@ -640,6 +650,260 @@ def submit_datamover(
         raise
     remove_source()
     return DataMoverResult(ready.job_name, ready.source_pvc_name, info, time.monotonic() - start)
+
+
+# ----- restore into a new PVC ------------------------------------------------------------------
+
+RESTORE_DEVICE_PATH = "/dev/lamina-target"
+RESTORE_MOUNT_PATH = "/mnt/lamina-target"
+RESTORED_FILE_NAME = "volume.img"  # the image file a Filesystem-mode restore writes
+RESTORE_MODES = ("block", "filesystem")
+
+
+@dataclass(frozen=True)
+class RestoreSpec:
+    """One restore of a point into a NEW PVC by a data-mover Job."""
+
+    namespace: str
+    pvc: str  # the PVC to create; it must not exist
+    point: str  # the full point id
+    repo: str  # the repository as seen from inside the cluster
+    size: str  # request of the new PVC (>= the point's capacity)
+    mode: str = "block"  # "block": the PVC is the volume; "filesystem": an image file in it
+    storage_class: str | None = None
+    image: str = DEFAULT_IMAGE
+    env_secret: str | None = None
+    password_secret: str | None = None
+
+    @property
+    def job_name(self) -> str:
+        return _bounded_name("lamina-restore-", self.pvc)
+
+    @property
+    def target_path(self) -> str:
+        """Where the Job's `lamina restore` writes, inside its container."""
+        if self.mode == "block":
+            return RESTORE_DEVICE_PATH
+        return f"{RESTORE_MOUNT_PATH}/{RESTORED_FILE_NAME}"
+
+
+def restore_pvc_manifest(spec: RestoreSpec) -> Manifest:
+    pvc_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "volumeMode": "Block" if spec.mode == "block" else "Filesystem",
+        "resources": {"requests": {"storage": spec.size}},
+    }
+    if spec.storage_class:
+        pvc_spec["storageClassName"] = spec.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": spec.pvc,
+            "namespace": spec.namespace,
+            "labels": _labels("restore-target", {"lamina.io/point": dns_label(spec.point)}),
+        },
+        "spec": pvc_spec,
+    }
+
+
+def restore_command(spec: RestoreSpec) -> list[str]:
+    """The `lamina restore` command line the restore Job runs."""
+    args = ["lamina", "restore", "--repo", spec.repo, "-q"]
+    if spec.password_secret:
+        args += ["--password-file", "/etc/lamina/password/password"]
+    if spec.mode == "block":
+        # the PVC is new: whatever the runtime presents (a device, or a file) is ours to write
+        args.append("--overwrite")
+    args += [spec.point, spec.target_path]
+    return args
+
+
+def restore_job_manifest(spec: RestoreSpec) -> Manifest:
+    labels = _labels("restore", {"lamina.io/pvc": dns_label(spec.pvc)})
+    command = restore_command(spec)
+    container: dict[str, Any] = {
+        "name": "lamina",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": command[:1],
+        "args": command[1:],
+        "env": [
+            {"name": "HOME", "value": SCRATCH_PATH},
+            {"name": "TMPDIR", "value": SCRATCH_PATH},
+        ],
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH_PATH}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # root to open the device node; nothing else
+        "securityContext": {
+            "runAsUser": 0,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.mode == "block":
+        container["volumeDevices"] = [{"name": "target", "devicePath": RESTORE_DEVICE_PATH}]
+    else:
+        container["volumeMounts"].append({"name": "target", "mountPath": RESTORE_MOUNT_PATH})
+    volumes: list[dict[str, Any]] = [
+        {"name": "target", "persistentVolumeClaim": {"claimName": spec.pvc}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    if spec.env_secret:
+        container["envFrom"] = [{"secretRef": {"name": spec.env_secret}}]
+    if spec.password_secret:
+        container["volumeMounts"].append(
+            {"name": "password", "mountPath": "/etc/lamina/password", "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": "password",
+                "secret": {"secretName": spec.password_secret, "defaultMode": 0o400},
+            }
+        )
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": spec.job_name, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    # the restore reads the repository and writes the PVC: no API rights at all
+                    "automountServiceAccountToken": False,
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def restore_size(capacity: int, mode: str, requested: str | None) -> str:
+    """The new PVC's request: `requested` (checked against the point's capacity), else the
+    capacity (block) or the capacity and room for the file system (filesystem)."""
+    if mode not in RESTORE_MODES:
+        raise UsageError(f"--mode must be block or filesystem, not {mode!r}")
+    if requested:
+        try:
+            size = parse_quantity(requested)
+        except KubeInvalid:
+            raise UsageError(
+                f"--size {requested!r} is not a Kubernetes quantity (like 10Gi)"
+            ) from None
+        if size < capacity:
+            raise UsageError(
+                f"--size {requested} is smaller than the point's volume ({capacity} bytes)"
+            )
+        return requested
+    need = capacity if mode == "block" else capacity + max(capacity // 16, 16 << 20)
+    return f"{-(-need // (1 << 20))}Mi"
+
+
+def check_restore_target(cluster: KubeCluster, spec: RestoreSpec) -> None:
+    """Refuse, before anything is created, a PVC that exists, or a restore Job of its name."""
+    for resource, read in (
+        (
+            "persistentvolumeclaims",
+            lambda: cluster.core.read_namespaced_persistent_volume_claim(
+                spec.pvc, spec.namespace, _request_timeout=cluster.request_timeout
+            ),
+        ),
+        (
+            "jobs",
+            lambda: cluster.batch.read_namespaced_job(
+                spec.job_name, spec.namespace, _request_timeout=cluster.request_timeout
+            ),
+        ),
+    ):
+        try:
+            cluster.request("get", resource, read, namespace=spec.namespace)
+        except KubeNotFound:
+            continue
+        what = (
+            f"PVC {spec.namespace}/{spec.pvc}"
+            if resource != "jobs"
+            else (f"restore Job {spec.namespace}/{spec.job_name}")
+        )
+        raise KubeConflict(
+            f"{what} already exists; restore --to-pvc creates a new PVC and writes nothing "
+            "into an existing one (choose another name)"
+        )
+
+
+@dataclass(frozen=True)
+class RestoreToPvcResult:
+    namespace: str
+    pvc: str
+    point: str
+    mode: str
+    size: str
+    job: str
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "pvc": self.pvc,
+            "point": self.point,
+            "mode": self.mode,
+            "size": self.size,
+            "job": self.job,
+            "duration_seconds": self.seconds,
+        }
+
+
+def _delete(cluster: KubeCluster, resource: str, namespace: str, name: str) -> None:
+    t = cluster.request_timeout
+    calls: dict[str, Callable[[], object]] = {
+        "jobs": lambda: cluster.batch.delete_namespaced_job(
+            name, namespace, propagation_policy="Background", _request_timeout=t
+        ),
+        "persistentvolumeclaims": lambda: cluster.core.delete_namespaced_persistent_volume_claim(
+            name, namespace, _request_timeout=t
+        ),
+    }
+    try:
+        cluster.request("delete", resource, calls[resource], namespace=namespace, name=name)
+    except KubeNotFound:
+        pass
+
+
+def submit_restore(
+    cluster: KubeCluster, spec: RestoreSpec, *, job_timeout: float = 3600.0, poll: float = 2.0
+) -> RestoreToPvcResult:
+    """Restore a point into a new PVC: create the PVC and a restore Job, wait for the Job,
+    then delete the Job (the PVC is the result). If anything fails, the Job and the new,
+    half-written PVC are deleted and the error is raised."""
+    start = time.monotonic()
+    check_restore_target(cluster, spec)
+    _create(cluster, restore_pvc_manifest(spec))
+    job_created = False
+    try:
+        _create(cluster, restore_job_manifest(spec))
+        job_created = True
+        wait_for_job(cluster, spec.namespace, spec.job_name, timeout=job_timeout, poll=poll)
+    except BaseException:
+        try:
+            if job_created:
+                _delete(cluster, "jobs", spec.namespace, spec.job_name)
+            _delete(cluster, "persistentvolumeclaims", spec.namespace, spec.pvc)
+        except KubeError:
+            pass  # the first error is the one to report
+        raise
+    _delete(cluster, "jobs", spec.namespace, spec.job_name)
+    return RestoreToPvcResult(
+        spec.namespace,
+        spec.pvc,
+        spec.point,
+        spec.mode,
+        spec.size,
+        spec.job_name,
+        time.monotonic() - start,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

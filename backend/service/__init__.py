@@ -53,7 +53,7 @@ from .history import (
     read_history,
 )
 from .jobs import BackupCaps, Job, JobState, summary, view_of
-from .kube import KubeSession, datamover_manifests
+from .kube import KubeSession, datamover_manifests, parse_pvc_ref, start_restore_to_pvc
 from .models import (
     Capabilities,
     ClusterSummary,
@@ -215,6 +215,7 @@ __all__ = [
     "mount_table",
     "open_folder",
     "parse_keep_within",
+    "parse_pvc_ref",
     "parse_volume",
     "policy_from_options",
     "prune_savings",
@@ -225,6 +226,7 @@ __all__ = [
     "serve_snapshot_metadata",
     "shown",
     "start_mount_process",
+    "start_restore_to_pvc",
     "summary",
     "take_local_snapshot",
     "unmount",

@@ -1,8 +1,12 @@
 """A FAKE Kubernetes API server for tests. It is a test double, not Kubernetes.
 
-No real API server can run on the test machines, so lamina's Kubernetes code is tested
-against this small, strict imitation, spoken to over real HTTP on 127.0.0.1 through the real
-`kubernetes` Python client and a real kubeconfig file. What it imitates, it imitates the way
+A real API server does run in the tests (kube_cluster.py: kube-apiserver v1.20.2,
+controller-manager and etcd on loopback, ~8 s to start, one per run), and the tests of
+test_kube_real_*.py use it. This small, strict imitation stays for the fast tests and for
+what the real one cannot be made to do on demand (a snapshot that never becomes ready, a
+silent server, forbidden requests for the admin); it is spoken to over real HTTP on 127.0.0.1
+through the real `kubernetes` Python client and a real kubeconfig file. Where it and the real
+server disagree, it is wrong. What it imitates, it imitates the way
 a real API server answers:
 
 - complete objects: apiVersion, kind, metadata with uid, resourceVersion, creationTimestamp,

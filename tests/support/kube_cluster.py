@@ -9,10 +9,16 @@ node (``tests/support/kube_node.py``, where it exists, says so).
 
 One cluster serves the whole test run (it takes about 8 s to start); each test gets a fresh
 namespace of its own from ``RealKube.new_namespace()``.
+
+The API server keeps an audit log (``RealKube.audit_events()``) of the requests that
+ServiceAccounts make, and only of those (the admin and the controller-manager are not
+ServiceAccounts here): the RBAC tests compare what a component's account asked for with
+what its Role grants (tests/support/kube_rbac.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -25,6 +31,17 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Metadata of every request a ServiceAccount makes, once, when its answer is complete.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+"""
 
 
 def find_scripts() -> Path | None:
@@ -76,6 +93,24 @@ class RealKube:
     def api_server(self) -> str:
         return self.env["API_SERVER"]
 
+    @property
+    def audit_log(self) -> Path:
+        return self.folder / "audit.log"
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The audit events (audit.k8s.io/v1 Event, stage ResponseComplete) so far, of one
+        user (``system:serviceaccount:NS:NAME``) or of all ServiceAccounts."""
+        if not self.audit_log.exists():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if user is None or event.get("user", {}).get("username") == user:
+                events.append(event)
+        return events
+
     def api_client(self) -> Any:
         """A new kubernetes.client.ApiClient with the admin credentials."""
         return new_api_client(self.kubeconfig)
@@ -112,8 +147,18 @@ def real_kube(scripts: Path | None = None) -> Iterator[RealKube]:
             "the loopback-cluster scripts were not found ($LAMINA_KUBE_SCRIPTS or ../shared/kube)"
         )
     folder = Path(tempfile.mkdtemp(prefix="lamina-kube-"))
+    policy = folder / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    audit = f"--audit-policy-file={policy} --audit-log-path={folder / 'audit.log'}"
+    environment = dict(os.environ)
+    environment["LAMINA_KUBE_APISERVER_FLAGS"] = (
+        environment.get("LAMINA_KUBE_APISERVER_FLAGS", "") + " " + audit
+    ).strip()
     started = subprocess.run(
-        [str(found / "start-cluster.sh"), str(folder)], capture_output=True, text=True
+        [str(found / "start-cluster.sh"), str(folder)],
+        capture_output=True,
+        text=True,
+        env=environment,
     )
     if started.returncode != 0:
         raise RuntimeError(

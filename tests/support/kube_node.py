@@ -23,7 +23,8 @@ container runtime, so the Pods that the real Job controller creates would stay P
   Secret that v1.20 mounts included, so ``--in-cluster`` works: its mount path is also given
   as ``LAMINA_SERVICE_ACCOUNT_DIR``). A PVC is the local path of its bound PersistentVolume:
   **a PV of type ``hostPath`` (or ``local``) whose ``path`` is a local image file (Block mode)
-  or folder (Filesystem mode)**. Since processes share the host's file system, every
+  or folder (Filesystem mode), or a CSI PV whose ``volumeHandle`` is such a path** (what the
+  test CSI stand-in, kube_csi.py, provisions). Since processes share the host's file system, every
   ``mountPath``/``devicePath`` that a container names is rewritten to its local path wherever
   it appears in the arguments, the env values and ``workingDir`` (as a whole word or as the
   start of a longer path);
@@ -384,13 +385,7 @@ class KubeNode:
                     pending = claim
                     break
                 pv = self.core.read_persistent_volume(pvc.spec.volume_name)
-                source = pv.spec.host_path or pv.spec.local
-                if source is None:
-                    raise RuntimeError(
-                        f"PV {pv.metadata.name} of claim {claim} is neither hostPath nor local: "
-                        "the test node maps only those to local paths"
-                    )
-                paths[volume["name"]] = Path(source.path)
+                paths[volume["name"]] = self._local_path(pv, claim)
             if pending is None:
                 return paths
             if run.deleted.is_set() or self._stop.is_set():
@@ -399,6 +394,21 @@ class KubeNode:
                 self.errors.append(f"pod {run.namespace}/{run.name}: PVC {pending} never Bound")
                 return None
             self._stop.wait(0.1)
+
+    @staticmethod
+    def _local_path(pv: Any, claim: str) -> Path:
+        """hostPath and local PVs: their path; CSI PVs (of the test CSI stand-in): a volumeHandle
+        that is an absolute local path."""
+        source = pv.spec.host_path or pv.spec.local
+        if source is not None:
+            return Path(source.path)
+        csi = pv.spec.csi
+        if csi is not None and str(csi.volume_handle).startswith("/"):
+            return Path(csi.volume_handle)
+        raise RuntimeError(
+            f"PV {pv.metadata.name} of claim {claim} is not hostPath, local or a CSI volume "
+            "whose handle is a local path: the test node cannot map it to a local file"
+        )
 
     def _local_volumes(self, run: _PodRun, pod: Obj, claims: dict[str, Path]) -> dict[str, Path]:
         local: dict[str, Path] = dict(claims)

@@ -1,8 +1,9 @@
 """Objects that tests create in the real loopback cluster, as a real cluster would have them.
 
-- ``block_pv_and_claim``: a static PersistentVolume of type ``hostPath`` whose path is a local
-  image file (``volumeMode: Block``), pre-bound to a PVC of that name, and the PVC; the real PV
-  binder binds the two. The test node (kube_node.py) maps such a PVC to the image file.
+- ``block_pv_and_claim``: a static CSI PersistentVolume of the test driver whose volumeHandle
+  is a local image file (``volumeMode: Block``), pre-bound to a PVC of that name, and the PVC;
+  the real PV binder binds the two. The test node (kube_node.py) maps such a PVC to the image
+  file.
 - ``wait_for``: poll a condition until it holds (bounded), for the asynchronous controllers.
 """
 
@@ -15,10 +16,9 @@ from typing import Any, TypeVar
 
 import kubernetes
 
-T = TypeVar("T")
+from tests.support.kube_csi import TEST_DRIVER, TEST_STORAGE_CLASS, csi_pv
 
-TEST_STORAGE_CLASS = "lamina-test-local"
-TEST_DRIVER = "hostpath.csi.lamina.test"
+T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 60.0, interval: float = 0.1) -> T:
@@ -45,7 +45,7 @@ def block_pv_and_claim(
     image: Path,
     *,
     storage_class: str = TEST_STORAGE_CLASS,
-    driver_annotation: str | None = TEST_DRIVER,
+    driver: str = TEST_DRIVER,
     mode: str = "Block",
     claim: bool = True,
 ) -> str:
@@ -55,24 +55,9 @@ def block_pv_and_claim(
     core: Any = kubernetes.client.CoreV1Api(api)
     size = quantity(image.stat().st_size) if image.is_file() else "1Gi"
     pv_name = f"{namespace}-{name}"[:253]
-    annotations = (
-        {"pv.kubernetes.io/provisioned-by": driver_annotation} if driver_annotation else {}
-    )
+    claim_ref = {"namespace": namespace, "name": name}
     core.create_persistent_volume(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "annotations": annotations},
-            "spec": {
-                "capacity": {"storage": size},
-                "accessModes": ["ReadWriteOnce"],
-                "volumeMode": mode,
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": storage_class,
-                "hostPath": {"path": str(image)},
-                "claimRef": {"namespace": namespace, "name": name},
-            },
-        }
+        csi_pv(pv_name, image, size, mode, claim_ref, storage_class, driver)
     )
     if claim:
         core.create_namespaced_persistent_volume_claim(

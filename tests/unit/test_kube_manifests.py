@@ -105,7 +105,7 @@ def test_rbac_grants_what_the_data_mover_needs() -> None:
     role_rules = kinds["Role"]["rules"]
     snapshots = next(r for r in role_rules if r["resources"] == ["volumesnapshots"])
     assert snapshots["apiGroups"] == ["snapshot.storage.k8s.io"]
-    assert set(snapshots["verbs"]) == {"get", "list"}
+    assert set(snapshots["verbs"]) == {"get"}
     token = next(r for r in role_rules if r["resources"] == ["serviceaccounts/token"])
     assert token == {
         "apiGroups": [""],
@@ -115,13 +115,13 @@ def test_rbac_grants_what_the_data_mover_needs() -> None:
     }
     cluster_rules = kinds["ClusterRole"]["rules"]
     contents = next(r for r in cluster_rules if r["resources"] == ["volumesnapshotcontents"])
-    assert set(contents["verbs"]) == {"get", "list"}
+    assert set(contents["verbs"]) == {"get"}
     services = next(r for r in cluster_rules if r["resources"] == ["snapshotmetadataservices"])
     assert services["apiGroups"] == ["cbt.storage.k8s.io"]
-    assert set(services["verbs"]) == {"get", "list"}
+    assert set(services["verbs"]) == {"get"}
     # nothing that writes or deletes anything but its own token
     for rule in role_rules + cluster_rules:
-        assert set(rule["verbs"]) <= {"get", "list", "create"}
+        assert set(rule["verbs"]) <= {"get", "create"}
         if "create" in rule["verbs"]:
             assert rule["resources"] == ["serviceaccounts/token"]
     for binding in (kinds["RoleBinding"], kinds["ClusterRoleBinding"]):
@@ -298,3 +298,72 @@ def test_job_command_lines_are_accepted_by_the_lamina_parser() -> None:
         "lamina-datamover",
     )
     assert (init.token_file, init.ca_file) == (CBT_TOKEN_PATH, CBT_CA_PATH)
+
+
+# ----- restore into a new PVC ------------------------------------------------------------------
+
+
+def test_restore_job_writes_the_new_pvc_and_has_no_api_rights() -> None:
+    from lamina.backend.cli.main import build_parser
+    from lamina.backend.kube.datamover import (
+        RESTORE_DEVICE_PATH,
+        RESTORE_MOUNT_PATH,
+        RestoreSpec,
+        restore_job_manifest,
+        restore_pvc_manifest,
+    )
+
+    spec = RestoreSpec(
+        namespace="team-a", pvc="db-back", point="5f3a" * 8, repo="s3://bucket/prefix",
+        size="64Mi", storage_class="fast", env_secret="s3", password_secret="pw",
+    )  # fmt: skip
+    pvc = restore_pvc_manifest(spec)
+    assert pvc["spec"]["volumeMode"] == "Block"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "64Mi"
+    assert pvc["spec"]["storageClassName"] == "fast" and "dataSource" not in pvc["spec"]
+    job = restore_job_manifest(spec)
+    model: Any = k8s.V1Job.from_dict(job)  # the client's model takes the manifest
+    assert model.spec.template.spec.containers[0].name == "lamina"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    (container,) = pod["containers"]
+    assert container["volumeDevices"] == [{"name": "target", "devicePath": RESTORE_DEVICE_PATH}]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    restore = build_parser().parse_args(container["args"])
+    assert restore.command == "restore"
+    assert (restore.repo, restore.point, restore.target) == (
+        "s3://bucket/prefix",
+        spec.point,
+        RESTORE_DEVICE_PATH,
+    )
+    assert restore.overwrite and restore.password_file == "/etc/lamina/password/password"
+    files = replace(spec, mode="filesystem")
+    assert restore_pvc_manifest(files)["spec"]["volumeMode"] == "Filesystem"
+    (container,) = restore_job_manifest(files)["spec"]["template"]["spec"]["containers"]
+    assert "volumeDevices" not in container
+    assert {"name": "target", "mountPath": RESTORE_MOUNT_PATH} in container["volumeMounts"]
+    restore = build_parser().parse_args(container["args"])
+    assert restore.target == f"{RESTORE_MOUNT_PATH}/volume.img" and not restore.overwrite
+
+
+def test_restore_size_and_pvc_names_are_checked() -> None:
+    from lamina.backend.errors import UsageError
+    from lamina.backend.kube.datamover import restore_size
+    from lamina.backend.service import parse_pvc_ref
+
+    mib = 1 << 20
+    assert restore_size(4 * mib, "block", None) == "4Mi"
+    assert restore_size(4 * mib + 1, "block", None) == "5Mi"
+    assert restore_size(4 * mib, "filesystem", None) == "20Mi"  # + 16 MiB for the file system
+    assert restore_size(4 * mib, "block", "1Gi") == "1Gi"
+    with pytest.raises(UsageError, match="smaller than the point's volume"):
+        restore_size(4 * mib, "block", "1Mi")
+    with pytest.raises(UsageError, match="not a Kubernetes quantity"):
+        restore_size(4 * mib, "block", "lots")
+    with pytest.raises(UsageError, match="--mode must be block or filesystem"):
+        restore_size(4 * mib, "tape", None)
+    assert parse_pvc_ref("apps/db-restored") == ("apps", "db-restored")
+    for bad in ("db", "apps/", "/db", "Apps/db", "apps/db/x", "apps/\x1b[2Jdb"):
+        with pytest.raises(UsageError, match="--to-pvc wants NAMESPACE/NAME") as e:
+            parse_pvc_ref(bad)
+        assert "\x1b" not in str(e.value)
