@@ -24,7 +24,6 @@ from lamina.backend.service import Service
 from lamina.backend.service.service import init_repository
 from tests.support.kube_cluster import RealKube
 from tests.support.kube_controller import (
-    SnapshotStandIn,
     controller_process,
     create_lamina,
     events_of,
@@ -33,6 +32,7 @@ from tests.support.kube_controller import (
     lamina_objects,
 )
 from tests.support.kube_crds import install_crds
+from tests.support.kube_csi import CsiStandIn
 from tests.support.kube_node import KubeNode
 from tests.support.kube_objects import block_pv_and_claim, wait_for
 from tests.support.seaweedfs import S3Server
@@ -121,9 +121,7 @@ def setup(
         if name in os.environ
     }
     with (
-        SnapshotStandIn(
-            real_kube_cluster.kubeconfig, kube_namespace, tmp_path / "snapshots"
-        ) as standin,
+        CsiStandIn(real_kube_cluster.kubeconfig, tmp_path / "csi", [kube_namespace]) as standin,
         KubeNode(
             real_kube_cluster.kubeconfig,
             tmp_path / "node",

@@ -1,28 +1,21 @@
 """What the cluster-controller tests share: a real `lamina controller --kubeconfig` process,
-the cluster objects a backup needs (StorageClass, VolumeSnapshotClass, the data mover's RBAC,
-a block PVC over a local image), and a TEST STAND-IN for the CSI snapshot controller.
+the cluster objects a backup needs (the snapshot CRDs and classes, the data mover's RBAC),
+and the checker of the controller's invariants over CRs, repository and catalog.
 
-The stand-in (``SnapshotStandIn``) does for one namespace what the snapshot controller and a
-hostpath-like CSI driver would: a VolumeSnapshot of a Bound PVC gets a copy of the PV's image
-file, a VolumeSnapshotContent and ``readyToUse``; a Pending PVC whose ``dataSource`` is a ready
-VolumeSnapshot gets a PV over that copy, pre-bound so that the real PV binder binds them.
-It is not Kubernetes code: the API server, the PV binder and the Job controller are real, and
-the test node (kube_node.py) stands in for the kubelet.
+The snapshots and the PVs made from them come from the CSI stand-in (kube_csi.py), the Pods
+run on the test node (kube_node.py); the API server, the PV binder and the Job controller are
+real.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,8 +23,7 @@ import kubernetes
 
 from lamina.backend.kube.crds import GROUP, VERSION
 from lamina.backend.kube.datamover import rbac_manifests
-from tests.support.kube_cluster import new_api_client
-from tests.support.kube_objects import TEST_DRIVER, TEST_STORAGE_CLASS, wait_for
+from tests.support.kube_csi import ensure_classes, install_snapshot_crds
 
 Obj = dict[str, Any]
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
@@ -40,97 +32,11 @@ VENV_BIN = Path(sys.executable).parent
 APPROVED = "https://github.com/kubernetes-csi/external-snapshotter/pull/419"
 
 
-def _open_crd(kind: str, plural: str, scope: str) -> Obj:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{plural}.{SNAPSHOT_GROUP}",
-            "annotations": {"api-approved.kubernetes.io": APPROVED},
-        },
-        "spec": {
-            "group": SNAPSHOT_GROUP,
-            "scope": scope,
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
-
-
-def _ignore_conflict(call: Any, *args: Any) -> None:
-    try:
-        call(*args)
-    except kubernetes.client.ApiException as error:
-        if error.status != 409:
-            raise
-
-
 def install_cluster_basics(api: Any) -> None:
-    """The VolumeSnapshot CRDs (open schema, as a cluster with the external-snapshotter has
-    them), the test StorageClass and VolumeSnapshotClass of TEST_DRIVER; once per cluster."""
-    extensions: Any = kubernetes.client.ApiextensionsV1Api(api)
-    for kind, plural, scope in (
-        ("VolumeSnapshot", "volumesnapshots", "Namespaced"),
-        ("VolumeSnapshotContent", "volumesnapshotcontents", "Cluster"),
-        ("VolumeSnapshotClass", "volumesnapshotclasses", "Cluster"),
-    ):
-        _ignore_conflict(
-            extensions.create_custom_resource_definition, _open_crd(kind, plural, scope)
-        )
-    for plural in ("volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"):
-
-        def established(name: str = f"{plural}.{SNAPSHOT_GROUP}") -> bool:
-            conditions = extensions.read_custom_resource_definition(name).status.conditions
-            return any(c.type == "Established" and c.status == "True" for c in conditions or [])
-
-        wait_for(established)
-    storage: Any = kubernetes.client.StorageV1Api(api)
-    _ignore_conflict(
-        storage.create_storage_class,
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": TEST_STORAGE_CLASS},
-            "provisioner": TEST_DRIVER,
-        },
-    )
-    custom: Any = kubernetes.client.CustomObjectsApi(api)
-
-    def create_class() -> bool:
-        try:
-            custom.create_cluster_custom_object(
-                SNAPSHOT_GROUP,
-                "v1",
-                "volumesnapshotclasses",
-                {
-                    "apiVersion": f"{SNAPSHOT_GROUP}/v1",
-                    "kind": "VolumeSnapshotClass",
-                    "metadata": {"name": SNAPSHOT_CLASS},
-                    "driver": TEST_DRIVER,
-                    "deletionPolicy": "Delete",
-                },
-            )
-        except kubernetes.client.ApiException as error:
-            if error.status == 404:
-                return False  # the new CRD is not served yet
-            if error.status != 409:
-                raise
-        return True
-
-    wait_for(create_class)
+    """The VolumeSnapshot CRDs and the test driver's StorageClass and VolumeSnapshotClass, as
+    a cluster with a CSI driver and the external-snapshotter has them; once per cluster."""
+    install_snapshot_crds(api)
+    ensure_classes(api)
 
 
 def install_datamover_rbac(api: Any, namespace: str) -> None:
@@ -142,132 +48,6 @@ def install_datamover_rbac(api: Any, namespace: str) -> None:
         except kubernetes.utils.FailToCreateError as error:
             if not all(e.status == 409 for e in error.api_exceptions):
                 raise
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class SnapshotStandIn:
-    """Stands in for the snapshot controller and the CSI driver in one namespace (see module)."""
-
-    def __init__(self, kubeconfig: Path | str, namespace: str, folder: Path) -> None:
-        self.kubeconfig = str(kubeconfig)
-        self.namespace = namespace
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="snapshot-stand-in")
-        self.errors: list[str] = []
-        self.snapshots_taken = 0
-
-    def __enter__(self) -> SnapshotStandIn:
-        self._api = new_api_client(self.kubeconfig)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self._api.close()
-
-    def _loop(self) -> None:
-        # polls rather than watches: two list calls a round, a few rounds a second
-        while not self._stop.wait(0.2):
-            try:
-                self._snapshots()
-                self._claims()
-            except Exception as error:  # the stand-in must outlive an API hiccup
-                self.errors.append(repr(error)[:300])
-
-    def _snapshots(self) -> None:
-        custom: Any = kubernetes.client.CustomObjectsApi(self._api)
-        core: Any = kubernetes.client.CoreV1Api(self._api)
-        listed = custom.list_namespaced_custom_object(
-            SNAPSHOT_GROUP, "v1", self.namespace, "volumesnapshots"
-        )
-        for snapshot in listed["items"]:
-            if (snapshot.get("status") or {}).get("readyToUse"):
-                continue
-            name = snapshot["metadata"]["name"]
-            pvc_name = snapshot["spec"]["source"]["persistentVolumeClaimName"]
-            pvc = core.read_namespaced_persistent_volume_claim(pvc_name, self.namespace)
-            if pvc.status.phase != "Bound":
-                continue
-            pv = core.read_persistent_volume(pvc.spec.volume_name)
-            copy = self.folder / f"{name}.img"
-            shutil.copyfile(pv.spec.host_path.path, copy)
-            content = f"snapcontent-{uuid.uuid4().hex[:12]}"
-            size = copy.stat().st_size
-            body = {
-                "apiVersion": f"{SNAPSHOT_GROUP}/v1",
-                "kind": "VolumeSnapshotContent",
-                "metadata": {"name": content},
-                "spec": {
-                    "driver": TEST_DRIVER,
-                    "deletionPolicy": "Delete",
-                    "volumeSnapshotClassName": snapshot["spec"].get("volumeSnapshotClassName"),
-                    "source": {"volumeHandle": str(pv.spec.host_path.path)},
-                    "volumeSnapshotRef": {"name": name, "namespace": self.namespace},
-                },
-            }
-            created = custom.create_cluster_custom_object(
-                SNAPSHOT_GROUP, "v1", "volumesnapshotcontents", body
-            )
-            created["status"] = {
-                "snapshotHandle": str(copy),
-                "restoreSize": size,
-                "readyToUse": True,
-                "creationTime": 0,
-            }
-            custom.replace_cluster_custom_object_status(
-                SNAPSHOT_GROUP, "v1", "volumesnapshotcontents", content, created
-            )
-            snapshot["status"] = {
-                "boundVolumeSnapshotContentName": content,
-                "readyToUse": True,
-                "restoreSize": str(size),
-                "creationTime": _now(),
-            }
-            custom.replace_namespaced_custom_object_status(
-                SNAPSHOT_GROUP, "v1", self.namespace, "volumesnapshots", name, snapshot
-            )
-            self.snapshots_taken += 1
-
-    def _claims(self) -> None:
-        core: Any = kubernetes.client.CoreV1Api(self._api)
-        for pvc in core.list_namespaced_persistent_volume_claim(self.namespace).items:
-            source = pvc.spec.data_source
-            if pvc.status.phase != "Pending" or source is None or source.kind != "VolumeSnapshot":
-                continue
-            image = self.folder / f"{source.name}.img"
-            if not image.exists():
-                continue
-            pv_name = f"{self.namespace}-{pvc.metadata.name}"[:253]
-            _ignore_conflict(
-                core.create_persistent_volume,
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": pv_name},
-                    "spec": {
-                        "capacity": {"storage": pvc.spec.resources.requests["storage"]},
-                        "accessModes": ["ReadWriteOnce"],
-                        "volumeMode": "Block",
-                        "persistentVolumeReclaimPolicy": "Delete",
-                        "storageClassName": pvc.spec.storage_class_name,
-                        "hostPath": {"path": str(image)},
-                        "claimRef": {"namespace": self.namespace, "name": pvc.metadata.name},
-                    },
-                },
-            )
-            # the PV binder looks at a claim again on its next event (or its 15 s resync):
-            # an annotation is that event
-            core.patch_namespaced_persistent_volume_claim(
-                pvc.metadata.name,
-                self.namespace,
-                {"metadata": {"annotations": {"lamina.test/provisioned": pv_name}}},
-            )
 
 
 def lamina_objects(api: Any, namespace: str, plural: str) -> list[Obj]:
