@@ -55,6 +55,7 @@ proto: $(STAMP)
 manifests: $(STAMP)
 	$(PY) -m lamina.backend.kube.datamover deploy
 	$(PY) -m lamina.backend.kube.crds deploy/crds.yaml
+	$(PY) -m lamina.backend.kube.controller_deploy deploy/controller.yaml
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(SYSTEM_PACKAGES) $(BENCH_PACKAGES)"

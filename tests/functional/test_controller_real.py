@@ -62,9 +62,11 @@ class Setup:
     image: Path
     node: KubeNode
 
-    def controller(self, *args: str, name: str = "controller") -> Any:
+    def controller(
+        self, *args: str, name: str = "controller", kubeconfig: Path | None = None
+    ) -> Any:
         return controller_process(
-            self.kube.kubeconfig,
+            kubeconfig or self.kube.kubeconfig,
             self.namespace,
             self.folder,
             self.env,
@@ -410,3 +412,98 @@ def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup
     finally:
         service.close()
     assert problems == ["Backup left-behind is new"]
+
+
+def _apply_rbac(api: Any, docs: list[dict[str, Any]]) -> None:
+    core: Any = kubernetes.client.CoreV1Api(api)
+    rbac: Any = kubernetes.client.RbacAuthorizationV1Api(api)
+    for doc in docs:
+        kind, ns = doc["kind"], doc["metadata"].get("namespace")
+        if kind == "ServiceAccount":
+            core.create_namespaced_service_account(ns, doc)
+        elif kind == "Role":
+            rbac.create_namespaced_role(ns, doc)
+        elif kind == "RoleBinding":
+            rbac.create_namespaced_role_binding(ns, doc)
+        elif kind == "ClusterRoleBinding":
+            rbac.create_cluster_role_binding(doc)
+        elif kind == "ClusterRole":  # the cluster's, shared by the tests: this version
+            try:
+                rbac.replace_cluster_role(doc["metadata"]["name"], doc)
+            except kubernetes.client.ApiException as error:
+                if error.status != 404:
+                    raise
+                rbac.create_cluster_role(doc)
+
+
+def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup: Setup) -> None:
+    """The controller as its ServiceAccount with ONLY deploy/controller.yaml's rights: a
+    schedule's Backup, a Backup by hand, a data mover that fails and one that hangs past
+    --job-timeout, a Restore, a bad schedule. The API server's audit log shows that nothing was
+    refused and that the roles grant nothing unused but the documented rare path."""
+    from lamina.backend.kube.controller_deploy import NAME, RARELY_USED, controller_manifests
+    from tests.functional.test_kube_real_api import service_account_kubeconfig
+    from tests.support.kube_node import Fault
+    from tests.support.kube_rbac import Access, accesses, granted, least_privilege
+
+    docs = [d for d in controller_manifests(setup.namespace) if d["kind"] != "Deployment"]
+    _apply_rbac(setup.api, docs)
+    kubeconfig = service_account_kubeconfig(
+        setup.kube, setup.namespace, NAME, setup.folder / "controller-sa.kubeconfig"
+    )
+
+    def faults(pod: dict[str, Any], container: dict[str, Any]) -> Fault | None:
+        name = pod["metadata"]["name"]
+        if "-hangs-" in name:
+            return Fault("hang")
+        if "-fails-" in name:
+            return Fault("fail")
+        return None
+
+    setup.node.fault = faults
+    repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
+    for name in ("ok", "hangs", "fails"):
+        create_lamina(
+            setup.api, setup.namespace, "backups", "Backup", name,
+            {"source": {"pvc": "db"}, "repository": repository},
+        )  # fmt: skip
+    create_lamina(
+        setup.api, setup.namespace, "restores", "Restore", "back",
+        {"point": "0123abcd", "repository": repository, "target": {"pvc": "db-copy"}},
+    )  # fmt: skip
+    create_lamina(
+        setup.api, setup.namespace, "backupschedules", "BackupSchedule", "bad",
+        {"selector": {}, "cron": "61 * * * *", "repository": repository},
+    )  # fmt: skip
+    create_lamina(
+        setup.api, setup.namespace, "backupschedules", "BackupSchedule", "db-sched",
+        {"selector": {"names": ["db"]}, "every": "2s", "repository": repository},
+    )  # fmt: skip
+    args = ("--lease-namespace", setup.namespace, "--lease-duration", "5", "--job-timeout", "10")
+    with setup.controller(*args, kubeconfig=kubeconfig) as controller:
+
+        def scheduled_done() -> bool:
+            return any(b["spec"].get("schedule") == "db-sched" for b in _succeeded(setup)) and all(
+                setup.phases()[n] in TERMINAL for n in ("ok", "hangs", "fails")
+            )
+
+        _wait(setup, controller, scheduled_done, 120)
+        _suspend(setup, "db-sched")
+        _wait(setup, controller, lambda: _all_terminal(setup), 60)
+        assert controller.process.poll() is None, controller.output
+        assert controller.stop() == 0
+    by_name = {b["metadata"]["name"]: b for b in setup.backups()}
+    assert by_name["ok"]["status"]["phase"] == "Succeeded"
+    assert _ready(by_name["hangs"])["reason"] == "DataMoverTimeout"
+    assert _ready(by_name["fails"])["reason"] == "DataMoverFailed"
+    (restore,) = lamina_objects(setup.api, setup.namespace, "restores")
+    assert _ready(restore)["reason"] == "NotSupported"
+
+    user = f"system:serviceaccount:{setup.namespace}:{NAME}"
+    used = accesses(setup.kube.audit_events(user))
+    assert used, "the controller made no API request"
+    refused = {str(a): codes for a, codes in used.items() if any(c == 403 for c in codes)}
+    assert refused == {}
+    missing, unused = least_privilege(used, granted(docs, setup.namespace, NAME))
+    assert sorted(map(str, missing)) == []
+    assert unused == {Access(verb, group, resource) for verb, group, resource in RARELY_USED}

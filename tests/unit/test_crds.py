@@ -62,3 +62,32 @@ def test_each_kind_is_a_structural_crd_with_status_columns_and_short_names() -> 
     assert {"Phase", "PVC", "Point", "Bytes"} <= {
         c["name"] for c in backup["additionalPrinterColumns"]
     }
+
+
+def test_deploy_controller_yaml_is_generated_and_the_client_accepts_it(tmp_path: Path) -> None:
+    from lamina.backend.kube import controller_deploy
+
+    out = tmp_path / "controller.yaml"
+    assert controller_deploy.main([str(out)]) == 0
+    assert out.read_text() == (REPO_ROOT / "deploy" / "controller.yaml").read_text(), (
+        "deploy/controller.yaml is stale: run `make manifests`"
+    )
+    docs = list(yaml.safe_load_all(out.read_text()))
+    models = {
+        "ServiceAccount": "V1ServiceAccount",
+        "ClusterRole": "V1ClusterRole",
+        "ClusterRoleBinding": "V1ClusterRoleBinding",
+        "Role": "V1Role",
+        "RoleBinding": "V1RoleBinding",
+        "Deployment": "V1Deployment",
+    }
+    assert [d["kind"] for d in docs] == list(models)
+    for doc in docs:
+        k8s.ApiClient()._ApiClient__deserialize(doc, models[doc["kind"]])  # type: ignore[attr-defined]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--in-cluster" in args and "--lease-namespace" in args
+    for doc in docs:
+        for rule in doc.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
