@@ -14,18 +14,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from ..errors import LaminaError, UsageError
 from .process import current_process, is_alive_here
 from .schema import REQUEST_OPS, job_events, jobs
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 CATALOG_ENV = "LAMINA_CATALOG"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -203,22 +202,41 @@ class HistoryQuery:
 
 
 def _alembic_config(connection: Connection) -> Config:
+    from alembic.config import Config  # alembic is imported only to migrate: it is slow to load
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
 
+def known_revisions() -> list[str]:
+    """Every revision, oldest first, from the migration files' names (``NNNN_what.py``, whose
+    revision is ``NNNN``; tests/unit/test_catalog_revisions.py holds alembic to that). Cheap:
+    opening a catalog at the head revision loads no alembic."""
+    names = sorted(p.name for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    return [name[:4] for name in names]
+
+
 def head_revision() -> str:
-    heads = ScriptDirectory(str(MIGRATIONS)).get_heads()
-    assert len(heads) == 1, f"the catalog migrations have {len(heads)} heads"
-    return str(heads[0])
+    return known_revisions()[-1]
 
 
 def revisions() -> list[str]:
-    """Every revision, oldest first."""
+    """Every revision, oldest first, as alembic walks them."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory(str(MIGRATIONS))
+    heads = script.get_heads()
+    assert len(heads) == 1, f"the catalog migrations have {len(heads)} heads"
     return [str(r.revision) for r in reversed(list(script.walk_revisions()))]
+
+
+def _current_revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    return None if found is None else str(found)
 
 
 def _one_line(e: BaseException) -> str:
@@ -272,21 +290,23 @@ class Catalog:
 
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return _current_revision(conn)
 
     def _migrate(self, sqlite_path: Path | None) -> None:
-        known = set(revisions())
+        known = known_revisions()
         with _migration_lock(sqlite_path), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # One migrating process at a time when many open a new catalog at once.
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7369746)"))
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = _current_revision(conn)
             if current is not None and current not in known:
                 raise CatalogTooNew(
                     f"the job catalog {self.url} has schema revision {current}, "
                     "unknown to this lamina: a newer lamina wrote it (upgrade lamina)"
                 )
-            if current != head_revision():
+            if current != known[-1]:
+                from alembic import command
+
                 command.upgrade(_alembic_config(conn), "head")
 
     # ------------------------------------------------------------------ writing
