@@ -245,6 +245,17 @@ def test_namespaces_and_volumes(cluster: KubeCluster, fake: FakeKube) -> None:
     assert json.loads(json.dumps(data.as_json()))["driver"] == CBT_DRIVER
 
 
+def test_quantities_are_stored_canonical_as_a_real_server_does(
+    cluster: KubeCluster, fake: FakeKube
+) -> None:
+    # test_kube_real_api.py sees the real v1.20 server turn a 1024Ki request into 1Mi
+    fake.add_pvc("apps", "odd", size="1024Ki")
+    fake.add_pvc("apps", "uneven", size="1536Ki")
+    volumes = {v.name: v for v in list_volumes(cluster, "apps").volumes}
+    assert (volumes["odd"].capacity, volumes["odd"].capacity_bytes) == ("1Mi", 1 << 20)
+    assert volumes["uneven"].capacity == "1536Ki"
+
+
 def test_driver_from_the_bound_volume_beats_the_storage_class(
     cluster: KubeCluster, fake: FakeKube
 ) -> None:

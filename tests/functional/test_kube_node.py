@@ -161,3 +161,35 @@ def test_hanging_pod_is_killed_when_its_job_is_deleted(
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+
+
+def test_pod_waits_for_a_missing_secret_as_the_kubelet_does(
+    real_kube_cluster: RealKube, kube_namespace: str, node: KubeNode
+) -> None:
+    with real_kube_cluster.api_client() as api:
+        batch: Any = kubernetes.client.BatchV1Api(api)
+        core: Any = kubernetes.client.CoreV1Api(api)
+        job = shell_job(
+            "needs-secret",
+            'test "$KEY" = late',
+            env=[{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "later", "key": "k"}}}],
+        )
+        batch.create_namespaced_job(kube_namespace, job)
+
+        def waiting_reason() -> Any:
+            pods = core.list_namespaced_pod(kube_namespace, label_selector="job-name=needs-secret")
+            for pod in pods.items:
+                for status in pod.status.container_statuses or []:
+                    if status.state.waiting is not None and status.state.waiting.message:
+                        return (status.state.waiting.reason, status.state.waiting.message)
+            return None
+
+        assert wait_for(waiting_reason) == (
+            "CreateContainerConfigError",
+            'secret "later" not found',
+        )
+        core.create_namespaced_secret(
+            kube_namespace,
+            {"metadata": {"name": "later"}, "data": {"k": base64.b64encode(b"late").decode()}},
+        )
+        assert wait_for(partial(job_condition, api, kube_namespace, "needs-secret")) == "Complete"

@@ -35,7 +35,7 @@ from tests.support.kube_csi import (
     ensure_classes,
     install_snapshot_crds,
 )
-from tests.support.kube_node import KubeNode
+from tests.support.kube_node import Fault, KubeNode
 from tests.support.kube_objects import block_pv_and_claim, wait_for
 from tests.support.seaweedfs import S3Server, subprocess_environment
 
@@ -205,3 +205,41 @@ def test_datamover_backup_then_restore_to_new_pvcs_byte_identical(
     described = {r.description: r.state for r in restores}
     for name in ("back", "files"):
         assert described[f"restore {point.id} to PVC {cluster.namespace}/{name}"] == "succeeded"
+
+
+def test_failed_restore_to_pvc_leaves_neither_job_nor_pvc(cluster: Cluster, tmp_path: Path) -> None:
+    repo = str(cluster.folder / "repo")
+    init_repository(repo)
+    service = Service(repo)
+    backup = service.start_backup(str(image_file(tmp_path / "small.img")), "real/apps/small")
+    assert backup.wait(60) and backup.error is None
+    (point,) = service.list_points()
+    cluster.node.fault = lambda pod, container: Fault("fail", 3)
+    with KubeSession.open(kubeconfig=str(cluster.real.kubeconfig)) as session:
+        job = start_restore_to_pvc(
+            service, session, point.id, cluster.namespace, "broken",
+            repo=repo, storage_class=TEST_STORAGE_CLASS, poll=0.2,
+        )  # fmt: skip
+        assert job.wait(120)
+    service.close()
+    assert job.error is not None and "\n" not in job.error
+    assert job.error.startswith(
+        f"data-mover Job {cluster.namespace}/lamina-restore-broken failed: "
+    ), job.error
+    batch: Any = kubernetes.client.BatchV1Api(cluster.api)
+    core: Any = kubernetes.client.CoreV1Api(cluster.api)
+    assert wait_for(lambda: batch.list_namespaced_job(cluster.namespace).items == [])
+    assert wait_for(
+        lambda: core.list_namespaced_persistent_volume_claim(cluster.namespace).items == []
+    )
+    (record,) = [
+        r
+        for r in read_history(HistoryQuery(kind="restore"))
+        if r.description == f"restore {point.id} to PVC {cluster.namespace}/broken"
+    ]
+    assert record.state == "failed" and record.error == job.error
+
+
+def image_file(path: Path) -> Path:
+    path.write_bytes(os.urandom(64 << 10) + bytes(64 << 10))
+    return path

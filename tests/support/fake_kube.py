@@ -200,6 +200,26 @@ def parse_quantity(text: str) -> int:
     return int(float(match.group(1)) * factors[match.group(2) or ""])
 
 
+def canonical_quantity(text: str) -> str:
+    """A whole quantity as the API server stores it: the largest suffix of its kind (binary
+    Ki, Mi, ... or decimal k, M, ...) that keeps it whole ("1024Ki" -> "1Mi", "1536Ki" stays,
+    "2000000" -> "2M"). Fractions are kept as given."""
+    match = re.fullmatch(r"(\d+)([KMGTPE]i|[kMGTPE])?", str(text).strip())
+    if not match:
+        return str(text)
+    value = parse_quantity(text)
+    binary = (match.group(2) or "").endswith("i")
+    base = 1024 if binary else 1000
+    suffixes = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] if binary else ["k", "M", "G", "T", "P", "E"]
+    suffix = ""
+    for candidate in suffixes:
+        if value == 0 or value % base:
+            break
+        value //= base
+        suffix = candidate
+    return f"{value}{suffix}"
+
+
 @dataclass
 class ForbidRule:
     verb: str
@@ -567,6 +587,9 @@ class FakeKube:
             body.setdefault("spec", {"finalizers": ["kubernetes"]})
             body["status"] = {"phase": "Active"}
         elif rt.kind == "PersistentVolumeClaim":
+            requests = (body["spec"].get("resources") or {}).get("requests") or {}
+            if "storage" in requests:  # a real server stores quantities canonical: 1024Ki is 1Mi
+                requests["storage"] = canonical_quantity(requests["storage"])
             body["spec"].setdefault("volumeMode", "Filesystem")
             if "storageClassName" not in body["spec"]:
                 default = self._default_storage_class()

@@ -43,6 +43,10 @@ env has ``LAMINA_TEST_NODE_FAULT`` set to ``fail`` (or ``fail:CODE``) exits with
 Pod is deleted or the node stops); ``KubeNode.fault`` is the same as a hook
 ``(pod, container) -> Fault | None`` for Pods whose manifest a test does not write.
 
+A Secret, ConfigMap or key that the Pod needs and that is missing leaves it Pending with
+``waiting.reason: CreateContainerConfigError`` and the kubelet's message, until it appears.
+Only ``restartPolicy: Never`` is honoured: a failed container is not restarted, the Pod fails.
+
 Each process is bounded by ``process_timeout`` (killed, exit code 137); its stdout and stderr
 go to ``<workdir>/<namespace>/<pod>/<container>.log`` (``KubeNode.log(namespace, pod)``).
 Use it as a context manager; ``stop()`` ends the watch, kills what still runs and joins its
@@ -86,6 +90,11 @@ def default_commands() -> dict[str, list[str]]:
     if script.is_file():
         return {"lamina": [str(script)]}
     return {"lamina": [sys.executable, "-m", "lamina.backend.cli"]}
+
+
+class ConfigMissing(Exception):
+    """A Secret, ConfigMap or key that a Pod needs is not there (yet): the kubelet's
+    CreateContainerConfigError; the Pod waits for it."""
 
 
 @dataclass(frozen=True)
@@ -419,19 +428,16 @@ class KubeNode:
             folder = run.folder / "volumes" / name
             folder.mkdir(parents=True, exist_ok=True)
             if "secret" in volume:
-                secret = self.core.read_namespaced_secret(
-                    volume["secret"]["secretName"], run.namespace
-                )
                 mode = volume["secret"].get("defaultMode", 0o644)
-                for key, value in (secret.data or {}).items():
+                secret = self._secret_bytes(run.namespace, volume["secret"]["secretName"])
+                for key, content in secret.items():
                     path = folder / key
-                    path.write_bytes(base64.b64decode(value))
+                    path.write_bytes(content)
                     path.chmod(mode)
             elif "configMap" in volume:
-                config = self.core.read_namespaced_config_map(
-                    volume["configMap"]["name"], run.namespace
-                )
-                for key, value in (config.data or {}).items():
+                for key, value in self._config_data(
+                    run.namespace, volume["configMap"]["name"]
+                ).items():
                     (folder / key).write_text(value)
             local[name] = folder
         return local
@@ -448,25 +454,40 @@ class KubeNode:
         )
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
-            if "secretRef" in source:
-                data = self._secret_data(run.namespace, source["secretRef"]["name"])
-            else:
-                data = self._config_data(run.namespace, source["configMapRef"]["name"])
+            selector = source.get("secretRef") or source.get("configMapRef") or {}
+            try:
+                if "secretRef" in source:
+                    data = self._secret_data(run.namespace, selector["name"])
+                else:
+                    data = self._config_data(run.namespace, selector["name"])
+            except ConfigMissing:
+                if selector.get("optional"):
+                    continue
+                raise
             env.update({prefix + k: v for k, v in data.items()})
         for item in container.get("env") or []:
             if "value" in item:
                 env[item["name"]] = _expand(item["value"], env)
                 continue
             ref = item.get("valueFrom") or {}
-            if "secretKeyRef" in ref:
-                data = self._secret_data(run.namespace, ref["secretKeyRef"]["name"])
-                env[item["name"]] = data[ref["secretKeyRef"]["key"]]
-            elif "configMapKeyRef" in ref:
-                data = self._config_data(run.namespace, ref["configMapKeyRef"]["name"])
-                env[item["name"]] = data[ref["configMapKeyRef"]["key"]]
-            elif "fieldRef" in ref:
+            for field_name, kind, read in (
+                ("secretKeyRef", "Secret", self._secret_data),
+                ("configMapKeyRef", "ConfigMap", self._config_data),
+            ):
+                if field_name not in ref:
+                    continue
+                selector = ref[field_name]
+                try:
+                    data = read(run.namespace, selector["name"])
+                    value = self._key(data, selector["key"], kind, run.namespace, selector["name"])
+                except ConfigMissing:
+                    if selector.get("optional"):
+                        break
+                    raise
+                env[item["name"]] = value
+            if "fieldRef" in ref:
                 env[item["name"]] = self._field(pod, ref["fieldRef"]["fieldPath"])
-            elif item["name"] not in env:
+            elif not ref and item["name"] not in env:
                 env[item["name"]] = ""
         return env
 
@@ -482,23 +503,56 @@ class KubeNode:
         }
         return str(values.get(path, ""))
 
+    def _secret_bytes(self, namespace: str, name: str) -> dict[str, bytes]:
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                raise ConfigMissing(f'secret "{name}" not found') from None
+            raise
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
     def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        secret = self.core.read_namespaced_secret(name, namespace)
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        return {
+            k: v.decode(errors="replace") for k, v in self._secret_bytes(namespace, name).items()
+        }
 
     def _config_data(self, namespace: str, name: str) -> dict[str, str]:
-        return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        try:
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except kubernetes.client.ApiException as error:
+            if error.status == 404:
+                raise ConfigMissing(f'configmap "{name}" not found') from None
+            raise
+
+    @staticmethod
+    def _key(data: dict[str, str], key: str, kind: str, namespace: str, name: str) -> str:
+        if key not in data:
+            raise ConfigMissing(f"couldn't find key {key} in {kind} {namespace}/{name}")
+        return data[key]
 
     def _execute(self, run: _PodRun, pod: Obj, claims: dict[str, Path]) -> None:
         if run.folder.exists():
             shutil.rmtree(run.folder)
         run.folder.mkdir(parents=True)
-        volumes = self._local_volumes(run, pod, claims)
         init = pod["spec"].get("initContainers") or []
         containers = pod["spec"].get("containers") or []
         init_statuses = [self._waiting(c) for c in init]
         statuses = [self._waiting(c) for c in containers]
         started = _now()
+        while True:  # as the kubelet: wait for the Secrets and ConfigMaps the Pod needs
+            try:
+                volumes = self._local_volumes(run, pod, claims)
+                for container in [*init, *containers]:
+                    self._env(run, pod, container)
+                break
+            except ConfigMissing as missing:
+                waiting = {"reason": "CreateContainerConfigError", "message": str(missing)}
+                first = [*init_statuses, *statuses][0]
+                first["state"] = {"waiting": waiting}
+                self._write_status(run, "Pending", init_statuses, statuses, started)
+                if self._stop.wait(0.5) or run.deleted.is_set():
+                    return
         self._write_status(run, "Pending", init_statuses, statuses, started)
         for index, container in enumerate(init):
             init_statuses[index] = self._run_container(run, pod, container, volumes, init_statuses)
