@@ -32,7 +32,7 @@ from tests.support.kube_controller import (
     lamina_objects,
 )
 from tests.support.kube_crds import install_crds
-from tests.support.kube_csi import CsiStandIn
+from tests.support.kube_csi import TEST_STORAGE_CLASS, CsiStandIn
 from tests.support.kube_node import KubeNode
 from tests.support.kube_objects import block_pv_and_claim, wait_for
 from tests.support.seaweedfs import S3Server
@@ -245,6 +245,33 @@ def test_a_schedule_backs_up_its_pvc_once_per_slot_and_forgets_by_retention(setu
     assert done == {b["status"]["pointId"] for b in backups}
     schedule = lamina_objects(setup.api, setup.namespace, "backupschedules")[0]
     assert schedule["status"]["lastBackup"] in names and schedule["status"]["nextSlot"]
+    # the newest point into a new PVC, by a Restore
+    newest_point = newest[-1]["status"]["pointId"]
+    create_lamina(
+        setup.api,
+        setup.namespace,
+        "restores",
+        "Restore",
+        "db-back",
+        {
+            "point": newest_point[:8],
+            "repository": {"url": setup.repo, "secretRef": {"name": "lamina-repo"}},
+            "target": {"pvc": "db-restored", "storageClass": TEST_STORAGE_CLASS},
+        },
+    )
+    with setup.controller(name="restorer") as controller:
+
+        def restored() -> bool:
+            (restore,) = lamina_objects(setup.api, setup.namespace, "restores")
+            return (restore.get("status") or {}).get("phase") in TERMINAL
+
+        _wait(setup, controller, restored, 90)
+    (restore,) = lamina_objects(setup.api, setup.namespace, "restores")
+    assert restore["status"]["phase"] == "Succeeded", restore["status"]
+    core: Any = kubernetes.client.CoreV1Api(setup.api)
+    claim = core.read_namespaced_persistent_volume_claim("db-restored", setup.namespace)
+    volume = core.read_persistent_volume(claim.spec.volume_name)
+    assert Path(volume.spec.csi.volume_handle).read_bytes() == setup.image.read_bytes()
     reasons = {e.reason for e in events_of(setup.api, setup.namespace, "db-often")}
     assert "Scheduled" in reasons
     assert {"Snapshotting", "Transferring", "Succeeded"} <= {
@@ -365,9 +392,14 @@ def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup
 
     def start(identity: str) -> Any:
         return setup.controller(
-            "--lease-namespace", setup.namespace, "--lease-duration", "3",
-            "--identity", identity, name=identity,
-        )  # fmt: skip
+            "--lease-namespace",
+            setup.namespace,
+            "--lease-duration",
+            "3",
+            "--identity",
+            identity,
+            name=identity,
+        )
 
     with ExitStack() as stack:
         running = {name: stack.enter_context(start(name)) for name in ("a", "b")}
@@ -403,9 +435,13 @@ def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup
     assert len(_succeeded(setup)) >= 3
     # the checker sees a Backup that no controller finished
     create_lamina(
-        setup.api, setup.namespace, "backups", "Backup", "left-behind",
+        setup.api,
+        setup.namespace,
+        "backups",
+        "Backup",
+        "left-behind",
         {"source": {"pvc": "db"}, "repository": {"url": setup.repo}},
-    )  # fmt: skip
+    )
     service = setup.service()
     try:
         problems = check_invariants(setup.api, setup.namespace, service, setup.catalog)
@@ -464,21 +500,37 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
     repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
     for name in ("ok", "hangs", "fails"):
         create_lamina(
-            setup.api, setup.namespace, "backups", "Backup", name,
+            setup.api,
+            setup.namespace,
+            "backups",
+            "Backup",
+            name,
             {"source": {"pvc": "db"}, "repository": repository},
-        )  # fmt: skip
+        )
     create_lamina(
-        setup.api, setup.namespace, "restores", "Restore", "back",
+        setup.api,
+        setup.namespace,
+        "restores",
+        "Restore",
+        "back",
         {"point": "0123abcd", "repository": repository, "target": {"pvc": "db-copy"}},
-    )  # fmt: skip
+    )
     create_lamina(
-        setup.api, setup.namespace, "backupschedules", "BackupSchedule", "bad",
+        setup.api,
+        setup.namespace,
+        "backupschedules",
+        "BackupSchedule",
+        "bad",
         {"selector": {}, "cron": "61 * * * *", "repository": repository},
-    )  # fmt: skip
+    )
     create_lamina(
-        setup.api, setup.namespace, "backupschedules", "BackupSchedule", "db-sched",
+        setup.api,
+        setup.namespace,
+        "backupschedules",
+        "BackupSchedule",
+        "db-sched",
         {"selector": {"names": ["db"]}, "every": "2s", "repository": repository},
-    )  # fmt: skip
+    )
     args = ("--lease-namespace", setup.namespace, "--lease-duration", "5", "--job-timeout", "10")
     with setup.controller(*args, kubeconfig=kubeconfig) as controller:
 
@@ -497,7 +549,7 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
     assert _ready(by_name["hangs"])["reason"] == "DataMoverTimeout"
     assert _ready(by_name["fails"])["reason"] == "DataMoverFailed"
     (restore,) = lamina_objects(setup.api, setup.namespace, "restores")
-    assert _ready(restore)["reason"] == "NotSupported"
+    assert restore["status"]["phase"] == "Failed" and "0123abcd" in restore["status"]["message"]
 
     user = f"system:serviceaccount:{setup.namespace}:{NAME}"
     used = accesses(setup.kube.audit_events(user))

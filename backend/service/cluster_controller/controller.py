@@ -326,6 +326,9 @@ class ClusterController:
         owner_ns = (m.get("labels") or {}).get("lamina.dev/backup-namespace") or namespace
         if owner:
             self.queue.add(("backups", owner_ns, owner))
+        restore = (m.get("labels") or {}).get("lamina.dev/restore")
+        if restore and plural == "jobs":
+            self.queue.add(("restores", namespace, restore))
 
     def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -447,6 +450,7 @@ class ClusterController:
         error: str | None = None,
         started: float | None = None,
         bytes_stored: int = 0,
+        kind: str = "backup",
     ) -> None:
         """One job in the catalog (kind backup, origin controller); a catalog that is down
         costs a line, never the reconcile."""
@@ -454,7 +458,7 @@ class ClusterController:
         now = time.time()
         record = JobRecord(
             id=job_id[:32],
-            kind="backup",
+            kind=kind,
             state=state,
             description=description,
             repository=repository,
@@ -1172,29 +1176,242 @@ class ClusterController:
     # ----- Restore -------------------------------------------------------------------------
 
     def reconcile_restore(self, namespace: str, name: str) -> float | None:
-        """Restores are accepted and shown but not run by this controller yet."""
+        """A point into a NEW PVC by a restore data-mover Job (backend/kube/datamover.py):
+        no phase → Restoring (the point resolved, the target checked, the PVC and the Job
+        made, both labelled with the Restore so that a new leader adopts them) → Succeeded or
+        Failed (the Job and the half-written PVC deleted)."""
         obj = self._get("restores", namespace, name)
-        if obj is None or section(obj, "status").get("phase"):
+        if obj is None:
             return None
-        message = "this controller does not run Restores yet: use lamina restore"
+        phase = section(obj, "status").get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return None
+        if phase == "Restoring":
+            return self._restoring(obj)
+        return self._start_restore(obj)
+
+    def _restore_spec(self, obj: Obj, point: str, size: str) -> Any:
+        from ...kube.datamover import RestoreSpec
+
+        spec = section(obj, "spec")
+        target = section(spec, "target")
+        secret = section(section(spec, "repository"), "secretRef").get("name")
+        return RestoreSpec(
+            namespace=str(meta(obj).get("namespace")),
+            pvc=str(target.get("pvc")),
+            point=point,
+            repo=str(section(spec, "repository").get("url")),
+            size=size,
+            mode=str(spec.get("mode") or "block"),
+            storage_class=target.get("storageClass"),
+            image=self.options.image,
+            env_secret=str(secret) if secret else None,
+            password_secret=str(secret) if secret and self._has_password(obj) else None,
+        )
+
+    def _start_restore(self, obj: Obj) -> float | None:
+        from ...kube.datamover import (
+            _create,
+            check_restore_target,
+            restore_job_manifest,
+            restore_pvc_manifest,
+            restore_size,
+        )
+        from ..service import Service
+
+        m, spec = meta(obj), section(obj, "spec")
+        namespace, name = str(m.get("namespace")), str(m.get("name"))
+        target = section(spec, "target")
+        url = str(section(spec, "repository").get("url"))
+        labels = {"lamina.dev/restore": dns_label(name)}
+        try:
+            password = self._password(namespace, spec)
+            service = Service(url, password=password, catalog=self.options.catalog, origin=ORIGIN)
+            try:
+                point = service.get_point(str(spec.get("point")))
+            finally:
+                service.close()
+            size = restore_size(
+                point.capacity, str(spec.get("mode") or "block"), target.get("size")
+            )
+            restore = self._restore_spec(obj, point.id, size)
+            if not self._ours(namespace, restore.pvc, name):
+                check_restore_target(self.cluster, restore)
+        except LaminaError as e:
+            self._fail_restore(obj, type(e).__name__.removesuffix("Error") or "Invalid", str(e))
+            return None
+        for manifest in (restore_pvc_manifest(restore), restore_job_manifest(restore)):
+            manifest["metadata"]["labels"].update(labels)
+            if manifest["kind"] == "Job":
+                manifest["spec"]["template"]["metadata"]["labels"].update(labels)
+            try:
+                _create(self.cluster, manifest)
+            except KubeConflict:
+                pass  # made before this reconcile (or by the previous leader): adopted
         self._patch_status(
             "restores",
             obj,
             {
-                "phase": "Pending",
-                "message": message,
+                "phase": "Restoring",
+                "job": restore.job_name,
+                "startTime": _now_iso(),
+                "message": f"point {point.id} into PVC {namespace}/{restore.pvc} ({size})",
                 "conditions": _set_condition(
-                    [],
+                    list(section(obj, "status").get("conditions") or []),
                     "Ready",
                     "False",
-                    "NotSupported",
-                    message,
-                    int(meta(obj).get("generation") or 0),
+                    "Restoring",
+                    "the restore data mover is running",
+                    int(m.get("generation") or 0),
                 ),
             },
         )
-        self.event(obj, "Warning", "NotSupported", message)
+        self.event(
+            obj, "Normal", "Restoring", f"restore Job {namespace}/{restore.job_name} started"
+        )
+        self.record(
+            self._job_id(obj),
+            "running",
+            f"Restore {namespace}/{name}",
+            repository=url,
+            point=point.id,
+            kind="restore",
+        )
+        return self.options.poll
+
+    def _ours(self, namespace: str, pvc: str, restore: str) -> bool:
+        """The target PVC exists and was made for this Restore (a leader died after making it)."""
+        try:
+            found: Any = self.cluster.request(
+                "get",
+                "persistentvolumeclaims",
+                lambda: self.cluster.core.read_namespaced_persistent_volume_claim(
+                    pvc, namespace, _request_timeout=self.cluster.request_timeout
+                ),
+                namespace=namespace,
+                name=pvc,
+            )
+        except KubeNotFound:
+            return False
+        labels = (found.metadata.labels if found.metadata else None) or {}
+        return bool(labels.get("lamina.dev/restore") == dns_label(restore))
+
+    def _restoring(self, obj: Obj) -> float | None:
+        from ...kube.datamover import _delete
+
+        m, status, spec = meta(obj), section(obj, "status"), section(obj, "spec")
+        namespace, name = str(m.get("namespace")), str(m.get("name"))
+        job_name = str(status.get("job"))
+        try:
+            job: Any = self.cluster.request(
+                "get",
+                "jobs",
+                lambda: self.cluster.batch.read_namespaced_job(
+                    job_name, namespace, _request_timeout=self.cluster.request_timeout
+                ),
+                namespace=namespace,
+                name=job_name,
+            )
+        except KubeNotFound:
+            self._fail_restore(obj, "JobMissing", f"restore Job {namespace}/{job_name} is gone")
+            return None
+        done = (
+            {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
+            if job.status
+            else {}
+        )
+        if "Failed" in done:
+            why = done["Failed"].message or done["Failed"].reason or "no reason given"
+            self._fail_restore(
+                obj, "DataMoverFailed", f"restore Job {namespace}/{job_name} failed: {why}"
+            )
+            return None
+        if "Complete" not in done:
+            created = job.metadata.creation_timestamp if job.metadata else None
+            if created is not None and time.time() - created.timestamp() > self.options.job_timeout:
+                self._fail_restore(
+                    obj,
+                    "DataMoverTimeout",
+                    f"restore Job {namespace}/{job_name} did not finish within {self.options.job_timeout:g} s",
+                )
+                return None
+            return self.options.poll
+        _delete(self.cluster, "jobs", namespace, job_name)
+        target = str(section(spec, "target").get("pvc"))
+        message = f"PVC {namespace}/{target} holds point {spec.get('point')}"
+        self._patch_status(
+            "restores",
+            obj,
+            {
+                "phase": "Succeeded",
+                "completionTime": _now_iso(),
+                "message": message,
+                "conditions": _set_condition(
+                    list(status.get("conditions") or []),
+                    "Ready",
+                    "True",
+                    "Succeeded",
+                    message,
+                    int(m.get("generation") or 0),
+                ),
+            },
+        )
+        self.event(obj, "Normal", "Succeeded", message)
+        self.record(
+            self._job_id(obj),
+            "succeeded",
+            f"Restore {namespace}/{name}",
+            repository=str(section(spec, "repository").get("url")),
+            started=parse_iso(status.get("startTime")),
+            kind="restore",
+        )
         return None
+
+    def _fail_restore(self, obj: Obj, reason: str, message: str) -> None:
+        from ...kube.datamover import _delete
+
+        m, status, spec = meta(obj), section(obj, "status"), section(obj, "spec")
+        namespace, name = str(m.get("namespace")), str(m.get("name"))
+        if status.get("phase") == "Restoring":
+            # the half-written PVC is no restore: it goes with its Job
+            try:
+                _delete(self.cluster, "jobs", namespace, str(status.get("job")))
+                _delete(
+                    self.cluster,
+                    "persistentvolumeclaims",
+                    namespace,
+                    str(section(spec, "target").get("pvc")),
+                )
+            except KubeError as e:
+                self.say(f"Restore {namespace}/{name}: cleaning up: {e}")
+        self._patch_status(
+            "restores",
+            obj,
+            {
+                "phase": "Failed",
+                "completionTime": _now_iso(),
+                "message": message[:1000],
+                "conditions": _set_condition(
+                    list(status.get("conditions") or []),
+                    "Ready",
+                    "False",
+                    reason,
+                    message,
+                    int(m.get("generation") or 0),
+                ),
+            },
+        )
+        self.event(obj, "Warning", reason, message)
+        self.say(f"Restore {namespace}/{name} failed: {message}")
+        self.record(
+            self._job_id(obj),
+            "failed",
+            f"Restore {namespace}/{name}",
+            repository=str(section(spec, "repository").get("url")),
+            error=message,
+            started=parse_iso(status.get("startTime")),
+            kind="restore",
+        )
 
 
 def _resource_version(listing: Any) -> str | None:
