@@ -12,6 +12,9 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := e2fsprogs xfsprogs fuse libfuse2 postgresql etcd-server openssl curl
 BENCH_PACKAGES := restic borgbackup
 PYTEST_ARGS ?=
+# pytest-xdist workers. Most tests wait on processes and servers they start, so three share the
+# two cores well; tests of the one real Kubernetes control plane run on one worker (loadgroup).
+TEST_WORKERS ?= 3
 
 .PHONY: test demo lint proto manifests bench screenshots system-packages clean
 
@@ -34,7 +37,7 @@ apt:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PKGS) >/dev/null
 
 test: system-packages $(STAMP)
-	LAMINA_NO_SKIPS=1 $(PY) -m pytest $(PYTEST_ARGS)
+	LAMINA_NO_SKIPS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 demo: system-packages $(STAMP)
 	$(VENV)/bin/lamina demo

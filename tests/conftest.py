@@ -31,10 +31,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.kube_cluster import RealKube, find_scripts, real_kube
 from tests.support.postgres import PostgresServer, find_binaries, postgres_server
 from tests.support.seaweedfs import S3Server, seaweedfs_s3, subprocess_environment
+
+# The model tests must not fail because the machine is busy (CI shares two cores with the
+# servers the tests start): no per-example deadline and no "too slow" health check.
+settings.register_profile(
+    "lamina", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("lamina")
 
 # Before any test runs (and any CLI subprocess inherits it): jobs recorded by the tests go
 # to a catalog of this run, never to the user's.
@@ -121,3 +129,11 @@ def kube_namespace(real_kube_cluster: RealKube) -> Iterator[str]:
     name = real_kube_cluster.new_namespace()
     yield name
     real_kube_cluster.delete_namespace(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (make test), every test of the real Kubernetes control plane runs on
+    one worker, so the run starts one cluster, not one per worker."""
+    for item in items:
+        if "real_kube_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("real-kube"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import kubernetes
 import pytest
 
@@ -16,9 +14,13 @@ def test_real_api_server_answers_and_keeps_optimistic_concurrency(
     with real_kube_cluster.api_client() as api:
         version = kubernetes.client.VersionApi(api).get_code()
         assert version.major == "1" and version.minor.startswith("20")
-        leases: Any = kubernetes.client.CoordinationV1Api(api)
-        body = {"metadata": {"name": "probe"}, "spec": {"holderIdentity": "a"}}
+        leases = kubernetes.client.CoordinationV1Api(api)
+        body = kubernetes.client.V1Lease(
+            metadata=kubernetes.client.V1ObjectMeta(name="probe"),
+            spec=kubernetes.client.V1LeaseSpec(holder_identity="a"),
+        )
         created = leases.create_namespaced_lease(kube_namespace, body)
+        assert created.metadata is not None and created.spec is not None
         stale = created.metadata.resource_version
         created.spec.holder_identity = "b"
         leases.replace_namespaced_lease("probe", kube_namespace, created)

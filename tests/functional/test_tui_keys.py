@@ -169,9 +169,15 @@ async def test_the_mount_key_follows_the_state_and_unmount_is_confirmed(
         await pilot.press("m")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
         await pilot.press("y")
+        # First the notice: a notification expires after a few seconds on a busy machine.
+        await wait_for(
+            pilot,
+            lambda: any("unmounted" in n.message for n in app._notifications),
+            "the unmounted notice",
+            timeout=30,
+        )
         await wait_for(pilot, lambda: not chain.mounts, "the unmount", timeout=30)
         await wait_for(pilot, lambda: "m Mount" in label(), "the Mount key again")
-        assert any("unmounted" in n.message for n in app._notifications)
 
 
 async def test_ages_grow_while_a_screen_is_open(world: World) -> None:
