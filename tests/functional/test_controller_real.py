@@ -498,14 +498,18 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
 
     setup.node.fault = faults
     repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
-    for name in ("ok", "hangs", "fails"):
+    # the failing and the hanging data mover have volumes of their own, so that they run
+    # beside the others (a failing Job is retried once by the Job controller, after ~10 s)
+    for pvc in ("db2", "db3"):
+        block_pv_and_claim(setup.api, setup.namespace, pvc, setup.image)
+    for name, pvc in (("ok", "db"), ("hangs", "db2"), ("fails", "db3")):
         create_lamina(
             setup.api,
             setup.namespace,
             "backups",
             "Backup",
             name,
-            {"source": {"pvc": "db"}, "repository": repository},
+            {"source": {"pvc": pvc}, "repository": repository},
         )
     create_lamina(
         setup.api,
@@ -531,7 +535,8 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
         "db-sched",
         {"selector": {"names": ["db"]}, "every": "2s", "repository": repository},
     )
-    args = ("--lease-namespace", setup.namespace, "--lease-duration", "5", "--job-timeout", "10")
+    args = ["--lease-namespace", setup.namespace, "--lease-duration", "5"]
+    args += ["--job-timeout", "25", "--concurrency", "3"]
     with setup.controller(*args, kubeconfig=kubeconfig) as controller:
 
         def scheduled_done() -> bool:
