@@ -9,6 +9,7 @@ import itertools
 import random
 import re
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -564,3 +565,102 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
     missing, unused = least_privilege(used, granted(docs, setup.namespace, NAME))
     assert sorted(map(str, missing)) == []
     assert unused == {Access(verb, group, resource) for verb, group, resource in RARELY_USED}
+
+
+def test_dropped_connections_and_write_conflicts_cost_retries_never_a_slot(setup: Setup) -> None:
+    """The controller reaches the API server through a forwarder that cuts every connection
+    (its watches and requests in flight) again and again, while another client keeps changing
+    the Backups under it, so that its status writes meet 409s. It recovers, and the checker
+    finds every slot run once."""
+    import json
+    import threading
+
+    import yaml
+
+    from lamina.backend.kube.controller_deploy import NAME, controller_manifests
+    from tests.functional.test_kube_real_api import service_account_kubeconfig
+    from tests.support.kube_controller import check_invariants
+    from tests.support.tcp_cutter import tcp_cutter
+
+    rbac = [d for d in controller_manifests(setup.namespace) if d["kind"] != "Deployment"]
+
+    create_lamina(
+        setup.api,
+        setup.namespace,
+        "backupschedules",
+        "BackupSchedule",
+        "db-faults",
+        {
+            "selector": {"names": ["db"]},
+            "every": "2s",
+            "repository": {"url": setup.repo, "secretRef": {"name": "lamina-repo"}},
+        },
+    )
+    custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+    stop = threading.Event()
+    bumps = [0]
+
+    def conflicts() -> None:
+        """Touch every unfinished Backup, so a status write from an older read gets a 409."""
+        while not stop.wait(0.2):
+            for backup in setup.backups():
+                if (backup.get("status") or {}).get("phase") in TERMINAL:
+                    continue
+                try:
+                    custom.patch_namespaced_custom_object(
+                        "lamina.dev",
+                        "v1alpha1",
+                        setup.namespace,
+                        "backups",
+                        backup["metadata"]["name"],
+                        {"metadata": {"annotations": {"lamina.test/bump": str(bumps[0])}}},
+                    )
+                    bumps[0] += 1
+                except kubernetes.client.ApiException:
+                    pass
+
+    port = int(setup.kube.env["API_PORT"])
+    with tcp_cutter("127.0.0.1", port) as cutter:
+        # as its ServiceAccount, so that the audit log shows its requests
+        _apply_rbac(setup.api, rbac)
+        account = service_account_kubeconfig(
+            setup.kube, setup.namespace, NAME, setup.folder / "sa.kubeconfig"
+        )
+        config = yaml.safe_load(account.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{cutter.port}"
+        proxied = setup.folder / "proxied.kubeconfig"
+        proxied.write_text(json.dumps(config))
+        bumper = threading.Thread(target=conflicts, daemon=True)
+        bumper.start()
+        try:
+            with setup.controller("--resync", "3", kubeconfig=proxied) as controller:
+                for _round in range(4):
+                    before = len(_succeeded(setup))
+                    deadline = time.monotonic() + 90
+                    while len(_succeeded(setup)) <= before:
+                        assert time.monotonic() < deadline, controller.output[-3000:]
+                        stop.wait(1.0)
+                        cutter.cut()
+                stop.set()
+                bumper.join(10)
+                _suspend(setup, "db-faults")
+                _wait(setup, controller, lambda: _all_terminal(setup), 90)
+                assert controller.process.poll() is None, controller.output
+        finally:
+            stop.set()
+        assert cutter.cuts >= 4
+    service = setup.service()
+    try:
+        assert check_invariants(setup.api, setup.namespace, service, setup.catalog) == []
+    finally:
+        service.close()
+    conflicted = [
+        e
+        for e in setup.kube.audit_events(f"system:serviceaccount:{setup.namespace}:{NAME}")
+        if e.get("verb") == "patch"
+        and (e.get("objectRef") or {}).get("subresource") == "status"
+        and (e.get("responseStatus") or {}).get("code") == 409
+    ]
+    assert conflicted, "no status write met a conflict: the fault was not injected"
+    assert bumps[0] > 0

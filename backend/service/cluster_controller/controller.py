@@ -371,25 +371,42 @@ class ClusterController:
             return None
 
     def _patch_status(self, plural: str, obj: Obj, status: Obj) -> Obj:
+        """Write status changes under the resourceVersion they were decided on. A 409 whose
+        cause left the status as it was (labels, annotations, spec written by someone else)
+        is retried on the fresh object; a status that changed meanwhile raises, and the
+        reconcile runs again from what is there now."""
         m = meta(obj)
         namespace, name = str(m.get("namespace")), str(m.get("name"))
-        body = {"metadata": {"resourceVersion": m.get("resourceVersion")}, "status": status}
-        result = self.cluster.request(
-            "patch",
-            f"{plural}/status",
-            lambda: self.cluster.custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body,
-                _request_timeout=self.cluster.request_timeout,
-            ),
-            namespace=namespace,
-            name=name,
-        )
-        return dict(result) if isinstance(result, dict) else obj
+        for _attempt in range(5):
+            body = {
+                "metadata": {"resourceVersion": meta(obj).get("resourceVersion")},
+                "status": status,
+            }
+            try:
+
+                def call(body: Obj = body) -> object:
+                    return self.cluster.custom.patch_namespaced_custom_object_status(
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        plural,
+                        name,
+                        body,
+                        _request_timeout=self.cluster.request_timeout,
+                    )
+
+                result = self.cluster.request(
+                    "patch", f"{plural}/status", call, namespace=namespace, name=name
+                )
+                return dict(result) if isinstance(result, dict) else obj
+            except KubeConflict:
+                fresh = self._get(plural, namespace, name)
+                if fresh is None or section(fresh, "status") != section(obj, "status"):
+                    raise KubeConflict(
+                        f"{plural} {namespace}/{name} changed while it was reconciled; reconciling again"
+                    ) from None
+                obj = fresh
+        raise KubeConflict(f"{plural} {namespace}/{name} keeps changing; reconciling again")
 
     def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on `obj`; losing one costs a line, never the reconcile."""
