@@ -131,6 +131,7 @@ def kube_namespace(real_kube_cluster: RealKube) -> Iterator[str]:
     real_kube_cluster.delete_namespace(name)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (make test), every test of the real Kubernetes control plane runs on
     one worker, so the run starts one cluster, not one per worker."""

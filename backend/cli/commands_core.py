@@ -108,7 +108,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("restore", help="restore a point to an image file or block device")
     add_repo_args(p)
     p.add_argument("point", metavar="POINT", help="point id or unique prefix")
-    p.add_argument("target", metavar="TARGET", nargs="?", help="new image file, or a block device")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="new image file, or a block device (with --to-pvc: NAMESPACE/NAME of a new PVC)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing image file")
     p.add_argument(
         "--delta",
@@ -310,8 +314,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError("--assume-from needs --delta")
     if args.to_pvc:
         return restore_to_pvc(args)
-    if args.target is None:
-        raise UsageError("restore needs a TARGET (an image file or block device) or --to-pvc")
     if pvc_only_options(args):
         raise UsageError(f"{pvc_only_options(args)[0]} applies to --to-pvc only")
     service = open_service(args)

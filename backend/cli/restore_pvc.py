@@ -9,6 +9,7 @@ import sys
 from ..display import printable
 from ..errors import UsageError
 from ..service import KubeSession, parse_pvc_ref, start_restore_to_pvc
+from ..service.kube import DEFAULT_IMAGE
 from .common import open_service, print_json, run_job
 
 # dest -> flag of the options that only --to-pvc takes
@@ -27,11 +28,14 @@ _PVC_OPTIONS = {
 
 
 def add_to_pvc_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("into a new PVC of a cluster (instead of TARGET)")
+    g = p.add_argument_group("into a new PVC of a cluster")
+    # a flag, so that TARGET stays a required positional and options may come between
+    # POINT and TARGET (`restore POINT --to-pvc NS/NAME` reads as written)
     g.add_argument(
         "--to-pvc",
-        metavar="NAMESPACE/NAME",
-        help="create this PVC (it must not exist) and restore into it with a Job",
+        action="store_true",
+        help="TARGET is NAMESPACE/NAME of a new PVC: create it (it must not exist) and restore "
+        "into it with a Job",
     )
     g.add_argument("--storage-class", metavar="CLASS", help="StorageClass of the new PVC")
     g.add_argument(
@@ -42,7 +46,7 @@ def add_to_pvc_args(p: argparse.ArgumentParser) -> None:
         choices=["block", "filesystem"],
         help="block: the PVC is the volume (default); filesystem: the image file volume.img in it",
     )
-    g.add_argument("--image", help="container image with lamina (default lamina:latest)")
+    g.add_argument("--image", help=f"container image with lamina (default {DEFAULT_IMAGE})")
     g.add_argument(
         "--env-secret", metavar="SECRET", help="Secret with environment variables (S3 keys)"
     )
@@ -61,8 +65,6 @@ def pvc_only_options(args: argparse.Namespace) -> list[str]:
 
 
 def restore_to_pvc(args: argparse.Namespace) -> int:
-    if args.target is not None:
-        raise UsageError("give a TARGET or --to-pvc, not both")
     for flag in ("overwrite", "delta"):
         if getattr(args, flag):
             raise UsageError(f"--{flag} does not apply to --to-pvc: the PVC is always new")
@@ -71,7 +73,7 @@ def restore_to_pvc(args: argparse.Namespace) -> int:
     for value, flag in ((args.timeout, "--timeout"), (args.poll, "--poll")):
         if value is not None and value <= 0:
             raise UsageError(f"{flag} must be more than 0 seconds")
-    namespace, name = parse_pvc_ref(args.to_pvc)
+    namespace, name = parse_pvc_ref(args.target)
     service = open_service(args)
     with KubeSession.open(args.context, args.kubeconfig) as session:
         job = start_restore_to_pvc(
@@ -84,13 +86,13 @@ def restore_to_pvc(args: argparse.Namespace) -> int:
             storage_class=args.storage_class,
             size=args.size,
             mode=args.mode or "block",
-            image=args.image or "lamina:latest",
+            image=args.image or DEFAULT_IMAGE,
             env_secret=args.env_secret,
             password_secret=args.password_secret,
             job_timeout=args.timeout or 3600.0,
             poll=args.poll or 2.0,
         )
-        print(f"restoring into new PVC {printable(args.to_pvc)}", file=sys.stderr)
+        print(f"restoring into new PVC {printable(args.target)}", file=sys.stderr)
         result = run_job(job, quiet=args.quiet)
     if args.json:
         print_json(result.as_json())

@@ -9,13 +9,10 @@ tests/support/kube_csi.py; the API server, the PV binder and the Job controller 
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,68 +25,27 @@ from lamina.backend.service.recorder import read_history
 from lamina.backend.service.service import init_repository
 from tests.support.kube_cluster import RealKube
 from tests.support.kube_csi import (
-    TEST_DRIVER,
-    TEST_SNAPSHOT_CLASS,
     TEST_STORAGE_CLASS,
-    CsiStandIn,
-    ensure_classes,
-    install_snapshot_crds,
 )
-from tests.support.kube_node import Fault, KubeNode
+from tests.support.kube_node import Fault
 from tests.support.kube_objects import block_pv_and_claim, wait_for
+from tests.support.kube_stack import (
+    Cluster,
+    cluster_parts,
+    local_path_of,
+    s3_secret,
+    volume_image,
+)
 from tests.support.seaweedfs import S3Server, subprocess_environment
 
 LAMINA = [sys.executable, "-m", "lamina.backend.cli.main"]
 MiB = 1 << 20
 
 
-@dataclass
-class Cluster:
-    real: RealKube
-    namespace: str
-    node: KubeNode
-    csi: CsiStandIn
-    api: Any
-    folder: Path  # for images outside /tmp's mapping: the pods' /tmp is their scratch volume
-
-
-@contextmanager
-def cluster_parts(
-    real: RealKube, namespace: str, folder: Path, driver: str = TEST_DRIVER
-) -> Iterator[Cluster]:
-    """CRDs and classes for `driver`, its CSI stand-in and a test node, for one namespace."""
-    with real.api_client() as api:
-        install_snapshot_crds(api)
-        ensure_classes(api, driver, *classes_of(driver))
-        csi = CsiStandIn(real.kubeconfig, folder / "csi", [namespace], driver=driver)
-        node = KubeNode(
-            real.kubeconfig, folder / "node", name=f"node-{namespace}", namespaces=[namespace]
-        )
-        with csi, node:
-            yield Cluster(real, namespace, node, csi, api, folder)
-        assert node.errors == [] and csi.errors == []
-
-
-def classes_of(driver: str) -> tuple[str, str]:
-    """(StorageClass, VolumeSnapshotClass) of a test driver."""
-    if driver == TEST_DRIVER:
-        return TEST_STORAGE_CLASS, TEST_SNAPSHOT_CLASS
-    return f"{driver}-sc", f"{driver}-snapclass"
-
-
 @pytest.fixture
 def cluster(real_kube_cluster: RealKube, kube_namespace: str, tmp_path: Path) -> Iterator[Cluster]:
     with cluster_parts(real_kube_cluster, kube_namespace, tmp_path) as parts:
         yield parts
-
-
-def volume_image(path: Path, size: int = 4 * MiB) -> bytes:
-    """An image with data, zeros and a hole, so that a wrong restore shows."""
-    data = bytearray(size)
-    data[: MiB // 2] = os.urandom(MiB // 2)
-    data[2 * MiB : 2 * MiB + 4096] = b"lamina!\n" * 512
-    path.write_bytes(bytes(data))
-    return bytes(data)
 
 
 def lamina(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -107,20 +63,6 @@ def fails(env: dict[str, str], *args: str) -> str:
     assert len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return errors[0]
-
-
-def local_path_of(api: Any, namespace: str, pvc: str) -> Path:
-    """The image file (or folder) behind a PVC of the CSI stand-in."""
-    core: Any = kubernetes.client.CoreV1Api(api)
-    claim = core.read_namespaced_persistent_volume_claim(pvc, namespace)
-    return Path(core.read_persistent_volume(claim.spec.volume_name).spec.csi.volume_handle)
-
-
-def s3_secret(api: Any, namespace: str, server: S3Server, name: str = "lamina-s3") -> str:
-    core: Any = kubernetes.client.CoreV1Api(api)
-    data = {k: base64.b64encode(v.encode()).decode() for k, v in server.environment().items()}
-    core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": data})
-    return name
 
 
 def test_datamover_backup_then_restore_to_new_pvcs_byte_identical(

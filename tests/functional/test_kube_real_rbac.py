@@ -21,16 +21,11 @@ from lamina.backend.cbt.server import start_server
 from lamina.backend.kube.datamover import DEFAULT_SERVICE_ACCOUNT
 from lamina.backend.service import KubeSession, Service
 from lamina.backend.service.service import init_repository
-from tests.functional.test_kube_real_datamover import (
-    classes_of,
-    cluster_parts,
-    s3_secret,
-    volume_image,
-)
 from tests.support.fake_kube import make_tls_files
 from tests.support.kube_cluster import REPO_ROOT, RealKube
 from tests.support.kube_objects import block_pv_and_claim
 from tests.support.kube_rbac import accesses, granted, least_privilege
+from tests.support.kube_stack import classes_of, cluster_parts, s3_secret, volume_image
 from tests.support.seaweedfs import S3Server
 
 CBT_DRIVER = "cbt.hostpath.csi.lamina.test"

@@ -47,6 +47,10 @@ A Secret, ConfigMap or key that the Pod needs and that is missing leaves it Pend
 ``waiting.reason: CreateContainerConfigError`` and the kubelet's message, until it appears.
 Only ``restartPolicy: Never`` is honoured: a failed container is not restarted, the Pod fails.
 
+An API server that goes away (a restart, in the fault tests) is waited out: the watch is
+listed and watched again (``watch_restarts``), and a Pod's status is retried for
+``api_outage`` seconds; only what still fails lands in ``errors``.
+
 Each process is bounded by ``process_timeout`` (killed, exit code 137); its stdout and stderr
 go to ``<workdir>/<namespace>/<pod>/<container>.log`` (``KubeNode.log(namespace, pod)``).
 Use it as a context manager; ``stop()`` ends the watch, kills what still runs and joins its
@@ -73,6 +77,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes
+import urllib3
 
 from tests.support.kube_cluster import new_api_client
 
@@ -165,6 +170,7 @@ class KubeNode:
         base_env: dict[str, str] | None = None,
         process_timeout: float = 300.0,
         volume_timeout: float = 60.0,
+        api_outage: float = 30.0,
         fault: Callable[[Obj, Obj], Fault | None] | None = None,
     ) -> None:
         self.kubeconfig = str(kubeconfig)
@@ -182,7 +188,10 @@ class KubeNode:
         self._runs: dict[str, _PodRun] = {}
         self._watcher: threading.Thread | None = None
         self._api: Any = None
+        self.api_outage = api_outage
         self.errors: list[str] = []  # what went wrong inside the node itself, for the test
+        self.watch_restarts = 0  # watches that broke and were listed again
+        self.last_watch_error = ""
 
     # ----- life cycle --------------------------------------------------------------------
 
@@ -305,7 +314,8 @@ class KubeNode:
             except Exception as error:  # a dropped watch: list and watch again
                 if self._stop.is_set():
                     return
-                self.errors.append(f"watch: {error!r}"[:300])
+                self.watch_restarts += 1  # expected while the API server restarts
+                self.last_watch_error = repr(error)[:300]
                 version = None
                 self._stop.wait(0.5)
 
@@ -717,13 +727,23 @@ class KubeNode:
     ) -> None:
         if run.deleted.is_set():
             return
-        for _ in range(10):
+        # a status must get through an API server restart (the fault tests make them): retry
+        # unanswered requests and 5xx answers for `api_outage` seconds, conflicts 10 times
+        deadline = time.monotonic() + self.api_outage
+        conflicts = 0
+        while conflicts < 10:
             try:
                 pod = self.core.read_namespaced_pod(run.name, run.namespace)
             except kubernetes.client.ApiException as error:
                 if error.status == 404:
                     return
-                raise
+                if error.status < 500 or not self._wait_out(deadline):
+                    raise
+                continue
+            except urllib3.exceptions.HTTPError:
+                if not self._wait_out(deadline):
+                    raise
+                continue
             if pod.metadata.uid != run.uid:
                 return
             body = self._api.sanitize_for_serialization(pod)
@@ -755,10 +775,22 @@ class KubeNode:
                 return
             except kubernetes.client.ApiException as error:
                 if error.status == 409:
+                    conflicts += 1
                     continue  # changed under us: read again
                 if error.status == 404:
                     return
-                raise
+                if error.status < 500 or not self._wait_out(deadline):
+                    raise
+            except urllib3.exceptions.HTTPError:
+                if not self._wait_out(deadline):
+                    raise
+
+    def _wait_out(self, deadline: float) -> bool:
+        """Wait a little for the API server to come back; False once `deadline` is past."""
+        if time.monotonic() > deadline or self._stop.is_set():
+            return False
+        self._stop.wait(0.2)
+        return True
 
     def _confirm_deletion(self, pod: Obj) -> None:
         meta = pod["metadata"]

@@ -363,7 +363,27 @@ def test_restore_size_and_pvc_names_are_checked() -> None:
     with pytest.raises(UsageError, match="--mode must be block or filesystem"):
         restore_size(4 * mib, "tape", None)
     assert parse_pvc_ref("apps/db-restored") == ("apps", "db-restored")
+    from lamina.backend.kube import datamover
+    from lamina.backend.service import kube
+
+    assert kube.DEFAULT_IMAGE == datamover.DEFAULT_IMAGE  # the service's copy, not imported early
     for bad in ("db", "apps/", "/db", "Apps/db", "apps/db/x", "apps/\x1b[2Jdb"):
         with pytest.raises(UsageError, match="--to-pvc wants NAMESPACE/NAME") as e:
             parse_pvc_ref(bad)
         assert "\x1b" not in str(e.value)
+
+
+def test_restore_parser_takes_options_between_point_and_target() -> None:
+    """--to-pvc is a flag, so TARGET stays required and options may stand before it."""
+    from lamina.backend.cli.main import build_parser
+
+    parser = build_parser()
+    plain = parser.parse_args(["restore", "5f3a", "--overwrite", "/srv/restored.img"])
+    assert (plain.point, plain.target, plain.overwrite, plain.to_pvc) == (
+        "5f3a",
+        "/srv/restored.img",
+        True,
+        False,
+    )
+    into = parser.parse_args(["restore", "5f3a", "--to-pvc", "apps/db", "--size", "1Gi"])
+    assert (into.point, into.target, into.to_pvc, into.size) == ("5f3a", "apps/db", True, "1Gi")
