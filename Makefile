@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # two cores well; tests of the one real Kubernetes control plane run on one worker (loadgroup).
 TEST_WORKERS ?= 3
 
-.PHONY: test demo lint proto bench screenshots system-packages clean
+.PHONY: test demo lint proto manifests bench screenshots system-packages clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "lamina needs Python 3.11 or newer"'
@@ -53,6 +53,12 @@ lint: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) protos/generate.py
+
+# deploy/: the data mover's examples and the CRDs, generated from backend/kube/ (tests diff them)
+manifests: $(STAMP)
+	$(PY) -m lamina.backend.kube.datamover deploy
+	$(PY) -m lamina.backend.kube.crds deploy/crds.yaml
+	$(PY) -m lamina.backend.kube.controller_deploy deploy/controller.yaml
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(SYSTEM_PACKAGES) $(BENCH_PACKAGES)"

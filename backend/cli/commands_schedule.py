@@ -110,19 +110,65 @@ def register(sub: Any) -> None:
         add_server_options(p)
         p.set_defaults(func=cmd_change, action=action)
 
-    p = sub.add_parser("controller", help="run the due schedules until stopped (SIGTERM)")
-    p.add_argument(
-        "--local",
-        action="store_true",
-        required=True,
-        help="over the local cluster, on this machine",
+    p = sub.add_parser(
+        "controller",
+        help="run the due schedules (--local) or reconcile lamina's CRs in a cluster, until SIGTERM",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--local", action="store_true", help="over the local cluster, on this machine"
+    )
+    where.add_argument(
+        "--kubeconfig", metavar="PATH", help="reconcile the CRs of this kubeconfig's cluster"
+    )
+    where.add_argument(
+        "--in-cluster", action="store_true", help="reconcile as the pod's service account"
     )
     p.add_argument(
         "--poll",
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="look for due schedules at least this often (default 1)",
+        help="--local: look for due schedules at least this often (default 1)",
+    )
+    p.add_argument("--context", help="--kubeconfig: the context (default: the current one)")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="Backups of one namespace at once unless its schedule says (default 2)",
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="reconcile only this namespace (repeatable; default all)",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="elect a leader on a Lease in this namespace; only the leader acts",
+    )
+    p.add_argument("--lease-name", default="lamina-controller", help="the Lease's name")
+    p.add_argument(
+        "--lease-duration", type=float, default=15.0, metavar="SECONDS", help="default 15"
+    )
+    p.add_argument("--identity", help="this replica's name in the Lease (default host + random)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve /metrics here")
+    p.add_argument("--image", default="lamina:latest", help="the data mover's image")
+    p.add_argument(
+        "--service-account", default="lamina-datamover", help="the data mover's ServiceAccount"
+    )
+    p.add_argument("--cluster-name", help="the cluster part of volume names (default: context)")
+    p.add_argument("--resync", type=float, default=30.0, metavar="SECONDS", help="default 30")
+    p.add_argument(
+        "--job-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="fail a data mover running longer (default 3600)",
     )
     add_catalog_arg(p)
     p.set_defaults(func=cmd_controller)
@@ -253,6 +299,8 @@ def cmd_change(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    if not args.local:
+        return _cluster_controller(args)
     if args.poll <= 0:
         raise UsageError("--poll must be more than 0 seconds")
     stop = threading.Event()
@@ -260,19 +308,82 @@ def cmd_controller(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()  # the loop ends; running jobs are cancelled and waited for
 
-    def say(line: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        print(f"{stamp} {printable(line)}", flush=True)
-
-    controller = Controller(args.catalog, poll=args.poll, say=say)
+    controller = Controller(args.catalog, poll=args.poll, say=_say)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        say(f"controller running over the local cluster; schedules from {controller.catalog.url}")
+        _say(f"controller running over the local cluster; schedules from {controller.catalog.url}")
         controller.serve(stop)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         controller.close()
-    say("controller stopped")
+    _say("controller stopped")
+    sys.stdout.flush()
+    return 0
+
+
+def _say(line: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} {printable(line)}", flush=True)
+
+
+def _cluster_controller(args: argparse.Namespace) -> int:
+    """`lamina controller --kubeconfig PATH | --in-cluster` (docs/controller.md)."""
+    from ..service.cluster_controller import ControllerOptions, open_cluster_controller
+    from ..service.cluster_controller.metrics import serve_controller_metrics
+
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    for name, value in (
+        ("--lease-duration", args.lease_duration),
+        ("--resync", args.resync),
+        ("--job-timeout", args.job_timeout),
+    ):
+        if value <= 0:
+            raise UsageError(f"{name} must be more than 0 seconds")
+    options = ControllerOptions(
+        concurrency=args.concurrency,
+        resync=args.resync,
+        image=args.image,
+        service_account=args.service_account,
+        catalog=args.catalog,
+        job_timeout=args.job_timeout,
+        namespaces=tuple(args.namespace),
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        lease_duration=args.lease_duration,
+        renew_period=max(0.2, min(2.0, args.lease_duration / 5)),
+    )
+    if args.identity:
+        options.identity = args.identity
+    if args.cluster_name:
+        options.cluster_name = args.cluster_name
+    controller = open_cluster_controller(
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        in_cluster=args.in_cluster,
+        options=options,
+        say=_say,
+    )
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    metrics = (
+        serve_controller_metrics(controller, args.metrics_listen) if args.metrics_listen else None
+    )
+    try:
+        if metrics is not None:
+            _say(f"metrics on http://{args.metrics_listen}/metrics (port {metrics.port})")
+        lease = f"; Lease {args.lease_namespace}/{args.lease_name}" if args.lease_namespace else ""
+        _say(f"controller {options.identity} watching {controller.cluster.context}{lease}")
+        if not args.lease_namespace:
+            controller.resync()
+        controller.serve(stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if metrics is not None:
+            metrics.stop()
+        controller.close()
+    _say("controller stopped")
     sys.stdout.flush()
     return 0
