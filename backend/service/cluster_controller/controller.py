@@ -168,6 +168,9 @@ class ClusterController:
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
         self.reconciles = 0
+        # reconciles of Backups not yet terminal, by phase ("" before the first status)
+        self.unfinished_backup_reconciles: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
         self.last_reconcile: float | None = None
         self.elector: Any = None
         if self.options.lease_namespace:
@@ -193,6 +196,11 @@ class ClusterController:
         """Pending Backups waiting for a place under their namespace's cap."""
         with self._admission:
             return {ns: len(names) for ns, names in self._queued.items()}
+
+    def unfinished_backup_counts(self) -> dict[str, int]:
+        """Reconciles of not yet terminal Backups so far, by phase ("" before any status)."""
+        with self._counts_lock:
+            return dict(self.unfinished_backup_reconciles)
 
     def _leadership(self, leader: bool) -> None:
         self.say(f"{self.options.identity}: {'leading' if leader else 'not leading'}")
@@ -730,6 +738,11 @@ class ClusterController:
         phase = section(obj, "status").get("phase")
         if phase in BACKUP_TERMINAL:
             return None
+        with self._counts_lock:
+            counted = str(phase or "")
+            self.unfinished_backup_reconciles[counted] = (
+                self.unfinished_backup_reconciles.get(counted, 0) + 1
+            )
         if not phase:
             status = {
                 "phase": "Pending",
