@@ -201,6 +201,20 @@ def _succeeded(setup: Setup) -> list[dict[str, Any]]:
     return [b for b in setup.backups() if (b.get("status") or {}).get("phase") == "Succeeded"]
 
 
+def _data_mover_leftovers(setup: Setup) -> list[str]:
+    """The data movers' Jobs, Pods and source PVCs still in the namespace."""
+    batch: Any = kubernetes.client.BatchV1Api(setup.api)
+    core: Any = kubernetes.client.CoreV1Api(setup.api)
+    found = [f"job {j.metadata.name}" for j in batch.list_namespaced_job(setup.namespace).items]
+    found += [f"pod {p.metadata.name}" for p in core.list_namespaced_pod(setup.namespace).items]
+    found += [
+        f"pvc {c.metadata.name}"
+        for c in core.list_namespaced_persistent_volume_claim(setup.namespace).items
+        if c.metadata.name.startswith("lamina-source-")
+    ]
+    return found
+
+
 def _all_terminal(setup: Setup) -> bool:
     phases = setup.phases()
     return bool(phases) and all(p in TERMINAL for p in phases.values())
@@ -228,6 +242,9 @@ def test_a_schedule_backs_up_its_pvc_once_per_slot_and_forgets_by_retention(setu
         )
         _suspend(setup, "db-often")
         _wait(setup, controller, lambda: _all_terminal(setup), 90)
+        # what each Backup ran on goes once it is terminal: the Job, its Pod, the PVC made
+        # from the snapshot (which stays Terminating while a Pod that used it exists)
+        _wait(setup, controller, lambda: _data_mover_leftovers(setup) == [], 60)
         assert controller.process.poll() is None, controller.output
     assert "lamina_controller_leader 1.0" in metrics
     assert "# TYPE lamina_queue_depth gauge" in metrics
