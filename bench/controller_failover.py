@@ -217,6 +217,7 @@ def main() -> int:
                 )
                 assert isinstance(leader, str)
                 backup = wait_for(lambda: _in_flight(api, namespace, outcomes), timeout=120)
+                assert isinstance(backup, str)
                 time.sleep(rng.uniform(0.0, args.jitter))  # a random moment of its flight
                 if _phases(api, namespace).get(backup) not in IN_FLIGHT:
                     misses += 1
@@ -359,7 +360,7 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     failover = results.get("failover", {})
-    movers = results.get("movers", {})
+    movers = results["movers"] if isinstance(results.get("movers"), dict) else {}
     unfinished_rounds = failover and failover["killed_under_succeeded"] < failover["rounds"]
     bad = (
         failover.get("checker_problems")
