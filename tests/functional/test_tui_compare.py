@@ -189,7 +189,8 @@ async def test_compare_side_by_side_copy_what_is_missing_and_refresh(pair: Pair)
             "the view to refresh",
         )
         assert set(cells(screen).values()) == {("✓", "✓")}
-        assert "holds every point of the other" in summary(screen)
+        assert "this repository holds every point of the other" in summary(screen)
+        assert "the other holds every point of this repository" in summary(screen)
     ids = {first.id, second.id, theirs.id}
     assert {p.id for p in other.list_points()} == ids
     assert {p.id for p in pair.here.list_points()} == ids

@@ -157,9 +157,9 @@ class CompareScreen(LaminaScreen):
         text.append_text(shown(self.other))
         text.append("\nnewest common    ", style="dim")
         text.append_text(shown(c.newest_common or "none"))
-        for side, points, size in (
-            ("this repository", c.left_behind_points, c.left_behind_bytes),
-            ("the other", c.right_behind_points, c.right_behind_bytes),
+        for side, opposite, points, size in (
+            ("this repository", "the other", c.left_behind_points, c.left_behind_bytes),
+            ("the other", "this repository", c.right_behind_points, c.right_behind_bytes),
         ):
             text.append("\n")
             if points:
@@ -168,7 +168,7 @@ class CompareScreen(LaminaScreen):
                     style="yellow",
                 )
             else:
-                text.append(f"{side} holds every point of the other", style="green")
+                text.append(f"{side} holds every point of {opposite}", style="green")
         if c.differing:
             one = len(c.differing) == 1
             text.append(
