@@ -4,6 +4,8 @@ only the blocks that differ.
 The volume is cut into fingerprint blocks (grid cells in a repository without
 fingerprints). A block whose hash, as the point reads it, is known from the point's
 resolved fingerprints is read from the target and hashed: equal means nothing to do.
+Holes settle blocks without reading: a hole on both sides is equal, a hole in the point
+over the target's data is zeroed, the target's hole under the point's data reads as zeros.
 A block whose hash is unknown is written whole. Only pieces that differing blocks read are
 downloaded. With ``assume_from`` the target is not read: the blocks where the two points'
 resolved maps differ are the ones written, after a sample of the others was checked.
