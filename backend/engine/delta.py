@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import random
 import stat
@@ -211,7 +212,8 @@ def delta_restore(
 
 
 READ_CHUNK = 8 * 1024 * 1024  # one sequential pread of the target, hashed by one worker
-HASH_THREADS = max(2, min(8, os.cpu_count() or 2))  # BLAKE3 releases the GIL on a block
+# BLAKE3 releases the GIL on a block; one thread more than cores keeps them busy while one faults
+HASH_THREADS = min(8, (os.cpu_count() or 1) + 1)
 _FALLOC_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
@@ -273,20 +275,42 @@ def _compare_target(
         else:
             runs.append([item])
 
+    # Hashing straight from a read-only mapping spares copying every byte read.
+    mapped = _map(fd, capacity) if runs else None
+
     def check(run: list[tuple[int, bytes]]) -> None:
         if cancelled():
             return
         start = run[0][0] * block
         end = min((run[-1][0] + 1) * block, capacity)
-        view = memoryview(os.pread(fd, end - start, start))
-        for b, want in run:
-            at = b * block - start
-            same[b] = hasher.of(view[at : at + block]) == want
+        with memoryview(
+            mapped if mapped is not None else os.pread(fd, end - start, start)
+        ) as whole:
+            view = whole[start:end] if mapped is not None else whole
+            for b, want in run:
+                at = b * block - start
+                same[b] = hasher.of(view[at : at + block]) == want
+            view.release()
         tracker.add(end - start, read=end - start)
 
-    with ContextThreadPool(HASH_THREADS) as pool:
-        list(pool.map(check, runs))
+    try:
+        with ContextThreadPool(HASH_THREADS) as pool:
+            list(pool.map(check, runs))
+    finally:
+        if mapped is not None:
+            mapped.close()
     return same, sum(min(block, capacity - b * block) for b, _ in to_read)
+
+
+def _map(fd: int, length: int) -> mmap.mmap | None:
+    """The target mapped read-only, or None where it cannot be (then it is read with pread)."""
+    try:
+        mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
+    if hasattr(mmap, "MADV_SEQUENTIAL"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    return mapped
 
 
 @functools.cache
