@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import mmap
 import os
 import random
 import stat
@@ -275,42 +274,22 @@ def _compare_target(
         else:
             runs.append([item])
 
-    # Hashing straight from a read-only mapping spares copying every byte read.
-    mapped = _map(fd, capacity) if runs else None
-
     def check(run: list[tuple[int, bytes]]) -> None:
         if cancelled():
             return
         start = run[0][0] * block
         end = min((run[-1][0] + 1) * block, capacity)
-        with memoryview(
-            mapped if mapped is not None else os.pread(fd, end - start, start)
-        ) as whole:
-            view = whole[start:end] if mapped is not None else whole
-            for b, want in run:
-                at = b * block - start
-                same[b] = hasher.of(view[at : at + block]) == want
-            view.release()
+        # pread, not a mapping: long reads keep a cold disk streaming (faults read ahead
+        # less), and a target cut short meanwhile fails with an error, not SIGBUS.
+        view = memoryview(os.pread(fd, end - start, start))
+        for b, want in run:
+            at = b * block - start
+            same[b] = hasher.of(view[at : at + block]) == want
         tracker.add(end - start, read=end - start)
 
-    try:
-        with ContextThreadPool(HASH_THREADS) as pool:
-            list(pool.map(check, runs))
-    finally:
-        if mapped is not None:
-            mapped.close()
+    with ContextThreadPool(HASH_THREADS) as pool:
+        list(pool.map(check, runs))
     return same, sum(min(block, capacity - b * block) for b, _ in to_read)
-
-
-def _map(fd: int, length: int) -> mmap.mmap | None:
-    """The target mapped read-only, or None where it cannot be (then it is read with pread)."""
-    try:
-        mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ)
-    except (OSError, ValueError):
-        return None
-    if hasattr(mmap, "MADV_SEQUENTIAL"):
-        mapped.madvise(mmap.MADV_SEQUENTIAL)
-    return mapped
 
 
 @functools.cache
