@@ -4,10 +4,14 @@ concurrent data movers (docs/controller.md).
     .venv/bin/python bench/controller_failover.py --rounds 30 --movers 20
 
 Failover: two `lamina controller` processes on one Lease (``--lease-duration``), a schedule
-every 2 s; in each round the leader is killed with SIGKILL at a random moment of a Backup and a
-new process joins. Measured per round: kill → the survivor holds the Lease, and kill → the
-survivor's first reconcile (its ``lamina_controller_reconciles_total`` moves). After the rounds
-the checker of tests/support/kube_controller.py must find nothing wrong.
+every 2 s. Each round waits for a Backup in flight (Snapshotting or Transferring), kills the
+leader with SIGKILL at a random moment of that flight (0 to ``--jitter`` s in), restarts the
+killed one as a follower, and ends when that Backup is terminal: the survivor adopts and
+finishes it. Measured per round: kill → the survivor holds the Lease, and kill → the survivor's
+first reconcile of the in-flight Backup (its
+``lamina_controller_unfinished_backup_reconciles_total`` for those phases moves). After the
+rounds the checker of tests/support/kube_controller.py must find nothing wrong, and every
+round's Backup must have Succeeded.
 
 Movers: N PVCs backed up at once by N data-mover Jobs into one SeaweedFS bucket
 (``--concurrency N``); every point is then restored and compared with its image: lost or
@@ -58,6 +62,9 @@ from tests.support.kube_objects import block_pv_and_claim, wait_for  # noqa: E40
 from tests.support.seaweedfs import seaweedfs_s3  # noqa: E402
 
 PASSWORD = b"bench-controller"
+TERMINAL = ("Succeeded", "Failed")
+IN_FLIGHT = ("Snapshotting", "Transferring")
+UNFINISHED = "lamina_controller_unfinished_backup_reconciles_total"
 
 
 def _free_port() -> int:
@@ -66,20 +73,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _reconciles(port: int) -> float:
+def _in_flight_reconciles(port: int) -> float:
+    """The controller's reconciles of Backups that were Snapshotting or Transferring, or -1
+    while its /metrics does not answer."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
     except OSError:
         return -1.0
+    total = 0.0
     for line in text.splitlines():
-        if line.startswith("lamina_controller_reconciles_total "):
-            return float(line.split()[1])
-    return -1.0
+        for phase in IN_FLIGHT:
+            if line.startswith(f'{UNFINISHED}{{phase="{phase}"}} '):
+                total += float(line.split()[1])
+    return total
 
 
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _in_flight(api: Any, namespace: str, seen: dict[str, str]) -> str | None:
+    """A Backup that is Snapshotting or Transferring and that no round has used yet."""
+    for name, phase in _phases(api, namespace).items():
+        if phase in IN_FLIGHT and name not in seen:
+            return name
+    return None
 
 
 def _phases(api: Any, namespace: str) -> dict[str, str]:
@@ -96,6 +115,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--movers", type=int, default=20)
     parser.add_argument("--lease-duration", type=float, default=3.0)
+    parser.add_argument(
+        "--jitter", type=float, default=2.0, help="the kill comes 0 to this many s into a Backup"
+    )
     parser.add_argument("--image-mib", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
@@ -183,7 +205,10 @@ def main() -> int:
             running = {name: start(name) for name in ("c0", "c1")}
             taken: list[float] = []
             reconciled: list[float] = []
-            for round_number in range(args.rounds):
+            outcomes: dict[str, str] = {}  # the Backup each round killed a leader under
+            misses = 0  # random moments that fell after the Backup had ended: drawn again
+            begun = time.monotonic()
+            while len(outcomes) < args.rounds:
                 leader = wait_for(
                     lambda: (
                         lease_holder(api, namespace) in running and lease_holder(api, namespace)
@@ -191,10 +216,15 @@ def main() -> int:
                     timeout=60,
                 )
                 assert isinstance(leader, str)
-                time.sleep(rng.uniform(0.0, 3.0))  # a random moment of the leader's work
+                backup = wait_for(lambda: _in_flight(api, namespace, outcomes), timeout=120)
+                assert isinstance(backup, str)
+                time.sleep(rng.uniform(0.0, args.jitter))  # a random moment of its flight
+                if _phases(api, namespace).get(backup) not in IN_FLIGHT:
+                    misses += 1
+                    continue
                 (survivor,) = [n for n in running if n != leader]
-                wait_for(lambda s=survivor: _reconciles(ports[s]) >= 0, timeout=60)
-                before = _reconciles(ports[survivor])
+                wait_for(lambda s=survivor: _in_flight_reconciles(ports[s]) >= 0, timeout=60)
+                before = _in_flight_reconciles(ports[survivor])
                 killed_at = time.monotonic()
                 running.pop(leader).kill()
                 wait_for(
@@ -202,16 +232,26 @@ def main() -> int:
                 )
                 taken.append(time.monotonic() - killed_at)
                 wait_for(
-                    lambda s=survivor, b=before: _reconciles(ports[s]) > b,
+                    lambda s=survivor, b=before: _in_flight_reconciles(ports[s]) > b,
                     timeout=60,
                     interval=0.02,
                 )
                 reconciled.append(time.monotonic() - killed_at)
-                running[f"c{round_number + 2}"] = start(f"c{round_number + 2}")
+                # the killed one comes back, as a follower
+                newcomer = f"c{len(outcomes) + 2}"
+                running[newcomer] = start(newcomer)
+                ended = wait_for(
+                    lambda b=backup: _phases(api, namespace).get(b) in TERMINAL and b,
+                    timeout=300,
+                    interval=0.1,
+                )
+                outcomes[backup] = _phases(api, namespace)[str(ended)]
                 print(
-                    f"round {round_number + 1}: lease {taken[-1]:.2f} s, reconcile {reconciled[-1]:.2f} s",
+                    f"round {len(outcomes)}: {backup} {outcomes[backup]}; lease {taken[-1]:.2f} s,"
+                    f" reconcile {reconciled[-1]:.2f} s",
                     flush=True,
                 )
+            rounds_seconds = time.monotonic() - begun
             custom: Any = kubernetes.client.CustomObjectsApi(api)
             custom.patch_namespaced_custom_object(
                 "lamina.dev",
@@ -222,7 +262,7 @@ def main() -> int:
                 {"spec": {"suspend": True}},
             )
             wait_for(
-                lambda: all(p in ("Succeeded", "Failed") for p in _phases(api, namespace).values()),
+                lambda: all(p in TERMINAL for p in _phases(api, namespace).values()),
                 timeout=300,
                 interval=0.5,
             )
@@ -232,12 +272,17 @@ def main() -> int:
             phases = _phases(api, namespace)
             results["failover"] = {
                 "lease_duration_s": args.lease_duration,
+                "rounds": len(outcomes),
+                "rounds_seconds": rounds_seconds,
+                "moments_redrawn": misses,
                 "lease_taken_p50_s": statistics.median(taken),
                 "lease_taken_p95_s": _percentile(taken, 0.95),
-                "next_reconcile_p50_s": statistics.median(reconciled),
-                "next_reconcile_p95_s": _percentile(reconciled, 0.95),
+                "in_flight_reconcile_p50_s": statistics.median(reconciled),
+                "in_flight_reconcile_p95_s": _percentile(reconciled, 0.95),
+                "killed_under_succeeded": sum(o == "Succeeded" for o in outcomes.values()),
                 "backups": len(phases),
                 "succeeded": sum(p == "Succeeded" for p in phases.values()),
+                "failed": sum(p == "Failed" for p in phases.values()),
                 "checker_problems": problems,
             }
             for process in running.values():
@@ -315,8 +360,14 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
     failover = results.get("failover", {})
-    movers = results.get("movers", {})
-    bad = failover.get("checker_problems") or movers.get("lost") or movers.get("corrupted")
+    movers = results["movers"] if isinstance(results.get("movers"), dict) else {}
+    unfinished_rounds = failover and failover["killed_under_succeeded"] < failover["rounds"]
+    bad = (
+        failover.get("checker_problems")
+        or unfinished_rounds
+        or movers.get("lost")
+        or movers.get("corrupted")
+    )
     return 1 if bad else 0
 
 

@@ -149,7 +149,9 @@ def test_hanging_pod_is_killed_when_its_job_is_deleted(
 
         assert wait_for(running)
         assert started.is_set()
-        pids.extend(node.running_pids())
+        # The node reports Running as it starts the process, as a kubelet does: the
+        # process may come a moment after the status.
+        pids.extend(wait_for(node.running_pids))
         assert pids
         batch.delete_namespaced_job("stuck", kube_namespace, propagation_policy="Foreground")
 

@@ -22,8 +22,13 @@ import json
 import os
 import secrets
 import shlex
+import signal
+import ssl
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,6 +132,75 @@ class RealKube:
             )
         return name
 
+    def restart_api_server(self, timeout: float = 60.0) -> float:
+        """Kill the kube-apiserver (SIGKILL, as a crash would) and start it again with the same
+        command line, environment and ports; return once its /readyz answers 200, with the
+        seconds it was away. Etcd keeps the state, so clients see a server that went away and
+        came back: cut connections and watches, then the same objects."""
+        pid = int(self.env["APISERVER_PID"])
+        proc = Path(f"/proc/{pid}")
+        argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
+        environment = dict(
+            entry.decode().partition("=")[::2]
+            for entry in (proc / "environ").read_bytes().split(b"\0")
+            if b"=" in entry
+        )
+        cwd = os.readlink(proc / "cwd")
+        stopped = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            with (self.folder / "apiserver.log").open("ab") as log:
+                restarted = subprocess.Popen(
+                    argv,
+                    env=environment,
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,  # as setsid in start-cluster.sh
+                )
+            if self._wait_ready(restarted, deadline):
+                break
+            # the port can still be held for a moment by the killed server's socket
+            if restarted.poll() is None or time.monotonic() > deadline:
+                restarted.kill()
+                raise RuntimeError("kube-apiserver did not come back after its restart")
+        self._set_env("APISERVER_PID", str(restarted.pid))
+        return time.monotonic() - stopped
+
+    def _wait_ready(self, process: subprocess.Popen[bytes], deadline: float) -> bool:
+        """True once /readyz answers 200; False if the process exited first."""
+        env = self.env
+        context = ssl.create_default_context(cafile=env["CA_FILE"])
+        token = Path(env["ADMIN_TOKEN_FILE"]).read_text().strip()
+        request = urllib.request.Request(
+            f"{env['API_SERVER']}/readyz", headers={"Authorization": f"Bearer {token}"}
+        )
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(request, context=context, timeout=2) as answer:
+                    if answer.status == 200:
+                        return True
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def _set_env(self, name: str, value: str) -> None:
+        """Replace one NAME=value line of DIR/env, atomically (stop-cluster.sh reads it)."""
+        path = self.folder / "env"
+        lines = [
+            f"{name}={value}" if line.startswith(f"{name}=") else line
+            for line in path.read_text().splitlines()
+        ]
+        spare = path.with_suffix(".tmp")
+        spare.write_text("\n".join(lines) + "\n")
+        spare.replace(path)
+
     def delete_namespace(self, name: str) -> None:
         import kubernetes
 
@@ -136,6 +210,21 @@ class RealKube:
             except kubernetes.client.ApiException as error:
                 if error.status != 404:
                     raise
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until process `pid` (not a child of ours) has exited and been reaped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+            return  # dead; its parent reaps it when it will
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not exit")
+        time.sleep(0.02)
 
 
 @contextmanager

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 
 from lamina.backend.local import LocalCluster
 from lamina.backend.local.cluster import SnapshotExists
@@ -207,6 +208,7 @@ class CsiStandIn:
         self.driver = driver
         self.interval = interval
         self.errors: list[str] = []
+        self.outages = 0  # rounds cut short because the API server did not answer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._api: Any = None
@@ -241,6 +243,13 @@ class CsiStandIn:
                 for namespace in self.namespaces:
                     self._snapshots(namespace)
                     self._claims(namespace)
+            except (urllib3.exceptions.HTTPError, ConnectionError):
+                self.outages += 1  # the API server is away (a fault test restarts it)
+            except kubernetes.client.ApiException as error:
+                if error.status < 500:
+                    self.errors.append(repr(error)[:300])
+                else:
+                    self.outages += 1
             except Exception as error:  # the next round tries again
                 self.errors.append(repr(error)[:300])
             self._stop.wait(self.interval)

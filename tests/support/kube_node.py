@@ -357,11 +357,23 @@ class KubeNode:
 
     def _run_pod(self, run: _PodRun, pod: Obj) -> None:
         try:
-            volumes = self._wait_for_volumes(run, pod)
-            if volumes is None:
-                return
-            if not pod["spec"].get("nodeName") and not self._bind(run):
-                return
+            # as a kubelet does, wait out an API server that is away (restarting) before
+            # the containers start
+            deadline = time.monotonic() + self.api_outage
+            while True:
+                try:
+                    volumes = self._wait_for_volumes(run, pod)
+                    if volumes is None:
+                        return
+                    if not pod["spec"].get("nodeName") and not self._bind(run):
+                        return
+                    break
+                except kubernetes.client.ApiException as error:
+                    if error.status < 500 or not self._wait_out(deadline):
+                        raise
+                except urllib3.exceptions.HTTPError:  # unanswered
+                    if not self._wait_out(deadline):
+                        raise
             self._execute(run, pod, volumes)
         except Exception as error:
             self.errors.append(f"pod {run.namespace}/{run.name}: {error!r}"[:500])
@@ -384,7 +396,10 @@ class KubeNode:
                 run.name, run.namespace, body, _preload_content=False
             )
         except kubernetes.client.ApiException as error:
-            if error.status in (404, 409):  # gone, or another node took it
+            if error.status == 409:  # bound already: by a try of ours whose answer was lost?
+                bound = self.core.read_namespaced_pod(run.name, run.namespace)
+                return bool(bound.metadata.uid == run.uid and bound.spec.node_name == self.name)
+            if error.status == 404:  # gone
                 return False
             raise
         return True

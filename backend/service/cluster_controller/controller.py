@@ -168,6 +168,9 @@ class ClusterController:
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
         self.reconciles = 0
+        # reconciles of Backups not yet terminal, by phase ("" before the first status)
+        self.unfinished_backup_reconciles: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
         self.last_reconcile: float | None = None
         self.elector: Any = None
         if self.options.lease_namespace:
@@ -193,6 +196,11 @@ class ClusterController:
         """Pending Backups waiting for a place under their namespace's cap."""
         with self._admission:
             return {ns: len(names) for ns, names in self._queued.items()}
+
+    def unfinished_backup_counts(self) -> dict[str, int]:
+        """Reconciles of not yet terminal Backups so far, by phase ("" before any status)."""
+        with self._counts_lock:
+            return dict(self.unfinished_backup_reconciles)
 
     def _leadership(self, leader: bool) -> None:
         self.say(f"{self.options.identity}: {'leading' if leader else 'not leading'}")
@@ -730,6 +738,11 @@ class ClusterController:
         phase = section(obj, "status").get("phase")
         if phase in BACKUP_TERMINAL:
             return None
+        with self._counts_lock:
+            counted = str(phase or "")
+            self.unfinished_backup_reconciles[counted] = (
+                self.unfinished_backup_reconciles.get(counted, 0) + 1
+            )
         if not phase:
             status = {
                 "phase": "Pending",
@@ -1035,7 +1048,6 @@ class ClusterController:
                 retained = self._forget(service, retention, volume)
         finally:
             service.close()
-        self._delete_source_pvc(obj)
         stats = point.stats
         stored = int(stats.get("bytes_stored") or stats.get("stored_bytes") or 0)
         requests = stats.get("requests")
@@ -1059,6 +1071,7 @@ class ClusterController:
         elif isinstance(requests, int):
             patch["requests"] = requests
         self._patch_status("backups", obj, patch)
+        self._remove_data_mover(obj)
         self.event(obj, "Normal", "Succeeded", f"point {point.id} of {volume}")
         self.record(
             self._job_id(obj),
@@ -1121,6 +1134,7 @@ class ClusterController:
                 ),
             },
         )
+        self._remove_data_mover(obj)
         self.event(obj, "Warning", reason, message)
         self.say(f"Backup {namespace}/{name} failed: {message}")
         src_ns, pvc = self._source(obj)
@@ -1151,6 +1165,22 @@ class ClusterController:
             waiting = sorted(self._queued.get(namespace, set()))
         for name in waiting:
             self.queue.add(("backups", namespace, name))
+
+    def _remove_data_mover(self, obj: Obj) -> None:
+        """Once the Backup is terminal (written first, so that a leader killed in between
+        leaves a Job behind, never a Transferring Backup without one): its data-mover Job
+        with its Pods, and the PVC made from the snapshot, which v1.20 keeps Terminating
+        while a Pod that used it exists."""
+        job = section(obj, "status").get("job")
+        try:
+            if job:
+                src_ns, _pvc = self._source(obj)
+                self._delete_job(src_ns, str(job))
+            self._delete_source_pvc(obj)
+        except KubeError as e:  # the Backup's outcome stands; the next one is unaffected
+            self.say(
+                f"Backup {meta(obj).get('namespace')}/{meta(obj).get('name')}: cleaning up: {e}"
+            )
 
     def _delete_source_pvc(self, obj: Obj) -> None:
         from ...kube.datamover import _bounded_name

@@ -39,6 +39,16 @@ class ControllerCollector(Collector):
             "Reconciles this process ran",
             value=self.controller.reconciles,
         )
+        # a new leader's first look at the Backup its predecessor left running (the bench's
+        # failover time)
+        unfinished = CounterMetricFamily(
+            "lamina_controller_unfinished_backup_reconciles",
+            "Reconciles of Backups that were not terminal yet, by phase",
+            labels=["phase"],
+        )
+        for phase, count in sorted(self.controller.unfinished_backup_counts().items()):
+            unfinished.add_metric([phase or "New"], count)
+        yield unfinished
 
 
 class ControllerMetricsServer:
