@@ -4,6 +4,8 @@ only the blocks that differ.
 The volume is cut into fingerprint blocks (grid cells in a repository without
 fingerprints). A block whose hash, as the point reads it, is known from the point's
 resolved fingerprints is read from the target and hashed: equal means nothing to do.
+Holes settle blocks without reading: a hole on both sides is equal, a hole in the point
+over the target's data is zeroed, the target's hole under the point's data reads as zeros.
 A block whose hash is unknown is written whole. Only pieces that differing blocks read are
 downloaded. With ``assume_from`` the target is not read: the blocks where the two points'
 resolved maps differ are the ones written, after a sample of the others was checked.
@@ -11,6 +13,9 @@ resolved maps differ are the ones written, after a sample of the others was chec
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import random
 import stat
@@ -20,7 +25,7 @@ from typing import Any
 
 from ..errors import Cancelled, CorruptObject, LaminaError, MissingObject
 from ..progress import ProgressCallback, ProgressTracker
-from .extents import image_digest
+from .extents import allocated_ranges, image_digest
 from .fingerprints import UNKNOWN, Fingerprinter
 from .format import EXTENT_DATA, Extent, PieceEntry
 from .repository import Point, Repository, pack_runs
@@ -153,27 +158,12 @@ def delta_restore(
         differing: list[tuple[int, list[Extent]]] = []
         if assume_from is None:
             tracker.set_phase("reading target", capacity)
-
-            def same(unit: tuple[int, list[Extent]]) -> bool:
-                b, parts = unit
-                want = expected(b, parts)
-                length = min(block, capacity - b * block)
-                if want is None or cancelled():
-                    return False
-                have = os.pread(fd, length, b * block)
-                tracker.add(length, read=length)
-                return hasher.of(have) == want
-
-            with ContextThreadPool(4) as pool:
-                verdicts = list(pool.map(same, units))
+            same, bytes_read = _compare_target(
+                fd, is_device, units, block, capacity, hasher, expected, tracker, cancelled
+            )
             if cancelled():
                 raise Cancelled("delta restore cancelled; nothing was written")
-            bytes_read = sum(
-                min(block, capacity - b * block)
-                for (b, parts), ok in zip(units, verdicts, strict=True)
-                if expected(b, parts) is not None
-            )
-            differing = [u for u, ok in zip(units, verdicts, strict=True) if not ok]
+            differing = [u for u in units if not same[u[0]]]
         else:
             old = repo.resolve(assume_from)
             first = 0
@@ -193,7 +183,7 @@ def delta_restore(
                         f"{target} does not hold point {assume_from.id} (offset {b * block} "
                         "differs); run without --assume-from; nothing was written"
                     )
-        written = _write_units(repo, fd, differing, block, capacity, tracker, cancelled)
+        written = _write_units(repo, fd, is_device, differing, block, capacity, tracker, cancelled)
         if not is_device and os.fstat(fd).st_size > capacity:
             os.ftruncate(fd, capacity)
         os.fsync(fd)
@@ -220,6 +210,105 @@ def delta_restore(
     return result
 
 
+READ_CHUNK = 8 * 1024 * 1024  # one sequential pread of the target, hashed by one worker
+# BLAKE3 releases the GIL on a block; one thread more than cores keeps them busy while one faults
+HASH_THREADS = min(8, (os.cpu_count() or 1) + 1)
+_FALLOC_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def _target_data_blocks(fd: int, capacity: int, block: int) -> bytearray:
+    """Per block of an image file, 1 where SEEK_DATA finds data in it, 0 for a whole hole."""
+    flags = bytearray((capacity + block - 1) // block)
+    for offset, length in allocated_ranges(fd, capacity):
+        first, last = offset // block, (offset + length - 1) // block
+        flags[first : last + 1] = b"\x01" * (last + 1 - first)
+    return flags
+
+
+def _compare_target(
+    fd: int,
+    is_device: bool,
+    units: Sequence[tuple[int, list[Extent]]],
+    block: int,
+    capacity: int,
+    hasher: Fingerprinter,
+    expected: Callable[[int, Sequence[Extent]], bytes | None],
+    tracker: ProgressTracker,
+    cancelled: Callable[[], bool],
+) -> tuple[bytearray, int]:
+    """Per block, 1 where the target already holds the point's bytes; and the bytes read.
+
+    Only blocks whose answer needs the target's bytes are read: in an image file a hole
+    reads as zeros (no reading), and where the point has a hole and the target data, the
+    block is zeroed without looking. What is read is read in long sequential runs, each run
+    hashed block by block in a pool thread."""
+    same = bytearray(len(units))
+    target_data = None if is_device else _target_data_blocks(fd, capacity, block)
+    to_read: list[tuple[int, bytes]] = []
+    skipped = 0
+    for b, parts in units:
+        length = min(block, capacity - b * block)
+        has_data = target_data is None or target_data[b]
+        if not any(p.kind == EXTENT_DATA for p in parts):
+            if not has_data:
+                same[b] = 1
+            elif target_data is None:  # a device's zeros look like data: read them
+                to_read.append((b, hasher.zero(length)))
+                continue
+            skipped += length
+            continue
+        want = expected(b, parts)
+        if want is not None and not has_data:
+            same[b] = want == hasher.zero(length)
+        elif want is not None:
+            to_read.append((b, want))
+            continue
+        skipped += length
+    tracker.add(skipped)
+
+    per_run = max(1, READ_CHUNK // block)
+    runs: list[list[tuple[int, bytes]]] = []
+    for item in to_read:
+        if runs and runs[-1][-1][0] == item[0] - 1 and len(runs[-1]) < per_run:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+
+    def check(run: list[tuple[int, bytes]]) -> None:
+        if cancelled():
+            return
+        start = run[0][0] * block
+        end = min((run[-1][0] + 1) * block, capacity)
+        # pread, not a mapping: long reads keep a cold disk streaming (faults read ahead
+        # less), and a target cut short meanwhile fails with an error, not SIGBUS.
+        view = memoryview(os.pread(fd, end - start, start))
+        for b, want in run:
+            at = b * block - start
+            same[b] = hasher.of(view[at : at + block]) == want
+        tracker.add(end - start, read=end - start)
+
+    with ContextThreadPool(HASH_THREADS) as pool:
+        list(pool.map(check, runs))
+    return same, sum(min(block, capacity - b * block) for b, _ in to_read)
+
+
+@functools.cache
+def _fallocate() -> Any:
+    fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return fallocate
+
+
+def _punch(fd: int, offset: int, length: int) -> bool:
+    """Make [offset, offset + length) of an image file a hole; False where unsupported."""
+    if _fallocate()(fd, _FALLOC_PUNCH_HOLE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
 def _same_content(a: Sequence[Extent], b: Sequence[Extent]) -> bool:
     """Whether two clipped map pieces read the same bytes (zeros in either form are alike)."""
     data_a = [(e.offset, e.length, e.piece_id, e.piece_offset) for e in a if e.kind == EXTENT_DATA]
@@ -230,6 +319,7 @@ def _same_content(a: Sequence[Extent], b: Sequence[Extent]) -> bool:
 def _write_units(
     repo: Repository,
     fd: int,
+    is_device: bool,
     units: Sequence[tuple[int, list[Extent]]],
     block: int,
     capacity: int,
@@ -239,12 +329,16 @@ def _write_units(
     """Write each unit whole: its data from the pieces, zeros elsewhere."""
     users: dict[bytes, list[Extent]] = {}
     written = 0
+    # An image file keeps the point's holes as holes: cheaper, and a later delta restore
+    # then skips them without reading.
+    can_punch = not is_device
     for b, parts in units:
         start, end = b * block, min((b + 1) * block, capacity)
         data = [(p.offset, p.length) for p in parts if p.kind == EXTENT_DATA]
         pos = start
         for offset, length in [*data, (end, 0)]:
-            if offset > pos:
+            if offset > pos and not (can_punch and _punch(fd, pos, offset - pos)):
+                can_punch = False
                 os.pwrite(fd, bytes(offset - pos), pos)
             pos = offset + length
         for p in parts:

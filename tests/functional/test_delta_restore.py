@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lamina.backend.engine.extents import allocated_ranges
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.backend.service.copies import start_delta_restore
 from tests.support.volumes import make_volume, scribble, sha256_file
@@ -212,3 +214,51 @@ def test_a_mounted_target_is_refused_in_one_line_and_left_alone(
         assert sha256_file(image) == before
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+BLOCK = 64 * KiB  # the fingerprint block of a repository with a 256 KiB grid
+
+
+def _data_ranges(path: Path) -> list[tuple[int, int]]:
+    with open(path, "rb") as f:
+        return list(allocated_ranges(f.fileno(), os.path.getsize(path)))
+
+
+def test_holes_on_either_side_are_settled_without_reading_and_kept_as_holes(
+    tmp_path: Path,
+) -> None:
+    repo = str(tmp_path / "repo")
+    init_repository(repo, grid_size=256 * KiB)
+    service = Service(repo)
+    rng = random.Random(11)
+    vol, target = tmp_path / "vol.img", tmp_path / "target.img"
+    capacity = 32 * BLOCK
+    point_data = [(0, 8), (16, 24)]  # block ranges the point holds data in; holes elsewhere
+    with open(vol, "wb") as v, open(target, "wb") as t:
+        v.truncate(capacity)
+        t.truncate(capacity)
+        for first, end in point_data:
+            data = rng.randbytes((end - first) * BLOCK)
+            v.seek(first * BLOCK)
+            v.write(data)
+            if first == 0:  # blocks 0-3 as the point has them; 4-7 a hole in the target
+                t.seek(0)
+                t.write(data[: 4 * BLOCK])
+        t.seek(8 * BLOCK)  # data where the point has a hole (blocks 12-15: a hole on both)
+        t.write(rng.randbytes(4 * BLOCK))
+        t.seek(16 * BLOCK)  # zeros written as data where the point has other data
+        t.write(bytes(8 * BLOCK))
+    point = run(service.start_backup(str(vol), "v")).id
+
+    result = run(start_delta_restore(service, point, str(target)))
+    assert sha256_file(target) == sha256_file(vol)
+    # Only blocks with data on both sides are read: 0-3 (same) and 16-23 (differ).
+    assert result["bytes_read_target"] == 12 * BLOCK
+    assert result["blocks_differing"] == 4 + 4 + 8
+    # The point's holes are holes in the target again, blocks 8-11 included.
+    assert _data_ranges(target) == [(0, 8 * BLOCK), (16 * BLOCK, 8 * BLOCK)]
+
+    again = run(start_delta_restore(service, point, str(target)))
+    assert again["blocks_differing"] == 0 and again["bytes_written"] == 0
+    assert again["bytes_read_target"] == 16 * BLOCK
+    assert sha256_file(target) == sha256_file(vol)
