@@ -968,6 +968,20 @@ class ClusterController:
     def _job_id(obj: Obj) -> str:
         return f"k-{str(meta(obj).get('uid', '')).replace('-', '')[:24]}"
 
+    def _job_and_conditions(self, namespace: str, name: str) -> tuple[Any, dict[str, Any]]:
+        """A Job and its conditions that hold (type -> condition); KubeNotFound when gone."""
+        job: Any = self.cluster.request(
+            "get",
+            "jobs",
+            lambda: self.cluster.batch.read_namespaced_job(
+                name, namespace, _request_timeout=self.cluster.request_timeout
+            ),
+            namespace=namespace,
+            name=name,
+        )
+        conditions = (job.status.conditions or []) if job.status else []
+        return job, {c.type: c for c in conditions if c.status == "True"}
+
     def _transferred(self, obj: Obj) -> float | None:
         """Transferring → Succeeded (the point found in the repository, retention applied) or
         Failed (the Job failed, vanished or ran past --job-timeout)."""
@@ -975,23 +989,10 @@ class ClusterController:
         src_ns, _pvc = self._source(obj)
         job_name = str(status.get("job"))
         try:
-            job: Any = self.cluster.request(
-                "get",
-                "jobs",
-                lambda: self.cluster.batch.read_namespaced_job(
-                    job_name, src_ns, _request_timeout=self.cluster.request_timeout
-                ),
-                namespace=src_ns,
-                name=job_name,
-            )
+            job, done = self._job_and_conditions(src_ns, job_name)
         except KubeNotFound:
             self._fail(obj, "JobMissing", f"data-mover Job {src_ns}/{job_name} is gone")
             return None
-        done = (
-            {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
-            if job.status
-            else {}
-        )
         if "Failed" in done:
             why = done["Failed"].message or done["Failed"].reason or "no reason given"
             self._fail(obj, "DataMoverFailed", f"data-mover Job {src_ns}/{job_name} failed: {why}")
@@ -1350,23 +1351,10 @@ class ClusterController:
         namespace, name = str(m.get("namespace")), str(m.get("name"))
         job_name = str(status.get("job"))
         try:
-            job: Any = self.cluster.request(
-                "get",
-                "jobs",
-                lambda: self.cluster.batch.read_namespaced_job(
-                    job_name, namespace, _request_timeout=self.cluster.request_timeout
-                ),
-                namespace=namespace,
-                name=job_name,
-            )
+            job, done = self._job_and_conditions(namespace, job_name)
         except KubeNotFound:
             self._fail_restore(obj, "JobMissing", f"restore Job {namespace}/{job_name} is gone")
             return None
-        done = (
-            {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
-            if job.status
-            else {}
-        )
         if "Failed" in done:
             why = done["Failed"].message or done["Failed"].reason or "no reason given"
             self._fail_restore(
