@@ -1071,9 +1071,9 @@ class ClusterController:
             patch["requests"] = int(sum(int(v) for v in requests.values()))
         elif isinstance(requests, int):
             patch["requests"] = requests
-        self._patch_status("backups", obj, patch)
-        self._remove_data_mover(obj)
-        self.event(obj, "Normal", "Succeeded", f"point {point.id} of {volume}")
+        # The history first: once the status says Succeeded no leader comes back to it, so a
+        # leader killed between the two must leave the record, not the status, to redo
+        # (recording again is an upsert of the same job).
         self.record(
             self._job_id(obj),
             "succeeded",
@@ -1084,6 +1084,9 @@ class ClusterController:
             started=parse_iso(status.get("startTime")),
             bytes_stored=stored,
         )
+        self._patch_status("backups", obj, patch)
+        self._remove_data_mover(obj)
+        self.event(obj, "Normal", "Succeeded", f"point {point.id} of {volume}")
         self._requeue_namespace(namespace)
         self._requeue_schedule(obj)
         return None
