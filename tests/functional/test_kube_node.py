@@ -195,3 +195,36 @@ def test_pod_waits_for_a_missing_secret_as_the_kubelet_does(
             {"metadata": {"name": "later"}, "data": {"k": base64.b64encode(b"late").decode()}},
         )
         assert wait_for(partial(job_condition, api, kube_namespace, "needs-secret")) == "Complete"
+
+
+def test_pod_waiting_for_a_secret_outlasts_an_api_server_restart(
+    real_kube_cluster: RealKube, kube_namespace: str, node: KubeNode
+) -> None:
+    """The node reads a Pod's Secrets through an API server that is away, as a kubelet does:
+    the restart is waited out, not recorded as the Pod's end (the fixture checks errors)."""
+    with real_kube_cluster.api_client() as api:
+        batch: Any = kubernetes.client.BatchV1Api(api)
+        core: Any = kubernetes.client.CoreV1Api(api)
+        job = shell_job(
+            "outage",
+            'test "$KEY" = back',
+            env=[{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "after", "key": "k"}}}],
+        )
+        batch.create_namespaced_job(kube_namespace, job)
+
+        def waiting() -> bool:
+            pods = core.list_namespaced_pod(kube_namespace, label_selector="job-name=outage")
+            return any(
+                status.state.waiting is not None
+                and status.state.waiting.reason == "CreateContainerConfigError"
+                for pod in pods.items
+                for status in pod.status.container_statuses or []
+            )
+
+        assert wait_for(waiting)
+        real_kube_cluster.restart_api_server(down_for=3.0)  # refused for 3 s: many reads
+        core.create_namespaced_secret(
+            kube_namespace,
+            {"metadata": {"name": "after"}, "data": {"k": base64.b64encode(b"back").decode()}},
+        )
+        assert wait_for(partial(job_condition, api, kube_namespace, "outage")) == "Complete"

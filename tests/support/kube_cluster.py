@@ -132,11 +132,12 @@ class RealKube:
             )
         return name
 
-    def restart_api_server(self, timeout: float = 60.0) -> float:
+    def restart_api_server(self, timeout: float = 60.0, down_for: float = 0.0) -> float:
         """Kill the kube-apiserver (SIGKILL, as a crash would) and start it again with the same
-        command line, environment and ports; return once its /readyz answers 200, with the
-        seconds it was away. Etcd keeps the state, so clients see a server that went away and
-        came back: cut connections and watches, then the same objects."""
+        command line, environment and ports, `down_for` seconds later (a longer outage, whose
+        connections are refused); return once its /readyz answers 200, with the seconds it
+        was away. Etcd keeps the state, so clients see a server that went away and came back:
+        cut connections and watches, then the same objects."""
         pid = int(self.env["APISERVER_PID"])
         proc = Path(f"/proc/{pid}")
         argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
@@ -149,6 +150,7 @@ class RealKube:
         stopped = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, timeout)
+        time.sleep(down_for)
         deadline = time.monotonic() + timeout
         while True:
             with (self.folder / "apiserver.log").open("ab") as log:

@@ -48,8 +48,9 @@ A Secret, ConfigMap or key that the Pod needs and that is missing leaves it Pend
 Only ``restartPolicy: Never`` is honoured: a failed container is not restarted, the Pod fails.
 
 An API server that goes away (a restart, in the fault tests) is waited out: the watch is
-listed and watched again (``watch_restarts``), and a Pod's status is retried for
-``api_outage`` seconds; only what still fails lands in ``errors``.
+listed and watched again (``watch_restarts``), and a Pod's reads (claims, Secrets,
+ConfigMaps) and status writes are retried for ``api_outage`` seconds; only what still fails
+lands in ``errors``.
 
 Each process is bounded by ``process_timeout`` (killed, exit code 137); its stdout and stderr
 go to ``<workdir>/<namespace>/<pod>/<container>.log`` (``KubeNode.log(namespace, pod)``).
@@ -565,19 +566,30 @@ class KubeNode:
         init_statuses = [self._waiting(c) for c in init]
         statuses = [self._waiting(c) for c in containers]
         started = _now()
-        while True:  # as the kubelet: wait for the Secrets and ConfigMaps the Pod needs
+        # as the kubelet: wait for the Secrets and ConfigMaps the Pod needs, and wait out an
+        # API server that is away while they are read
+        deadline = time.monotonic() + self.api_outage
+        while True:
             try:
                 volumes = self._local_volumes(run, pod, claims)
                 for container in [*init, *containers]:
                     self._env(run, pod, container)
                 break
+            except kubernetes.client.ApiException as error:
+                if error.status < 500 or not self._wait_out(deadline):
+                    raise
+            except urllib3.exceptions.HTTPError:  # unanswered
+                if not self._wait_out(deadline):
+                    raise
             except ConfigMissing as missing:
                 waiting = {"reason": "CreateContainerConfigError", "message": str(missing)}
                 first = [*init_statuses, *statuses][0]
-                first["state"] = {"waiting": waiting}
-                self._write_status(run, "Pending", init_statuses, statuses, started)
+                if first["state"] != {"waiting": waiting}:  # a status write on each change
+                    first["state"] = {"waiting": waiting}
+                    self._write_status(run, "Pending", init_statuses, statuses, started)
                 if self._stop.wait(0.5) or run.deleted.is_set():
                     return
+                deadline = time.monotonic() + self.api_outage  # it answered: a new outage
         self._write_status(run, "Pending", init_statuses, statuses, started)
         for index, container in enumerate(init):
             init_statuses[index] = self._run_container(run, pod, container, volumes, init_statuses)
