@@ -95,6 +95,7 @@ from .mounts import (
     start_mount_process,
     unmount,
 )
+from .pointlist import point_list_status
 from .schedules import ScheduleInfo, Schedules, format_every, policy_from_options
 from .service import (
     Service,
@@ -225,6 +226,7 @@ __all__ = [
     "parse_keep_within",
     "parse_pvc_ref",
     "parse_volume",
+    "point_list_status",
     "policy_from_options",
     "prune_savings",
     "ranges_from_json_file",

@@ -1,0 +1,154 @@
+"""Listing 1,000 volumes x 30 points: through the catalog's point cache, and without it.
+
+A measurement, not a test. It makes a local folder repository, backs up one tiny volume
+for real, then writes the other points synthetically through the repository code (each a
+copy of that manifest with its own id, volume, parent and time, and an empty extent map).
+The listing goes through the real service call, ``Service.list_volumes`` (and
+``list_points``), on a new ``Service`` each time, so that no in-memory cache helps:
+
+* without the cache: ``--catalog none``, every manifest is read and decoded (with ``--s3``:
+  once from this machine's local manifest cache, warm, and once with it off, by GETs);
+* with the cache: an SQLite catalog (or ``--catalog URL``) whose cache one listing filled.
+
+With ``--s3`` the repository is on a SeaweedFS started for the run (as the tests do).
+
+    .venv/bin/python bench/catalog_listing.py [--volumes 1000] [--points 30] [--runs 3] [--s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lamina.backend.service import Service, init_repository
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.seaweedfs import seaweedfs_s3
+
+MIB = 1024 * 1024
+
+
+def build(repo_url: str, work: Path, volumes: int, points: int) -> str:
+    init_repository(repo_url)
+    image = work / "disk.img"
+    image.write_bytes(b"lamina" * (MIB // 6))
+    service = Service(repo_url, catalog="none")
+    try:
+        service.start_backup(str(image), "bench/v0000").wait()
+        (template,) = service.repo.list_points()
+        repo = service.repo
+
+        def write_volume(v: int) -> None:
+            parent = None
+            for p in range(points):
+                if v == 0 and p == 0:
+                    parent = template.id
+                    continue
+                point_id = f"{v:08x}{p:08x}"
+                manifest = {
+                    **template.manifest,
+                    "id": point_id,
+                    "parent": parent,
+                    "volume": {**template.volume, "name": f"v{v:04d}"},
+                    "created": f"2026-11-{1 + p % 28:02d}T{v % 24:02d}:00:00Z",
+                }
+                manifest.pop("map", None)
+                manifest.pop("fingerprints", None)
+                repo.save_point(manifest, [])
+                parent = point_id
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(write_volume, range(volumes)))
+    finally:
+        service.close()
+    return repo_url
+
+
+def timed(runs: int, fn: Callable[[], object]) -> list[float]:
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def listing(repo_url: str, catalog: str, expected_volumes: int, expected_points: int) -> None:
+    service = Service(repo_url, catalog=catalog)
+    try:
+        volumes = service.list_volumes()
+        assert len(volumes) == expected_volumes, len(volumes)
+        assert sum(v.points for v in volumes) == expected_points
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
+def repository_url(work: Path, s3: bool) -> Iterator[str]:
+    if not s3:
+        yield str(work / "repo")
+        return
+    with seaweedfs_s3(work / "s3") as server:
+        os.environ.update(server.environment())
+        os.environ["LAMINA_CACHE_DIR"] = str(work / "local-cache")
+        yield f"s3://{server.create_bucket('bench')}/repo"
+
+
+@contextlib.contextmanager
+def local_cache_off() -> Iterator[None]:
+    os.environ["LAMINA_CACHE"] = "off"
+    try:
+        yield
+    finally:
+        del os.environ["LAMINA_CACHE"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--catalog", help="catalog URL (default: an SQLite file of the run)")
+    parser.add_argument("--s3", action="store_true", help="the repository on SeaweedFS")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="lamina-bench-catalog-") as tmp,
+        repository_url(Path(tmp), args.s3) as repo_url,
+    ):
+        work = Path(tmp)
+        start = time.perf_counter()
+        build(repo_url, work, args.volumes, args.points)
+        total = args.volumes * args.points
+        print(
+            f"built {args.volumes} volumes x {args.points} points in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+        catalog = args.catalog or f"sqlite:///{work}/catalog.sqlite"
+        fill = timed(1, lambda: listing(repo_url, catalog, args.volumes, total))[0]
+        print(f"first listing with the catalog (fills the cache): {fill:.2f} s", flush=True)
+        rows = [("with the catalog's cache", catalog, False)]
+        if args.s3:
+            rows.append(("without the catalog, local manifest cache warm", "none", False))
+            rows.append(("without the catalog, local manifest cache off", "none", True))
+        else:
+            rows.append(("without the catalog (manifests read)", "none", False))
+        for label, url, cache_off in rows:
+            with local_cache_off() if cache_off else contextlib.nullcontext():
+                seconds = timed(args.runs, lambda u=url: listing(repo_url, u, args.volumes, total))
+            print(
+                f"list_volumes, {label}: median {statistics.median(seconds):.2f} s, "
+                f"min {min(seconds):.2f} s over {args.runs} runs",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
