@@ -1,16 +1,19 @@
-"""Listing 1,000 volumes x 30 points: through the catalog's point cache, and without it.
+"""Listing 1,000 volumes x 30 points: through the catalog's point list, and without it.
 
-A measurement, not a test. It makes a local folder repository, backs up one tiny volume
-for real, then writes the other points synthetically through the repository code (each a
-copy of that manifest with its own id, volume, parent and time, and an empty extent map).
-The listing goes through the real service call, ``Service.list_volumes`` (and
-``list_points``), on a new ``Service`` each time, so that no in-memory cache helps:
+A measurement, not a test. It makes a repository (a local folder, or with ``--s3`` a bucket
+on a SeaweedFS started for the run, as the tests do), backs up one tiny volume for real,
+then writes the other points synthetically through the repository code (each a copy of that
+manifest with its own id, volume, parent and time, and an empty extent map). Every listing
+is the real service call, ``Service.list_volumes``, on a new ``Service`` (a new process's
+view: no in-memory cache helps). It reports:
 
-* without the cache: ``--catalog none``, every manifest is read and decoded (with ``--s3``:
-  once from this machine's local manifest cache, warm, and once with it off, by GETs);
-* with the cache: an SQLite catalog (or ``--catalog URL``) whose cache one listing filled.
-
-With ``--s3`` the repository is on a SeaweedFS started for the run (as the tests do).
+* without the catalog (``--catalog none``): every manifest listed, read and decoded (with
+  ``--s3``: once with this machine's local manifest cache warm, once with it off);
+* the first listing with an empty catalog (it fills the point list);
+* with the catalog, current (the marker unchanged: one GET, then SQL);
+* with the catalog after another writer added a point (the marker changed: one LIST of
+  ``manifests/`` and one GET of the new manifest, then SQL);
+* the listing of one volume's points (the chain screen).
 
     .venv/bin/python bench/catalog_listing.py [--volumes 1000] [--points 30] [--runs 3] [--s3]
 """
@@ -58,7 +61,7 @@ def build(repo_url: str, work: Path, volumes: int, points: int) -> str:
                     "id": point_id,
                     "parent": parent,
                     "volume": {**template.volume, "name": f"v{v:04d}"},
-                    "created": f"2026-11-{1 + p % 28:02d}T{v % 24:02d}:00:00Z",
+                    "created": f"2026-11-{1 + p:02d}T{v % 24:02d}:{v // 24 % 60:02d}:00Z",
                 }
                 manifest.pop("map", None)
                 manifest.pop("fingerprints", None)
@@ -111,6 +114,34 @@ def local_cache_off() -> Iterator[None]:
         del os.environ["LAMINA_CACHE"]
 
 
+def add_point(repo_url: str) -> None:
+    """Another writer's backup: one more point, through the repository code."""
+    service = Service(repo_url, catalog="none")
+    try:
+        newest = service.repo.list_points()[-1]
+        manifest = {**newest.manifest, "id": "ff" * 8, "parent": newest.id}
+        manifest["created"] = "2026-12-01T00:00:00Z"
+        service.repo.save_point(manifest, [])
+    finally:
+        service.close()
+
+
+def one_volume(repo_url: str, catalog: str, volume: str, points: int) -> None:
+    service = Service(repo_url, catalog=catalog)
+    try:
+        assert len(service.list_points(volume)) == points
+    finally:
+        service.close()
+
+
+def report(label: str, seconds: list[float]) -> None:
+    print(
+        f"{label}: median {statistics.median(seconds):.2f} s, min {min(seconds):.2f} s "
+        f"over {len(seconds)} runs",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=1000)
@@ -127,27 +158,46 @@ def main() -> None:
         start = time.perf_counter()
         build(repo_url, work, args.volumes, args.points)
         total = args.volumes * args.points
+        where = "SeaweedFS" if args.s3 else "a local folder"
         print(
-            f"built {args.volumes} volumes x {args.points} points in "
-            f"{time.perf_counter() - start:.1f} s"
+            f"built {args.volumes} volumes x {args.points} points on {where} in "
+            f"{time.perf_counter() - start:.1f} s",
+            flush=True,
         )
-        catalog = args.catalog or f"sqlite:///{work}/catalog.sqlite"
-        fill = timed(1, lambda: listing(repo_url, catalog, args.volumes, total))[0]
-        print(f"first listing with the catalog (fills the cache): {fill:.2f} s", flush=True)
-        rows = [("with the catalog's cache", catalog, False)]
+        rows = [("list_volumes without the catalog", False)]
         if args.s3:
-            rows.append(("without the catalog, local manifest cache warm", "none", False))
-            rows.append(("without the catalog, local manifest cache off", "none", True))
-        else:
-            rows.append(("without the catalog (manifests read)", "none", False))
-        for label, url, cache_off in rows:
+            rows = [
+                ("list_volumes without the catalog, local manifest cache warm", False),
+                ("list_volumes without the catalog, local manifest cache off", True),
+            ]
+        for label, cache_off in rows:
             with local_cache_off() if cache_off else contextlib.nullcontext():
-                seconds = timed(args.runs, lambda u=url: listing(repo_url, u, args.volumes, total))
-            print(
-                f"list_volumes, {label}: median {statistics.median(seconds):.2f} s, "
-                f"min {min(seconds):.2f} s over {args.runs} runs",
-                flush=True,
-            )
+                report(
+                    label, timed(args.runs, lambda: listing(repo_url, "none", args.volumes, total))
+                )
+        catalog = args.catalog or f"sqlite:///{work}/catalog.sqlite"
+        report(
+            "list_volumes, first with an empty catalog (fills it)",
+            timed(1, lambda: listing(repo_url, catalog, args.volumes, total)),
+        )
+        report(
+            "list_volumes with the catalog, current",
+            timed(args.runs, lambda: listing(repo_url, catalog, args.volumes, total)),
+        )
+        add_point(repo_url)
+        report(
+            "list_volumes with the catalog, after another writer added a point",
+            timed(1, lambda: listing(repo_url, catalog, args.volumes, total + 1)),
+        )
+        report(
+            "list_points of one volume with the catalog",
+            timed(
+                args.runs,
+                lambda: one_volume(
+                    repo_url, catalog, f"bench/v{args.volumes // 2:04d}", args.points
+                ),
+            ),
+        )
 
 
 if __name__ == "__main__":
