@@ -593,8 +593,10 @@ class Service:
     def _needed_snapshots(self) -> dict[str, str]:
         """Snapshot handle -> the newest point of a volume, whose next incremental starts there."""
         newest: dict[VolumeRef, PointInfo] = {}
-        for point in self.list_points():
-            newest[point.volume] = point  # points come oldest first
+        # From the repository itself, not the catalog's copy: snapshots are deleted by this.
+        for point in self.repo.list_points():
+            info = PointInfo.of(point)
+            newest[info.volume] = info  # points come oldest first
         return {p.snapshot_handle: p.id for p in newest.values() if p.snapshot_handle}
 
     def list_local_snapshots(self) -> list[LocalSnapshotInfo]:
