@@ -164,26 +164,31 @@ def volume_summaries(catalog: Catalog, repository_id: str) -> list[VolumeRow]:
     that point's chain length, ordered by volume."""
     c = point_list.c
     volume = (c.cluster, c.namespace, c.name)
-    # The window runs over the narrow columns (the volume index orders them); only each
-    # volume's newest row is joined back for its manifest.
-    ranked = (
+    # Grouped over the volume index (cheaper than a window over every row); only each
+    # volume's newest row is joined back for its manifest. Two newest points created in the
+    # same microsecond both come back: the greater id wins, as in the points' order.
+    grouped = (
         sa.select(
-            c.point_id,
-            sa.func.row_number()
-            .over(partition_by=volume, order_by=(c.created.desc(), c.point_id.desc()))
-            .label("rank"),
-            sa.func.count().over(partition_by=volume).label("points"),
-            sa.func.sum(c.bytes_uploaded).over(partition_by=volume).label("stored"),
+            *volume,
+            sa.func.max(c.created).label("newest"),
+            sa.func.count().label("points"),
+            sa.func.sum(c.bytes_uploaded).label("stored"),
         )
         .where(c.repository_id == repository_id)
+        .group_by(*volume)
         .subquery()
     )
-    query = (
-        sa.select(
-            c.point_id, c.cluster, c.namespace, c.name, c.manifest, ranked.c.points, ranked.c.stored
-        )
-        .join(ranked, ranked.c.point_id == c.point_id)
-        .where(c.repository_id == repository_id, ranked.c.rank == 1)
+    query = sa.select(
+        c.point_id, c.cluster, c.namespace, c.name, c.manifest, grouped.c.points, grouped.c.stored
+    ).join(
+        grouped,
+        sa.and_(
+            c.repository_id == repository_id,
+            c.cluster == grouped.c.cluster,
+            c.namespace == grouped.c.namespace,
+            c.name == grouped.c.name,
+            c.created == grouped.c.newest,
+        ),
     )
     with catalog._reading() as conn:
         newest = conn.execute(query).all()
@@ -193,9 +198,15 @@ def volume_summaries(catalog: Catalog, repository_id: str) -> list[VolumeRow]:
                 sa.select(c.point_id, c.parent).where(c.repository_id == repository_id)
             ).all()
         }
-    out = []
+    by_volume: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in newest:
-        m = row._mapping
+        m = dict(row._mapping)
+        key = (str(m["cluster"]), str(m["namespace"]), str(m["name"]))
+        held = by_volume.get(key)
+        if held is None or str(m["point_id"]) > str(held["point_id"]):
+            by_volume[key] = m
+    out = []
+    for m in by_volume.values():
         point_id = str(m["point_id"])
         out.append(
             VolumeRow(
