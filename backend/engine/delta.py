@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import itertools
 import os
 import random
 import stat
@@ -23,11 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import Cancelled, CorruptObject, LaminaError, MissingObject
+from ..errors import Cancelled, CorruptObject, LaminaError, MissingObject, PointNotFound
 from ..progress import ProgressCallback, ProgressTracker
+from . import restore_record
 from .extents import allocated_ranges, image_digest
 from .fingerprints import UNKNOWN, Fingerprinter
-from .format import EXTENT_DATA, Extent, PieceEntry
+from .format import EXTENT_DATA, PIECE_RAW, Extent, PieceEntry
 from .repository import Point, Repository, pack_runs
 from .safewrite import TargetError
 from .storage.metering import ContextThreadPool
@@ -155,52 +157,65 @@ def delta_restore(
             parts, first = _clip(resolved, b * block, min((b + 1) * block, capacity), first)
             units.append((b, parts))
         bytes_read = 0
-        differing: list[tuple[int, list[Extent]]] = []
-        if assume_from is None:
+        basis = "assume-from" if assume_from is not None else "target"
+        # A record of the last restore onto this image file, still matching its identity:
+        # the maps' difference then, after a sample (restore_record.py).
+        recorded = (
+            _recorded_point(repo, target, fd, capacity)
+            if assume_from is None and not is_device and fps is not None
+            else None
+        )
+        differing: list[tuple[int, list[Extent]]] | None = None
+        if assume_from is not None:
+            differing, bytes_read, mismatch = _from_maps(
+                repo, fd, units, assume_from, block, capacity, hasher, expected
+            )
+            if mismatch is not None:
+                raise TargetError(
+                    f"{target} does not hold point {assume_from.id} (offset {mismatch} "
+                    "differs); run without --assume-from; nothing was written"
+                )
+        elif recorded is not None:
+            tracker.set_phase("checking the restore record")
+            found, bytes_read, mismatch = _from_maps(
+                repo, fd, units, recorded, block, capacity, hasher, expected
+            )
+            if mismatch is None:
+                differing, basis = found, "record"
+        if differing is None:
             tracker.set_phase("reading target", capacity)
-            same, bytes_read = _compare_target(
+            same, read = _compare_target(
                 fd, is_device, units, block, capacity, hasher, expected, tracker, cancelled
             )
+            bytes_read += read
             if cancelled():
                 raise Cancelled("delta restore cancelled; nothing was written")
             differing = [u for u in units if not same[u[0]]]
-        else:
-            old = repo.resolve(assume_from)
-            first = 0
-            unchanged: list[tuple[int, list[Extent]]] = []
-            for b, parts in units:
-                theirs, first = _clip(old, b * block, min((b + 1) * block, capacity), first)
-                (unchanged if _same_content(parts, theirs) else differing).append((b, parts))
-            sample = random.Random().sample(unchanged, min(SAMPLES, len(unchanged)))
-            for b, parts in sample:
-                want = expected(b, parts)
-                if want is None:
-                    continue
-                length = min(block, capacity - b * block)
-                bytes_read += length
-                if hasher.of(os.pread(fd, length, b * block)) != want:
-                    raise TargetError(
-                        f"{target} does not hold point {assume_from.id} (offset {b * block} "
-                        "differs); run without --assume-from; nothing was written"
-                    )
-        written = _write_units(repo, fd, is_device, differing, block, capacity, tracker, cancelled)
+        restore_record.forget(target)  # the target changes now; a new record follows
+        written, downloaded_ranges = _write_units(
+            repo, fd, is_device, differing, block, capacity, hasher, expected, tracker, cancelled
+        )
         if not is_device and os.fstat(fd).st_size > capacity:
             os.ftruncate(fd, capacity)
         os.fsync(fd)
+        restore_record.record(repo.id, point.id, target, os.fstat(fd))
     except OSError as e:
         raise TargetError(f"cannot write {target}: {e.strerror or e}") from None
     finally:
         os.close(fd)
+    assumed = assume_from if assume_from is not None else recorded if basis == "record" else None
     result = {
         "point": point.id,
         "target": target,
         "capacity": capacity,
         "delta": True,
-        "assumed_from": assume_from.id if assume_from is not None else None,
+        "assumed_from": assumed.id if assumed is not None else None,
+        "basis": basis,
         "bytes_read_target": bytes_read,
         "bytes_written": written,
         "bytes_downloaded": repo.counter.bytes_down - down_before,
         "blocks_differing": len(differing),
+        "blocks_from_ranges": downloaded_ranges,
         "block_size": block,
         "image_digest": digest,
         "requests": repo.counter.requests - requests_before,
@@ -316,6 +331,66 @@ def _same_content(a: Sequence[Extent], b: Sequence[Extent]) -> bool:
     return data_a == data_b
 
 
+def _recorded_point(repo: Repository, target: str, fd: int, capacity: int) -> Point | None:
+    """The point a still-matching restore record says the target holds, if it is usable."""
+    found = restore_record.matching(repo.id, target, fd)
+    if found is None:
+        return None
+    try:
+        base = repo.load_point(found.point)
+    except (PointNotFound, CorruptObject, MissingObject):  # pruned since, or damaged
+        return None
+    return base if base.capacity == capacity else None
+
+
+def _from_maps(
+    repo: Repository,
+    fd: int,
+    units: Sequence[tuple[int, list[Extent]]],
+    base: Point,
+    block: int,
+    capacity: int,
+    hasher: Fingerprinter,
+    expected: Callable[[int, Sequence[Extent]], bytes | None],
+) -> tuple[list[tuple[int, list[Extent]]], int, int | None]:
+    """The blocks where ``base``'s resolved map differs from the point's, assuming the target
+    holds ``base``; the bytes read to check that on a sample of the other blocks; and the
+    offset of a sampled block that disagrees (None when the sample holds)."""
+    old = repo.resolve(base)
+    if image_digest(base.capacity, old) != base.manifest.get("image_digest"):
+        raise CorruptObject(
+            f"the resolved extent map of point {base.id} does not match its recorded image digest"
+        )
+    first = 0
+    differing: list[tuple[int, list[Extent]]] = []
+    unchanged: list[tuple[int, list[Extent]]] = []
+    for b, parts in units:
+        theirs, first = _clip(old, b * block, min((b + 1) * block, capacity), first)
+        (unchanged if _same_content(parts, theirs) else differing).append((b, parts))
+    bytes_read = checked = 0
+    # Blocks with data first (where a volume is written), then the holes, each drawn at random.
+    rng = random.Random()
+    with_data = [u for u in unchanged if any(p.kind == EXTENT_DATA for p in u[1])]
+    holes = [u for u in unchanged if not any(p.kind == EXTENT_DATA for p in u[1])]
+    rng.shuffle(with_data)
+    rng.shuffle(holes)
+    for b, parts in with_data + holes:
+        if checked == SAMPLES:
+            break
+        want = expected(b, parts)
+        if want is None:  # no hash to check this block against
+            continue
+        length = min(block, capacity - b * block)
+        bytes_read += length
+        checked += 1
+        if hasher.of(os.pread(fd, length, b * block)) != want:
+            return differing, bytes_read, b * block
+    return differing, bytes_read, None
+
+
+RANGE_RUN = 8 * 1024 * 1024  # the most one worker fetches by ranges in a row
+
+
 def _write_units(
     repo: Repository,
     fd: int,
@@ -323,36 +398,61 @@ def _write_units(
     units: Sequence[tuple[int, list[Extent]]],
     block: int,
     capacity: int,
+    hasher: Fingerprinter,
+    expected: Callable[[int, Sequence[Extent]], bytes | None],
     tracker: ProgressTracker,
     cancelled: Callable[[], bool],
-) -> int:
-    """Write each unit whole: its data from the pieces, zeros elsewhere."""
-    users: dict[bytes, list[Extent]] = {}
+) -> tuple[int, int]:
+    """Write each unit whole: its data from the pieces, zeros elsewhere. Returns the bytes
+    written and the number of units whose data was fetched by ranges.
+
+    A piece is the unit the format checks, so it is fetched whole; except that a unit whose
+    every piece is stored raw in an unencrypted repository, and is mostly not needed, gets
+    just its ranges of the packs, checked against the block's fingerprint before writing."""
     written = 0
     # An image file keeps the point's holes as holes: cheaper, and a later delta restore
     # then skips them without reading.
     can_punch = not is_device
     for b, parts in units:
         start, end = b * block, min((b + 1) * block, capacity)
-        data = [(p.offset, p.length) for p in parts if p.kind == EXTENT_DATA]
         pos = start
-        for offset, length in [*data, (end, 0)]:
+        spans = [(p.offset, p.length) for p in parts if p.kind == EXTENT_DATA]
+        for offset, length in [*spans, (end, 0)]:
             if offset > pos and not (can_punch and _punch(fd, pos, offset - pos)):
                 can_punch = False
                 os.pwrite(fd, bytes(offset - pos), pos)
             pos = offset + length
-        for p in parts:
-            if p.kind == EXTENT_DATA:
-                users.setdefault(p.piece_id, []).append(p)
         written += end - start
-    entries: list[PieceEntry] = []
-    for piece_id, exts in users.items():
-        entry = repo.find_piece(piece_id)
-        if entry is None:
-            raise MissingObject(
-                f"piece {piece_id.hex()[:16]} for volume offset {exts[0].offset} is not in the repository"
-            )
-        entries.append(entry)
+    entries: dict[bytes, PieceEntry] = {}
+    needed: dict[bytes, int] = {}
+    for _b, parts in units:
+        for p in parts:
+            if p.kind != EXTENT_DATA:
+                continue
+            if p.piece_id not in entries:
+                entry = repo.find_piece(p.piece_id)
+                if entry is None:
+                    raise MissingObject(
+                        f"piece {p.piece_id.hex()[:16]} for volume offset {p.offset} "
+                        "is not in the repository"
+                    )
+                entries[p.piece_id] = entry
+            needed[p.piece_id] = needed.get(p.piece_id, 0) + p.length
+
+    def by_ranges(p: Extent) -> bool:
+        entry = entries[p.piece_id]
+        return entry.codec == PIECE_RAW and 2 * needed[p.piece_id] <= entry.raw_size
+
+    users: dict[bytes, list[Extent]] = {}
+    ranged: list[tuple[int, list[Extent], bytes]] = []
+    for b, parts in units:
+        data: list[Extent] = [p for p in parts if p.kind == EXTENT_DATA]
+        want = expected(b, parts) if data and not repo.sealer.encrypted else None
+        if want is not None and all(by_ranges(p) for p in data):
+            ranged.append((b, data, want))
+            continue
+        for p in data:
+            users.setdefault(p.piece_id, []).append(p)
     tracker.set_phase("writing", written)
     failure: list[LaminaError] = []
 
@@ -369,10 +469,98 @@ def _write_units(
                 )
                 tracker.add(e.length)
 
+    def fetch_ranges(run: list[tuple[int, list[Extent], bytes]]) -> None:
+        if failure or cancelled():
+            return
+        try:
+            _write_ranged(repo, fd, run, entries, block, capacity, hasher, tracker)
+        except LaminaError as e:
+            failure.append(e)
+
     with ContextThreadPool(repo.io_threads) as pool:
-        list(pool.map(fetch, pack_runs(entries)))
+        done = [pool.submit(fetch, run) for run in pack_runs(entries[i] for i in users)]
+        done += [pool.submit(fetch_ranges, run) for run in _range_runs(ranged, entries)]
+        for future in done:
+            future.result()
     if failure:
         raise failure[0]
     if cancelled():
         raise Cancelled("delta restore cancelled; the target holds a mix of both versions")
-    return written
+    return written, len(ranged)
+
+
+def _spans(
+    data: Sequence[Extent], entries: dict[bytes, PieceEntry]
+) -> list[tuple[bytes, int, int]]:
+    """Where each data extent's bytes sit: (pack, offset in the pack, length)."""
+    out = []
+    for p in data:
+        entry = entries[p.piece_id]
+        out.append((entry.pack_id, entry.offset + p.piece_offset, p.length))
+    return out
+
+
+def _range_runs(
+    ranged: Sequence[tuple[int, list[Extent], bytes]], entries: dict[bytes, PieceEntry]
+) -> list[list[tuple[int, list[Extent], bytes]]]:
+    """Units whose bytes follow each other in one pack, grouped: one GET serves a group."""
+    runs: list[list[tuple[int, list[Extent], bytes]]] = []
+    run_end: tuple[bytes, int] | None = None
+    run_size = 0
+    keyed = sorted(ranged, key=lambda u: _spans(u[1], entries)[0][:2])
+    for unit in keyed:
+        spans = _spans(unit[1], entries)
+        size = sum(length for _, _, length in spans)
+        joined = all(a[0] == b[0] and a[1] + a[2] == b[1] for a, b in itertools.pairwise(spans))
+        if runs and run_end == spans[0][:2] and run_size + size <= RANGE_RUN:
+            runs[-1].append(unit)
+            run_size += size
+        else:
+            runs.append([unit])
+            run_size = size
+        run_end = (spans[-1][0], spans[-1][1] + spans[-1][2]) if joined else None
+    return runs
+
+
+def _write_ranged(
+    repo: Repository,
+    fd: int,
+    run: Sequence[tuple[int, list[Extent], bytes]],
+    entries: dict[bytes, PieceEntry],
+    block: int,
+    capacity: int,
+    hasher: Fingerprinter,
+    tracker: ProgressTracker,
+) -> None:
+    """Fetch a run of units by their ranges of the packs, check each against its block's
+    fingerprint (the hash of the whole block as the point reads it), then write it."""
+    wanted = sorted({span for _, data, _ in run for span in _spans(data, entries)})
+    gets: list[tuple[bytes, int, int]] = []  # contiguous spans merged into one GET each
+    for pack_id, offset, length in wanted:
+        last = gets[-1] if gets else None
+        if last is not None and last[0] == pack_id and last[1] + last[2] >= offset:
+            gets[-1] = (pack_id, last[1], max(last[2], offset + length - last[1]))
+        else:
+            gets.append((pack_id, offset, length))
+    fetched = [(get, repo.read_stored_span(*get)) for get in gets]
+
+    def stored(pack_id: bytes, offset: int, length: int) -> memoryview:
+        for (pid, at, size), blob in fetched:
+            if pid == pack_id and at <= offset and offset + length <= at + size:
+                return memoryview(blob)[offset - at : offset - at + length]
+        raise AssertionError("a span outside what was fetched")
+
+    for b, data, want in run:
+        start = b * block
+        content = bytearray(min(block, capacity - start))
+        pieces = [stored(*span) for span in _spans(data, entries)]
+        for p, chunk in zip(data, pieces, strict=True):
+            content[p.offset - start : p.offset - start + p.length] = chunk
+        if hasher.of(content) != want:
+            raise CorruptObject(
+                f"pack {entries[data[0].piece_id].pack_id.hex()[:16]} fails the fingerprint "
+                f"of volume offset {start} (corrupt)"
+            )
+        for p, chunk in zip(data, pieces, strict=True):
+            os.pwrite(fd, chunk, p.offset)
+            tracker.add(p.length)
