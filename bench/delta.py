@@ -50,10 +50,13 @@ DOWNLOAD_TARGET = 2.0  # bytes downloaded / bytes changed
 
 
 def _restore(
-    lamina: Lamina, repo: str, point: str, target: Path, *extra: str
+    lamina: Lamina, repo: str, point: str, target: Path, *extra: str, profile: Path | None = None
 ) -> tuple[float, dict[str, Any]]:
-    """One timed `lamina restore` up to the data reaching the disk; its JSON report."""
+    """One timed `lamina restore` up to the data reaching the disk; its JSON report.
+    ``profile``: run it under cProfile, its statistics written there (slower: not a figure)."""
     command = [lamina.binary, "restore", "--repo", repo, point, str(target), *extra]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
     measured = measure.run_measured([*command, "--json", "-q"], env=lamina.env)
     started = time.perf_counter()
     measure.fsync_path(target)
@@ -79,6 +82,10 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=5.0)
     parser.add_argument("--idle-target", type=float, default=0.85)
     parser.add_argument("--max-wait", type=float, default=120.0)
+    parser.add_argument(
+        "--profile",
+        help="folder for a cProfile of each timed restore (ROW.prof; its times are not figures)",
+    )
     args = parser.parse_args()
 
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="lamina-delta-bench-"))
@@ -87,6 +94,8 @@ def main() -> int:
     out = Path(args.out or REPO_ROOT / "bench" / "results" / f"delta-{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"size": args.size, "started": stamp, "seed": args.seed}
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
 
     def settle() -> float:
         return measure.settle(args.drop_caches, args.pause, args.idle_target, args.max_wait)
@@ -124,7 +133,8 @@ def main() -> int:
                 if key == "delta_read":  # no record: the target is read and hashed
                     shutil.rmtree(folder / "cache" / "restores", ignore_errors=True)
                 idle = settle()
-                seconds, report = _restore(lamina, repo, point, path, *extra)
+                profile = Path(args.profile) / f"{key}.prof" if args.profile else None
+                seconds, report = _restore(lamina, repo, point, path, *extra, profile=profile)
                 if volume.file_digest(path) != expected:
                     raise measure.StepFailed(f"the {key} restore differs from the volume")
                 if key == "full":

@@ -21,6 +21,7 @@ import os
 import random
 import stat
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -138,7 +139,6 @@ def delta_restore(
         block = fpr.block_size if fpr is not None else repo.grid_size
         hasher = fpr if fpr is not None else Fingerprinter(block, None)
         fps = repo.resolve_fingerprints(point) if fpr is not None else None
-        count = (capacity + block - 1) // block
 
         def expected(b: int, parts: Sequence[Extent]) -> bytes | None:
             length = min(block, capacity - b * block)
@@ -151,11 +151,14 @@ def delta_restore(
                 return hasher.zero(length)
             return None if h == UNKNOWN else h
 
-        units: list[tuple[int, list[Extent]]] = []
-        first = 0
-        for b in range(count):
-            parts, first = _clip(resolved, b * block, min((b + 1) * block, capacity), first)
-            units.append((b, parts))
+        ends = [e.end for e in resolved]
+
+        def unit(b: int) -> tuple[int, list[Extent]]:
+            start = b * block
+            return b, _clip(
+                resolved, start, min(start + block, capacity), bisect_right(ends, start)
+            )[0]
+
         bytes_read = 0
         basis = "assume-from" if assume_from is not None else "target"
         # A record of the last restore onto this image file, still matching its identity:
@@ -168,7 +171,7 @@ def delta_restore(
         differing: list[tuple[int, list[Extent]]] | None = None
         if assume_from is not None:
             differing, bytes_read, mismatch = _from_maps(
-                repo, fd, units, assume_from, block, capacity, hasher, expected
+                repo, fd, resolved, unit, assume_from, block, capacity, hasher, expected
             )
             if mismatch is not None:
                 raise TargetError(
@@ -178,12 +181,13 @@ def delta_restore(
         elif recorded is not None:
             tracker.set_phase("checking the restore record")
             found, bytes_read, mismatch = _from_maps(
-                repo, fd, units, recorded, block, capacity, hasher, expected
+                repo, fd, resolved, unit, recorded, block, capacity, hasher, expected
             )
             if mismatch is None:
                 differing, basis = found, "record"
         if differing is None:
             tracker.set_phase("reading target", capacity)
+            units = _all_units(resolved, block, capacity)
             same, read = _compare_target(
                 fd, is_device, units, block, capacity, hasher, expected, tracker, cancelled
             )
@@ -324,13 +328,6 @@ def _punch(fd: int, offset: int, length: int) -> bool:
     raise OSError(err, os.strerror(err))
 
 
-def _same_content(a: Sequence[Extent], b: Sequence[Extent]) -> bool:
-    """Whether two clipped map pieces read the same bytes (zeros in either form are alike)."""
-    data_a = [(e.offset, e.length, e.piece_id, e.piece_offset) for e in a if e.kind == EXTENT_DATA]
-    data_b = [(e.offset, e.length, e.piece_id, e.piece_offset) for e in b if e.kind == EXTENT_DATA]
-    return data_a == data_b
-
-
 def _recorded_point(repo: Repository, target: str, fd: int, capacity: int) -> Point | None:
     """The point a still-matching restore record says the target holds, if it is usable."""
     found = restore_record.matching(repo.id, target, fd)
@@ -343,10 +340,54 @@ def _recorded_point(repo: Repository, target: str, fd: int, capacity: int) -> Po
     return base if base.capacity == capacity else None
 
 
+def _all_units(
+    resolved: Sequence[Extent], block: int, capacity: int
+) -> list[tuple[int, list[Extent]]]:
+    """Every block with the point's extents clipped to it."""
+    units: list[tuple[int, list[Extent]]] = []
+    first = 0
+    for b in range((capacity + block - 1) // block):
+        parts, first = _clip(resolved, b * block, min((b + 1) * block, capacity), first)
+        units.append((b, parts))
+    return units
+
+
+def _data_spans(resolved: Sequence[Extent]) -> list[tuple[int, int, bytes, int]]:
+    """Data extents as (start, end, piece, piece offset - volume offset): equal keys over a
+    byte mean the same byte, however the maps cut their extents."""
+    return [
+        (e.offset, e.end, e.piece_id, e.piece_offset - e.offset)
+        for e in resolved
+        if e.kind == EXTENT_DATA and e.length
+    ]
+
+
+def _differing_blocks(new: Sequence[Extent], old: Sequence[Extent], block: int) -> list[int]:
+    """The blocks where two resolved maps read different bytes, by one sweep over both."""
+    a, b = _data_spans(new), _data_spans(old)
+    cuts = sorted({x for s in a for x in s[:2]} | {x for s in b for x in s[:2]})
+    differing: list[int] = []
+    i = j = 0
+    for start, end in itertools.pairwise(cuts):
+        while i < len(a) and a[i][1] <= start:
+            i += 1
+        while j < len(b) and b[j][1] <= start:
+            j += 1
+        key_a = a[i][2:] if i < len(a) and a[i][0] <= start else None
+        key_b = b[j][2:] if j < len(b) and b[j][0] <= start else None
+        if key_a != key_b:
+            first, last = start // block, (end - 1) // block
+            if differing and differing[-1] >= first:
+                first = differing[-1] + 1
+            differing.extend(range(first, last + 1))
+    return differing
+
+
 def _from_maps(
     repo: Repository,
     fd: int,
-    units: Sequence[tuple[int, list[Extent]]],
+    resolved: Sequence[Extent],
+    unit: Callable[[int], tuple[int, list[Extent]]],
     base: Point,
     block: int,
     capacity: int,
@@ -361,22 +402,26 @@ def _from_maps(
         raise CorruptObject(
             f"the resolved extent map of point {base.id} does not match its recorded image digest"
         )
-    first = 0
-    differing: list[tuple[int, list[Extent]]] = []
-    unchanged: list[tuple[int, list[Extent]]] = []
-    for b, parts in units:
-        theirs, first = _clip(old, b * block, min((b + 1) * block, capacity), first)
-        (unchanged if _same_content(parts, theirs) else differing).append((b, parts))
-    bytes_read = checked = 0
+    differ = _differing_blocks(resolved, old, block)
+    count = (capacity + block - 1) // block
+    with_data = bytearray(count)
+    for start, end, _piece, _shift in _data_spans(resolved):
+        with_data[start // block : (end - 1) // block + 1] = b"\x01" * (
+            (end - 1) // block + 1 - start // block
+        )
+    for b in differ:
+        with_data[b] = 2  # neither sampled nor counted
     # Blocks with data first (where a volume is written), then the holes, each drawn at random.
     rng = random.Random()
-    with_data = [u for u in unchanged if any(p.kind == EXTENT_DATA for p in u[1])]
-    holes = [u for u in unchanged if not any(p.kind == EXTENT_DATA for p in u[1])]
-    rng.shuffle(with_data)
-    rng.shuffle(holes)
-    for b, parts in with_data + holes:
+    data_blocks = [b for b in range(count) if with_data[b] == 1]
+    hole_blocks = [b for b in range(count) if with_data[b] == 0]
+    candidates = rng.sample(data_blocks, min(len(data_blocks), 4 * SAMPLES))
+    candidates += rng.sample(hole_blocks, min(len(hole_blocks), 4 * SAMPLES))
+    bytes_read = checked = 0
+    for b in candidates:
         if checked == SAMPLES:
             break
+        _, parts = unit(b)
         want = expected(b, parts)
         if want is None:  # no hash to check this block against
             continue
@@ -384,8 +429,8 @@ def _from_maps(
         bytes_read += length
         checked += 1
         if hasher.of(os.pread(fd, length, b * block)) != want:
-            return differing, bytes_read, b * block
-    return differing, bytes_read, None
+            return [unit(b) for b in differ], bytes_read, b * block
+    return [unit(b) for b in differ], bytes_read, None
 
 
 RANGE_RUN = 8 * 1024 * 1024  # the most one worker fetches by ranges in a row
