@@ -140,9 +140,11 @@ def delta_restore(
         hasher = fpr if fpr is not None else Fingerprinter(block, None)
         fps = repo.resolve_fingerprints(point) if fpr is not None else None
 
-        def expected(b: int, parts: Sequence[Extent]) -> bytes | None:
+        point_data = _data_flags(resolved, block, capacity)
+
+        def expected(b: int) -> bytes | None:
             length = min(block, capacity - b * block)
-            if not any(p.kind == EXTENT_DATA for p in parts):
+            if not point_data[b]:
                 return hasher.zero(length)
             if fps is None:
                 return None
@@ -171,7 +173,7 @@ def delta_restore(
         differing: list[tuple[int, list[Extent]]] | None = None
         if assume_from is not None:
             differing, bytes_read, mismatch = _from_maps(
-                repo, fd, resolved, unit, assume_from, block, capacity, hasher, expected
+                repo, fd, resolved, point_data, unit, assume_from, block, capacity, hasher, expected
             )
             if mismatch is not None:
                 raise TargetError(
@@ -181,20 +183,19 @@ def delta_restore(
         elif recorded is not None:
             tracker.set_phase("checking the restore record")
             found, bytes_read, mismatch = _from_maps(
-                repo, fd, resolved, unit, recorded, block, capacity, hasher, expected
+                repo, fd, resolved, point_data, unit, recorded, block, capacity, hasher, expected
             )
             if mismatch is None:
                 differing, basis = found, "record"
         if differing is None:
             tracker.set_phase("reading target", capacity)
-            units = _all_units(resolved, block, capacity)
             same, read = _compare_target(
-                fd, is_device, units, block, capacity, hasher, expected, tracker, cancelled
+                fd, is_device, point_data, block, capacity, hasher, expected, tracker, cancelled
             )
             bytes_read += read
             if cancelled():
                 raise Cancelled("delta restore cancelled; nothing was written")
-            differing = [u for u in units if not same[u[0]]]
+            differing = [unit(b) for b in range(len(same)) if not same[b]]
         restore_record.forget(target)  # the target changes now; a new record follows
         written, downloaded_ranges = _write_units(
             repo, fd, is_device, differing, block, capacity, hasher, expected, tracker, cancelled
@@ -247,11 +248,11 @@ def _target_data_blocks(fd: int, capacity: int, block: int) -> bytearray:
 def _compare_target(
     fd: int,
     is_device: bool,
-    units: Sequence[tuple[int, list[Extent]]],
+    point_data: bytearray,
     block: int,
     capacity: int,
     hasher: Fingerprinter,
-    expected: Callable[[int, Sequence[Extent]], bytes | None],
+    expected: Callable[[int], bytes | None],
     tracker: ProgressTracker,
     cancelled: Callable[[], bool],
 ) -> tuple[bytearray, int]:
@@ -261,14 +262,14 @@ def _compare_target(
     reads as zeros (no reading), and where the point has a hole and the target data, the
     block is zeroed without looking. What is read is read in long sequential runs, each run
     hashed block by block in a pool thread."""
-    same = bytearray(len(units))
+    same = bytearray(len(point_data))
     target_data = None if is_device else _target_data_blocks(fd, capacity, block)
     to_read: list[tuple[int, bytes]] = []
     skipped = 0
-    for b, parts in units:
+    for b in range(len(point_data)):
         length = min(block, capacity - b * block)
         has_data = target_data is None or target_data[b]
-        if not any(p.kind == EXTENT_DATA for p in parts):
+        if not point_data[b]:
             if not has_data:
                 same[b] = 1
             elif target_data is None:  # a device's zeros look like data: read them
@@ -276,7 +277,7 @@ def _compare_target(
                 continue
             skipped += length
             continue
-        want = expected(b, parts)
+        want = expected(b)
         if want is not None and not has_data:
             same[b] = want == hasher.zero(length)
         elif want is not None:
@@ -340,16 +341,14 @@ def _recorded_point(repo: Repository, target: str, fd: int, capacity: int) -> Po
     return base if base.capacity == capacity else None
 
 
-def _all_units(
-    resolved: Sequence[Extent], block: int, capacity: int
-) -> list[tuple[int, list[Extent]]]:
-    """Every block with the point's extents clipped to it."""
-    units: list[tuple[int, list[Extent]]] = []
-    first = 0
-    for b in range((capacity + block - 1) // block):
-        parts, first = _clip(resolved, b * block, min((b + 1) * block, capacity), first)
-        units.append((b, parts))
-    return units
+def _data_flags(resolved: Sequence[Extent], block: int, capacity: int) -> bytearray:
+    """Per block, 1 where the point has data in it, 0 where it reads only zeros."""
+    flags = bytearray((capacity + block - 1) // block)
+    for e in resolved:
+        if e.kind == EXTENT_DATA and e.length:
+            first, last = e.offset // block, (e.end - 1) // block
+            flags[first : last + 1] = b"\x01" * (last + 1 - first)
+    return flags
 
 
 def _data_spans(resolved: Sequence[Extent]) -> list[tuple[int, int, bytes, int]]:
@@ -387,12 +386,13 @@ def _from_maps(
     repo: Repository,
     fd: int,
     resolved: Sequence[Extent],
+    point_data: bytearray,
     unit: Callable[[int], tuple[int, list[Extent]]],
     base: Point,
     block: int,
     capacity: int,
     hasher: Fingerprinter,
-    expected: Callable[[int, Sequence[Extent]], bytes | None],
+    expected: Callable[[int], bytes | None],
 ) -> tuple[list[tuple[int, list[Extent]]], int, int | None]:
     """The blocks where ``base``'s resolved map differs from the point's, assuming the target
     holds ``base``; the bytes read to check that on a sample of the other blocks; and the
@@ -403,26 +403,18 @@ def _from_maps(
             f"the resolved extent map of point {base.id} does not match its recorded image digest"
         )
     differ = _differing_blocks(resolved, old, block)
-    count = (capacity + block - 1) // block
-    with_data = bytearray(count)
-    for start, end, _piece, _shift in _data_spans(resolved):
-        with_data[start // block : (end - 1) // block + 1] = b"\x01" * (
-            (end - 1) // block + 1 - start // block
-        )
-    for b in differ:
-        with_data[b] = 2  # neither sampled nor counted
+    skip = set(differ)  # written anyway: neither sampled nor counted
     # Blocks with data first (where a volume is written), then the holes, each drawn at random.
     rng = random.Random()
-    data_blocks = [b for b in range(count) if with_data[b] == 1]
-    hole_blocks = [b for b in range(count) if with_data[b] == 0]
+    data_blocks = [b for b, flag in enumerate(point_data) if flag and b not in skip]
+    hole_blocks = [b for b, flag in enumerate(point_data) if not flag and b not in skip]
     candidates = rng.sample(data_blocks, min(len(data_blocks), 4 * SAMPLES))
     candidates += rng.sample(hole_blocks, min(len(hole_blocks), 4 * SAMPLES))
     bytes_read = checked = 0
     for b in candidates:
         if checked == SAMPLES:
             break
-        _, parts = unit(b)
-        want = expected(b, parts)
+        want = expected(b)
         if want is None:  # no hash to check this block against
             continue
         length = min(block, capacity - b * block)
@@ -444,7 +436,7 @@ def _write_units(
     block: int,
     capacity: int,
     hasher: Fingerprinter,
-    expected: Callable[[int, Sequence[Extent]], bytes | None],
+    expected: Callable[[int], bytes | None],
     tracker: ProgressTracker,
     cancelled: Callable[[], bool],
 ) -> tuple[int, int]:
@@ -492,7 +484,7 @@ def _write_units(
     ranged: list[tuple[int, list[Extent], bytes]] = []
     for b, parts in units:
         data: list[Extent] = [p for p in parts if p.kind == EXTENT_DATA]
-        want = expected(b, parts) if data and not repo.sealer.encrypted else None
+        want = expected(b) if data and not repo.sealer.encrypted else None
         if want is not None and all(by_ranges(p) for p in data):
             ranged.append((b, data, want))
             continue
