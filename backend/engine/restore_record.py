@@ -8,7 +8,8 @@ reading the whole target, after a sample of blocks was read and checked (delta.p
 
 The record is evidence, never trusted alone: any write to the file, a ``touch -d`` that
 puts the mtime back, a rename over it or a copy in its place changes the ctime or the
-inode, and the record no longer matches. A block device has no change time that follows
+inode, and the record no longer matches (the record waits for the coarse clock the kernel
+stamps ctime with to pass the file's ctime, so no later write shares its tick). A block device has no change time that follows
 its writes, so it gets no record and is always read. Records live beside the local cache
 (``<cache root>/restores/``; none when the cache is off), one small JSON file per target
 path, written atomically.
@@ -23,6 +24,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from .cache import cache_root
 RECORD_VERSION = 1
 MAX_RECORDS = 512  # one per target path; the oldest go beyond this
 _HEX = re.compile(r"[0-9a-f]{8,64}")
+# The kernel stamps ctime from the coarse real-time clock (a tick, 1-10 ms): CLOCK_REALTIME_COARSE.
+_COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+TICK_WAIT = 0.05  # seconds at most to wait for that clock to pass the file's ctime
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def record(repo_id: str, point: str, target: str, st: os.stat_result) -> None:
 
     Best effort: a record that cannot be written only costs the next delta restore a read."""
     folder = _folder()
-    if folder is None or not stat.S_ISREG(st.st_mode):
+    if folder is None or not stat.S_ISREG(st.st_mode) or not _past_tick(st.st_ctime_ns):
         return
     entry = {
         "version": RECORD_VERSION,
@@ -102,6 +107,18 @@ def record(repo_id: str, point: str, target: str, st: os.stat_result) -> None:
         _trim(folder)
     except OSError:
         return
+
+
+def _past_tick(ctime_ns: int) -> bool:
+    """Wait until the clock the kernel stamps ctime with has moved past ``ctime_ns``: a write
+    after the record then gets a later ctime, never the same coarse tick. False when it does
+    not within a few ticks (a file system with another clock): no record then."""
+    deadline = time.monotonic() + TICK_WAIT
+    while time.clock_gettime_ns(_COARSE_CLOCK) <= ctime_ns:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def _trim(folder: Path) -> None:

@@ -296,13 +296,15 @@ def test_a_restore_record_lets_a_delta_restore_skip_reading_the_target(
     assert sha256_file(target) == sha256_file(vol)
 
 
-def _scribble_keeping_mtime(path: Path, tmp_path: Path) -> None:
-    """Change a few bytes, then put the modification time back as `touch -r` does."""
-    reference = tmp_path / "mtime-reference"
-    subprocess.run(["touch", "-r", str(path), str(reference)], check=True)
+def _scribble_keeping_mtime(path: Path) -> None:
+    """Change a few bytes, then put the modification time back with `touch -d`."""
+    before = os.stat(path)
     scribble(path, 8, 4096, seed=21)
-    subprocess.run(["touch", "-r", str(reference), str(path)], check=True)
-    assert os.stat(path).st_mtime_ns == os.stat(reference).st_mtime_ns
+    seconds, nanoseconds = divmod(before.st_mtime_ns, 10**9)
+    subprocess.run(["touch", "-d", f"@{seconds}.{nanoseconds:09d}", str(path)], check=True)
+    after = os.stat(path)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert after.st_ctime_ns != before.st_ctime_ns
 
 
 def test_a_target_changed_after_its_record_is_read_again_in_full(
@@ -313,7 +315,7 @@ def test_a_target_changed_after_its_record_is_read_again_in_full(
     service, vol, old, new = two_points
     target = tmp_path / "target.img"
     run(service.start_restore(old, str(target)))
-    _scribble_keeping_mtime(target, tmp_path)
+    _scribble_keeping_mtime(target)
     result = run(start_delta_restore(service, new, str(target)))
     assert result["basis"] == "target" and result["assumed_from"] is None
     assert result["bytes_read_target"] > 32 * BLOCK
@@ -321,7 +323,7 @@ def test_a_target_changed_after_its_record_is_read_again_in_full(
 
     copy = tmp_path / "copy.img"
     subprocess.run(["cp", "-p", "--sparse=always", str(target), str(copy)], check=True)
-    _scribble_keeping_mtime(copy, tmp_path)
+    _scribble_keeping_mtime(copy)
     os.replace(copy, target)
     result = run(start_delta_restore(service, new, str(target)))
     assert result["basis"] == "target"
