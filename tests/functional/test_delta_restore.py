@@ -357,11 +357,9 @@ def test_a_record_the_sample_contradicts_or_an_unreadable_one_is_not_trusted(
 # ---------------------------------------------------------------- ranges of raw pieces
 
 
-@pytest.fixture
-def raw_points(tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
+def _raw_points(repo: str, tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
     """A volume of incompressible data (raw pieces of a grid cell each), then 6 changes of
     8 KiB: going back to the first point needs a few 64 KiB blocks of 256 KiB pieces."""
-    repo = str(tmp_path / "repo")
     init_repository(repo, grid_size=256 * KiB)
     service = Service(repo)
     vol = tmp_path / "vol.img"
@@ -373,10 +371,17 @@ def raw_points(tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
     return service, vol, original, old, new
 
 
+@pytest.fixture
+def raw_points(tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
+    return _raw_points(str(tmp_path / "repo"), tmp_path)
+
+
+@pytest.mark.parametrize("storage", ["folder", "s3"])
 def test_assume_from_back_to_an_older_point_fetches_ranges_of_its_pieces(
-    raw_points: tuple[Service, Path, bytes, str, str], tmp_path: Path
+    storage: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    service, vol, original, old, new = raw_points
+    url = str(tmp_path / "repo") if storage == "folder" else request.getfixturevalue("s3_repo_url")
+    service, vol, original, old, new = _raw_points(url, tmp_path)
     target = tmp_path / "target.img"
     shutil.copyfile(vol, target)
     result = run(start_delta_restore(service, old, str(target), assume_from=new))
