@@ -7,8 +7,11 @@ resolved fingerprints is read from the target and hashed: equal means nothing to
 Holes settle blocks without reading: a hole on both sides is equal, a hole in the point
 over the target's data is zeroed, the target's hole under the point's data reads as zeros.
 A block whose hash is unknown is written whole. Only pieces that differing blocks read are
-downloaded. With ``assume_from`` the target is not read: the blocks where the two points'
-resolved maps differ are the ones written, after a sample of the others was checked.
+downloaded, and of a raw piece in an unencrypted repository only the ranges, each block
+checked against its fingerprint. With ``assume_from`` the target is not read: the blocks
+where the two points' resolved maps differ are the ones written, after a sample of the
+others was checked. A restore record that still matches an image file (restore_record.py)
+stands for ``assume_from``, except that a failed sample falls back to reading the target.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .repository import Point, Repository, pack_runs
 from .safewrite import TargetError
 from .storage.metering import ContextThreadPool
 
-SAMPLES = 32  # blocks of an --assume-from restore read back to check the assumption
+SAMPLES = 32  # blocks read back to check an --assume-from point or a restore record
 
 
 def _mounted_devices() -> set[str]:
