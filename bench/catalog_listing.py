@@ -10,7 +10,9 @@ view: no in-memory cache helps). It reports:
 * without the catalog (``--catalog none``): every manifest listed, read and decoded (with
   ``--s3``: once with this machine's local manifest cache warm, once with it off);
 * the first listing with an empty catalog (it fills the point list);
-* with the catalog, current (the marker unchanged: one GET, then SQL);
+* with the catalog, current (the marker unchanged: one GET, then SQL), on a new ``Service``
+  (which opens the repository: on S3 that includes making the boto3 client) and again on
+  one ``Service`` kept open (what a refresh of the TUI's volumes screen costs);
 * with the catalog after another writer added a point (the marker changed: one LIST of
   ``manifests/`` and one GET of the new manifest, then SQL);
 * the listing of one volume's points (the chain screen).
@@ -117,11 +119,12 @@ def local_cache_off() -> Iterator[None]:
         del os.environ["LAMINA_CACHE"]
 
 
-def add_point(repo_url: str) -> None:
-    """Another writer's backup: one more point, through the repository code."""
+def add_point(repo_url: str, points: int) -> None:
+    """Another writer's backup: one more point after volume 1's newest, through the
+    repository code (loaded by id: listing every point would be the uncached listing)."""
     service = Service(repo_url, catalog="none")
     try:
-        newest = service.repo.list_points()[-1]
+        newest = service.repo.load_point(f"{1:08x}{points - 1:08x}")
         manifest = {**newest.manifest, "id": "ff" * 8, "parent": newest.id}
         manifest["created"] = "2026-12-01T00:00:00Z"
         service.repo.save_point(manifest, [])
@@ -192,7 +195,16 @@ def main() -> None:
             "list_volumes with the catalog, current",
             timed(args.runs, lambda: listing(repo_url, catalog, args.volumes, total)),
         )
-        add_point(repo_url)
+        kept = Service(repo_url, catalog=catalog)
+        try:
+            kept.list_volumes()  # opens the repository and the catalog once, as the TUI does
+            report(
+                "list_volumes with the catalog, current, again on one Service (a TUI refresh)",
+                timed(args.runs, kept.list_volumes),
+            )
+        finally:
+            kept.close()
+        add_point(repo_url, args.points)
         report(
             "list_volumes with the catalog, after another writer added a point",
             timed(1, lambda: listing(repo_url, catalog, args.volumes, total + 1)),
