@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 _FROM_STORE = ("Catalog", "head_revision", "revisions", "shown_url")
 
 
-def open_catalog(url: str) -> Catalog:
+def open_catalog(url: str | None = None) -> Catalog:
     """``Catalog.open(url)``, loading the database layer only now."""
     from .store import Catalog
 
