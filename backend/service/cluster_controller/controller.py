@@ -602,7 +602,9 @@ class ClusterController:
             self._check_repository(repo, self._password(namespace, spec))
         except LaminaError as e:
             reason = (
-                "RepositoryUnreachable" if isinstance(e, StorageUnavailable) else "RepositoryRefused"
+                "RepositoryUnreachable"
+                if isinstance(e, StorageUnavailable)
+                else "RepositoryRefused"
             )
             self._schedule_problem(
                 obj, reason, f"repository {repo}: {e} (slot {iso(slot)})", repo, slot=slot
