@@ -269,10 +269,21 @@ class CsiStandIn:
         return pv
 
     def _snapshots(self, namespace: str) -> None:
-        listed = self.custom.list_namespaced_custom_object(
-            SNAPSHOT_GROUP, "v1", namespace, "volumesnapshots"
-        )
-        self._deleted_snapshots(namespace, {s["metadata"]["name"] for s in listed["items"]})
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                SNAPSHOT_GROUP, "v1", namespace, "volumesnapshots"
+            )
+            contents = self.custom.list_cluster_custom_object(
+                SNAPSHOT_GROUP, "v1", "volumesnapshotcontents"
+            )
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+            # an API server just started again serves custom resources a moment later
+            self.outages += 1
+            return
+        present = {s["metadata"]["name"] for s in listed["items"]}
+        self._deleted_snapshots(namespace, present, contents["items"])
         for snapshot in listed["items"]:
             if (snapshot.get("status") or {}).get("readyToUse"):
                 continue
@@ -344,7 +355,7 @@ class CsiStandIn:
                 snapshot,
             )
 
-    def _deleted_snapshots(self, namespace: str, present: set[str]) -> None:
+    def _deleted_snapshots(self, namespace: str, present: set[str], contents: list[Obj]) -> None:
         """A VolumeSnapshot that is gone takes its content and the driver's snapshot with it
         (deletionPolicy Delete), as the snapshot controller and the driver do: its handle is
         then unknown to the SnapshotMetadata server."""
@@ -355,10 +366,7 @@ class CsiStandIn:
                 continue
             if self.local.delete_snapshot(local):
                 self.deleted_snapshots.append(f"{namespace}/{local.name}")
-        contents = self.custom.list_cluster_custom_object(
-            SNAPSHOT_GROUP, "v1", "volumesnapshotcontents"
-        )
-        for content in contents["items"]:
+        for content in contents:
             ref = content["spec"].get("volumeSnapshotRef") or {}
             if content["spec"].get("driver") != self.driver or ref.get("namespace") != namespace:
                 continue

@@ -970,6 +970,8 @@ class ClusterController:
                 address = find_metadata_service(self.cluster, driver).address
             except DriverWithoutCbt as e:
                 no_cbt = str(e)
+            except KubeError as e:  # a service that lacks its address or CA: no CBT this time
+                no_cbt = f"CSI driver {driver!r}: {e}"
         else:
             no_cbt = f"PVC {src_ns}/{pvc} has no CSI driver: no changed-block tracking"
         if not points:
@@ -1084,7 +1086,13 @@ class ClusterController:
 
         src_pvc = self._source(obj)[1]
         volume = get_volume(self.cluster, src_ns, src_pvc)
-        plan = self._plan_read(obj, volume.driver)
+        try:
+            plan = self._plan_read(obj, volume.driver)
+        except KubeError:
+            raise  # the API server: tried again
+        except LaminaError as e:  # the repository, as the admission's check would
+            self._fail(obj, type(e).__name__.removesuffix("Error") or "Invalid", str(e))
+            return None
         # what an earlier leader or run left behind goes: only the base stays
         self._prune_snapshots(src_ns, src_pvc, plan.keep)
         spec = self._datamover(obj, info.handle, info.restore_size, volume, plan)
