@@ -1003,9 +1003,9 @@ def test_cbt_incrementals_read_what_changed_and_one_snapshot_per_pvc_remains(
         for name, digest in expected.items():
             point = by_name[name]["status"]["pointId"]
             target = setup.folder / f"restored-{name}.img"
-            job = service.start_restore(point, str(target))
-            job.wait()
-            assert job.error is None, (name, job.error)
+            restore = service.start_restore(point, str(target))
+            restore.wait()
+            assert restore.error is None, (name, restore.error)
             assert _digest(target.read_bytes()) == digest, name
     finally:
         service.close()
