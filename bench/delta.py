@@ -2,14 +2,23 @@
 
     python bench/delta.py [--size 4GiB] [--out bench/results/NAME.json] [--drop-caches] [--keep]
 
-The target holds the volume's older point (an earlier restore); the volume then changes by
-1% in 64 KiB writes and is backed up again with its changed ranges. Timed, each through
-lamina's real command line against a fresh SeaweedFS on 127.0.0.1: the full restore of the
-new point into a new file, and `restore --delta` of it onto the target (the target is read
-and hashed, only differing blocks are downloaded and written); then `--delta --assume-from`
-back to the older point (the two maps' difference, no reading of the target but a sample).
+The target holds the volume's older point (an earlier restore, which left its restore
+record); the volume then changes by 1% in 64 KiB writes and is backed up again with its
+changed ranges. Timed, each through lamina's real command line against a fresh SeaweedFS on
+127.0.0.1, each result checked against the volume's digest:
+
+* ``full``: the full restore of the new point into a new file;
+* ``delta``: ``restore --delta`` of it onto the target, as a user runs it: the record of the
+  earlier restore matches, so the two points' maps are compared and a sample is read;
+* ``assume_from``: ``--delta --assume-from NEW`` back to the older point (ranges of its raw
+  pieces are fetched, not whole pieces);
+* ``delta_read``: ``--delta`` forward again with the records removed: the target is read and
+  hashed where both sides hold data.
+
 Targets (the issue's): the delta restore takes at most 25% of the full restore's time and
-downloads at most twice the changed data. See bench/README.md ("Delta restore").
+downloads at most twice the changed data. Each row also gives the restore's own time
+(``duration_seconds``, inside the process: without start-up). See bench/README.md ("Delta
+restore").
 """
 
 from __future__ import annotations
@@ -41,10 +50,13 @@ DOWNLOAD_TARGET = 2.0  # bytes downloaded / bytes changed
 
 
 def _restore(
-    lamina: Lamina, repo: str, point: str, target: Path, *extra: str
+    lamina: Lamina, repo: str, point: str, target: Path, *extra: str, profile: Path | None = None
 ) -> tuple[float, dict[str, Any]]:
-    """One timed `lamina restore` up to the data reaching the disk; its JSON report."""
+    """One timed `lamina restore` up to the data reaching the disk; its JSON report.
+    ``profile``: run it under cProfile, its statistics written there (slower: not a figure)."""
     command = [lamina.binary, "restore", "--repo", repo, point, str(target), *extra]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
     measured = measure.run_measured([*command, "--json", "-q"], env=lamina.env)
     started = time.perf_counter()
     measure.fsync_path(target)
@@ -70,6 +82,10 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=5.0)
     parser.add_argument("--idle-target", type=float, default=0.85)
     parser.add_argument("--max-wait", type=float, default=120.0)
+    parser.add_argument(
+        "--profile",
+        help="folder for a cProfile of each timed restore (ROW.prof; its times are not figures)",
+    )
     args = parser.parse_args()
 
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="lamina-delta-bench-"))
@@ -78,6 +94,8 @@ def main() -> int:
     out = Path(args.out or REPO_ROOT / "bench" / "results" / f"delta-{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"size": args.size, "started": stamp, "seed": args.seed}
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
 
     def settle() -> float:
         return measure.settle(args.drop_caches, args.pause, args.idle_target, args.max_wait)
@@ -110,22 +128,29 @@ def main() -> int:
                 ("full", new, fresh, (), new_digest),
                 ("delta", new, target, ("--delta",), new_digest),
                 ("assume_from", old, target, ("--delta", "--assume-from", new), old_digest),
+                ("delta_read", new, target, ("--delta",), new_digest),
             ):
+                if key == "delta_read":  # no record: the target is read and hashed
+                    shutil.rmtree(folder / "cache" / "restores", ignore_errors=True)
                 idle = settle()
-                seconds, report = _restore(lamina, repo, point, path, *extra)
+                profile = Path(args.profile) / f"{key}.prof" if args.profile else None
+                seconds, report = _restore(lamina, repo, point, path, *extra, profile=profile)
                 if volume.file_digest(path) != expected:
                     raise measure.StepFailed(f"the {key} restore differs from the volume")
                 if key == "full":
                     path.unlink()
                 rows[key] = {
                     "seconds": round(seconds, 3),
+                    "in_process_seconds": report.get("duration_seconds"),
                     "bytes_downloaded": _downloaded(report),
+                    "basis": report.get("basis", "full"),
                     "cpu_idle_before": round(idle, 2),
                     "report": report,
                 }
                 print(
-                    f"  {key:<12} {seconds:8.2f} s  downloaded "
-                    f"{format_size(rows[key]['bytes_downloaded'])}  (content checked)",
+                    f"  {key:<12} {seconds:8.2f} s ({report.get('duration_seconds', 0):.2f} s in "
+                    f"the restore)  downloaded {format_size(rows[key]['bytes_downloaded'])}  "
+                    f"basis {rows[key]['basis']}  (content checked)",
                     flush=True,
                 )
     finally:
@@ -135,8 +160,18 @@ def main() -> int:
     full, delta = rows["full"], rows["delta"]
     time_share = delta["seconds"] / full["seconds"]
     download_share = delta["bytes_downloaded"] / change.bytes_changed
+    shares = {
+        key: {
+            "time": round(row["seconds"] / full["seconds"], 4),
+            "in_process_time": round(row["in_process_seconds"] / full["in_process_seconds"], 4),
+            "download_per_changed": round(row["bytes_downloaded"] / change.bytes_changed, 4),
+        }
+        for key, row in rows.items()
+        if key != "full"
+    }
     results.update(
         rows=rows,
+        shares=shares,
         delta_time_share=round(time_share, 4),
         delta_download_per_changed=round(download_share, 4),
         time_target_met=time_share <= TIME_TARGET,
@@ -144,6 +179,12 @@ def main() -> int:
         load_after=round(os.getloadavg()[0], 2),
     )
     out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for key, share in shares.items():
+        print(
+            f"  {key:<12} {share['time']:7.1%} of the full restore's time "
+            f"({share['in_process_time']:.1%} in the restore), downloaded "
+            f"{share['download_per_changed']:.2f}x the changed data"
+        )
     print(
         f"delta restore: {time_share:.1%} of the full restore's time (target <= "
         f"{TIME_TARGET:.0%}: {'met' if time_share <= TIME_TARGET else 'MISSED'}), downloaded "

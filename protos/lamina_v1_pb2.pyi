@@ -3110,6 +3110,8 @@ class DeltaRestoreResult(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    BLOCKS_FROM_RANGES_FIELD_NUMBER: _builtins.int
     point: _builtins.str
     target: _builtins.str
     capacity: _builtins.int
@@ -3122,6 +3124,10 @@ class DeltaRestoreResult(_message.Message):
     image_digest: _builtins.str
     requests: _builtins.int
     duration_seconds: _builtins.float
+    basis: _builtins.str
+    """what settled the blocks: "target" (read), "record", "assume-from" """
+    blocks_from_ranges: _builtins.int
+    """differing blocks fetched as ranges of raw pieces"""
     def __init__(
         self,
         *,
@@ -3137,10 +3143,12 @@ class DeltaRestoreResult(_message.Message):
         image_digest: _builtins.str = ...,
         requests: _builtins.int = ...,
         duration_seconds: _builtins.float = ...,
+        basis: _builtins.str = ...,
+        blocks_from_ranges: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from", "assumed_from", b"assumed_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from", "assumed_from", b"assumed_from", "block_size", b"block_size", "blocks_differing", b"blocks_differing", "bytes_downloaded", b"bytes_downloaded", "bytes_read_target", b"bytes_read_target", "bytes_written", b"bytes_written", "capacity", b"capacity", "duration_seconds", b"duration_seconds", "image_digest", b"image_digest", "point", b"point", "requests", b"requests", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from", "assumed_from", b"assumed_from", "basis", b"basis", "block_size", b"block_size", "blocks_differing", b"blocks_differing", "blocks_from_ranges", b"blocks_from_ranges", "bytes_downloaded", b"bytes_downloaded", "bytes_read_target", b"bytes_read_target", "bytes_written", b"bytes_written", "capacity", b"capacity", "duration_seconds", b"duration_seconds", "image_digest", b"image_digest", "point", b"point", "requests", b"requests", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assumed_from: _TypeAlias = _typing.Literal["assumed_from"]  # noqa: Y015
     _WhichOneofArgType__assumed_from: _TypeAlias = _typing.Literal["_assumed_from", b"_assumed_from"]  # noqa: Y015

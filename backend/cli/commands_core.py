@@ -329,9 +329,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.json:
             print_json(with_requests(result, service, job))
             return 0
+        how = ""
+        if result.get("basis") == "record":  # the record of the last restore onto it matched
+            how = f" (it held point {printable(result['assumed_from'] or '')}, as recorded)"
         print(
-            f"restored point {printable(result['point'])} onto {printable(result['target'])}: "
-            f"read {format_size(result['bytes_read_target'])} of the target, wrote "
+            f"restored point {printable(result['point'])} onto {printable(result['target'])}"
+            f"{how}: read {format_size(result['bytes_read_target'])} of the target, wrote "
             f"{format_size(result['bytes_written'])} ({plural(result['blocks_differing'], 'block')} "
             f"differed), downloaded {format_size(result['bytes_downloaded'])} in "
             f"{elapsed(result['duration_seconds'])}; the image digest checked"

@@ -25,6 +25,7 @@ from ..errors import (
 from ..names import check_name, shown
 from ..progress import ProgressCallback, ProgressTracker
 from . import format as fmt
+from . import restore_record
 from .extents import (
     Range,
     allocated_ranges,
@@ -816,6 +817,8 @@ def restore(
             direct.close()
             direct = None
         image.commit()
+        if image.committed is not None:  # a later --delta onto it can skip reading it
+            restore_record.record(repo.id, point.id, image.path, image.committed)
     except OSError as e:
         raise TargetError(f"cannot write {image.path}: {e.strerror or e}") from None
     finally:

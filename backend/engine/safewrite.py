@@ -228,6 +228,7 @@ class ImageTarget:
         self.is_device = is_device
         self.partial_path = path if is_device else path + PARTIAL_SUFFIX
         self._finished = False
+        self.committed: os.stat_result | None = None  # fstat of the image once in place
 
     @classmethod
     def open(
@@ -338,6 +339,7 @@ class ImageTarget:
             except OSError as e:
                 self.discard()
                 raise TargetError(f"cannot put the image at {self.path}: {_reason(e)}") from None
+        self.committed = os.fstat(self.fd)  # after the rename, which changes the ctime
         os.close(self.fd)
         self.fd = -1
         self._finished = True

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from lamina.backend.engine import restore_record
 from lamina.backend.engine.extents import allocated_ranges
+from lamina.backend.engine.repository import pack_key
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.backend.service.copies import start_delta_restore
 from tests.support.volumes import make_volume, scribble, sha256_file
@@ -258,7 +260,166 @@ def test_holes_on_either_side_are_settled_without_reading_and_kept_as_holes(
     # The point's holes are holes in the target again, blocks 8-11 included.
     assert _data_ranges(target) == [(0, 8 * BLOCK), (16 * BLOCK, 8 * BLOCK)]
 
+    # Without the record of that restore, the target is read where both sides hold data.
+    restore_record.forget(str(target))
     again = run(start_delta_restore(service, point, str(target)))
+    assert again["basis"] == "target"
     assert again["blocks_differing"] == 0 and again["bytes_written"] == 0
     assert again["bytes_read_target"] == 16 * BLOCK
     assert sha256_file(target) == sha256_file(vol)
+
+
+# ---------------------------------------------------------------- restore records
+
+
+def test_a_restore_record_lets_a_delta_restore_skip_reading_the_target(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    service, vol, old, new = two_points
+    target = tmp_path / "target.img"
+    run(service.start_restore(old, str(target)))  # a full restore leaves a record
+    out = subprocess.run(
+        [*LAMINA, "restore", "--repo", service.repo_url, new, str(target), "--delta"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"it held point {old}, as recorded" in out.stdout
+    full = tmp_path / "full.img"
+    run(service.start_restore(new, str(full)))
+    assert sha256_file(target) == sha256_file(vol) == sha256_file(full)
+    # The delta restore left its own record: the next one reads only the sample.
+    again = run(start_delta_restore(service, new, str(target)))
+    assert again["basis"] == "record" and again["assumed_from"] == new
+    assert again["blocks_differing"] == 0 and again["bytes_written"] == 0
+    assert 0 < again["bytes_read_target"] <= 32 * BLOCK
+    assert sha256_file(target) == sha256_file(vol)
+
+
+def _scribble_keeping_mtime(path: Path) -> None:
+    """Change a few bytes, then put the modification time back with `touch -d`."""
+    before = os.stat(path)
+    scribble(path, 8, 4096, seed=21)
+    seconds, nanoseconds = divmod(before.st_mtime_ns, 10**9)
+    subprocess.run(["touch", "-d", f"@{seconds}.{nanoseconds:09d}", str(path)], check=True)
+    after = os.stat(path)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert after.st_ctime_ns != before.st_ctime_ns
+
+
+def test_a_target_changed_after_its_record_is_read_again_in_full(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    """Written with its mtime put back (ctime moved), or replaced by an edited copy (another
+    inode): the record no longer matches, the target is read and the result is exact."""
+    service, vol, old, new = two_points
+    target = tmp_path / "target.img"
+    run(service.start_restore(old, str(target)))
+    _scribble_keeping_mtime(target)
+    result = run(start_delta_restore(service, new, str(target)))
+    assert result["basis"] == "target" and result["assumed_from"] is None
+    assert result["bytes_read_target"] > 32 * BLOCK
+    assert sha256_file(target) == sha256_file(vol)
+
+    copy = tmp_path / "copy.img"
+    subprocess.run(["cp", "-p", "--sparse=always", str(target), str(copy)], check=True)
+    _scribble_keeping_mtime(copy)
+    os.replace(copy, target)
+    result = run(start_delta_restore(service, new, str(target)))
+    assert result["basis"] == "target"
+    assert sha256_file(target) == sha256_file(vol)
+
+
+def test_a_record_the_sample_contradicts_or_an_unreadable_one_is_not_trusted(
+    two_points: tuple[Service, Path, str, str], tmp_path: Path
+) -> None:
+    service, vol, old, new = two_points
+    target = tmp_path / "target.img"
+    target.write_bytes(random.Random(5).randbytes(os.path.getsize(vol)))
+    # A record matching the file's identity exactly, naming a point the file does not hold:
+    # only the sample can tell.
+    restore_record.record(service.repo.id, old, str(target), os.stat(target))
+    with open(target, "rb") as f:
+        assert restore_record.matching(service.repo.id, str(target), f.fileno()) is not None
+    result = run(start_delta_restore(service, new, str(target)))
+    assert result["basis"] == "target"
+    assert sha256_file(target) == sha256_file(vol)
+
+    records = list((Path(os.environ["LAMINA_CACHE_DIR"]) / "restores").glob("*.json"))
+    for path in records:
+        path.write_text("{not json")
+    scribble(target, 4, 4096, seed=8)
+    result = run(start_delta_restore(service, new, str(target)))
+    assert result["basis"] == "target"
+    assert sha256_file(target) == sha256_file(vol)
+
+
+# ---------------------------------------------------------------- ranges of raw pieces
+
+
+def _raw_points(repo: str, tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
+    """A volume of incompressible data (raw pieces of a grid cell each), then 6 changes of
+    8 KiB: going back to the first point needs a few 64 KiB blocks of 256 KiB pieces."""
+    init_repository(repo, grid_size=256 * KiB)
+    service = Service(repo)
+    vol = tmp_path / "vol.img"
+    vol.write_bytes(random.Random(12).randbytes(8 * MiB))
+    original = vol.read_bytes()
+    old = run(service.start_backup(str(vol), "v")).id
+    changed = scribble(vol, 6, 8192, seed=13)
+    new = run(service.start_backup(str(vol), "v", changed_ranges=changed)).id
+    return service, vol, original, old, new
+
+
+@pytest.fixture
+def raw_points(tmp_path: Path) -> tuple[Service, Path, bytes, str, str]:
+    return _raw_points(str(tmp_path / "repo"), tmp_path)
+
+
+@pytest.mark.parametrize("storage", ["folder", "s3"])
+def test_assume_from_back_to_an_older_point_fetches_ranges_of_its_pieces(
+    storage: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = str(tmp_path / "repo") if storage == "folder" else request.getfixturevalue("s3_repo_url")
+    service, vol, original, old, new = _raw_points(url, tmp_path)
+    target = tmp_path / "target.img"
+    shutil.copyfile(vol, target)
+    result = run(start_delta_restore(service, old, str(target), assume_from=new))
+    assert target.read_bytes() == original
+    assert result["blocks_from_ranges"] == result["blocks_differing"] > 0
+    # Whole pieces would be 256 KiB for each 64 KiB block; ranges are the blocks' data (and
+    # the points' maps and fingerprints, a few KiB).
+    assert (
+        result["bytes_written"] <= result["bytes_downloaded"] < result["bytes_written"] + 64 * KiB
+    )
+
+
+def test_a_damaged_range_fails_its_fingerprint_and_is_not_written(
+    raw_points: tuple[Service, Path, bytes, str, str], tmp_path: Path
+) -> None:
+    service, vol, _original, old, new = raw_points
+    repo = service.repo
+    for extent in repo.resolve(repo.load_point(old)):
+        entry = repo.find_piece(extent.piece_id)
+        assert entry is not None
+        pack = Path(service.repo_url) / pack_key(entry.pack_id)
+        with open(pack, "r+b") as f:  # one flipped byte in every 4 KiB of the piece
+            for at in range(entry.offset, entry.offset + entry.stored_size, 4096):
+                f.seek(at)
+                byte = f.read(1)
+                f.seek(at)
+                f.write(bytes([byte[0] ^ 0xFF]))
+    target = tmp_path / "target.img"
+    shutil.copyfile(vol, target)
+    out = subprocess.run(
+        [
+            *LAMINA,
+            *("restore", "--repo", service.repo_url, old, str(target)),
+            *("--delta", "--assume-from", new),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1 and "fails the fingerprint" in out.stderr, out.stderr
+    assert sha256_file(target) == sha256_file(vol)  # nothing of the damaged ranges written

@@ -179,6 +179,17 @@ class PackStore(RepositoryState):
                 out.append(err)
         return out
 
+    def read_stored_span(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` bytes of a pack from ``offset``, as stored, unchecked. Only a raw piece of
+        an unencrypted repository reads as its data this way, and the caller must check what
+        it got (delta.py checks each block against its fingerprint)."""
+        try:
+            return self.storage.get_range(pack_key(pack_id), offset, length)
+        except ObjectNotFound:
+            raise MissingObject(f"pack {pack_id.hex()} is missing") from None
+        except ShortRead:
+            raise CorruptObject(f"pack {pack_id.hex()} is truncated") from None
+
     def list_packs(self) -> Iterator[tuple[bytes, int]]:
         for info in self.storage.list("packs/"):
             name = info.key.rsplit("/", 1)[-1]
