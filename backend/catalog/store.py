@@ -12,55 +12,38 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ..errors import LaminaError, UsageError
+from ..errors import UsageError
 from .process import current_process, is_alive_here
-from .schema import REQUEST_OPS, job_events, jobs
+
+# The plain values live in records.py (no SQLAlchemy there); named here as they always were.
+from .records import CATALOG_ENV as CATALOG_ENV
+from .records import FAILED_STATES as FAILED_STATES
+from .records import HEARTBEAT_EVERY as HEARTBEAT_EVERY
+from .records import INTERRUPTED as INTERRUPTED
+from .records import LIVE_STATES as LIVE_STATES
+from .records import OFF as OFF
+from .records import REQUEST_OPS as REQUEST_OPS
+from .records import STALE_AFTER as STALE_AFTER
+from .records import CatalogError as CatalogError
+from .records import CatalogTooNew as CatalogTooNew
+from .records import CatalogTotals as CatalogTotals
+from .records import HistoryQuery as HistoryQuery
+from .records import JobEvent as JobEvent
+from .records import JobNotFound as JobNotFound
+from .records import JobRecord as JobRecord
+from .records import default_catalog_url as default_catalog_url
+from .schema import job_events, jobs
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-CATALOG_ENV = "LAMINA_CATALOG"
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-#: A job of another host whose heartbeat is older than this shows as interrupted.
-STALE_AFTER = 300.0
-#: How often a process refreshes the heartbeat of its running jobs.
-HEARTBEAT_EVERY = 60.0
-
-#: Catalog URLs that turn recording off.
-OFF = ("none", "off")
-INTERRUPTED = "interrupted"
-LIVE_STATES = ("queued", "running")
-FAILED_STATES = ("failed", INTERRUPTED)
-
-
-class CatalogError(LaminaError):
-    """The catalog cannot be opened or written: one line, what and why."""
-
-
-class JobNotFound(LaminaError):
-    """No job of the catalog has that id."""
-
-
-class CatalogTooNew(CatalogError):
-    """The catalog's schema revision is unknown to this lamina: a newer one wrote it."""
-
-
-def default_catalog_url() -> str:
-    """$LAMINA_CATALOG, else ``sqlite:///$XDG_STATE_HOME/lamina/catalog.sqlite``."""
-    if os.environ.get(CATALOG_ENV):
-        return os.environ[CATALOG_ENV]
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return "sqlite:///" + os.path.join(state, "lamina", "catalog.sqlite")
 
 
 def shown_url(url: str) -> str:
@@ -89,116 +72,6 @@ def _parse(url: str) -> URL:
     raise UsageError(
         f"unsupported catalog URL scheme {parsed.drivername!r}: use sqlite:///PATH or postgresql://..."
     )
-
-
-@dataclass
-class JobRecord:
-    """One job as the catalog holds it."""
-
-    id: str
-    kind: str
-    state: str
-    description: str = ""
-    repository: str = ""
-    volume: str | None = None
-    point: str | None = None
-    created_at: float = 0.0
-    started_at: float | None = None
-    ended_at: float | None = None
-    heartbeat_at: float | None = None
-    bytes_read: int = 0
-    bytes_stored: int = 0
-    bytes_deduplicated: int = 0
-    error: str | None = None
-    origin: str = "cli"
-    host: str = ""
-    pid: int = 0
-    boot_id: str = ""
-    process_start: str = ""
-    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REQUEST_OPS, 0))
-    retries: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    cost_usd: float = 0.0
-    events: list[JobEvent] = field(default_factory=list)
-
-    @property
-    def duration(self) -> float | None:
-        if self.started_at is None or self.ended_at is None:
-            return None
-        return max(0.0, self.ended_at - self.started_at)
-
-    def row(self) -> dict[str, Any]:
-        values = {
-            c.name: getattr(self, c.name, None) for c in jobs.columns if hasattr(self, c.name)
-        }
-        for op in REQUEST_OPS:
-            values[f"requests_{op}"] = int(self.requests.get(op, 0))
-        return values
-
-    @classmethod
-    def of_row(cls, row: sa.Row[Any]) -> JobRecord:
-        m = row._mapping
-        names = {f.name for f in cls.__dataclass_fields__.values()} - {"requests", "events"}
-        record = cls(**{n: m[n] for n in names if n in m})
-        record.requests = {op: int(m[f"requests_{op}"]) for op in REQUEST_OPS}
-        return record
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "state": self.state,
-            "description": self.description,
-            "repository": self.repository,
-            "volume": self.volume,
-            "point": self.point,
-            "created": self.created_at,
-            "started": self.started_at,
-            "ended": self.ended_at,
-            "duration_seconds": self.duration,
-            "bytes_read": self.bytes_read,
-            "bytes_stored": self.bytes_stored,
-            "bytes_deduplicated": self.bytes_deduplicated,
-            "error": self.error,
-            "started_by": {"origin": self.origin, "host": self.host, "pid": self.pid},
-            "requests": dict(self.requests),
-            "retries": self.retries,
-            "bytes_up": self.bytes_up,
-            "bytes_down": self.bytes_down,
-            "cost_usd": self.cost_usd,
-            "events": [{"at": e.at, "state": e.state, "message": e.message} for e in self.events],
-        }
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    at: float
-    state: str
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class CatalogTotals:
-    jobs: dict[tuple[str, str], int]  # (kind, state) -> jobs
-    bytes_read: int
-    bytes_stored: int
-    requests: dict[str, int]  # of finished jobs
-    durations: dict[str, tuple[list[int], int, float]]  # kind -> (cumulative, count, sum)
-    last_success: dict[str, float]  # volume -> end of its newest succeeded backup
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    volume: str | None = None
-    kind: str | None = None
-    since: float | None = None  # seconds since the epoch
-    failed: bool = False
-    limit: int | None = None
-    with_events: bool = False
-    #: Only jobs after this one in the newest-first order: (created_at, id) of the last
-    #: job of the previous page. Keyset paging: a job added meanwhile shifts no page.
-    after: tuple[float, str] | None = None
 
 
 def _alembic_config(connection: Connection) -> Config:

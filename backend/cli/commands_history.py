@@ -14,10 +14,8 @@ from ..service import (
     HistoryQuery,
     JobRecord,
     LaminaService,
-    Service,
     format_cost,
     parse_volume,
-    point_list_status,
     read_history,
 )
 from ..units import format_size, plural
@@ -163,6 +161,8 @@ def register_catalog(sub: Any) -> None:
 
 
 def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    from ..service import Service  # loads the catalog's database layer: only here
+
     service = opened(Service(args.repo, catalog=args.catalog, **service_options(args)))
     points = service.rebuild_point_list()
     print(
@@ -173,6 +173,8 @@ def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog_status(args: argparse.Namespace) -> int:
+    from ..service import point_list_status  # loads the catalog's database layer: only here
+
     entries = point_list_status(args.catalog)
     if args.json:
         print_json([dataclasses.asdict(e) for e in entries])

@@ -12,17 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..display import printable
 from ..errors import UsageError
-from ..service import (
-    Controller,
-    ScheduleInfo,
-    Schedules,
-    default_local_root,
-    policy_from_options,
-)
+from ..service import default_local_root
+
+if TYPE_CHECKING:
+    from ..service import ScheduleInfo, Schedules
 from .commands_api import add_server_options, remote_service
 from .common import add_catalog_arg, print_json
 
@@ -175,6 +172,9 @@ def register(sub: Any) -> None:
 
 
 def _schedules(args: argparse.Namespace) -> Schedules:
+    # Schedules live in the catalog: croniter and SQLAlchemy load for these commands only.
+    from ..service import Schedules
+
     return Schedules(args.catalog)
 
 
@@ -215,6 +215,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     repo = args.repo or os.environ.get("LAMINA_REPO")
     if not repo:
         raise UsageError("no repository: give --repo REPO or set LAMINA_REPO")
+    from ..service import policy_from_options
+
     policy = policy_from_options(
         **{name: getattr(args, f"keep_{name}") for name, _ in _KEEP},
         within=args.keep_within,
@@ -303,6 +305,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         return _cluster_controller(args)
     if args.poll <= 0:
         raise UsageError("--poll must be more than 0 seconds")
+    from ..service import Controller
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

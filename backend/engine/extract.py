@@ -12,53 +12,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
 
 from ..display import printable as printable  # skipped paths, and callers of extract.printable
 from ..errors import Cancelled, LaminaError, UsageError
 from ..fsread import Entry
 from ..progress import ProgressCallback, ProgressTracker
 from ..units import plural
+from .extract_report import ExtractReport as ExtractReport
+from .extract_report import Skipped as Skipped
 from .fsview import PointFiles, normalize
 from .safewrite import EntryWriter, NotAFolder, open_folder, unsafe_name_reason, write_sparse
 
 log = logging.getLogger("lamina.extract")
 
 CHUNK = 4 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: str  # as in the image, printable
-    reason: str
-
-
-@dataclass
-class ExtractReport:
-    target: str
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    others: int = 0
-    bytes: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.skipped
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "files": self.files,
-            "directories": self.directories,
-            "symlinks": self.symlinks,
-            "others": self.others,
-            "bytes": self.bytes,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
-        }
 
 
 class _Extractor:

@@ -46,9 +46,19 @@ class Fingerprinter:
             h = blake3.blake3(data, max_threads=1)
         else:
             h = blake3.blake3(data, key=self._key, max_threads=1)
-        digest = h.digest(FINGERPRINT_SIZE)
+        return self._checked(h.digest(FINGERPRINT_SIZE))
+
+    @staticmethod
+    def _checked(digest: bytes) -> bytes:
         # The all-zero value means UNKNOWN; a real hash never takes it (p = 2^-128 aside).
         return digest if digest != UNKNOWN else b"\x01" + digest[1:]
+
+    def of_whole_piece(self, piece_id: bytes) -> bytes | None:
+        """The fingerprint of a block that is exactly one piece, from the piece's id, when the
+        two hashes agree (unkeyed: a BLAKE3 digest's first 16 bytes); None when keyed."""
+        if self._key is not None:
+            return None
+        return self._checked(piece_id[:FINGERPRINT_SIZE])
 
     def zero(self, length: int) -> bytes:
         """The fingerprint of ``length`` zero bytes (cached: holes are common)."""

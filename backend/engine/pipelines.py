@@ -225,7 +225,7 @@ def backup(
             ranges, total = _with_total(ranges, cancelled)
         tracker.set_phase("backing up", total)
         extents, stats, found = _run_pipeline(
-            repo, fd, ranges, capacity, scan, tracker, cancelled, threads
+            repo, fd, ranges, capacity, scan, tracker, cancelled, threads, total
         )
         if unallocated:
             extents = sorted(extents + unallocated, key=lambda e: e.offset)
@@ -463,6 +463,7 @@ def _run_pipeline(
     tracker: ProgressTracker,
     cancelled: CancelCheck,
     threads: int | None,
+    total: int | None = None,
 ) -> tuple[list[Extent], dict[str, Any], tuple[Collector, list[Range]] | None]:
     # As many hashing/compressing workers as cores (zstd and blake3 release the GIL); more
     # only adds pieces held in memory.
@@ -517,6 +518,13 @@ def _run_pipeline(
             first = -(-offset // fb)
             last = end // fb if end < capacity else -(-end // fb)
             zero = result.kind == EXTENT_ZERO
+            if not zero and last - first == 1 and first * fb == offset and length == fb:
+                # A piece that is one whole block (a 64 KiB changed range): its id hashed it.
+                known = fpr.of_whole_piece(result.piece_id)
+                if known is not None:
+                    unit.fp_blocks.append(first)
+                    unit.fp_hashes.append(known)
+                    return unit
             view = memoryview(data)
             for b in range(first, last):
                 start, stop = b * fb - offset, min((b + 1) * fb, capacity) - offset
@@ -608,7 +616,7 @@ def _run_pipeline(
             max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
         ) as upload_pool,
     ):
-        writer = repo.new_pack_writer(upload_pool, max_in_flight=2)
+        writer = repo.new_pack_writer(upload_pool, max_in_flight=2, total=total)
         pending: deque[Future[_Unit]] = deque()
         units: Iterator[Future[_Unit]]
         if by_block:

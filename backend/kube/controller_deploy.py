@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .crds import GROUP
-from .objects import SNAPSHOT_GROUP
+from .objects import CBT_GROUP, CBT_PLURAL, SNAPSHOT_GROUP
 
 Manifest = dict[str, Any]
 
@@ -44,11 +44,14 @@ def cluster_rules() -> list[Manifest]:
             "resources": ["backupschedules/status", "backups/status", "restores/status"],
             "verbs": ["patch"],
         },
+        # a Backup's snapshot, the next one's CBT base, deleted once a newer point replaces it
         {
             "apiGroups": [SNAPSHOT_GROUP],
             "resources": ["volumesnapshots"],
-            "verbs": ["get", "list", "watch", "create"],
+            "verbs": ["get", "list", "watch", "create", "delete"],
         },
+        # the driver's changed-block-tracking service, for the data mover's CBT
+        {"apiGroups": [CBT_GROUP], "resources": [CBT_PLURAL], "verbs": ["get"]},
         {"apiGroups": [SNAPSHOT_GROUP], "resources": ["volumesnapshotcontents"], "verbs": ["get"]},
         {"apiGroups": [SNAPSHOT_GROUP], "resources": ["volumesnapshotclasses"], "verbs": ["list"]},
         # the PVCs it backs up (selected, checked) and the data mover's PVC from the snapshot
@@ -70,9 +73,10 @@ def cluster_rules() -> list[Manifest]:
     ]
 
 
-#: Granted for a path the tests do not take: the driver of a PV that names no CSI driver is
-#: its StorageClass's provisioner.
-RARELY_USED = (("get", "storage.k8s.io", "storageclasses"),)
+#: Granted for paths the least-privilege test does not take: the driver of a PV that names no
+#: CSI driver is its StorageClass's provisioner; the Pods of a data-mover Job that someone
+#: deleted are listed before it runs again.
+RARELY_USED = (("get", "storage.k8s.io", "storageclasses"), ("list", "", "pods"))
 
 
 def lease_rules() -> list[Manifest]:

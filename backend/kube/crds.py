@@ -26,6 +26,8 @@ Schema = dict[str, Any]
 #: What the controller may set as a Backup's phase, in order.
 BACKUP_PHASES = ("Pending", "Snapshotting", "Transferring", "Succeeded", "Failed")
 BACKUP_TERMINAL = ("Succeeded", "Failed")
+BACKUP_MODES = ("cbt", "scan", "full")
+MAX_DATAMOVER_RUNS = 3  # a Backup whose data-mover Job vanished runs again, this often in all
 RESTORE_PHASES = ("Pending", "Restoring", "Succeeded", "Failed")
 RESTORE_MODES = ("block", "filesystem")
 
@@ -233,6 +235,26 @@ def _backup_schema() -> Schema:
             "bytes": _count("Bytes the point holds."),
             "requests": _count("Storage requests the backup made."),
             "attempts": _count("Times the controller retried after an error."),
+            "mode": _string(
+                "How the data mover chose what to read: cbt (the blocks changed since the base"
+                " snapshot), scan (every block, stored where it differs from the parent point)"
+                " or full (every allocated block, no parent).",
+                enum=list(BACKUP_MODES),
+            ),
+            "base": _object(
+                "The snapshot of the parent point that changed-block tracking compares with.",
+                {
+                    "snapshot": _string("Its VolumeSnapshot (in the PVC's namespace)."),
+                    "handle": _string("Its CSI snapshot handle."),
+                    "pointId": _string("The point made from it: the new point's parent."),
+                },
+            ),
+            "bytesRead": _count("Bytes the data mover read from the snapshot."),
+            "bytesStored": _count("Bytes the backup added to the repository (after compression)."),
+            "runs": _count(
+                "Data-mover runs so far: a Job deleted before it made a point runs again,"
+                f" at most {MAX_DATAMOVER_RUNS} times."
+            ),
             "startTime": _string(
                 "When it left Pending: its snapshot was requested.", format="date-time"
             ),
@@ -332,6 +354,7 @@ BACKUP = Kind(
         ("PVC", "string", ".spec.source.pvc"),
         ("Schedule", "string", ".spec.schedule"),
         ("Point", "string", ".status.pointId"),
+        ("Mode", "string", ".status.mode"),
         ("Bytes", "integer", ".status.bytes"),
         ("Message", "string", ".status.message"),
         _AGE,

@@ -10,7 +10,7 @@ models of models.py; long operations come back as ``Job``s, shown as ``JobView``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..engine.extents import Range
 from ..engine.lifecycle import Policy
@@ -20,7 +20,6 @@ from .models import (
     ClusterSummary,
     ClusterVolume,
     CompareReport,
-    FileEntry,
     HistoryPage,
     JobRecord,
     JobView,
@@ -33,7 +32,11 @@ from .models import (
     VolumeInfo,
     VolumeRef,
 )
-from .schedules import ScheduleInfo
+
+if TYPE_CHECKING:
+    # Annotations only: file entries load the filesystem parsers, schedules croniter.
+    from .files import FileEntry
+    from .schedules import ScheduleInfo
 
 
 class LaminaService(Protocol):

@@ -8,31 +8,40 @@ filled by the service, so no front end keeps a copy of its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 # The catalog's job records (kind, state changes, figures, requests, cost, error line,
 # who started it), shown as they are (re-exported).
-from ..catalog import JobEvent as JobEvent
-from ..catalog import JobRecord as JobRecord
+from ..catalog.records import JobEvent as JobEvent
+from ..catalog.records import JobRecord as JobRecord
 
 # The engine's reports and names, shown as they are (re-exported).
 from ..engine.compare import CompareReport as CompareReport
 from ..engine.compare import VolumeComparison as VolumeComparison
 from ..engine.copy import CopyReport as CopyReport
-from ..engine.extract import ExtractReport as ExtractReport
-from ..engine.extract import Skipped as Skipped
+from ..engine.extract_report import ExtractReport as ExtractReport
+from ..engine.extract_report import Skipped as Skipped
 from ..engine.locks import LockInfo as LockInfo
 from ..engine.pipelines import RestoreReport as RestoreReport
 from ..engine.pipelines import VerifyReport as VerifyReport
 from ..engine.pipelines import VolumeRef as VolumeRef
 from ..engine.prune import PruneReport as PruneReport
-from ..fsread import Entry
 from ..progress import Progress
 
 if TYPE_CHECKING:
     from ..engine.repository import Point
     from ..local.cluster import LocalSnapshot
+    from .files import FileEntry as FileEntry
+
+
+def __getattr__(name: str) -> Any:
+    # FileEntry is an fsread Entry: the filesystem parsers load only for file browsing.
+    if name == "FileEntry":
+        from .files import FileEntry
+
+        return FileEntry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
@@ -279,45 +288,6 @@ class MountInfo:
     point: str | None  # None: the whole repository
     pid: int
     repo: str
-
-
-_ENTRY_FIELDS = [f.name for f in fields(Entry)]
-
-
-@dataclass(frozen=True)
-class FileEntry(Entry):
-    """A file or folder inside a point's filesystem, with its path there."""
-
-    path: str = ""  # absolute inside the volume, "/" separated
-
-    @classmethod
-    def of(cls, entry: Entry, folder: str) -> FileEntry:
-        values = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
-        return cls(**values, path=folder.rstrip("/") + "/" + entry.name)
-
-    @classmethod
-    def folder(cls, path: str, name: str) -> FileEntry:
-        """A folder known only by its path (the root of a browser)."""
-        return cls(
-            name=name,
-            kind="dir",
-            inode=0,
-            size=0,
-            mode=0o40755,
-            uid=0,
-            gid=0,
-            nlink=1,
-            mtime_ns=0,
-            atime_ns=0,
-            ctime_ns=0,
-            link_target=None,
-            path=path,
-        )
-
-    @property
-    def mtime(self) -> float:
-        """Seconds since the epoch."""
-        return self.mtime_ns / 1e9
 
 
 # ---------------------------------------------------------------------------- jobs

@@ -17,14 +17,15 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import Catalog, CatalogError, HistoryQuery, JobRecord
+from ..catalog import CatalogError, HistoryQuery, JobRecord, open_catalog
 from ..catalog.process import current_process
-from ..catalog.store import HEARTBEAT_EVERY, OFF
+from ..catalog.records import HEARTBEAT_EVERY, OFF
 from ..display import printable
 from .accounting import RequestCounts
 from .jobs import Job, JobState
 
 if TYPE_CHECKING:
+    from ..catalog import Catalog
     from .models import PointInfo
 
 log = logging.getLogger("lamina.catalog")
@@ -162,7 +163,7 @@ class JobRecorder:
         if self._failed_at is not None and time.monotonic() - self._failed_at < _RETRY_OPEN_AFTER:
             return None
         try:
-            self._catalog = Catalog.open(self.catalog_url)
+            self._catalog = open_catalog(self.catalog_url)
             self._failed_at = None
         except Exception as e:
             self._down(e)
@@ -251,7 +252,7 @@ def read_history(
 ) -> list[JobRecord]:
     """Jobs from the catalog (``catalog``, $LAMINA_CATALOG or the default), newest first,
     without a repository to reconcile with. Raises CatalogError in one line."""
-    opened = Catalog.open(catalog)
+    opened = open_catalog(catalog)
     try:
         return opened.history(query)
     finally:

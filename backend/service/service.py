@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import (
-    Catalog,
     CatalogError,
     HistoryQuery,
     JobNotFound,
     JobRecord,
     default_catalog_url,
+    open_catalog,
 )
 from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
@@ -73,7 +73,6 @@ from .models import (
     ClusterSummary,
     ClusterVolume,
     CompareReport,
-    FileEntry,
     ForgetDecision,
     ForgetReport,
     HistoryPage,
@@ -97,15 +96,17 @@ from .mounts import (
     unmount,
     write_record,
 )
-from .pointlist import PointList
 from .recorder import JobRecorder, reconcile
-from .schedules import BACKUP, ScheduleInfo, Schedules, allowed_age
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..catalog import Catalog
     from ..engine.extract import ExtractReport
     from ..engine.fsview import PointFiles, RepositoryView
+    from .files import FileEntry
+    from .pointlist import PointList
+    from .schedules import ScheduleInfo, Schedules
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +350,9 @@ class Service:
         repo = self.repo
         with self._open_lock:
             if self._point_list is None and not self._point_list_off:
+                from ..catalog.store import Catalog
+                from .pointlist import PointList
+
                 url = self._recorder.catalog_url
                 try:
                     if not self._recorder.enabled:
@@ -397,6 +401,9 @@ class Service:
     def rebuild_point_list(self) -> int:
         """Recreate the catalog's copy of this repository's point list from the repository;
         the number of points. Raises CatalogError when the catalog is off or fails."""
+        from ..catalog.store import Catalog
+        from .pointlist import PointList
+
         catalog = Catalog.open(self._recorder.catalog_url, reap=False)
         try:
             return PointList(self.repo, catalog).rebuild()
@@ -853,7 +860,7 @@ class Service:
     ) -> list[JobRecord]:
         """Jobs from the catalog, newest first. With the repository reachable, its points
         that no job recorded (the catalog was down) are filled in first. Raises CatalogError."""
-        opened = Catalog.open(catalog or self._recorder.catalog_url)
+        opened = open_catalog(catalog or self._recorder.catalog_url)
         try:
             if self.repo_url:
                 reconcile(opened, self.repo_url, self.list_points())
@@ -887,7 +894,7 @@ class Service:
             limit=size + 1,  # one more tells whether there is a next page
             after=history_cursor(page_token) if page_token else None,
         )
-        opened = Catalog.open(self._recorder.catalog_url)
+        opened = open_catalog(self._recorder.catalog_url)
         try:
             if self.repo_url and not page_token:
                 reconcile(opened, self.repo_url, self.list_points())
@@ -900,7 +907,7 @@ class Service:
 
     def get_job(self, job_id: str) -> JobRecord:
         """One job of the catalog with its state changes. Raises JobNotFound, CatalogError."""
-        opened = Catalog.open(self._recorder.catalog_url)
+        opened = open_catalog(self._recorder.catalog_url)
         try:
             record = opened.job(job_id)
         finally:
@@ -914,6 +921,8 @@ class Service:
     # `lamina controller --local` runs them; here they are listed and steered.
 
     def _schedules(self) -> Schedules:
+        from .schedules import Schedules  # croniter and the catalog's tables: only here
+
         return Schedules(self._recorder.catalog_url)
 
     def list_schedules(self) -> list[ScheduleInfo]:
@@ -940,13 +949,15 @@ class Service:
         """For each volume (``cluster/namespace/name``): the end of its newest successful
         backup into this repository, from the catalog in one query, and how old it may get
         by its active schedules (the most frequent one), else 24 hours."""
+        from .schedules import BACKUP, allowed_age
+
         wanted = list(dict.fromkeys(volumes))
         if len(wanted) > MAX_VOLUMES_ASKED:
             raise UsageError(f"at most {MAX_VOLUMES_ASKED} volumes at once")
         if not wanted:
             return []
         forms = _repository_forms(self.repo_url)
-        opened = Catalog.open(self._recorder.catalog_url)
+        opened = open_catalog(self._recorder.catalog_url)
         try:
             ended = opened.last_successes(forms, wanted)
         finally:
@@ -1293,6 +1304,8 @@ class Service:
         Raises FilesUnavailable when the volume holds no readable filesystem, FileNotFound
         (lamina.backend.fsread.errors) when the path is not there.
         """
+        from .files import FileEntry  # the filesystem parsers: only for browsing
+
         files = self.point_files(point_ref)
         entry = files.lookup(path)
         if entry.kind == "dir":

@@ -12,7 +12,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,8 +330,15 @@ def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work
 ) -> None:
     core: Any = kubernetes.client.CoreV1Api(setup.api)
     repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    unreachable = {
+        "url": f"{setup.repo}?endpoint=http://127.0.0.1:{closed.getsockname()[1]}",
+        "secretRef": {"name": "lamina-repo"},
+    }
     for name, spec in (
         ("bad-cron", {"selector": {}, "cron": "61 * * * *", "repository": repository}),
+        ("offline", {"selector": {"names": ["db"]}, "every": "2s", "repository": unreachable}),
         ("nothing", {"selector": {"names": ["nope"]}, "every": "2s", "repository": repository}),
         (
             "no-secret",
@@ -372,6 +379,7 @@ def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work
         "bad-cron": "InvalidSchedule",
         "nothing": "NothingSelected",
         "no-secret": "SecretMissing",
+        "offline": "RepositoryUnreachable",
     }
     with setup.controller() as controller:
         _wait(setup, controller, lambda: _all_terminal(setup), 120)
@@ -385,6 +393,7 @@ def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work
 
         wait_for(schedules_marked, timeout=30, interval=0.3)
         assert controller.process.poll() is None, controller.output
+    closed.close()
     phases = setup.phases()
     assert phases == {
         "fs-mode": "Failed",
@@ -409,6 +418,17 @@ def test_bad_input_gets_a_condition_an_event_and_a_history_entry_while_good_work
     described = " ".join(f"{r.description}: {r.error}" for r in failed)
     for name in ("bad-cron", "nothing", "no-secret", "fs-mode", "wrong-pw", "missing-pvc"):
         assert name in described, (name, described)
+    offline = next(
+        s for s in lamina_objects(setup.api, setup.namespace, "backupschedules")
+        if s["metadata"]["name"] == "offline"
+    )  # fmt: skip
+    assert "is unreachable" in _ready(offline)["message"], offline["status"]
+    assert any(
+        "offline" in r.description and "is unreachable" in (r.error or "") for r in failed
+    ), described
+    # the unreachable schedule made no Backup; the others' snapshots went with their failure
+    assert not any(b["spec"].get("schedule") == "offline" for b in setup.backups())
+    assert _lamina_snapshots(setup, "db") == ["lamina-good"]
 
 
 def test_only_the_lease_holder_acts_and_a_survivor_takes_over_after_kill_9(setup: Setup) -> None:
@@ -592,6 +612,13 @@ def test_the_controller_needs_exactly_the_rights_of_deploy_controller_yaml(setup
     assert by_name["ok"]["status"]["phase"] == "Succeeded"
     assert _ready(by_name["hangs"])["reason"] == "DataMoverTimeout"
     assert _ready(by_name["fails"])["reason"] == "DataMoverFailed"
+    # the newest good point's snapshot stays, as the next base; a failed Backup's goes
+    newest_db = max(
+        (b for b in _succeeded(setup) if b["spec"]["source"]["pvc"] == "db"),
+        key=lambda b: b["status"]["completionTime"],
+    )
+    assert _lamina_snapshots(setup, "db") == [newest_db["status"]["snapshot"]]
+    assert _lamina_snapshots(setup, "db2") == _lamina_snapshots(setup, "db3") == []
     (restore,) = lamina_objects(setup.api, setup.namespace, "restores")
     assert restore["status"]["phase"] == "Failed" and "0123abcd" in restore["status"]["message"]
 
@@ -772,3 +799,213 @@ def test_an_api_server_restart_mid_backup_costs_retries_never_a_slot(setup: Setu
     assert b"kube-apiserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
     core: Any = kubernetes.client.CoreV1Api(setup.api)
     assert core.read_namespace(setup.namespace).status.phase == "Active"
+
+
+CBT_DRIVER = "cbt.controller.csi.lamina.test"
+MiB = 1 << 20
+CBT_VOLUME_SIZE = 16 * MiB
+
+
+def _lamina_snapshots(setup: Setup, pvc: str) -> list[str]:
+    """Names of the VolumeSnapshots of `pvc` in the namespace (the controller makes them all)."""
+    custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+    listed = custom.list_namespaced_custom_object(
+        "snapshot.storage.k8s.io", "v1", setup.namespace, "volumesnapshots"
+    )
+    return sorted(
+        s["metadata"]["name"]
+        for s in listed["items"]
+        if s["spec"]["source"].get("persistentVolumeClaimName") == pvc
+    )
+
+
+def _set_suspend(setup: Setup, name: str, suspend: bool) -> None:
+    custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+    custom.patch_namespaced_custom_object(
+        "lamina.dev", "v1alpha1", setup.namespace, "backupschedules", name,
+        {"spec": {"suspend": suspend}},
+    )  # fmt: skip
+
+
+@contextmanager
+def _cbt_driver(setup: Setup) -> Iterator[CsiStandIn]:
+    """A second CSI driver in the namespace whose SnapshotMetadataService is lamina's own
+    SnapshotMetadata server (TLS) over the stand-in's frozen copies, as a driver's sidecar."""
+    from lamina.backend.cbt.server import start_server
+    from tests.support.fake_kube import make_tls_files
+    from tests.support.kube_csi import ensure_classes
+    from tests.support.kube_stack import classes_of
+
+    ensure_classes(setup.api, CBT_DRIVER, *classes_of(CBT_DRIVER))
+    tls = make_tls_files(setup.folder / "cbt-tls", "cbt")
+    with (
+        CsiStandIn(setup.kube.kubeconfig, setup.folder / "csi-cbt", [setup.namespace],
+                   driver=CBT_DRIVER) as standin,
+        start_server(
+            standin.local.root,
+            tls_cert_pem=tls.cert_path.read_bytes(),
+            tls_key_pem=tls.key_path.read_bytes(),
+        ) as server,
+    ):  # fmt: skip
+        custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+        where = ("cbt.storage.k8s.io", "v1beta1", "snapshotmetadataservices")
+        body: dict[str, Any] = {
+            "apiVersion": "cbt.storage.k8s.io/v1beta1",
+            "kind": "SnapshotMetadataService",
+            "metadata": {"name": CBT_DRIVER},
+            "spec": {
+                "address": server.address,
+                "audience": "lamina-controller-cbt",
+                "caCert": base64.b64encode(tls.ca_pem).decode(),
+            },
+        }
+        try:
+            custom.create_cluster_custom_object(*where, body)
+        except kubernetes.client.ApiException as error:
+            assert error.status == 409
+            current = custom.get_cluster_custom_object(*where, CBT_DRIVER)
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            custom.replace_cluster_custom_object(*where, CBT_DRIVER, body)
+        yield standin
+    assert standin.errors == []
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_cbt_incrementals_read_what_changed_and_one_snapshot_per_pvc_remains(
+    setup: Setup,
+) -> None:
+    """A volume of a driver with a SnapshotMetadataService: the schedule's first Backup is
+    full, the second (3 MiB changed) asks CBT for the changed blocks and reads and stores
+    about those; the older snapshot goes once it succeeds. A base deleted by someone falls
+    back to a scan with a Normal Event; a data-mover Job deleted mid-flight runs again, once,
+    and makes one point. Every point restores byte-identically; one snapshot remains."""
+    from tests.support.kube_controller import check_invariants
+    from tests.support.kube_node import Fault
+    from tests.support.kube_stack import classes_of
+
+    storage_class, _ = classes_of(CBT_DRIVER)
+    image = setup.folder / "data.img"
+    volume = bytearray(random.Random(7).randbytes(CBT_VOLUME_SIZE))
+    image.write_bytes(volume)
+    repository = {"url": setup.repo, "secretRef": {"name": "lamina-repo"}}
+    expected: dict[str, str] = {}  # Backup -> digest of the volume it saw
+
+    def change(offset: int, length: int, seed: int) -> None:
+        volume[offset : offset + length] = random.Random(seed).randbytes(length)
+        with image.open("r+b") as out:
+            out.seek(offset)
+            out.write(volume[offset : offset + length])
+
+    hung: list[str] = []
+
+    def faults(pod: dict[str, Any], container: dict[str, Any]) -> Fault | None:
+        # the first data mover of "data-rerun" hangs, until its Job is deleted
+        name = pod["metadata"]["name"]
+        if "data-rerun" in name and container["name"] == "lamina" and not hung:
+            hung.append(name)
+            return Fault("hang")
+        return None
+
+    setup.node.fault = faults
+    with _cbt_driver(setup) as standin, setup.controller() as controller:
+        block_pv_and_claim(
+            setup.api, setup.namespace, "data", image, storage_class=storage_class,
+            driver=CBT_DRIVER,
+        )  # fmt: skip
+        create_lamina(
+            setup.api, setup.namespace, "backupschedules", "BackupSchedule", "data-cbt",
+            {"selector": {"names": ["data"]}, "every": "2s", "repository": repository},
+        )  # fmt: skip
+        first: list[str] = []
+        for round_ in range(2):
+            _wait(setup, controller, lambda n=round_ + 1: len(setup.backups()) >= n, 60)
+            _suspend(setup, "data-cbt")  # exactly one Backup per round
+            (name,) = [
+                b["metadata"]["name"] for b in setup.backups() if b["metadata"]["name"] not in first
+            ]
+            first.append(name)
+            expected[name] = _digest(bytes(volume))
+            _wait(setup, controller, lambda: _all_terminal(setup), 60)
+            if round_ == 0:
+                change(4 * MiB, 2 * MiB, 1)  # 3 MiB in two places
+                change(12 * MiB, MiB, 2)
+                _set_suspend(setup, "data-cbt", False)
+        by_name = {b["metadata"]["name"]: b for b in setup.backups()}
+        full, cbt = (by_name[n]["status"] for n in first)
+        assert (full["phase"], full["mode"]) == ("Succeeded", "full"), full
+        assert (cbt["phase"], cbt["mode"]) == ("Succeeded", "cbt"), cbt
+        assert cbt["base"] == {
+            "snapshot": full["snapshot"],
+            "handle": cbt["base"]["handle"],
+            "pointId": full["pointId"],
+        }
+        # the changed 4 KiB blocks, not the volume: random data, so every one of them differs
+        assert cbt["bytesRead"] == 3 * MiB, cbt
+        assert 3 * MiB <= cbt["bytesStored"] < 3 * MiB + MiB // 4, cbt
+        assert full["bytesRead"] == CBT_VOLUME_SIZE, full
+        # the first snapshot went once the second point was made: one base per PVC
+        wait_for(lambda: _lamina_snapshots(setup, "data") == [cbt["snapshot"]], timeout=30)
+        # and the driver's snapshot with it (the stand-in acts on its next round)
+        gone = f"{setup.namespace}/{full['snapshot']}"
+        wait_for(lambda: gone in standin.deleted_snapshots, timeout=10)
+
+        # someone deletes the base, and the data mover's Job while it runs: the Backup reads
+        # the whole volume (scan) and says why, and runs again once its Pods are gone
+        custom: Any = kubernetes.client.CustomObjectsApi(setup.api)
+        custom.delete_namespaced_custom_object(
+            "snapshot.storage.k8s.io", "v1", setup.namespace, "volumesnapshots", cbt["snapshot"]
+        )
+        change(0, MiB, 3)
+        expected["data-rerun"] = _digest(bytes(volume))
+        create_lamina(
+            setup.api, setup.namespace, "backups", "Backup", "data-rerun",
+            {"source": {"pvc": "data"}, "repository": repository},
+        )  # fmt: skip
+        core: Any = kubernetes.client.CoreV1Api(setup.api)
+
+        def hanging() -> bool:
+            pods = core.list_namespaced_pod(
+                setup.namespace, label_selector="lamina.dev/backup=data-rerun"
+            ).items
+            return any(p.status.phase == "Running" for p in pods) and bool(hung)
+
+        _wait(setup, controller, hanging, 60)
+        job = next(b for b in setup.backups() if b["metadata"]["name"] == "data-rerun")
+        batch: Any = kubernetes.client.BatchV1Api(setup.api)
+        batch.delete_namespaced_job(
+            job["status"]["job"], setup.namespace, propagation_policy="Background"
+        )
+        _wait(setup, controller, lambda: _all_terminal(setup), 90)
+        rerun = next(b for b in setup.backups() if b["metadata"]["name"] == "data-rerun")
+        status = rerun["status"]
+        assert (status["phase"], status["runs"], status["mode"]) == ("Succeeded", 2, "scan")
+        assert status["bytesRead"] == CBT_VOLUME_SIZE and "base" not in status, status
+        events = events_of(setup.api, setup.namespace, "data-rerun")
+        fallback = [e for e in events if e.reason == "WholeVolumeRead"]
+        assert fallback and {e.type for e in fallback} == {"Normal"}, fallback
+        assert f"{cbt['snapshot']} of point {cbt['pointId']} is gone" in fallback[0].message
+        warned = [e for e in events if e.type == "Warning"]
+        assert [e.reason for e in warned] == ["JobMissing"], warned
+        wait_for(lambda: _lamina_snapshots(setup, "data") == [status["snapshot"]], timeout=30)
+        assert controller.process.poll() is None, controller.output
+
+    service = setup.service()
+    try:
+        assert check_invariants(setup.api, setup.namespace, service, setup.catalog) == []
+        points = {p.id: p for p in service.list_points(f"test/{setup.namespace}/data")}
+        by_name = {b["metadata"]["name"]: b for b in setup.backups()}
+        assert len(points) == len(expected) == 3
+        for name, digest in expected.items():
+            point = by_name[name]["status"]["pointId"]
+            target = setup.folder / f"restored-{name}.img"
+            restore = service.start_restore(point, str(target))
+            restore.wait()
+            assert restore.error is None, (name, restore.error)
+            assert _digest(target.read_bytes()) == digest, name
+    finally:
+        service.close()

@@ -191,18 +191,21 @@ def test_printer_columns_and_short_names_are_served(api: Any, kube_namespace: st
             {"source": {"pvc": "db"}, "repository": REPOSITORY, "schedule": "db-hourly"},
         ),
     )
-    backup["status"] = {"phase": "Succeeded", "pointId": "0123abcd", "bytes": 4096}
+    backup["status"] = {"phase": "Succeeded", "pointId": "0123abcd", "mode": "cbt", "bytes": 4096}
     kubernetes.client.CustomObjectsApi(api).replace_namespaced_custom_object_status(
         GROUP, VERSION, kube_namespace, "backups", "db-shown", backup
     )
     table = _get_raw(api, f"/apis/{GROUP}/{VERSION}/namespaces/{kube_namespace}/backups", TABLE)
     assert table["kind"] == "Table"
     columns = [c["name"] for c in table["columnDefinitions"]]
-    assert columns == ["Name", "Phase", "PVC", "Schedule", "Point", "Bytes", "Message", "Age"]
+    assert columns == [
+        "Name", "Phase", "PVC", "Schedule", "Point", "Mode", "Bytes", "Message", "Age",
+    ]  # fmt: skip
     (row,) = table["rows"]
     cells = dict(zip(columns, row["cells"], strict=True))
     assert cells["Name"] == "db-shown" and cells["Phase"] == "Succeeded"
     assert cells["PVC"] == "db" and cells["Point"] == "0123abcd" and cells["Bytes"] == 4096
+    assert cells["Mode"] == "cbt"
     discovery = _get_raw(api, f"/apis/{GROUP}/{VERSION}")
     short = {r["name"]: r.get("shortNames") for r in discovery["resources"] if "/" not in r["name"]}
     assert short == {

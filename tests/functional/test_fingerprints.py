@@ -293,6 +293,40 @@ def test_encrypted_fingerprints_differ_from_unkeyed_hashes(tmp_path: Path) -> No
     assert not {h for _, h in found["encrypted"]} & set(unkeyed)
 
 
+@pytest.mark.parametrize("password", [None, b"secret"], ids=["plain", "encrypted"])
+def test_whole_block_changed_ranges_record_the_blocks_true_hashes(
+    tmp_path: Path, password: bytes | None
+) -> None:
+    """A changed range that is exactly one block is one piece: unkeyed, its fingerprint is
+    taken from the piece id. It must equal the block's own hash, keyed or not, so a scan
+    after it finds nothing changed."""
+    url = str(tmp_path / "repo")
+    init_repository(url, grid_size=256 * KiB, fingerprint_block=BLOCK, password=password)
+    service = Service(url, password=password)
+    vol = tmp_path / "vol.img"
+    with open(vol, "wb") as f:
+        f.write(random.Random(3).randbytes(MiB))
+    backup(service, vol)
+    rng = random.Random(4)
+    blocks = sorted(rng.sample(range(MiB // BLOCK), 5))
+    with open(vol, "r+b") as f:
+        for b in blocks:
+            f.seek(b * BLOCK)
+            f.write(rng.randbytes(BLOCK))
+    cbt = backup(service, vol, changed_ranges=[(b * BLOCK, BLOCK) for b in blocks])
+    repo = Repository.open(open_storage(url), password=password)
+    fingerprints = repo.load_fingerprints(repo.find_point(cbt.id))
+    assert fingerprints is not None and repo.fingerprinter is not None
+    data = read(vol)
+    assert [b for b, _ in fingerprints.items()] == blocks
+    assert [h for _, h in fingerprints.items()] == [
+        repo.fingerprinter.of(data[b * BLOCK : (b + 1) * BLOCK]) for b in blocks
+    ]
+    scan = backup(service, vol)
+    assert scan.stats["bytes_new"] == 0 and scan.stats["bytes_unchanged"] == MiB
+    assert image_of(service, scan.id) == data
+
+
 def test_fingerprints_cost_a_small_share_of_the_data(tmp_path: Path) -> None:
     url = str(tmp_path / "repo")
     init_repository(url)  # the defaults: 4 MiB grid, 64 KiB fingerprint blocks

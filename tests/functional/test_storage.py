@@ -395,6 +395,30 @@ def test_s3_unreachable_endpoint_is_storage_unavailable(s3_env: S3Server, closed
 
 
 @pytest.mark.s3
+def test_an_s3_url_names_its_own_endpoint_over_aws_endpoint_url(
+    s3_env: S3Server, closed_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_env.create_bucket()
+    open_storage(f"s3://{bucket}/repo").put("config", b"held")
+    # the environment's endpoint is SeaweedFS: the URL's own endpoint wins
+    unreachable = open_storage(f"s3://{bucket}/repo?endpoint=http://127.0.0.1:{closed_port}")
+    with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{closed_port} is unreachable"):
+        unreachable.get("config")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
+    assert open_storage(f"s3://{bucket}/repo?endpoint={s3_env.endpoint_url}").get("config") == (
+        b"held"
+    )
+    for query, message in (
+        ("?region=x", "unknown option 'region'"),
+        ("?endpoint=ftp://host", "endpoint must be one http"),
+        ("?endpoint=http://a&endpoint=http://b", "endpoint must be one http"),
+        ("?endpoint", "cannot read its query"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            open_storage(f"s3://{bucket}/repo{query}")
+
+
+@pytest.mark.s3
 def test_s3_default_retries_still_fail_fast_on_a_refused_connection(
     s3_env: S3Server, closed_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

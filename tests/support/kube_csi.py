@@ -16,7 +16,8 @@ snapshot controller, the CSI external-provisioner and the driver itself.
   of a StorageClass whose provisioner is its driver gets a new PV (an empty sparse image of
   the requested size in Block mode, a folder in Filesystem mode, or a copy of the snapshot's
   image for a PVC whose ``dataSource`` is a ready VolumeSnapshot), pre-bound to the claim so
-  that the real PV binder binds them. The PVs are CSI PVs of the driver whose
+  that the real PV binder binds them; a VolumeSnapshot that is deleted takes its content and
+  the frozen copy with it (deletionPolicy Delete). The PVs are CSI PVs of the driver whose
   ``volumeHandle`` is the local path: the test node (kube_node.py) maps them to that path.
   It is not Kubernetes code; only the API server, the PV binder and the Job controller are.
 """
@@ -209,6 +210,7 @@ class CsiStandIn:
         self.interval = interval
         self.errors: list[str] = []
         self.outages = 0  # rounds cut short because the API server did not answer
+        self.deleted_snapshots: list[str] = []  # NAMESPACE/NAME of snapshots deleted with theirs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._api: Any = None
@@ -267,9 +269,21 @@ class CsiStandIn:
         return pv
 
     def _snapshots(self, namespace: str) -> None:
-        listed = self.custom.list_namespaced_custom_object(
-            SNAPSHOT_GROUP, "v1", namespace, "volumesnapshots"
-        )
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                SNAPSHOT_GROUP, "v1", namespace, "volumesnapshots"
+            )
+            contents = self.custom.list_cluster_custom_object(
+                SNAPSHOT_GROUP, "v1", "volumesnapshotcontents"
+            )
+        except kubernetes.client.ApiException as error:
+            if error.status != 404:
+                raise
+            # an API server just started again serves custom resources a moment later
+            self.outages += 1
+            return
+        present = {s["metadata"]["name"] for s in listed["items"]}
+        self._deleted_snapshots(namespace, present, contents["items"])
         for snapshot in listed["items"]:
             if (snapshot.get("status") or {}).get("readyToUse"):
                 continue
@@ -340,6 +354,31 @@ class CsiStandIn:
                 snapshot["metadata"]["name"],
                 snapshot,
             )
+
+    def _deleted_snapshots(self, namespace: str, present: set[str], contents: list[Obj]) -> None:
+        """A VolumeSnapshot that is gone takes its content and the driver's snapshot with it
+        (deletionPolicy Delete), as the snapshot controller and the driver do: its handle is
+        then unknown to the SnapshotMetadata server."""
+        for local in self.local.list_snapshots():
+            if local.namespace != namespace or local.name in present:
+                continue
+            if local.made_by != "csi-stand-in":
+                continue
+            if self.local.delete_snapshot(local):
+                self.deleted_snapshots.append(f"{namespace}/{local.name}")
+        for content in contents:
+            ref = content["spec"].get("volumeSnapshotRef") or {}
+            if content["spec"].get("driver") != self.driver or ref.get("namespace") != namespace:
+                continue
+            if ref.get("name") in present:
+                continue
+            try:
+                self.custom.delete_cluster_custom_object(
+                    SNAPSHOT_GROUP, "v1", "volumesnapshotcontents", content["metadata"]["name"]
+                )
+            except kubernetes.client.ApiException as error:
+                if error.status != 404:
+                    raise
 
     def _claims(self, namespace: str) -> None:
         storage: Any = kubernetes.client.StorageV1Api(self._api)

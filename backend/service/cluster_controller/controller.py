@@ -23,9 +23,9 @@ from typing import Any, cast
 
 from ...catalog import Catalog, JobRecord
 from ...catalog.process import current_process
-from ...errors import LaminaError, UsageError
+from ...errors import LaminaError, StorageUnavailable, UsageError
 from ...kube.cluster import KubeCluster
-from ...kube.crds import API_VERSION, BACKUP_TERMINAL, GROUP, VERSION
+from ...kube.crds import API_VERSION, BACKUP_TERMINAL, GROUP, MAX_DATAMOVER_RUNS, VERSION
 from ...kube.errors import KubeConflict, KubeError, KubeNotFound
 from ...kube.objects import SNAPSHOT_GROUP, SNAPSHOT_VERSION, dns_label, meta, section
 from ..schedules import policy_of
@@ -36,6 +36,28 @@ Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (plural, namespace, name)
 ACTIVE = ("Snapshotting", "Transferring")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lamina"}
+# a point's source mode (engine/pipelines.py) -> the Backup's status.mode
+POINT_MODES = {"changed-ranges": "cbt", "scan-incremental": "scan", "full": "full"}
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What a Backup's data mover reads: the changed blocks since the base snapshot (cbt),
+    every block compared with the parent point (scan), or every allocated block (full)."""
+
+    mode: str
+    cbt_address: str | None  # the driver's SnapshotMetadata service, None: no CBT at all
+    parent: str | None  # the parent point, None for a full backup
+    base: Obj | None  # cbt: {"snapshot", "handle", "pointId"} of the base
+    keep: str | None  # the newest point's VolumeSnapshot in the PVC's namespace, if any
+    why: str  # for the Event when the mode is not cbt
+
+    @property
+    def backup_args(self) -> tuple[str, ...]:
+        args: tuple[str, ...] = ("--parent", self.parent or "none")
+        if self.base is not None:
+            args += ("--base-snapshot-id", str(self.base["handle"]))
+        return args
 
 
 @dataclass
@@ -576,6 +598,18 @@ class ClusterController:
             # The previous run still goes: this slot folds into the first one after it ends
             # (docs/schedules.md's catch-up rule); its end requeues the schedule.
             return self.options.poll
+        try:
+            self._check_repository(repo, self._password(namespace, spec))
+        except LaminaError as e:
+            reason = (
+                "RepositoryUnreachable"
+                if isinstance(e, StorageUnavailable)
+                else "RepositoryRefused"
+            )
+            self._schedule_problem(
+                obj, reason, f"repository {repo}: {e} (slot {iso(slot)})", repo, slot=slot
+            )
+            return max(0.05, upcoming - now)
         names = []
         for pvc_namespace, pvc in pvcs:
             names.append(self._create_slot_backup(obj, pvc_namespace, pvc, slot))
@@ -878,14 +912,12 @@ class ClusterController:
         finally:
             service.close()
 
-    def _datamover(self, obj: Obj, handle: str, size: int) -> Any:
+    def _datamover(self, obj: Obj, handle: str, size: int, volume: Any, plan: ReadPlan) -> Any:
         from ...kube.datamover import DataMoverSpec
-        from ...kube.volumes import get_volume
 
         spec = section(obj, "spec")
         src_ns, pvc = self._source(obj)
         secret = section(section(spec, "repository"), "secretRef").get("name")
-        volume = get_volume(self.cluster, src_ns, pvc)
         return DataMoverSpec(
             namespace=src_ns,
             pvc=pvc,
@@ -899,7 +931,133 @@ class ClusterController:
             service_account=self.options.service_account,
             env_secret=str(secret) if secret else None,
             password_secret=str(secret) if secret and self._has_password(obj) else None,
+            backup_args=plan.backup_args,
+            cbt_address=plan.cbt_address,
         )
+
+    def _plan_read(self, obj: Obj, driver: str | None) -> ReadPlan:
+        """The base of a Backup: the newest point of the volume and the VolumeSnapshot it was
+        made from. CBT needs the driver's SnapshotMetadataService and that snapshot, still
+        there with the handle the point recorded; without them the data mover reads every
+        block (scan, or full for the first point)."""
+        from ...kube.cbt import find_metadata_service
+        from ...kube.errors import DriverWithoutCbt
+        from ...kube.snapshots import get_snapshot
+        from ..service import Service
+
+        spec, status = section(obj, "spec"), section(obj, "status")
+        src_ns, pvc = self._source(obj)
+        volume = str(status.get("volume") or f"{self.options.cluster_name}/{src_ns}/{pvc}")
+        service = Service(
+            str(section(spec, "repository").get("url")),
+            password=self._password(str(meta(obj).get("namespace")), spec),
+            catalog=self.options.catalog,
+            origin=ORIGIN,
+        )
+        own = f"{src_ns}/{status.get('snapshot')}"
+        try:
+            # a point of this very snapshot (a run an earlier leader started) is no base
+            points = [
+                p
+                for p in service.list_points(volume)
+                if (p.manifest.get("labels") or {}).get("kube.snapshot") != own
+            ]
+        finally:
+            service.close()
+        address, no_cbt = None, ""
+        if driver:
+            try:
+                address = find_metadata_service(self.cluster, driver).address
+            except DriverWithoutCbt as e:
+                no_cbt = str(e)
+            except KubeError as e:  # a service that lacks its address or CA: no CBT this time
+                no_cbt = f"CSI driver {driver!r}: {e}"
+        else:
+            no_cbt = f"PVC {src_ns}/{pvc} has no CSI driver: no changed-block tracking"
+        if not points:
+            return ReadPlan(
+                "full", address, None, None, None,
+                f"first backup of {volume}: every allocated block is read",
+            )  # fmt: skip
+        newest = points[-1]
+        label = str((newest.manifest.get("labels") or {}).get("kube.snapshot") or "")
+        base_ns, _, base_name = label.partition("/")
+        keep = base_name if base_ns == src_ns and base_name else None
+        scan = f"; every block is read and only what differs from point {newest.id} is stored"
+        if address is None:
+            return ReadPlan("scan", None, newest.id, None, keep, no_cbt + scan)
+        handle = newest.snapshot_handle
+        problem = ""
+        if keep is None or not handle:
+            problem = f"point {newest.id} names no VolumeSnapshot of {src_ns}/{pvc} to compare with"
+        else:
+            try:
+                found = get_snapshot(self.cluster, src_ns, keep)
+            except KubeNotFound:
+                problem = f"VolumeSnapshot {src_ns}/{keep} of point {newest.id} is gone"
+            except LaminaError as e:
+                problem = f"VolumeSnapshot {src_ns}/{keep} of point {newest.id}: {e}"
+            else:
+                if found is None:
+                    problem = f"VolumeSnapshot {src_ns}/{keep} of point {newest.id} is not ready"
+                elif found.handle != handle:
+                    problem = (
+                        f"VolumeSnapshot {src_ns}/{keep} has handle {found.handle}, not the "
+                        f"{handle} that point {newest.id} was made from"
+                    )
+        if problem:
+            return ReadPlan("scan", None, newest.id, None, keep, problem + scan)
+        base = {"snapshot": keep, "handle": handle, "pointId": newest.id}
+        return ReadPlan("cbt", address, newest.id, base, keep, "")
+
+    def _backup_snapshots(self, namespace: str, pvc: str) -> list[Obj]:
+        """The VolumeSnapshots the controller took of a PVC."""
+        return [
+            s
+            for s in self.cluster.list_custom(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshots", namespace
+            )
+            if (meta(s).get("labels") or {}).get("lamina.dev/backup")
+            and section(section(s, "spec"), "source").get("persistentVolumeClaimName") == pvc
+        ]
+
+    def _snapshots_in_use(self) -> set[tuple[str, str]]:
+        """(namespace, name) of the VolumeSnapshots that unfinished Backups take or compare
+        with: never deleted."""
+        used: set[tuple[str, str]] = set()
+        for b in self._list("backups"):
+            status = section(b, "status")
+            if status.get("phase") in BACKUP_TERMINAL:
+                continue
+            src_ns, _pvc = self._source(b)
+            # its own snapshot, named before the status says so (created, then written)
+            used.add((src_ns, dns_label(f"lamina-{meta(b).get('name')}")))
+            base = section(status, "base").get("snapshot")
+            if base:
+                used.add((src_ns, str(base)))
+        return used
+
+    def _prune_snapshots(self, namespace: str, pvc: str, keep: str | None) -> None:
+        """Delete the controller's VolumeSnapshots of a PVC but `keep` (the newest point's,
+        the next Backup's base) and those unfinished Backups use; losing the race costs a
+        line, never the Backup."""
+        try:
+            used = self._snapshots_in_use()
+            for snapshot in self._backup_snapshots(namespace, pvc):
+                name = str(meta(snapshot).get("name"))
+                if name != keep and (namespace, name) not in used:
+                    self._delete_snapshot(namespace, name)
+        except KubeError as e:
+            self.say(f"VolumeSnapshots of {namespace}/{pvc}: not pruned: {e}")
+
+    def _delete_snapshot(self, namespace: str, name: str) -> None:
+        try:
+            self.cluster.delete_custom(
+                SNAPSHOT_GROUP, SNAPSHOT_VERSION, "volumesnapshots", name, namespace
+            )
+            self.say(f"VolumeSnapshot {namespace}/{name} deleted")
+        except KubeNotFound:
+            pass
 
     def _has_password(self, obj: Obj) -> bool:
         return self._password(str(meta(obj).get("namespace")), section(obj, "spec")) is not None
@@ -924,7 +1082,20 @@ class ClusterController:
             return None
         if info is None:
             return self.options.poll
-        spec = self._datamover(obj, info.handle, info.restore_size)
+        from ...kube.volumes import get_volume
+
+        src_pvc = self._source(obj)[1]
+        volume = get_volume(self.cluster, src_ns, src_pvc)
+        try:
+            plan = self._plan_read(obj, volume.driver)
+        except KubeError:
+            raise  # the API server: tried again
+        except LaminaError as e:  # the repository, as the admission's check would
+            self._fail(obj, type(e).__name__.removesuffix("Error") or "Invalid", str(e))
+            return None
+        # what an earlier leader or run left behind goes: only the base stays
+        self._prune_snapshots(src_ns, src_pvc, plan.keep)
+        spec = self._datamover(obj, info.handle, info.restore_size, volume, plan)
         labels = {"lamina.dev/backup": name, "lamina.dev/backup-namespace": namespace}
         for manifest in (source_pvc_manifest(spec), job_manifest(spec)):
             manifest["metadata"]["labels"].update(labels)
@@ -934,13 +1105,26 @@ class ClusterController:
                 _create(self.cluster, manifest)
             except KubeConflict:
                 pass  # made before this reconcile (or by the previous leader): adopted
+        if plan.base is not None:
+            reads = (
+                f"the blocks changed since VolumeSnapshot {src_ns}/{plan.base['snapshot']} "
+                f"(point {plan.base['pointId']})"
+            )
+        else:
+            reads = "every block" if plan.mode == "scan" else "every allocated block"
+        transferring: Obj = {
+            "phase": "Transferring",
+            "job": spec.job_name,
+            "mode": plan.mode,
+            "base": plan.base,  # None clears a base an earlier run chose
+            "runs": int(status.get("runs") or 1),
+            "message": f"data-mover Job {src_ns}/{spec.job_name} running ({plan.mode})",
+        }
         self._patch_status(
             "backups",
             obj,
             {
-                "phase": "Transferring",
-                "job": spec.job_name,
-                "message": f"data-mover Job {src_ns}/{spec.job_name} running",
+                **transferring,
                 "conditions": _set_condition(
                     list(status.get("conditions") or []),
                     "Ready",
@@ -951,8 +1135,13 @@ class ClusterController:
                 ),
             },
         )
+        if plan.mode != "cbt":
+            self.event(obj, "Normal", "WholeVolumeRead", plan.why)
         self.event(
-            obj, "Normal", "Transferring", f"data-mover Job {src_ns}/{spec.job_name} started"
+            obj,
+            "Normal",
+            "Transferring",
+            f"data-mover Job {src_ns}/{spec.job_name} started: reads {reads}",
         )
         self.record(
             self._job_id(obj),
@@ -991,8 +1180,7 @@ class ClusterController:
         try:
             job, done = self._job_and_conditions(src_ns, job_name)
         except KubeNotFound:
-            self._fail(obj, "JobMissing", f"data-mover Job {src_ns}/{job_name} is gone")
-            return None
+            return self._job_gone(obj)
         if "Failed" in done:
             why = done["Failed"].message or done["Failed"].reason or "no reason given"
             self._fail(obj, "DataMoverFailed", f"data-mover Job {src_ns}/{job_name} failed: {why}")
@@ -1014,12 +1202,99 @@ class ClusterController:
             return self.options.poll
         return self._succeed(obj)
 
+    def _job_gone(self, obj: Obj) -> float | None:
+        """Someone deleted the data-mover Job of a Transferring Backup. Once none of its Pods
+        runs any more: the point it made counts if there is one (never a second point for
+        the slot); else the Job runs again, at most MAX_DATAMOVER_RUNS times in all."""
+        m, status = meta(obj), section(obj, "status")
+        namespace, name = str(m.get("namespace")), str(m.get("name"))
+        src_ns, _pvc = self._source(obj)
+        job_name = str(status.get("job"))
+        pods: Any = self.cluster.request(
+            "list",
+            "pods",
+            lambda: self.cluster.core.list_namespaced_pod(
+                src_ns,
+                label_selector=f"lamina.dev/backup={name}",
+                _request_timeout=self.cluster.request_timeout,
+            ),
+            namespace=src_ns,
+        )
+        running = [
+            p.metadata.name
+            for p in pods.items
+            if (p.metadata.labels or {}).get("lamina.dev/backup-namespace", namespace) == namespace
+            and (p.status.phase if p.status else None) not in ("Succeeded", "Failed")
+        ]
+        if running:
+            why = f"data-mover Job {src_ns}/{job_name} is gone; waiting for its Pods to end"
+            if status.get("message") != why:
+                self._patch_status("backups", obj, {"message": why})
+            return self.options.poll
+        if self._point_of(obj) is not None:
+            return self._succeed(obj)
+        runs = int(status.get("runs") or 1)
+        if runs >= MAX_DATAMOVER_RUNS:
+            self._fail(
+                obj,
+                "JobMissing",
+                f"data-mover Job {src_ns}/{job_name} was deleted before it made a point, "
+                f"{runs} times; not run again",
+            )
+            return None
+        message = (
+            f"data-mover Job {src_ns}/{job_name} was deleted before it made a point; "
+            f"running it again (run {runs + 1} of at most {MAX_DATAMOVER_RUNS})"
+        )
+        self._patch_status(
+            "backups",
+            obj,
+            {
+                "phase": "Snapshotting",
+                "runs": runs + 1,
+                "message": message,
+                "conditions": _set_condition(
+                    list(status.get("conditions") or []),
+                    "Ready",
+                    "False",
+                    "JobMissing",
+                    message,
+                    int(m.get("generation") or 0),
+                ),
+            },
+        )
+        self.event(obj, "Warning", "JobMissing", message)
+        return 0.0
+
+    def _point_of(self, obj: Obj) -> Any:
+        """The point the Backup's snapshot made (its label kube.snapshot), None before."""
+        from ..service import Service
+
+        status, spec = section(obj, "status"), section(obj, "spec")
+        src_ns, _pvc = self._source(obj)
+        label = f"{src_ns}/{status.get('snapshot')}"
+        service = Service(
+            str(section(spec, "repository").get("url")),
+            password=self._password(str(meta(obj).get("namespace")), spec),
+            catalog=self.options.catalog,
+            origin=ORIGIN,
+        )
+        try:
+            points = [
+                p
+                for p in service.list_points(str(status.get("volume")))
+                if (p.manifest.get("labels") or {}).get("kube.snapshot") == label
+            ]
+        finally:
+            service.close()
+        return points[-1] if points else None
+
     def _succeed(self, obj: Obj) -> float | None:
         from ..service import Service
 
         m, status, spec = meta(obj), section(obj, "status"), section(obj, "spec")
         namespace, name = str(m.get("namespace")), str(m.get("name"))
-        src_ns, _pvc = self._source(obj)
+        src_ns, pvc = self._source(obj)
         url = str(section(spec, "repository").get("url"))
         label = f"{src_ns}/{status.get('snapshot')}"
         volume = str(status.get("volume"))
@@ -1052,10 +1327,13 @@ class ClusterController:
         stats = point.stats
         stored = int(stats.get("bytes_stored") or stats.get("stored_bytes") or 0)
         requests = stats.get("requests")
+        source_mode = str(section(point.manifest, "source").get("mode") or "")
         patch: Obj = {
             "phase": "Succeeded",
             "pointId": point.id,
             "bytes": int(stats.get("bytes_read") or point.capacity or 0),
+            "bytesRead": int(stats.get("bytes_read") or 0),
+            "bytesStored": stored,
             "completionTime": _now_iso(),
             "message": f"point {point.id}" + (f"; {retained}" if retained else ""),
             "conditions": _set_condition(
@@ -1084,8 +1362,12 @@ class ClusterController:
             started=parse_iso(status.get("startTime")),
             bytes_stored=stored,
         )
+        if source_mode in POINT_MODES:
+            patch["mode"] = POINT_MODES[source_mode]  # what the data mover did, from the point
         self._patch_status("backups", obj, patch)
         self._remove_data_mover(obj)
+        # this point's snapshot is the next Backup's base; the older ones are not needed
+        self._prune_snapshots(src_ns, pvc, str(status.get("snapshot")))
         self.event(obj, "Normal", "Succeeded", f"point {point.id} of {volume}")
         self._requeue_namespace(namespace)
         self._requeue_schedule(obj)
@@ -1155,6 +1437,14 @@ class ClusterController:
             self._delete_source_pvc(obj)
         except KubeError:
             pass
+        snapshot = status.get("snapshot")
+        if snapshot:
+            # no point came of it, so it is no Backup's base; unless one still takes it
+            try:
+                if (src_ns, str(snapshot)) not in self._snapshots_in_use():
+                    self._delete_snapshot(src_ns, str(snapshot))
+            except KubeError as e:
+                self.say(f"Backup {namespace}/{name}: VolumeSnapshot not deleted: {e}")
         self._requeue_namespace(namespace)
         self._requeue_schedule(obj)
 
