@@ -630,10 +630,13 @@ class VolumeSummary(_message.Message):
     LAST_POINT_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     STORED_BYTES_FIELD_NUMBER: _builtins.int
+    CHAIN_LENGTH_FIELD_NUMBER: _builtins.int
     points: _builtins.int
     capacity: _builtins.int
     stored_bytes: _builtins.int
     """bytes uploaded by this volume's points"""
+    chain_length: _builtins.int
+    """points in the chain of the newest point"""
     @_builtins.property
     def volume(self) -> Global___VolumeRef: ...
     @_builtins.property
@@ -646,10 +649,11 @@ class VolumeSummary(_message.Message):
         last_point: Global___Point | None = ...,
         capacity: _builtins.int = ...,
         stored_bytes: _builtins.int = ...,
+        chain_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_point", b"last_point", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "last_point", b"last_point", "points", b"points", "stored_bytes", b"stored_bytes", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "chain_length", b"chain_length", "last_point", b"last_point", "points", b"points", "stored_bytes", b"stored_bytes", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

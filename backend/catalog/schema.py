@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -94,4 +95,35 @@ schedules = Table(
     # Revision 0004: after each backup, copy the volume's points to this repository.
     Column("copy_to", Text, nullable=True),
     Column("copy_password_file", Text, nullable=True),
+)
+
+
+# Revision 0005: the cached point list of each repository (docs/catalog.md, "The point
+# list"). A point's row holds its manifest as JSON and, for one-query volume summaries, the
+# fields they need; the state row names the repository's point list marker it is current
+# under, and when the repository was last listed in full.
+point_list_state = Table(
+    "point_list_state",
+    metadata,
+    Column("repository_id", String(64), primary_key=True),
+    Column("marker", Text, nullable=False),
+    Column("points", Integer, nullable=False),
+    Column("reconciled_at", Float, nullable=False),
+)
+
+point_list = Table(
+    "point_list",
+    metadata,
+    Column("repository_id", String(64), primary_key=True),
+    Column("point_id", String(64), primary_key=True),
+    Column("etag", Text, nullable=False),
+    Column("cluster", Text, nullable=False),
+    Column("namespace", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("parent", String(64), nullable=True),
+    Column("created", String(64), nullable=False),
+    Column("capacity", BigInteger, nullable=False),
+    Column("bytes_uploaded", BigInteger, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Index("point_list_volume", "repository_id", "cluster", "namespace", "name", "created"),
 )

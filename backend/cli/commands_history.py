@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -19,7 +20,15 @@ from ..service import (
 )
 from ..units import format_size, plural
 from .commands_files import parse_duration
-from .common import add_catalog_arg, elapsed, open_service, print_json
+from .common import (
+    add_catalog_arg,
+    add_repo_args,
+    elapsed,
+    open_service,
+    opened,
+    print_json,
+    service_options,
+)
 
 
 def register(sub: Any) -> None:
@@ -46,6 +55,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_catalog_arg(p)
     p.set_defaults(func=cmd_history, repo_from_env=True, repo_required=False)
+    register_catalog(sub)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -127,3 +137,54 @@ def _who(r: JobRecord) -> str:
     if r.origin == "repository":
         return "found in the repository"
     return f"{printable(r.origin)} on {printable(r.host)}, pid {r.pid}"
+
+
+def register_catalog(sub: Any) -> None:
+    catalog = sub.add_parser(
+        "catalog", help="the job catalog's copy of the point list: rebuild, status"
+    )
+    actions = catalog.add_subparsers(dest="catalog_command", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser(
+        "rebuild",
+        help="recreate the catalog's copy of a repository's point list from the repository",
+        description="Drop what the catalog holds of the repository's points and list them "
+        "afresh from the repository, which stays the source of truth (docs/catalog.md).",
+    )
+    add_repo_args(p)
+    add_catalog_arg(p)
+    p.set_defaults(func=cmd_catalog_rebuild)
+    p = actions.add_parser("status", help="what the catalog holds of each repository's points")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_catalog_arg(p)
+    p.set_defaults(func=cmd_catalog_status)
+
+
+def cmd_catalog_rebuild(args: argparse.Namespace) -> int:
+    from ..service import Service  # loads the catalog's database layer: only here
+
+    service = opened(Service(args.repo, catalog=args.catalog, **service_options(args)))
+    points = service.rebuild_point_list()
+    print(
+        f"the catalog holds {plural(points, 'point')} of repository "
+        f"{printable(service.info().id)}, listed from the repository"
+    )
+    return 0
+
+
+def cmd_catalog_status(args: argparse.Namespace) -> int:
+    from ..service import point_list_status  # loads the catalog's database layer: only here
+
+    entries = point_list_status(args.catalog)
+    if args.json:
+        print_json([dataclasses.asdict(e) for e in entries])
+        return 0
+    for e in entries:
+        listed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.reconciled_at))
+        print(
+            f"repository {printable(e.repository_id)}: {plural(e.points, 'point')} of "
+            f"{plural(e.volumes, 'volume')}, listed in full {listed}, "
+            f"marker {printable(e.marker[:12]) or '-'}"
+        )
+    print(plural(len(entries), "repository", "repositories") + " in the catalog")
+    return 0

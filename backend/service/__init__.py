@@ -107,6 +107,7 @@ if TYPE_CHECKING:
         start_mount_process,
         unmount,
     )
+    from .pointlist import point_list_status
     from .schedules import ScheduleInfo, Schedules, format_every, policy_from_options
     from .service import (
         Service,
@@ -245,6 +246,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "start_mount_process",
         "unmount",
     ),
+    "service.pointlist": ("point_list_status",),
     "service.schedules": (
         "ScheduleInfo",
         "Schedules",
@@ -361,6 +363,7 @@ __all__ = [
     "parse_keep_within",
     "parse_pvc_ref",
     "parse_volume",
+    "point_list_status",
     "policy_from_options",
     "prune_savings",
     "ranges_from_json_file",

@@ -180,6 +180,7 @@ class VolumeInfo:
     last_point: PointInfo
     capacity: int
     stored_bytes: int  # bytes uploaded by this volume's points (new pieces only)
+    chain_length: int = 0  # points in the chain of the newest point
 
 
 @dataclass(frozen=True)

@@ -587,7 +587,7 @@ class RemoteService(Service):
         listed = self.client.list_cluster_volumes(cluster, namespace)
         if not with_backups:
             return listed
-        return volumes_with_backups(cluster, namespace, listed, self.client.list_points())
+        return volumes_with_backups(cluster, namespace, listed, self.client.list_volumes())
 
     def list_files(self, point_ref: str, path: str = "/") -> list[FileEntry]:
         return self.client.list_files(point_ref, path)

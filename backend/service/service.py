@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -16,7 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import HistoryQuery, JobNotFound, JobRecord, default_catalog_url, open_catalog
+from ..catalog import (
+    CatalogError,
+    HistoryQuery,
+    JobNotFound,
+    JobRecord,
+    default_catalog_url,
+    open_catalog,
+)
 from ..engine import lifecycle, locks
 from ..engine import pipelines as engine
 from ..engine.extents import Range
@@ -93,10 +101,14 @@ from .recorder import JobRecorder, reconcile
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..catalog import Catalog
     from ..engine.extract import ExtractReport
     from ..engine.fsview import PointFiles, RepositoryView
     from .files import FileEntry
+    from .pointlist import PointList
     from .schedules import ScheduleInfo, Schedules
+
+log = logging.getLogger(__name__)
 
 
 class FixedRanges(list[Range]):
@@ -278,6 +290,10 @@ class Service:
             origin=origin,
             counts=self.accounting.counts,
         )
+        # The catalog's copy of the point list (docs/catalog.md), opened on first listing.
+        self._point_list: PointList | None = None
+        self._point_list_catalog: Catalog | None = None
+        self._point_list_off = False
 
     # ------------------------------------------------------------------ repository
 
@@ -313,6 +329,10 @@ class Service:
         """Close browsing views (giving back their shared locks), then the repository."""
         self.close_idle_views()
         self._recorder.close()
+        if self._point_list_catalog is not None:
+            self._point_list_catalog.close()
+            self._point_list_catalog = None
+            self._point_list = None
         if self._repo is not None:
             self._repo.close()
 
@@ -324,13 +344,71 @@ class Service:
             protected = lifecycle.protected_ids(self.repo)
         return PointInfo.of(point, point.id in protected, self._verify_states.get(point.id))
 
+    def _catalog_point_list(self) -> PointList | None:
+        """The point list through the catalog, opened once; None when the catalog is off or
+        cannot be opened (points are then listed from the repository alone)."""
+        repo = self.repo
+        with self._open_lock:
+            if self._point_list is None and not self._point_list_off:
+                from ..catalog.store import Catalog
+                from .pointlist import PointList
+
+                url = self._recorder.catalog_url
+                try:
+                    if not self._recorder.enabled:
+                        raise CatalogError("the catalog is off")
+                    self._point_list_catalog = Catalog.open(url, reap=False)
+                except (CatalogError, UsageError) as e:
+                    log.info("listing points without the catalog: %s", e)
+                    self._point_list_off = True
+                else:
+                    self._point_list = PointList(repo, self._point_list_catalog)
+            return self._point_list
+
+    def _current_point_list(self) -> PointList | None:
+        """The catalog's point list, brought up to date with the repository; None when
+        there is none or the catalog fails (it is then bypassed, never trusted)."""
+        point_list = self._catalog_point_list()
+        if point_list is None:
+            return None
+        try:
+            point_list.refresh()
+        except CatalogError as e:
+            log.warning("listing points without the catalog: %s", e)
+            return None
+        return point_list
+
+    def _points(self, volume: VolumeRef | None = None) -> list[Point]:
+        """Every point (of ``volume``), oldest first."""
+        point_list = self._current_point_list()
+        if point_list is not None:
+            key = None if volume is None else (volume.cluster, volume.namespace, volume.name)
+            try:
+                return [Point(m) for m in point_list.manifests(key)]
+            except CatalogError as e:
+                log.warning("listing points without the catalog: %s", e)
+        points = self.repo.list_points()
+        if volume is None:
+            return points
+        wanted = volume.as_dict()
+        return [p for p in points if p.manifest["volume"] == wanted]
+
     def list_points(self, volume: str | VolumeRef | None = None) -> list[PointInfo]:
         protected = lifecycle.protected_ids(self.repo)
-        points = [self._info(p, protected) for p in self.repo.list_points()]
-        if volume is not None:
-            ref = parse_volume(volume)
-            points = [p for p in points if p.volume == ref]
-        return points
+        ref = parse_volume(volume) if volume is not None else None
+        return [self._info(p, protected) for p in self._points(ref)]
+
+    def rebuild_point_list(self) -> int:
+        """Recreate the catalog's copy of this repository's point list from the repository;
+        the number of points. Raises CatalogError when the catalog is off or fails."""
+        from ..catalog.store import Catalog
+        from .pointlist import PointList
+
+        catalog = Catalog.open(self._recorder.catalog_url, reap=False)
+        try:
+            return PointList(self.repo, catalog).rebuild()
+        finally:
+            catalog.close()
 
     def find_point(self, point_ref: str) -> Point:
         """A point by id or unique prefix; anything but hex digits is refused first."""
@@ -345,21 +423,31 @@ class Service:
         return [self._info(p, protected) for p in self.repo.chain(self.find_point(point_ref))]
 
     def list_volumes(self) -> list[VolumeInfo]:
-        by_volume: dict[VolumeRef, list[PointInfo]] = {}
-        for p in self.list_points():
-            by_volume.setdefault(p.volume, []).append(p)
-        out = []
-        for ref, points in sorted(by_volume.items(), key=lambda kv: str(kv[0])):
-            out.append(
-                VolumeInfo(
-                    volume=ref,
-                    points=len(points),
-                    last_point=points[-1],
-                    capacity=points[-1].capacity,
-                    stored_bytes=sum(int(p.stats.get("bytes_uploaded", 0)) for p in points),
-                )
-            )
-        return out
+        """Every volume with points, summarised: from the catalog in one query when it has
+        the point list, so that only each volume's newest point becomes an object."""
+        protected = lifecycle.protected_ids(self.repo)
+        point_list = self._current_point_list()
+        if point_list is not None:
+            try:
+                summaries = point_list.summaries()
+            except CatalogError as e:
+                log.warning("listing points without the catalog: %s", e)
+            else:
+                out = []
+                for s in summaries:
+                    newest = self._info(Point(s.newest), protected)
+                    out.append(
+                        VolumeInfo(
+                            volume=newest.volume,
+                            points=s.points,
+                            last_point=newest,
+                            capacity=newest.capacity,
+                            stored_bytes=s.stored_bytes,
+                            chain_length=s.chain_length,
+                        )
+                    )
+                return sorted(out, key=lambda v: str(v.volume))
+        return volume_summaries([self._info(p, protected) for p in self.repo.list_points()])
 
     def open_image(
         self,
@@ -405,7 +493,7 @@ class Service:
         listed = self._cluster_volumes(cluster, namespace)
         if not with_backups:
             return listed
-        return volumes_with_backups(cluster, namespace, listed, self.list_points())
+        return volumes_with_backups(cluster, namespace, listed, self.list_volumes())
 
     def _cluster_volumes(self, cluster: str, namespace: str | None) -> list[ClusterVolume]:
         checked_context(cluster)
@@ -512,8 +600,10 @@ class Service:
     def _needed_snapshots(self) -> dict[str, str]:
         """Snapshot handle -> the newest point of a volume, whose next incremental starts there."""
         newest: dict[VolumeRef, PointInfo] = {}
-        for point in self.list_points():
-            newest[point.volume] = point  # points come oldest first
+        # From the repository itself, not the catalog's copy: snapshots are deleted by this.
+        for point in self.repo.list_points():
+            info = PointInfo.of(point)
+            newest[info.volume] = info  # points come oldest first
         return {p.snapshot_handle: p.id for p in newest.values() if p.snapshot_handle}
 
     def list_local_snapshots(self) -> list[LocalSnapshotInfo]:
@@ -1305,32 +1395,53 @@ def _chain_length(point: PointInfo, by_id: dict[str, PointInfo]) -> int:
     return length
 
 
+def volume_summaries(points: Sequence[PointInfo]) -> list[VolumeInfo]:
+    """Every volume of ``points`` (oldest first) summarised, ordered by volume: what the
+    catalog's point list answers in one query, computed from the points themselves."""
+    by_id = {p.id: p for p in points}
+    by_volume: dict[VolumeRef, list[PointInfo]] = {}
+    for p in points:
+        by_volume.setdefault(p.volume, []).append(p)
+    out = []
+    for ref, mine in sorted(by_volume.items(), key=lambda kv: str(kv[0])):
+        newest = max(mine, key=lambda p: (p.created, p.id))
+        out.append(
+            VolumeInfo(
+                volume=ref,
+                points=len(mine),
+                last_point=newest,
+                capacity=newest.capacity,
+                stored_bytes=sum(p.bytes_uploaded for p in mine),
+                chain_length=_chain_length(newest, by_id),
+            )
+        )
+    return out
+
+
 def volumes_with_backups(
     cluster: str,
     namespace: str | None,
     listed: Sequence[ClusterVolume],
-    points: Sequence[PointInfo],
+    volumes: Sequence[VolumeInfo],
 ) -> list[ClusterVolume]:
-    """A cluster's volumes with what the repository holds of each, then the volumes of that
-    cluster that only have backups left (``RemoteService`` fills them the same way)."""
-    points = [p for p in points if p.volume.cluster == cluster]
-    by_id = {p.id: p for p in points}
-    by_volume: dict[tuple[str, str], list[PointInfo]] = {}
-    for p in points:
-        by_volume.setdefault((p.volume.namespace, p.volume.name), []).append(p)
+    """A cluster's volumes with what the repository holds of each (``volumes``, the
+    summaries of ``list_volumes``), then the volumes of that cluster that only have backups
+    left (``RemoteService`` fills them the same way)."""
+    by_volume = {
+        (v.volume.namespace, v.volume.name): v for v in volumes if v.volume.cluster == cluster
+    }
 
     def backed_up(volume: ClusterVolume) -> ClusterVolume:
-        mine = by_volume.get((volume.namespace, volume.name), [])
-        if not mine:
+        summary = by_volume.get((volume.namespace, volume.name))
+        if summary is None:
             return volume
-        newest = max(mine, key=lambda p: p.created)
         return replace(
             volume,
-            last_backup=newest.created,
-            last_point=newest.id,
-            chain_length=_chain_length(newest, by_id),
-            points=len(mine),
-            stored=sum(p.bytes_uploaded for p in mine),
+            last_backup=summary.last_point.created,
+            last_point=summary.last_point.id,
+            chain_length=summary.chain_length,
+            points=summary.points,
+            stored=summary.stored_bytes,
         )
 
     out = [backed_up(v) for v in listed]
@@ -1338,7 +1449,7 @@ def volumes_with_backups(
     for ns, name in sorted(by_volume):
         if (ns, name) in seen or (namespace and ns != namespace):
             continue
-        newest = max(by_volume[(ns, name)], key=lambda p: p.created)
+        newest = by_volume[(ns, name)].last_point
         gone = ClusterVolume(
             cluster=cluster,
             namespace=ns,

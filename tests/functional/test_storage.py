@@ -195,6 +195,19 @@ def test_list_by_prefix_gives_keys_and_sizes(storage: Storage) -> None:
     assert listing(storage, "packs/aa/1/below") == {}
 
 
+def test_list_gives_an_etag_that_changes_when_a_key_is_rewritten(storage: Storage) -> None:
+    # The catalog's point list refetches a manifest only when its etag changed.
+    def etag() -> str:
+        (info,) = storage.list("manifests/")
+        return info.etag
+
+    storage.put("manifests/one", b"first version")
+    first = etag()
+    assert first and etag() == first
+    storage.put("manifests/one", b"other version")  # same size, other bytes
+    assert etag() not in ("", first)
+
+
 def test_list_rejects_prefixes_that_leave_the_storage(storage: Storage) -> None:
     for prefix in ("../", "/abs", "a//b", "./x", "a\\b"):
         with pytest.raises(InvalidRequest):

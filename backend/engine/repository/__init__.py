@@ -9,6 +9,7 @@ Object layout (docs/format.md has the details):
     maps/<point-id>.fp          its fingerprints (one short hash per fingerprint block)
     manifests/<point-id>        the restore point itself; written last
     generation                  rewritten by every deleter (see coherence.py)
+    points-changed              rewritten after every manifest write or removal (coherence.py)
 
 The modules, as restic splits its repository: ``config`` (config and keys), ``index``
 (the piece index), ``packs`` (pack writing and reading), ``codec`` (piece encode and

@@ -15,6 +15,9 @@ from ..storage import ObjectNotFound
 from .index import IndexStore
 
 GENERATION_KEY = "generation"  # rewritten by every exclusive lock holder: see revalidate()
+# Rewritten after every manifest write, replacement or deletion: a point list cached under
+# its token is current while it holds it (docs/format.md, "The point list marker").
+POINTS_MARKER_KEY = "points-changed"
 
 
 class Coherence(IndexStore):
@@ -25,6 +28,18 @@ class Coherence(IndexStore):
             return self.storage.get(GENERATION_KEY).decode("ascii", "replace").strip()
         except ObjectNotFound:
             return ""
+
+    def read_points_marker(self) -> str:
+        """The point list marker's token; "" when no point was ever written or removed."""
+        try:
+            return self.storage.get(POINTS_MARKER_KEY).decode("ascii", "replace").strip()
+        except ObjectNotFound:
+            return ""
+
+    def _mark_points_changed(self) -> None:
+        """Tell cached point lists that a manifest was written or removed: called after the
+        change, so a reader that read the old token re-lists."""
+        self.storage.put(POINTS_MARKER_KEY, secrets.token_hex(16).encode() + b"\n")
 
     def revalidate(self, *, exclusive: bool = False) -> None:
         """Bring every cache up to date with the repository; call once a lock is held.

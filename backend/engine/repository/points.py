@@ -105,6 +105,24 @@ class PointStore(Coherence):
         points.sort(key=lambda p: (p.created, p.id))
         return points
 
+    def listed_manifests(self) -> dict[str, str]:
+        """Every point id the repository lists, with its manifest's etag (one LIST)."""
+        return {info.key.rsplit("/", 1)[-1]: info.etag for info in self.storage.list("manifests/")}
+
+    def read_manifests(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The manifests of ``point_ids``, fetched in parallel; ids whose manifest is gone
+        (deleted since they were listed) are left out."""
+        tag = self.manifest_tag()
+
+        def fetch(point_id: str) -> dict[str, Any] | None:
+            try:
+                return self._fetch_manifest(point_id, tag, keep=tag is not None)
+            except ObjectNotFound:
+                return None
+
+        fetched = self._parallel(fetch, list(point_ids))
+        return {str(m["id"]): m for m in fetched if m is not None}
+
     def _fetch_manifest(
         self, point_id: str, tag: str | None, *, keep: bool = True
     ) -> dict[str, Any]:
@@ -169,6 +187,7 @@ class PointStore(Coherence):
         # A retried PUT whose first answer was lost finds our own manifest: that is success.
         if not written and fmt.decode_manifest(self.sealer, self.storage.get(key), key) != manifest:
             raise LaminaError(f"restore point {point_id} already exists")
+        self._mark_points_changed()
         for written_key, blob in writes:  # the next incremental starts from these
             self.cache_put(written_key, blob)
         tag = self.manifest_tag()
@@ -226,6 +245,7 @@ class PointStore(Coherence):
         self.put_retained(
             f"manifests/{point_id}", fmt.encode_manifest(self.sealer, manifest), if_absent=False
         )
+        self._mark_points_changed()
         self._forget_cached_manifest(point_id)
         point = Point(manifest)
         with self._cache_lock:
@@ -235,6 +255,7 @@ class PointStore(Coherence):
     def remove_point(self, point: Point) -> None:
         """Make a point cease to exist (its manifest goes; prune collects the rest)."""
         self.storage.delete(f"manifests/{point.id}")
+        self._mark_points_changed()
         self._forget_cached_manifest(point.id)
         with self._cache_lock:
             self._points.pop(point.id, None)

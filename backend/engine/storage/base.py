@@ -32,6 +32,9 @@ class ObjectInfo:
     key: str
     size: int
     mtime: float  # seconds since the epoch
+    # Changes whenever the key is written again (S3's ETag; inode, size and mtime in ns on a
+    # local folder). Filled by ``list()``; "" where a backend does not know one.
+    etag: str = ""
 
 
 class Storage(ABC):

@@ -154,7 +154,9 @@ class LocalStorage(Storage):
                 except FileNotFoundError:
                     continue  # deleted while we walked
                 if stat.S_ISREG(st.st_mode):
-                    yield ObjectInfo(key, st.st_size, st.st_mtime)
+                    # Every write is a new file renamed into place: a new inode.
+                    etag = f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+                    yield ObjectInfo(key, st.st_size, st.st_mtime, etag)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ class MemoryStorage(Storage):
         with self._lock:
             items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
         for key, (data, mtime) in items:
-            yield ObjectInfo(key, len(data), mtime)
+            yield ObjectInfo(key, len(data), mtime, hashlib.md5(data).hexdigest())
 
     def delete(self, key: str) -> None:
         check_key(key)

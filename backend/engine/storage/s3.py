@@ -227,6 +227,7 @@ class S3Storage(Storage):
                         obj["Key"][len(self.prefix) :],
                         int(obj["Size"]),
                         obj["LastModified"].timestamp(),
+                        str(obj.get("ETag", "")).strip('"'),
                     )
         except Exception as e:
             raise self._fail(e, "list", prefix or "/") from e
