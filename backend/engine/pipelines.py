@@ -225,7 +225,7 @@ def backup(
             ranges, total = _with_total(ranges, cancelled)
         tracker.set_phase("backing up", total)
         extents, stats, found = _run_pipeline(
-            repo, fd, ranges, capacity, scan, tracker, cancelled, threads, total
+            repo, fd, ranges, capacity, scan, tracker, cancelled, threads
         )
         if unallocated:
             extents = sorted(extents + unallocated, key=lambda e: e.offset)
@@ -463,7 +463,6 @@ def _run_pipeline(
     tracker: ProgressTracker,
     cancelled: CancelCheck,
     threads: int | None,
-    total: int | None = None,
 ) -> tuple[list[Extent], dict[str, Any], tuple[Collector, list[Range]] | None]:
     # As many hashing/compressing workers as cores (zstd and blake3 release the GIL); more
     # only adds pieces held in memory.
@@ -616,7 +615,7 @@ def _run_pipeline(
             max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
         ) as upload_pool,
     ):
-        writer = repo.new_pack_writer(upload_pool, max_in_flight=2, total=total)
+        writer = repo.new_pack_writer(upload_pool, max_in_flight=2)
         pending: deque[Future[_Unit]] = deque()
         units: Iterator[Future[_Unit]]
         if by_block:

@@ -22,7 +22,7 @@ from .config import (
     read_config,
 )
 from .index import PieceIndex
-from .packs import PackStore, PackWriter, pack_size_for
+from .packs import PackStore, PackWriter
 from .points import Point, PointStore
 
 
@@ -106,9 +106,5 @@ class Repository(PointStore, PackStore):
     def close(self) -> None:
         self.raw_storage.close()
 
-    def new_pack_writer(
-        self, pool: ThreadPoolExecutor, max_in_flight: int, *, total: int | None = None
-    ) -> PackWriter:
-        """A pack writer for a backup of ``total`` bytes (when known: small ones get smaller
-        packs, ``pack_size_for``)."""
-        return PackWriter(self, pool, max_in_flight, pack_size_for(total, self.pack_size))
+    def new_pack_writer(self, pool: ThreadPoolExecutor, max_in_flight: int) -> PackWriter:
+        return PackWriter(self, pool, max_in_flight)

@@ -17,17 +17,6 @@ from ..format import PieceEntry
 from ..storage import ObjectNotFound, ShortRead
 from .base import RepositoryState
 
-# A small backup cuts its packs at a quarter of its data, down to this size: the first packs
-# upload while the rest is encoded, and the last upload, which nothing overlaps, stays short.
-MIN_SMALL_PACK = 1024 * 1024
-
-
-def pack_size_for(total: int | None, pack_size: int) -> int:
-    """The pack size for a backup of ``total`` bytes (None: not known in advance)."""
-    if total is None:
-        return pack_size
-    return max(MIN_SMALL_PACK, min(pack_size, total // 4))
-
 
 def pack_key(pack_id: bytes) -> str:
     h = pack_id.hex()
@@ -72,16 +61,9 @@ class PackWriter:
     At most ``max_in_flight`` packs are buffered or uploading at once, so memory is bounded.
     """
 
-    def __init__(
-        self,
-        repo: RepositoryState,
-        pool: ThreadPoolExecutor,
-        max_in_flight: int,
-        pack_size: int | None = None,
-    ) -> None:
+    def __init__(self, repo: RepositoryState, pool: ThreadPoolExecutor, max_in_flight: int) -> None:
         self.repo = repo
         self.pool = pool
-        self.pack_size = pack_size or repo.pack_size
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._buffer = bytearray()
         self._entries: list[PieceEntry] = []
@@ -95,7 +77,7 @@ class PackWriter:
         entry = PieceEntry(piece_id, self._pack_id, len(self._buffer), len(blob), raw_size, codec)
         self._buffer += blob
         self._entries.append(entry)
-        if len(self._buffer) >= self.pack_size:
+        if len(self._buffer) >= self.repo.pack_size:
             self._flush()
         return entry
 
