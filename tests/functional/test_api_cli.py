@@ -27,6 +27,7 @@ from lamina.backend.service import JobState, Service, init_repository
 from lamina.backend.service.remote import ApiClient
 from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
 from tests.support.ext4_trees import describe_tree, make_source_tree, mkfs_ext4
+from tests.support.signals import default_sigint, signal_state
 from tests.support.volumes import make_volume, sha256_file
 
 LAMINA = [sys.executable, "-m", "lamina.backend.cli.main"]
@@ -406,13 +407,19 @@ def test_interrupting_a_client_cancels_its_task_on_the_server(tmp_path: Path) ->
             ],
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=default_sigint,
         )
         deadline = time.monotonic() + 20
         while not any(t.progress and t.progress.done for t in api.tasks()):
             assert proc.poll() is None and time.monotonic() < deadline, "no backup got going"
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        _, err = proc.communicate(timeout=30)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            state = f"its signals: {signal_state(proc.pid)}; ours: {signal_state()}"
+            proc.kill()
+            raise AssertionError(f"the client still runs 30 s after SIGINT; {state}") from None
         assert proc.returncode == 130, err
         assert err.strip() == "lamina: error: backup cancelled; no restore point was written"
         (task,) = api.tasks()

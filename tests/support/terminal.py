@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from fcntl import ioctl
 
+from tests.support.signals import default_sigint, signal_state
+
 
 class TerminalProcess:
     def __init__(
@@ -39,6 +41,7 @@ class TerminalProcess:
             env={**(env if env is not None else os.environ), "TERM": "xterm-256color"},
             cwd=cwd,
             start_new_session=True,  # the pty becomes its controlling terminal
+            preexec_fn=default_sigint,
         )
         os.close(slave)
         self.master = master
@@ -91,7 +94,14 @@ class TerminalProcess:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> int:
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"process {self.process.pid} still runs after {timeout} s; its signals: "
+                f"{signal_state(self.process.pid)}; ours: {signal_state()}; "
+                f"its screen: {self.text()[-1500:]!r}"
+            ) from None
 
     def close(self) -> None:
         if self.process.poll() is None:
