@@ -238,6 +238,14 @@ def _repo_info(repo: Repository) -> RepositoryInfo:
 MAX_VOLUMES_ASKED = 10_000
 
 
+def _recorded_repository(url: str) -> str:
+    """How a job's repository is recorded: a relative folder as its absolute path, so that
+    the history of ``--repo repo`` is found from any other folder."""
+    if "://" not in url and url and not os.path.isabs(url):
+        return os.path.abspath(url)
+    return url
+
+
 def _repository_forms(url: str) -> list[str]:
     """The spellings a local repository is recorded under: as given, as an absolute path
     and as a file:// URL."""
@@ -286,7 +294,7 @@ class Service:
         self.accounting = JobAccounting()
         self._recorder = JobRecorder(
             catalog or default_catalog_url(),
-            repository=repo_url,
+            repository=_recorded_repository(repo_url),
             origin=origin,
             counts=self.accounting.counts,
         )
