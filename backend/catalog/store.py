@@ -39,6 +39,7 @@ from .records import JobNotFound as JobNotFound
 from .records import JobRecord as JobRecord
 from .records import default_catalog_url as default_catalog_url
 from .schema import job_events, jobs
+from .spool import Pending, Spool, spool_folder
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -121,9 +122,10 @@ def _one_line(e: BaseException) -> str:
 class Catalog:
     """An open catalog. Thread-safe: every call takes a connection from the engine's pool."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, spool: Spool | None = None) -> None:
         self.engine = engine
         self.url = url
+        self.spool = spool  # jobs recorded beside an SQLite catalog (spool.py)
 
     # ------------------------------------------------------------------ opening
 
@@ -137,17 +139,20 @@ class Catalog:
         parsed = _parse(url)
         shown = shown_url(url)
         sqlite_path = None
+        spool = None
         if parsed.drivername == "sqlite":
             sqlite_path = _prepare_sqlite(parsed, shown)
+            spool = Spool(spool_folder(sqlite_path.absolute()))
             engine = sa.create_engine(parsed, connect_args={"timeout": 30})
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = sa.create_engine(
                 parsed, connect_args={"connect_timeout": 5}, pool_pre_ping=True
             )
-        catalog = cls(engine, shown)
+        catalog = cls(engine, shown, spool)
         try:
             catalog._migrate(sqlite_path)
+            catalog.ingest_pending()
             if reap:
                 catalog.reap_interrupted()
         except CatalogError:
@@ -212,6 +217,56 @@ class Catalog:
 
         self._write(write)
 
+    def ingest_pending(self) -> int:
+        """Move the jobs waiting in the spool (spool.py) into the catalog; returns how many
+        files were done with. A job's state only moves forward: a live version read after
+        its end never makes it live again, though a real end replaces a guessed
+        ``interrupted``. A file stays while its job runs; one that cannot be written stays
+        for the next try (a read-only catalog is read as it is)."""
+        if self.spool is None:
+            return 0
+        done = 0
+        for item in self.spool.pending():
+            try:
+                finished = self._write(lambda conn, item=item: self._ingest(conn, item))
+            except CatalogError:
+                continue
+            if finished:
+                self.spool.remove(item)
+                done += 1
+        return done
+
+    @staticmethod
+    def _ingest(conn: Connection, item: Pending) -> bool:
+        """One job of the spool into the catalog; True when its file is no longer needed."""
+        record = item.record
+        stored = conn.execute(sa.select(jobs.c.state).where(jobs.c.id == record.id)).first()
+        live = record.state in LIVE_STATES
+        if stored is None:
+            conn.execute(jobs.insert().values(**record.row()))
+        elif stored.state in LIVE_STATES or (stored.state == INTERRUPTED and not live):
+            conn.execute(jobs.update().where(jobs.c.id == record.id).values(**record.row()))
+        elif live:
+            # Ended in the catalog, live in the file: an old version, or a process that died
+            # and was reaped. The file is done with once nothing can write it again.
+            return not _may_still_run(record)
+        have = {
+            (e.at, e.state, e.message)
+            for e in conn.execute(
+                sa.select(job_events.c.at, job_events.c.state, job_events.c.message).where(
+                    job_events.c.job_id == record.id
+                )
+            )
+        }
+        for e in item.events:
+            if (e.at, e.state, e.message) not in have:
+                conn.execute(
+                    job_events.insert().values(
+                        job_id=record.id, at=e.at, state=e.state, message=e.message
+                    )
+                )
+        return not live
+
     def heartbeat(self, job_ids: Sequence[str], at: float | None = None) -> None:
         if not job_ids:
             return
@@ -263,6 +318,7 @@ class Catalog:
         return result
 
     def known_points(self) -> set[str]:
+        self.ingest_pending()
         with self._reading() as conn:
             rows = conn.execute(sa.select(jobs.c.point).where(jobs.c.point.is_not(None))).all()
         return {str(r[0]) for r in rows}
@@ -279,6 +335,7 @@ class Catalog:
 
     def history(self, query: HistoryQuery | None = None) -> list[JobRecord]:
         """Jobs, newest first, filtered by ``query``."""
+        self.ingest_pending()
         q = query or HistoryQuery()
         statement = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id)
         if q.volume is not None:
@@ -314,6 +371,7 @@ class Catalog:
 
     def totals(self, repository: str | None, duration_buckets: Sequence[float]) -> CatalogTotals:
         """Sums over the jobs of ``repository`` (None: every job) for the metrics."""
+        self.ingest_pending()
         finished = jobs.c.state.not_in(LIVE_STATES)
         where = [] if repository is None else [jobs.c.repository == repository]
         duration = jobs.c.ended_at - jobs.c.started_at
@@ -373,6 +431,7 @@ class Catalog:
     ) -> dict[str, float]:
         """The end of the newest successful backup of each volume, in one query: of the
         jobs of ``repositories`` (None: of any) and of ``volumes`` (None: every volume)."""
+        self.ingest_pending()
         where: list[Any] = []
         if repositories is not None:
             where.append(jobs.c.repository.in_(list(repositories)))
@@ -399,6 +458,7 @@ class Catalog:
         }
 
     def job(self, job_id: str) -> JobRecord | None:
+        self.ingest_pending()
         with self._reading() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
             if row is None:
@@ -411,6 +471,15 @@ class Catalog:
             ):
                 record.events.append(JobEvent(e.at, e.state, e.message))
         return record
+
+
+def _may_still_run(record: JobRecord, now: float | None = None) -> bool:
+    """Whether the process that recorded ``record`` may still write it: as ``reap_interrupted``
+    tells a dead one, by its identity on this host and by its heartbeat elsewhere."""
+    if record.host == current_process().host:
+        return is_alive_here(record.pid, record.boot_id, record.process_start)
+    beat = record.heartbeat_at or record.started_at or record.created_at
+    return (now or time.time()) - float(beat) <= STALE_AFTER
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

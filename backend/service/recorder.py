@@ -4,6 +4,10 @@ The service hands each job to ``JobRecorder.track`` as it starts it, so the CLI,
 and the gRPC API record the same way. Writes go through one background thread: a job
 never waits for the catalog, and a catalog that is down costs a warning, never the job.
 A backup recorded nowhere is filled in later from the repository (``reconcile``).
+
+Into an SQLite catalog that can be written, the thread writes the spool beside it
+(catalog/spool.py) instead, which the next opener of the catalog moves in: a process that
+only runs a job never loads the database layer.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..catalog import CatalogError, HistoryQuery, JobRecord, open_catalog
 from ..catalog.process import current_process
-from ..catalog.records import HEARTBEAT_EVERY, OFF
+from ..catalog.records import HEARTBEAT_EVERY, LIVE_STATES, OFF, JobEvent
+from ..catalog.spool import Spool
 from ..display import printable
 from .accounting import RequestCounts
 from .jobs import Job, JobState
@@ -74,6 +79,8 @@ class JobRecorder:
         self._lock = threading.Lock()
         self._tracked: dict[str, Job] = {}
         self._written: dict[str, str] = {}  # job id -> last state queued
+        self._spool = Spool.for_catalog(catalog_url) if self.enabled else None
+        self._spooled: dict[str, tuple[JobRecord, list[JobEvent]]] = {}
 
     # ------------------------------------------------------------------ the service's side
 
@@ -186,6 +193,8 @@ class JobRecorder:
             if item is None:
                 return
             record, message, at = item
+            if self._spool is not None and self._to_spool(record, message, at):
+                continue
             catalog = self._open()
             if catalog is None:
                 continue  # lost: a backup's point is reconciled from the repository later
@@ -196,9 +205,39 @@ class JobRecorder:
                 catalog.close()
                 self._catalog = None
 
+    def _to_spool(self, record: JobRecord, message: str, at: float) -> bool:
+        """Write the job's record and every event so far to the spool; False (and the
+        catalog itself from now on) when the spool cannot be written."""
+        assert self._spool is not None
+        _, events = self._spooled.get(record.id, (record, []))
+        events.append(JobEvent(at, record.state, message))
+        self._spooled[record.id] = (record, events)
+        try:
+            self._spool.write(record, events)
+        except (OSError, ValueError) as e:
+            # Its earlier versions, where written, move in when the catalog is opened.
+            log.debug("job spool not written, writing the catalog: %s", e)
+            self._spool = None
+            self._spooled.clear()
+            return False
+        if record.state not in LIVE_STATES:
+            del self._spooled[record.id]
+        return True
+
     def _heartbeat(self) -> None:
         with self._lock:
             running = [j.id for j in self._tracked.values() if not j.done]
+        if running and self._spool is not None:
+            now = time.time()
+            for job_id in running:
+                if job_id in self._spooled:
+                    record, events = self._spooled[job_id]
+                    record.heartbeat_at = now
+                    try:
+                        self._spool.write(record, events)
+                    except (OSError, ValueError) as e:
+                        log.debug("job spool heartbeat not written: %s", e)
+            return
         if not running or self._catalog is None:
             return
         try:
