@@ -113,3 +113,22 @@ def test_an_unwritable_cache_folder_means_no_cache_not_a_failure(
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "file"))
     assert open_cache(REPO_ID, "s3://bucket/repo") is None
+
+
+def test_the_bound_counts_what_other_processes_left_and_the_least_recently_used_go(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "c"
+    earlier = ObjectCache(folder, 100_000)  # another process, before this one
+    for i in range(8):
+        earlier.put(f"maps/p{i}", bytes([i]) * 10_000)
+        path = earlier._path(f"maps/p{i}")
+        assert path is not None
+        os.utime(path, (1000 + i, 1000 + i))  # p0 the least recently used
+    cache = ObjectCache(folder, 100_000)
+    assert cache.get("maps/p7") == bytes([7]) * 10_000  # used now: evicted last
+    for i in range(8, 11):
+        cache.put(f"maps/p{i}", bytes([i]) * 10_000)
+    assert sum(p.stat().st_size for p in cache_files(folder)) <= 100_000
+    kept = {i for i in range(11) if cache.get(f"maps/p{i}") is not None}
+    assert kept == {2, 3, 4, 5, 6, 7, 8, 9, 10}  # the two oldest went, at the bound
