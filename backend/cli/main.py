@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import TextIO, cast
+from typing import NoReturn, TextIO, cast
 
 from .. import __version__
 from ..display import printable
@@ -84,5 +87,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = stdout
 
 
+def run() -> NoReturn:
+    """The `lamina` command: ``main``, then an exit that does not tear the interpreter down."""
+    _exit_at_once(main())
+
+
+def _exit_at_once(code: int) -> NoReturn:
+    # Freeing every module's objects (botocore's thousands above all) costs about 0.1 s after
+    # the work is done. What an exit must do is done first, in the interpreter's own order:
+    # the other threads end (thread pools told to stop first), the atexit handlers run
+    # (the job history's last writes among them), the standard streams are flushed.
+    shutdown = getattr(threading, "_shutdown", None)
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exitfuncs is None:  # another Python: the ordinary exit
+        sys.exit(code)
+    shutdown()
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone (a closed pipe): nothing left to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
