@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         unsafe_name_reason,
         write_sparse,
     )
-    from ..errors import LaminaError
+    from ..errors import LaminaError, PasswordRequired, WrongPassword
     from ..fsread import Entry as Entry
     from ..limits import parse_keep_within, shown
     from ..progress import Progress
@@ -159,7 +159,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "unsafe_name_reason",
         "write_sparse",
     ),
-    "errors": ("LaminaError",),
+    "errors": ("LaminaError", "PasswordRequired", "WrongPassword"),
     "fsread": ("Entry",),
     "limits": (
         "parse_keep_within",
@@ -318,6 +318,7 @@ __all__ = [
     "MountError",
     "MountInfo",
     "NotAFolder",
+    "PasswordRequired",
     "PathNotAllowed",
     "PointInfo",
     "Policy",
@@ -339,6 +340,7 @@ __all__ = [
     "VolumeComparison",
     "VolumeInfo",
     "VolumeRef",
+    "WrongPassword",
     "backup_options_from_cbt",
     "check_backup_options",
     "check_cluster_volume",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from lamina.backend.service import (
     Job,
@@ -224,3 +224,66 @@ async def test_a_copy_from_the_comparison_can_be_cancelled(slow_pair: Pair) -> N
         assert view.state == "cancelled"
         await wait_for(pilot, lambda: screen.loaded and screen.comparison, "the refresh")
     assert Service(str(slow_pair.root / "slow")).list_points() == []
+
+
+async def test_an_encrypted_other_repository_asks_its_password_until_it_is_right(
+    pair: Pair,
+) -> None:
+    root = pair.root
+    image = make_volume(root / "app.img", 2 * MiB, seed=5)
+    pair.here.add_local_volume("demo", "app-data", str(image))
+    mine = finished(pair.here.start_volume_backup("local", "demo", "app-data"))
+    other_url = str(root / "vault")
+    init_repository(other_url, grid_size=256 * 1024, password=b"right horse  ")
+
+    app = pair.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await open_volumes(pilot, app)
+        await pilot.press("equals_sign")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen), "the repository prompt")
+        await pilot.press("ctrl+u", *"vault", "enter")
+
+        def asked() -> PromptScreen | None:
+            s = app.screen
+            return s if isinstance(s, PromptScreen) and s.password else None
+
+        await wait_for(pilot, asked, "the password prompt")
+        prompt = asked()
+        assert prompt is not None and "vault" in prompt.title_text
+        assert prompt.query_one("#prompt-input", Input).password  # typed, never shown
+        await pilot.press(*"wrong", "enter")
+        await wait_for(pilot, lambda: asked() is not None and asked() is not prompt, "a retry")
+        again = asked()
+        assert again is not None and "try again" in again.hint
+        await pilot.press(*"right horse  ", "enter")  # spaces are part of a password
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, CompareScreen) and app.screen.comparison is not None,
+            "the comparison",
+        )
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert cells(screen) == {mine.id: ("✓", "missing")}
+        await pilot.press("y")
+        await wait_for(
+            pilot,
+            lambda: screen.comparison is not None and not screen.comparison.only_left,
+            "the copy and the refresh",
+        )
+        await pilot.press("escape")
+        # Esc at the password prompt leaves the comparison undone, saying why, in one line.
+        await wait_for(pilot, lambda: isinstance(app.screen, VolumesScreen), "the volumes")
+        await pilot.press("equals_sign")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen), "the repository prompt")
+        await pilot.press("ctrl+u", *"vault", "enter")
+        await wait_for(pilot, asked, "the password prompt")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
+        assert isinstance(app.screen, CompareScreen)
+        text = summary(app.screen)
+        assert "cannot compare" in text and "\n" not in text
+    vault = Service(other_url, password=b"right horse  ")
+    try:
+        assert [p.id for p in vault.list_points()] == [mine.id]
+    finally:
+        vault.close()

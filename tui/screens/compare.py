@@ -19,7 +19,13 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from lamina.backend.service import JobView, PointInfo, VolumeComparison
+from lamina.backend.service import (
+    JobView,
+    PasswordRequired,
+    PointInfo,
+    VolumeComparison,
+    WrongPassword,
+)
 from lamina.backend.units import plural
 
 from .. import formatting as fmt
@@ -37,6 +43,7 @@ class CompareLoaded(Message):
     comparison: VolumeComparison | None
     points: list[PointInfo]  # this repository's points of the volume
     error: str | None = None
+    needs_password: bool = False  # the other repository is encrypted: none given, or wrong
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class CompareScreen(LaminaScreen):
         self.loaded = False
         self.copy_jobs: set[str] = set()
         self._copy_jobs_lock = threading.Lock()
+        self.other_password: bytes | None = None  # asked for when the other side is encrypted
 
     def crumbs(self) -> list[str]:
         return [*self.volume.split("/"), "compare"]
@@ -116,8 +124,13 @@ class CompareScreen(LaminaScreen):
     @work(thread=True, exclusive=True, group="compare")
     def load(self) -> None:
         try:
-            report = self.service.compare(self.other, volume=self.volume)
+            report = self.service.compare(
+                self.other, volume=self.volume, other_password=self.other_password
+            )
             points = self.service.list_points(self.volume)
+        except (PasswordRequired, WrongPassword) as e:
+            self.post_message(CompareLoaded(None, [], plain_error(e), needs_password=True))
+            return
         except Exception as e:
             self.post_message(CompareLoaded(None, [], plain_error(e)))
             return
@@ -130,6 +143,9 @@ class CompareScreen(LaminaScreen):
         self.loaded = True
         self.refresh_bindings()
         summary = self.query_one("#compare-summary", Static)
+        if message.needs_password:
+            self.ask_password(message.error or "the other repository is encrypted")
+            return
         if message.error is not None or message.comparison is None:
             self.comparison = None
             self.fail(f"compare with {self.other}", message.error or "no answer")
@@ -148,6 +164,31 @@ class CompareScreen(LaminaScreen):
                 key=row.point,
             )
         summary.update(self.summary_text(c))
+
+    def ask_password(self, why: str) -> None:
+        """The other repository's password, asked for again after a wrong one; esc leaves
+        the comparison undone, with the reason on the screen."""
+        from .dialogs import PromptScreen
+
+        def answer(typed: str | None) -> None:
+            if typed is None:
+                self.comparison = None
+                self.query_one("#compare-summary", Static).update(
+                    shown(f"cannot compare with {self.other}: {why}", "red")
+                )
+                return
+            self.other_password = typed.encode()
+            self.table.loading = True
+            self.load()
+
+        self.app.push_screen(
+            PromptScreen(
+                f"Password of {self.other}",
+                hint=why if self.other_password is None else f"{why}; try again",
+                password=True,
+            ),
+            answer,
+        )
 
     def summary_text(self, c: VolumeComparison) -> Text:
         text = Text()
@@ -221,7 +262,9 @@ class CompareScreen(LaminaScreen):
             self.lamina.start_job(
                 what,
                 lambda d=direction, p=points: self._remember(
-                    self.service.start_copy(self.other, direction=d, points=p).id
+                    self.service.start_copy(
+                        self.other, direction=d, points=p, other_password=self.other_password
+                    ).id
                 ),
             )
 

@@ -29,26 +29,30 @@ class PromptScreen(ModalScreen[str | None]):
         Binding("escape", "cancel", "Cancel", id="prompt.cancel", key_display="esc"),
     ]
 
-    def __init__(self, title: str, value: str = "", *, hint: str = "") -> None:
+    def __init__(
+        self, title: str, value: str = "", *, hint: str = "", password: bool = False
+    ) -> None:
         super().__init__(classes="dialog-screen")
         self.title_text = title
         self.value = value
         self.hint = hint
+        self.password = password  # typed characters are not shown
 
     def compose(self) -> Iterable[Any]:
         with Vertical(classes="dialog"):
             yield Label(shown(self.title_text), classes="dialog-title")
-            yield Input(self.value, id="prompt-input")
+            yield Input(self.value, id="prompt-input", password=self.password)
+            # The hint may quote a server's reply: escaped, as everything shown is.
             yield Static(
-                Text(
-                    (self.hint + "\n" if self.hint else "") + "enter: OK   esc: cancel", style="dim"
-                ),
+                shown(self.hint, "dim")
+                + Text(("\n" if self.hint else "") + "enter: OK   esc: cancel", style="dim"),
                 classes="dialog-hint",
             )
 
     @on(Input.Submitted, "#prompt-input")
     def _submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        # A password is taken as typed: its spaces may be part of it.
+        self.dismiss((event.value if self.password else event.value.strip()) or None)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
