@@ -129,7 +129,9 @@ class CompareScreen(LaminaScreen):
             )
             points = self.service.list_points(self.volume)
         except (PasswordRequired, WrongPassword) as e:
-            self.post_message(CompareLoaded(None, [], plain_error(e), needs_password=True))
+            # Said here: the backend's line speaks of "this repository" and its CLI options.
+            why = "wrong password" if isinstance(e, WrongPassword) else "it is encrypted"
+            self.post_message(CompareLoaded(None, [], why, needs_password=True))
             return
         except Exception as e:
             self.post_message(CompareLoaded(None, [], plain_error(e)))
@@ -184,7 +186,7 @@ class CompareScreen(LaminaScreen):
         self.app.push_screen(
             PromptScreen(
                 f"Password of {self.other}",
-                hint=why if self.other_password is None else f"{why}; try again",
+                hint=f"{why}; try again" if self.other_password is not None else why,
                 password=True,
             ),
             answer,
