@@ -35,6 +35,7 @@ from .models import (
 
 if TYPE_CHECKING:
     # Annotations only: file entries load the filesystem parsers, schedules croniter.
+    from .accounting import RequestCounts
     from .files import FileEntry
     from .schedules import ScheduleInfo
 
@@ -162,6 +163,8 @@ class LaminaService(Protocol):
     ) -> HistoryPage: ...
 
     def get_job(self, job_id: str) -> JobRecord: ...
+
+    def job_requests(self, job_id: str) -> RequestCounts | None: ...
 
     def job_view(self, job_id: str) -> JobView: ...
 

@@ -126,6 +126,11 @@ class JobRecorder:
         message = (job.error or state) if state in JobState.FINISHED else state
         self._queue.put((self._record(job, state), message, time.time()))
 
+    def record_of(self, job: Job) -> JobRecord:
+        """The record the catalog gets for ``job`` in its present state."""
+        state = job.state if job.done or job.state not in JobState.FINISHED else JobState.RUNNING
+        return self._record(job, state)
+
     def _record(self, job: Job, state: str) -> JobRecord:
         me = current_process()
         record = JobRecord(

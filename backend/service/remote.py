@@ -36,6 +36,7 @@ from ..engine.pipelines import BackupRequest
 from ..errors import Cancelled, LaminaError, UsageError
 from ..progress import Progress
 from . import wire
+from .accounting import RequestCounts
 from .jobs import Job
 from .models import (
     Capabilities,
@@ -728,6 +729,21 @@ class RemoteService(Service):
 
     def get_job(self, job_id: str) -> JobRecord:
         return self.client.get_job(job_id)
+
+    def job_requests(self, job_id: str) -> RequestCounts | None:
+        """The requests the server's job made and their cost, as the server counted them
+        (None when it cannot say: an older server, its catalog down)."""
+        try:
+            record = self.client.get_job(job_id)
+        except LaminaError:
+            return None
+        return RequestCounts(
+            dict(record.requests),
+            record.retries,
+            record.bytes_up,
+            record.bytes_down,
+            record.cost_usd,
+        )
 
     def list_schedules(self) -> list[ScheduleInfo]:
         return self.client.list_schedules()

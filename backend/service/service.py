@@ -914,14 +914,32 @@ class Service:
         return HistoryPage(jobs=page, next_page_token=token)
 
     def get_job(self, job_id: str) -> JobRecord:
-        """One job of the catalog with its state changes. Raises JobNotFound, CatalogError."""
-        opened = open_catalog(self._recorder.catalog_url)
+        """One job of the catalog with its state changes. A job this service ran carries its
+        exact requests, even before its end reaches the catalog (a client of a server asks
+        as soon as the job ends). Raises JobNotFound, CatalogError."""
+        with self._jobs_lock:
+            mine = self._jobs.get(job_id)
         try:
-            record = opened.job(job_id)
-        finally:
-            opened.close()
+            opened = open_catalog(self._recorder.catalog_url)
+            try:
+                record = opened.job(job_id)
+            finally:
+                opened.close()
+        except CatalogError:
+            if mine is None:
+                raise
+            record = None
+        if record is None and mine is not None:
+            record = self._recorder.record_of(mine)
         if record is None:
             raise JobNotFound(f"no job {shown(job_id)} in the job history")
+        counts = self.accounting.counts_of(job_id)
+        if mine is not None and mine.done and counts is not None:
+            record.requests = dict(counts.by_op)
+            record.retries = counts.retries
+            record.bytes_up = counts.bytes_up
+            record.bytes_down = counts.bytes_down
+            record.cost_usd = counts.cost_usd
         return record
 
     # ------------------------------------------------------------------ schedules

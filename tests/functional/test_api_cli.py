@@ -57,6 +57,7 @@ class Remote:
     point: str  # a raw volume
     files_point: str  # an ext4 volume
     source_tree: Path
+    service: Service  # the server's own
 
     def args(self) -> list[str]:
         return ["--server", self.address, "--token-file", str(self.token_file)]
@@ -77,7 +78,9 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
     with running_server(service, allowed_paths=[str(root)]) as server:
-        yield Remote(root, url, server.address, token_file, raw.result.id, ext4.result.id, source)
+        yield Remote(
+            root, url, server.address, token_file, raw.result.id, ext4.result.id, source, service
+        )
 
 
 # ---------------------------------------------------------------------------- --server
@@ -113,6 +116,23 @@ def test_backup_restore_and_verify_through_a_server(remote: Remote) -> None:
     assert "verify clean" in checked.stdout
     # the point is in the repository the server serves
     assert made["id"] in {p.id for p in Service(remote.url).list_points()}
+
+
+def test_a_job_through_a_server_prints_the_requests_the_server_counted(remote: Remote) -> None:
+    volume = make_volume(remote.root / "cli-counted.img", 3 * MiB, seed=42)
+    made = json.loads(
+        lamina("backup", *remote.args(), "--volume", "cli/counted", str(volume), "--json").stdout
+    )
+    job = made["job"]
+    counted = remote.service.job_requests(job["id"])
+    assert counted is not None and counted.by_op["put"] > 0
+    assert job["requests"] == counted.as_json()  # exact, though the catalog writes later
+    target = remote.root / "cli-counted-restored.img"
+    restored = lamina("restore", *remote.args(), made["id"], str(target))
+    lines = restored.stdout.splitlines()
+    assert lines[0].startswith(f"restored point {made['id']}")
+    (summary,) = [line for line in lines if " requests (" in line]
+    assert "GET" in summary and "down, about $" in summary
 
 
 @pytest.mark.parametrize(

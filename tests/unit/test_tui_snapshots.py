@@ -39,6 +39,7 @@ from lamina.backend.service import (
     PointInfo,
     Reachability,
     RepositoryInfo,
+    RequestCounts,
     ScheduleInfo,
     VolumeComparison,
     VolumeInfo,
@@ -439,6 +440,9 @@ class RecordedClient:
 
     def get_job(self, job_id: str) -> JobRecord:
         return next(r for r in HISTORY if r.id == job_id)
+
+    def job_requests(self, job_id: str) -> RequestCounts | None:
+        return None  # the recorded jobs' requests are in their history records
 
     def list_schedules(self) -> list[ScheduleInfo]:
         return []
