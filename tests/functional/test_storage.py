@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import botocore.session
 import pytest
 
 from lamina.backend.engine.storage import (
@@ -634,3 +635,31 @@ def test_counting_over_retrying_counts_one_request_per_call(storage: Storage) ->
     flaky.fail_next = 2
     counting.put("config", b"12345")
     assert (counting.requests, counting.bytes_up, flaky.calls) == (1, 5, 3)
+
+
+def test_list_and_head_times_agree_with_botocores_own_parsing(s3_repo_url: str) -> None:
+    # S3Storage reads S3's timestamps itself (storage/s3.py, parse_s3_timestamp): the same
+    # instants as botocore's default parser gives, in a listing (ISO 8601) and a HEAD (an
+    # HTTP date).
+    bucket, _, prefix = s3_repo_url.removeprefix("s3://").partition("/")
+    storage = S3Storage(bucket, prefix)
+    try:
+        for i in range(3):
+            storage.put(f"index/t{i}", b"t" * (i + 1))
+        plain: Any = botocore.session.get_session().create_client(
+            "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL")
+        )
+        pages = plain.get_paginator("list_objects_v2").paginate(
+            Bucket=storage.bucket, Prefix=storage.prefix + "index/"
+        )
+        expected = {
+            obj["Key"][len(storage.prefix) :]: obj["LastModified"].timestamp()
+            for page in pages
+            for obj in page.get("Contents", [])
+        }
+        assert {i.key: i.mtime for i in storage.list("index/")} == expected
+        head = plain.head_object(Bucket=storage.bucket, Key=storage.prefix + "index/t1")
+        info = storage.head("index/t1")
+        assert info is not None and info.mtime == head["LastModified"].timestamp()
+    finally:
+        storage.close()

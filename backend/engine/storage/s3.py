@@ -14,6 +14,7 @@ from typing import Any
 import botocore.config
 import botocore.exceptions
 import botocore.session
+import botocore.utils
 
 from ...errors import StorageUnavailable
 from . import metering
@@ -44,6 +45,17 @@ def _meter_request(request: Any, operation_name: str = "", **_: Any) -> None:
         up = 0
     attempt = int(getattr(request, "context", {}).get("retries", {}).get("attempt", 1))
     metering.record(metering.s3_operation(operation_name, request.method), up=up, retry=attempt > 1)
+
+
+def parse_s3_timestamp(value: str) -> datetime:
+    """A timestamp of an S3 answer. Listings give ISO 8601 ('2026-12-01T22:31:32.000Z'), read
+    here by the standard library: botocore's default parser (dateutil) costs about 0.2 ms a
+    key, 6 s of a 30,000-key listing. Anything else (HTTP dates in headers) goes to it."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return botocore.utils.parse_timestamp(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 class S3Storage(Storage):
@@ -77,6 +89,9 @@ class S3Storage(Storage):
             )
             # botocore's own session: boto3's would import s3transfer too, start-up for nothing.
             session = botocore.session.get_session()
+            session.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=parse_s3_timestamp
+            )
             client = session.create_client(
                 "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), config=config
             )
