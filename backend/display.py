@@ -67,8 +67,12 @@ def printable(value: str | bytes | None, *, keep: str = "") -> str:
     if value is None:
         return ""
     text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-    if text.isascii() and text.isprintable():
-        return text  # the common case, quickly
+    if text.isascii():  # the common case, quickly
+        rest = text
+        for char in keep:
+            rest = rest.replace(char, "")
+        if rest.isprintable():
+            return text
     return "".join(c if c in keep or _visible(c) else _escape(c) for c in text)
 
 
