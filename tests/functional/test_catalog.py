@@ -34,6 +34,7 @@ from lamina.backend.catalog import (
 from lamina.backend.catalog.schema import metadata
 from lamina.backend.catalog.store import MIGRATIONS
 from lamina.backend.service import Service, init_repository
+from tests.support.catalogs import read_only_sqlite_catalog
 from tests.support.postgres import PostgresServer
 from tests.support.volumes import make_volume
 
@@ -288,25 +289,8 @@ def test_unreachable_postgresql_and_a_wrong_password_are_one_line(
 
 
 def test_a_read_only_sqlite_catalog_is_one_line(tmp_path: Path) -> None:
-    made, shown = tmp_path / "made", tmp_path / "shown"
-    made.mkdir()
-    shown.mkdir()
-    Catalog.open(f"sqlite:///{made}/catalog.sqlite").close()
-    if os.geteuid() == 0:  # root writes through any mode bits: a read-only mount it is
-        subprocess.run(["mount", "--bind", str(made), str(shown)], check=True)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(shown)], check=True)
-    else:
-        (made / "catalog.sqlite").chmod(0o444)
-        made.chmod(0o555)
-        shown.rmdir()
-        shown.symlink_to(made)
-    try:
-        result = lamina("history", "--catalog", f"sqlite:///{shown}/catalog.sqlite")
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["umount", str(shown)], check=True)
-        else:
-            made.chmod(0o755)
+    with read_only_sqlite_catalog(tmp_path) as (_made, url):
+        result = lamina("history", "--catalog", url)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert "read-only" in line

@@ -23,6 +23,7 @@ from lamina.backend.catalog.process import current_process
 from lamina.backend.catalog.records import JobEvent
 from lamina.backend.catalog.spool import Spool, spool_folder
 from lamina.backend.service import init_repository
+from tests.support.catalogs import read_only_sqlite_catalog
 from tests.support.volumes import make_volume
 
 LAMINA = [sys.executable, "-m", "lamina.backend.cli.main"]
@@ -212,32 +213,15 @@ def test_what_this_lamina_cannot_read_is_left_for_one_that_can(sqlite_catalog: P
 
 
 def test_a_read_only_sqlite_catalog_gets_no_spool_and_the_backup_warns(tmp_path: Path) -> None:
-    made, shown = tmp_path / "made", tmp_path / "shown"
-    made.mkdir()
-    shown.mkdir()
-    Catalog.open(f"sqlite:///{made}/catalog.sqlite").close()
-    if os.geteuid() == 0:  # root writes through any mode bits: a read-only mount it is
-        subprocess.run(["mount", "--bind", str(made), str(shown)], check=True)
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(shown)], check=True)
-    else:
-        (made / "catalog.sqlite").chmod(0o444)
-        made.chmod(0o555)
-        shown.rmdir()
-        shown.symlink_to(made)
     repo = str(tmp_path / "repo")
     init_repository(repo)
     image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=12)
-    try:
-        assert Spool.for_catalog(f"sqlite:///{shown}/catalog.sqlite") is None
+    with read_only_sqlite_catalog(tmp_path) as (made, url):
+        assert Spool.for_catalog(url) is None
         result = lamina(
             "backup", "--repo", repo, "--volume", "ns/v", str(image),
-            env={**os.environ, "LAMINA_CATALOG": f"sqlite:///{shown}/catalog.sqlite"},
+            env={**os.environ, "LAMINA_CATALOG": url},
         )  # fmt: skip
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["umount", str(shown)], check=True)
-        else:
-            made.chmod(0o755)
     assert result.returncode == 0, result.stderr
     (warning,) = result.stderr.strip().splitlines()
     assert warning.startswith("lamina: warning: not recorded in the job history: ")

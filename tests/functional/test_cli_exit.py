@@ -45,6 +45,20 @@ def run_lamina(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def repository_with_points(tmp_path: Path, count: int, seed: int) -> str:
+    """A repository of ``count`` points, each of its own volume with a long name."""
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
+    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=seed)
+    service = Service(repo, catalog="none")
+    try:
+        for i in range(count):
+            service.start_backup(str(image), f"ns/volume-{i:03d}-{'x' * 200}").wait()
+    finally:
+        service.close()
+    return repo
+
+
 def test_threads_and_atexit_handlers_finish_and_the_code_is_the_commands(tmp_path: Path) -> None:
     result = run_lamina(tmp_path, "points", "--repo", str(tmp_path / "missing"))
     assert result.returncode == 1, result.stderr
@@ -54,15 +68,7 @@ def test_threads_and_atexit_handlers_finish_and_the_code_is_the_commands(tmp_pat
 
 
 def test_every_byte_of_a_long_listing_reaches_the_pipe(tmp_path: Path) -> None:
-    repo = str(tmp_path / "repo")
-    init_repository(repo)
-    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=31)
-    service = Service(repo, catalog="none")
-    try:
-        for i in range(40):
-            service.start_backup(str(image), f"ns/volume-{i:03d}-{'x' * 200}").wait()
-    finally:
-        service.close()
+    repo = repository_with_points(tmp_path, 40, seed=31)
     result = run_lamina(tmp_path, "points", "--repo", repo, "--json")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) > 16 * 1024  # more than one buffer's worth
@@ -71,15 +77,7 @@ def test_every_byte_of_a_long_listing_reaches_the_pipe(tmp_path: Path) -> None:
 
 
 def test_a_reader_that_goes_away_costs_no_traceback(tmp_path: Path) -> None:
-    repo = str(tmp_path / "repo")
-    init_repository(repo)
-    image = make_volume(tmp_path / "disk.img", 1024 * 1024, seed=32)
-    service = Service(repo, catalog="none")
-    try:
-        for i in range(150):  # more than a pipe holds: the writer meets the closed end
-            service.start_backup(str(image), f"ns/v{i}-{'y' * 200}").wait()
-    finally:
-        service.close()
+    repo = repository_with_points(tmp_path, 150, seed=32)  # more than a pipe holds
     lamina = subprocess.Popen(
         [sys.executable, "-m", "lamina.backend.cli.main", "points", "--repo", repo, "--json"],
         stdout=subprocess.PIPE,
