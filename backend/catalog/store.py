@@ -282,19 +282,13 @@ class Catalog:
         that is not the same process any more (or another boot); elsewhere, a heartbeat
         older than STALE_AFTER. Returns their ids."""
         now = now or time.time()
-        me = current_process()
 
         def reap(conn: Connection) -> list[str]:
             live = conn.execute(sa.select(jobs).where(jobs.c.state.in_(LIVE_STATES))).all()
             gone = []
             for row in live:
                 r = row._mapping
-                if r["host"] == me.host:
-                    dead = not is_alive_here(int(r["pid"]), r["boot_id"], r["process_start"])
-                else:
-                    beat = r["heartbeat_at"] or r["started_at"] or r["created_at"]
-                    dead = now - float(beat) > STALE_AFTER
-                if not dead:
+                if _may_still_run(JobRecord.of_row(row), now):
                     continue
                 line = (
                     f"interrupted: its process ({r['host']}, pid {r['pid']}) ended "
@@ -477,7 +471,7 @@ def _may_still_run(record: JobRecord, now: float | None = None) -> bool:
     """Whether the process that recorded ``record`` may still write it: as ``reap_interrupted``
     tells a dead one, by its identity on this host and by its heartbeat elsewhere."""
     if record.host == current_process().host:
-        return is_alive_here(record.pid, record.boot_id, record.process_start)
+        return is_alive_here(int(record.pid), record.boot_id, record.process_start)
     beat = record.heartbeat_at or record.started_at or record.created_at
     return (now or time.time()) - float(beat) <= STALE_AFTER
 

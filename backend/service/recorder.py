@@ -57,6 +57,11 @@ def figures(job: Job) -> dict[str, int]:
     return out
 
 
+def _recorded_state(job: Job) -> str:
+    # A finished state shows only once the job is done (its result set).
+    return job.state if job.done or job.state not in JobState.FINISHED else JobState.RUNNING
+
+
 class JobRecorder:
     def __init__(
         self,
@@ -118,7 +123,7 @@ class JobRecorder:
 
     def _changed(self, job: Job) -> None:
         # Every progress event calls this: queue a write only when the state moved.
-        state = job.state if job.done or job.state not in JobState.FINISHED else JobState.RUNNING
+        state = _recorded_state(job)
         with self._lock:
             if self._written.get(job.id) == state:
                 return
@@ -128,8 +133,7 @@ class JobRecorder:
 
     def record_of(self, job: Job) -> JobRecord:
         """The record the catalog gets for ``job`` in its present state."""
-        state = job.state if job.done or job.state not in JobState.FINISHED else JobState.RUNNING
-        return self._record(job, state)
+        return self._record(job, _recorded_state(job))
 
     def _record(self, job: Job, state: str) -> JobRecord:
         me = current_process()
