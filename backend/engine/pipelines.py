@@ -37,7 +37,7 @@ from .extents import (
 )
 from .fingerprints import UNKNOWN, Collector, Fingerprints, resolve_fingerprints
 from .format import EXTENT_DATA, EXTENT_UNALLOCATED, EXTENT_ZERO, Extent, PieceEntry
-from .repository import Point, Repository, new_point_id, pack_runs, utc_now
+from .repository import Point, Repository, new_point_id, pack_runs, pack_size_for, utc_now
 from .safewrite import ImageTarget, TargetError
 from .storage.metering import ContextThreadPool
 
@@ -225,7 +225,7 @@ def backup(
             ranges, total = _with_total(ranges, cancelled)
         tracker.set_phase("backing up", total)
         extents, stats, found = _run_pipeline(
-            repo, fd, ranges, capacity, scan, tracker, cancelled, threads
+            repo, fd, ranges, capacity, scan, tracker, cancelled, threads, total
         )
         if unallocated:
             extents = sorted(extents + unallocated, key=lambda e: e.offset)
@@ -463,6 +463,7 @@ def _run_pipeline(
     tracker: ProgressTracker,
     cancelled: CancelCheck,
     threads: int | None,
+    planned_bytes: int | None,
 ) -> tuple[list[Extent], dict[str, Any], tuple[Collector, list[Range]] | None]:
     # As many hashing/compressing workers as cores (zstd and blake3 release the GIL); more
     # only adds pieces held in memory.
@@ -615,7 +616,11 @@ def _run_pipeline(
             max(2, repo.io_threads // 2), thread_name_prefix="lamina-upload"
         ) as upload_pool,
     ):
-        writer = repo.new_pack_writer(upload_pool, max_in_flight=2)
+        # Buffered and uploading packs hold at most two of the repository's packs' bytes.
+        pack_size = pack_size_for(planned_bytes, repo.pack_size)
+        writer = repo.new_pack_writer(
+            upload_pool, max_in_flight=max(2, 2 * repo.pack_size // pack_size), pack_size=pack_size
+        )
         pending: deque[Future[_Unit]] = deque()
         units: Iterator[Future[_Unit]]
         if by_block:

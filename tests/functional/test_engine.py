@@ -342,3 +342,35 @@ def test_byte_granular_changes_restore_exactly(repo: Service, tmp_path: Path) ->
     out = tmp_path / "out.img"
     _restore(repo, point.id, out)
     assert sha256_file(out) == sha256_file(vol)
+
+
+def test_a_small_incremental_uploads_several_small_packs_and_a_large_backup_full_ones(
+    tmp_path: Path,
+) -> None:
+    """A changed-ranges incremental of a few MiB splits its upload into packs of an eighth of
+    its bytes (4 MiB at least), so they upload side by side while it reads; a backup of many
+    packs' worth keeps the repository's pack size."""
+    init_repository(str(tmp_path / "repo"))  # 4 MiB grid, 16 MiB packs
+    service = Service(str(tmp_path / "repo"))
+    vol = tmp_path / "vol.img"
+    with open(vol, "wb") as f:
+        f.write(os.urandom(192 * MiB))
+    full = _backup(service, vol)
+    packs = {p: p.stat().st_size for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()}
+    assert full.stats["packs_written"] == len(packs) == 12
+    assert min(packs.values()) >= 16 * MiB
+
+    changed = scribble(vol, 24 * 16, 64 * 1024, seed=3)  # 24 MiB of random 64 KiB writes
+    point = _backup(service, vol, changed_ranges=changed)
+    new = [
+        p.stat().st_size
+        for p in (tmp_path / "repo" / "packs").rglob("*")
+        if p.is_file() and p not in packs
+    ]
+    assert point.stats["packs_written"] == len(new) == 6
+    new.sort()
+    assert all(4 * MiB <= size < 5 * MiB for size in new[1:]), new  # the last one: the rest
+    assert sum(new) >= 24 * MiB
+    out = tmp_path / "restored.img"
+    _restore(service, point.id, out)
+    assert sha256_file(out) == sha256_file(vol)

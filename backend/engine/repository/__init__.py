@@ -30,7 +30,7 @@ from .config import (
 )
 from .core import Repository
 from .index import PieceIndex
-from .packs import PackWriter, pack_key, pack_runs
+from .packs import PackWriter, pack_key, pack_runs, pack_size_for
 from .points import MAP_CACHE_EXTENTS, Point, new_point_id
 
 __all__ = [
@@ -50,5 +50,6 @@ __all__ = [
     "new_point_id",
     "pack_key",
     "pack_runs",
+    "pack_size_for",
     "utc_now",
 ]

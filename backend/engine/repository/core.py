@@ -106,5 +106,7 @@ class Repository(PointStore, PackStore):
     def close(self) -> None:
         self.raw_storage.close()
 
-    def new_pack_writer(self, pool: ThreadPoolExecutor, max_in_flight: int) -> PackWriter:
-        return PackWriter(self, pool, max_in_flight)
+    def new_pack_writer(
+        self, pool: ThreadPoolExecutor, max_in_flight: int, pack_size: int | None = None
+    ) -> PackWriter:
+        return PackWriter(self, pool, max_in_flight, pack_size)

@@ -23,6 +23,24 @@ def pack_key(pack_id: bytes) -> str:
     return f"packs/{h[:2]}/{h}"
 
 
+SMALL_PACK_SIZE = 4 * 1024 * 1024
+PACKS_SIDE_BY_SIDE = 8
+
+
+def pack_size_for(planned_bytes: int | None, pack_size: int) -> int:
+    """The pack size for a job that will read about ``planned_bytes`` (None: not known).
+
+    A small job (a changed-ranges incremental of some MiB) would otherwise fill one or two
+    packs and upload them only when full, one after the other, after all its reading: with
+    packs of an eighth of its bytes, down to 4 MiB, its uploads start early and run side by
+    side. A large job keeps the repository's size, since each object costs a request.
+    """
+    if planned_bytes is None:
+        return pack_size
+    floor = min(pack_size, SMALL_PACK_SIZE)
+    return max(floor, min(pack_size, planned_bytes // PACKS_SIDE_BY_SIDE))
+
+
 def pack_runs(
     entries: Iterable[PieceEntry],
     *,
@@ -56,14 +74,22 @@ def pack_runs(
 
 
 class PackWriter:
-    """Collects sealed pieces into packs of about ``pack_size`` and uploads them in the background.
+    """Collects sealed pieces into packs of about ``pack_size`` (the repository's unless
+    given) and uploads them in the background.
 
     At most ``max_in_flight`` packs are buffered or uploading at once, so memory is bounded.
     """
 
-    def __init__(self, repo: RepositoryState, pool: ThreadPoolExecutor, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        repo: RepositoryState,
+        pool: ThreadPoolExecutor,
+        max_in_flight: int,
+        pack_size: int | None = None,
+    ) -> None:
         self.repo = repo
         self.pool = pool
+        self.pack_size = pack_size or repo.pack_size
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._buffer = bytearray()
         self._entries: list[PieceEntry] = []
@@ -77,7 +103,7 @@ class PackWriter:
         entry = PieceEntry(piece_id, self._pack_id, len(self._buffer), len(blob), raw_size, codec)
         self._buffer += blob
         self._entries.append(entry)
-        if len(self._buffer) >= self.repo.pack_size:
+        if len(self._buffer) >= self.pack_size:
             self._flush()
         return entry
 
