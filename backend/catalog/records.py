@@ -7,7 +7,7 @@ loading the database layer; ``store.py`` (``Catalog``) loads it when a catalog i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaminaError
@@ -164,3 +164,38 @@ class HistoryQuery:
     #: Only jobs after this one in the newest-first order: (created_at, id) of the last
     #: job of the previous page. Keyset paging: a job added meanwhile shifts no page.
     after: tuple[float, str] | None = None
+
+
+@dataclass
+class ScheduleRow:
+    """A stored schedule, as its row in the schedules table holds it."""
+
+    name: str
+    kind: str
+    repository: str
+    created_at: float
+    next_run: float
+    password_file: str | None = None
+    local_root: str | None = None
+    volume: str | None = None
+    source: str | None = None
+    every_seconds: float | None = None
+    cron: str | None = None
+    retention: str = "{}"
+    paused: bool = False
+    run_once: bool = False
+    last_run: float | None = None
+    last_state: str | None = None
+    last_error: str | None = None
+    last_jobs: str | None = None
+    claimed_by: str | None = None
+    copy_to: str | None = None
+    copy_password_file: str | None = None
+
+    @classmethod
+    def of_row(cls, row: sa.Row[Any]) -> ScheduleRow:
+        m = row._mapping
+        return cls(**{f.name: m[f.name] for f in fields(cls)})
+
+    def values(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

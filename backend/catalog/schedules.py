@@ -8,13 +8,13 @@ slot runs once however many controllers share the catalog (docs/schedules.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .process import current_process, is_alive_here
+from .records import ScheduleRow
 from .schema import schedules
 from .store import Catalog, CatalogError
 
@@ -25,39 +25,6 @@ class ScheduleNotFound(CatalogError):
 
 class ScheduleExists(CatalogError):
     """A schedule of that name is there already."""
-
-
-@dataclass
-class ScheduleRow:
-    name: str
-    kind: str
-    repository: str
-    created_at: float
-    next_run: float
-    password_file: str | None = None
-    local_root: str | None = None
-    volume: str | None = None
-    source: str | None = None
-    every_seconds: float | None = None
-    cron: str | None = None
-    retention: str = "{}"
-    paused: bool = False
-    run_once: bool = False
-    last_run: float | None = None
-    last_state: str | None = None
-    last_error: str | None = None
-    last_jobs: str | None = None
-    claimed_by: str | None = None
-    copy_to: str | None = None
-    copy_password_file: str | None = None
-
-    @classmethod
-    def of_row(cls, row: sa.Row[Any]) -> ScheduleRow:
-        m = row._mapping
-        return cls(**{f.name: m[f.name] for f in fields(cls)})
-
-    def values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _missing(name: str) -> ScheduleNotFound:

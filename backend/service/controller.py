@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from ..catalog import Catalog, JobRecord, default_catalog_url
 from ..catalog.process import current_process
+from ..catalog.records import ScheduleRow
 from ..catalog.schedules import (
-    ScheduleRow,
     claim_slot,
     claimer_alive,
     claimer_identity,

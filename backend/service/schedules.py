@@ -19,24 +19,19 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from croniter import croniter
-
-from ..catalog import Catalog, default_catalog_url
-from ..catalog.schedules import (
-    ScheduleRow,
-    add_schedule,
-    get_schedule,
-    list_schedules,
-    reap_runs,
-    remove_schedule,
-    update_schedule,
-)
+from ..catalog import default_catalog_url, open_catalog
+from ..catalog.records import ScheduleRow
 from ..engine.lifecycle import Policy
 from ..errors import LaminaError, UsageError
 from ..limits import checked_name, parse_keep_within, shown
 from .clusters import LOCAL, add_local_volume
+
+# The database layer (SQLAlchemy) and croniter load when a schedule is read or written: a
+# remote client imports this module for ScheduleInfo alone.
+if TYPE_CHECKING:
+    from ..catalog import Catalog
 
 BACKUP = "backup"
 PRUNE = "prune"
@@ -68,6 +63,8 @@ def parse_every(text: str) -> float:
 
 def check_cron(expression: str) -> str:
     """A five-field cron expression (minute hour day month weekday, in UTC)."""
+    from croniter import croniter
+
     text = " ".join(expression.split())
     if len(text.split(" ")) != 5 or not croniter.is_valid(text):
         raise UsageError(
@@ -98,6 +95,8 @@ def next_slot(row: ScheduleRow, after: float) -> float:
     """The first slot strictly after ``after``: on the grid ``created_at + k * every``, or
     the cron expression's next time."""
     if row.cron:
+        from croniter import croniter
+
         start = datetime.fromtimestamp(after, UTC)
         return float(croniter(row.cron, start).get_next(float))
     every = float(row.every_seconds or MIN_EVERY)
@@ -203,6 +202,8 @@ def allowed_age(info: ScheduleInfo) -> float:
     """How old the newest good backup of a schedule's volume may get before it is late:
     two intervals, or twice the longest time between its next cron slots."""
     if info.cron:
+        from croniter import croniter
+
         times = croniter(info.cron, datetime.fromtimestamp(info.next_run, UTC))
         slots = [info.next_run] + [float(times.get_next(float)) for _ in range(_CRON_GAPS)]
         gap = max(b - a for a, b in itertools.pairwise(slots))
@@ -271,7 +272,7 @@ class Schedules:
         self.catalog_url = catalog_url or default_catalog_url()
 
     def _open(self) -> Catalog:
-        return Catalog.open(self.catalog_url)
+        return open_catalog(self.catalog_url)
 
     def add(
         self,
@@ -333,6 +334,8 @@ class Schedules:
             raise UsageError(
                 f"--copy-to '{shown(copy_to)}' is the schedule's own repository; give another one"
             )
+        from ..catalog.schedules import add_schedule, get_schedule
+
         catalog = self._open()
         try:
             try:
@@ -381,6 +384,8 @@ class Schedules:
             service.close()
 
     def list(self) -> list[ScheduleInfo]:
+        from ..catalog.schedules import list_schedules, reap_runs
+
         catalog = self._open()
         try:
             reap_runs(catalog)  # a run whose controller was killed shows as interrupted
@@ -397,12 +402,16 @@ class Schedules:
 
     @staticmethod
     def _row(catalog: Catalog, name: str) -> ScheduleRow:
+        from ..catalog.schedules import get_schedule
+
         try:
             return get_schedule(catalog, name)
         except LaminaError:
             raise UsageError(f"no schedule '{shown(name)}'") from None
 
     def remove(self, name: str) -> None:
+        from ..catalog.schedules import remove_schedule
+
         catalog = self._open()
         try:
             self._row(catalog, name)
@@ -415,6 +424,8 @@ class Schedules:
 
     def resume(self, name: str, now: float | None = None) -> ScheduleInfo:
         """Active again; the slots it was paused over are skipped, not caught up."""
+        from ..catalog.schedules import update_schedule
+
         catalog = self._open()
         try:
             row = self._row(catalog, name)
@@ -433,6 +444,8 @@ class Schedules:
         return self._change(name, next_run=at, run_once=True)
 
     def _change(self, name: str, **values: Any) -> ScheduleInfo:
+        from ..catalog.schedules import update_schedule
+
         catalog = self._open()
         try:
             self._row(catalog, name)

@@ -83,3 +83,39 @@ def test_the_probe_sees_a_loaded_module() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["loaded"] == ["sqlalchemy"]
+
+
+# A client of `lamina serve` needs gRPC (and the file entries it shows), but none of the
+# libraries the server does its work with.
+CLIENT_HEAVY = (
+    "sqlalchemy",
+    "alembic",
+    "croniter",
+    "lamina.backend.catalog.store",
+    "botocore",
+    "boto3",
+    "textual",
+    "kubernetes",
+)
+
+_CLIENT_PROBE = """
+import json, sys
+import lamina.backend.service.remote
+heavy = json.loads(sys.stdin.read())
+print(json.dumps(sorted(h for h in heavy if any(m == h or m.startswith(h + ".") for m in sys.modules))))
+"""
+
+
+def test_a_server_client_loads_neither_the_database_layer_nor_the_s3_library() -> None:
+    """`lamina backup --server ...` imports the remote service (and with it the schedules'
+    plain values): SQLAlchemy, croniter and botocore stay unloaded in the client."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CLIENT_PROBE],
+        input=json.dumps(CLIENT_HEAVY),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
