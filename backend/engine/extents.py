@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import heapq
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -107,64 +108,62 @@ def subtract(ranges: Sequence[Range], minus: Sequence[Range]) -> Iterator[Range]
 def resolve_chain(maps: Sequence[Sequence[Extent]]) -> list[Extent]:
     """Merge extent maps, newest first, into the one map a restore reads.
 
-    Each byte comes from the newest map whose extents cover it. Memory is proportional to
-    the number of resolved extents plus the covered set, not to chain depth times extents.
+    Each byte comes from the newest map whose extents cover it. One sweep over the maps'
+    extents in offset order, with the extents that cover the sweep's position in a heap by
+    age: O(N log N) for N extents in all, whatever the chain's depth (a chain of many
+    scattered incrementals would otherwise cost its depth times its extents).
     """
-    covered: list[Range] = []
+    if len(maps) == 1:
+        return sorted(maps[0], key=lambda e: e.offset)
+    starts = [
+        (e.offset, depth, e.offset + e.length, e)
+        for depth, extents in enumerate(maps)
+        for e in extents
+        if e.length
+    ]
+    starts.sort(key=_offset_then_depth)
+    push, pop = heapq.heappush, heapq.heappop
     out: list[Extent] = []
-    for depth, extents in enumerate(maps):
-        own = [(e.offset, e.length) for e in extents]
-        if not covered:
-            out.extend(extents)
-        else:
-            _clip_into(extents, covered, out)
-        if depth + 1 < len(maps):
-            covered = _union(covered, own)
-    out.sort(key=lambda e: e.offset)
+    # Entries (depth, offset, end, extent): the newest covering extent is on top; an entry
+    # that ends at or before the sweep's position is dropped when it comes to the top.
+    active: list[tuple[int, int, int, Extent]] = []
+    winner: tuple[int, int, int, Extent] | None = None  # what the output reads at ``position``
+    won_from = 0  # where ``winner`` started to win
+    i, n = 0, len(starts)
+    position = starts[0][0] if starts else 0
+    while i < n or active:
+        while i < n and starts[i][0] <= position:
+            offset, depth, stop, e = starts[i]
+            push(active, (depth, offset, stop, e))
+            i += 1
+        while active and active[0][2] <= position:
+            pop(active)
+        top = active[0] if active else None
+        if top is not winner:
+            if winner is not None and won_from < position:
+                out.append(_slice(winner[3], won_from, position))
+            winner, won_from = top, position
+        if winner is None:
+            if i >= n:
+                break
+            position = starts[i][0]
+            continue
+        # The winner changes only where it ends or where another extent starts.
+        position = winner[2]
+        if i < n and starts[i][0] < position:
+            position = starts[i][0]
     return out
 
 
-def _clip_into(extents: Sequence[Extent], covered: Sequence[Range], out: list[Extent]) -> None:
-    j = 0
-    for e in extents:
-        start, end = e.offset, e.end
-        while j < len(covered) and covered[j][0] + covered[j][1] <= start:
-            j += 1
-        k = j
-        while start < end:
-            if k >= len(covered) or covered[k][0] >= end:
-                out.append(_slice(e, start, end))
-                break
-            c_start, c_end = covered[k][0], covered[k][0] + covered[k][1]
-            if c_start > start:
-                out.append(_slice(e, start, c_start))
-            start = max(start, c_end)
-            k += 1
+def _offset_then_depth(item: tuple[int, int, int, Extent]) -> tuple[int, int]:
+    return item[0], item[1]
 
 
 def _slice(e: Extent, start: int, end: int) -> Extent:
-    if start == e.offset and end == e.end:
+    if start == e.offset and end == e.offset + e.length:
         return e
     piece_offset = e.piece_offset + (start - e.offset) if e.kind == EXTENT_DATA else 0
     return Extent(start, end - start, e.kind, e.piece_id, piece_offset)
-
-
-def _union(a: Sequence[Range], b: Sequence[Range]) -> list[Range]:
-    merged: list[Range] = []
-    i = j = 0
-    while i < len(a) or j < len(b):
-        if j >= len(b) or (i < len(a) and a[i][0] <= b[j][0]):
-            cur = a[i]
-            i += 1
-        else:
-            cur = b[j]
-            j += 1
-        if merged and merged[-1][0] + merged[-1][1] >= cur[0]:
-            last = merged[-1]
-            merged[-1] = (last[0], max(last[0] + last[1], cur[0] + cur[1]) - last[0])
-        else:
-            merged.append(cur)
-    return merged
 
 
 def image_digest(capacity: int, resolved: Sequence[Extent]) -> str:
