@@ -327,6 +327,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     service.info()  # a wrong URL or password is a one-line error now, not on the first call
     _setup_logging(args.log_file)
+    catalog_problem = service.open_catalog_now()
+    if catalog_problem is not None:
+        logging.getLogger("lamina.api").warning(
+            "the job history cannot be opened now (%s); jobs run and are recorded once it can",
+            printable(catalog_problem),
+        )
     metrics = None
     if args.metrics_listen:
         from ..service.metrics import MetricsServer
