@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +67,16 @@ class Lamina:
     def init(self, repo: str) -> None:
         run_measured([self.binary, "repo", "init", repo, "--json"], env=self.env, timeout=120)
 
-    def backup(self, repo: str, image: Path, changed_ranges: Path | None = None) -> LaminaBackup:
-        command = [self.binary, "backup", "--repo", repo, "--volume", VOLUME_NAME, str(image)]
+    def backup(
+        self,
+        repo: str,
+        image: Path,
+        changed_ranges: Path | None = None,
+        *,
+        server: LaminaServer | None = None,
+    ) -> LaminaBackup:
+        where = ["--server", server.address] if server is not None else ["--repo", repo]
+        command = [self.binary, "backup", *where, "--volume", VOLUME_NAME, str(image)]
         if changed_ranges is not None:
             command += ["--changed-ranges", str(changed_ranges)]
         measured = run_measured([*command, "--json", "-q"], env=self.env)
@@ -77,6 +88,69 @@ class Lamina:
             [self.binary, "restore", "--repo", repo, point_id, str(target), "--json", "-q"],
             env=self.env,
         )
+
+
+class LaminaServer:
+    """``lamina serve`` of one repository on a free loopback port, for jobs sent to a
+    process that stays (as the scheduler and scripts send them)."""
+
+    def __init__(self, lamina: Lamina, repo: str, allowed: Path, log: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        self.lamina = lamina
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [
+                lamina.binary,
+                "serve",
+                "--repo",
+                repo,
+                "--listen",
+                self.address,
+                "--insecure-no-auth",
+                "--allow-path",
+                str(allowed),
+            ],
+            env=lamina.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self._process.poll() is not None:
+                raise StepFailed(f"lamina serve exited with {self._process.returncode}; see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise StepFailed("lamina serve did not listen within 60 s") from None
+                time.sleep(0.1)
+
+    def job_seconds(self, job_id: str) -> float:
+        """How long the server's job ran, from its history (queued to ended)."""
+        measured = run_measured(
+            [self.lamina.binary, "history", "--server", self.address, "--json"],
+            env=self.lamina.env,
+            timeout=120,
+        )
+        for job in json.loads(measured.stdout):
+            if job.get("id") == job_id and job.get("duration_seconds") is not None:
+                return float(job["duration_seconds"])
+        raise StepFailed(f"job {job_id} is not in the server's history")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._log.close()
 
 
 class Restic:

@@ -89,6 +89,7 @@ class SizeResults:
             0.90,
         )
         self._incremental(out)
+        self._served(out)
         self._scan(out)
         self._speedup(
             out, "restore from S3: restic time / lamina time", "s3.restore", "restic", 2.0
@@ -217,6 +218,49 @@ class SizeResults:
                 )
             )
 
+    def _served(self, out: list[Verdict]) -> None:
+        """The 1% incremental sent to ``lamina serve``: the client's time (what a script
+        waits for), judged like the CLI's, and the server's job alone (what a schedule costs)."""
+        served = self.rows.get("s3.served.lamina")
+        if served is None:
+            return
+        full = self.get("s3.full.lamina")
+        restic = self.get("s3.incremental.restic")
+        applies = self.size >= 4 * GiB
+        target = "incremental 1% via lamina serve: time / full backup time"
+        goal_text = "<= 3%" + ("" if applies else " (target at 4 GiB)")
+        if not served.ok or full is None or not full.seconds:
+            problem = served.error or "no full backup"
+            out.append(Verdict(target, problem, goal_text, ERROR))
+            return
+        assert served.seconds
+        share = served.seconds / full.seconds
+        status = (PASS if share <= 0.03 else MISS) if applies else INFO
+        out.append(Verdict(target, f"{share * 100:.1f}%", goal_text, status, share))
+        job = served.extra.get("job_seconds")
+        if isinstance(job, int | float) and job > 0:
+            out.append(
+                Verdict(
+                    "incremental 1% via lamina serve: the server's job / full backup time",
+                    f"{job / full.seconds * 100:.1f}% ({job:.2f} s)",
+                    "-",
+                    INFO,
+                    job / full.seconds,
+                )
+            )
+        if restic is not None and restic.seconds:
+            goal = restic_incremental_goal(self.size)
+            ratio = restic.seconds / served.seconds
+            out.append(
+                Verdict(
+                    "incremental 1% via lamina serve: restic time / lamina time",
+                    f"{ratio:.2f}x (restic's incremental of an equal change)",
+                    f">= {goal:g}x",
+                    PASS if ratio >= goal else MISS,
+                    ratio,
+                )
+            )
+
     def _scan(self, out: list[Verdict]) -> None:
         scan = self.rows.get("s3.scan.lamina")
         if scan is None:
@@ -331,10 +375,39 @@ def scaling_verdicts(results: list[SizeResults]) -> list[Verdict]:
         flat = abs(ratio - 1) <= INCREMENTAL_FLATNESS
         out.append(
             Verdict(
-                f"lamina changed-ranges incremental time, {span} (volume x{growth:g})",
+                f"lamina changed-ranges incremental 1% time, {span} "
+                f"(volume and change x{growth:g})",
                 f"{first.seconds:.2f} s -> {last.seconds:.2f} s ({ratio:.2f}x)",
                 f"flat, within +-{INCREMENTAL_FLATNESS:.0%}",
                 PASS if flat else MISS,
+                ratio,
+            )
+        )
+    first, last = (
+        smallest.get("s3.incremental-fixed.lamina"),
+        largest.get("s3.incremental-fixed.lamina"),
+    )
+    if first and last and first.seconds and last.seconds:
+        ratio = last.seconds / first.seconds
+        out.append(
+            Verdict(
+                f"lamina changed-ranges incremental of the same 10 MiB, {span} "
+                f"(volume x{growth:g})",
+                f"{first.seconds:.2f} s -> {last.seconds:.2f} s ({ratio:.2f}x)",
+                f"flat, within +-{INCREMENTAL_FLATNESS:.0%}",
+                PASS if abs(ratio - 1) <= INCREMENTAL_FLATNESS else MISS,
+                ratio,
+            )
+        )
+    first, last = smallest.get("s3.served.lamina"), largest.get("s3.served.lamina")
+    if first and last and first.seconds and last.seconds:
+        ratio = last.seconds / first.seconds
+        out.append(
+            Verdict(
+                f"lamina incremental 1% via lamina serve, {span} (volume and change x{growth:g})",
+                f"{first.seconds:.2f} s -> {last.seconds:.2f} s ({ratio:.2f}x)",
+                "-",
+                INFO,
                 ratio,
             )
         )

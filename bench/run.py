@@ -28,7 +28,7 @@ from typing import Any
 import ceiling
 import measure
 import volume
-from peers import Borg, Lamina, Restic, folder_bytes, tool_version
+from peers import Borg, Lamina, LaminaServer, Restic, folder_bytes, tool_version
 from report import (
     Row,
     SizeResults,
@@ -47,6 +47,8 @@ from tests.support.seaweedfs import S3Server, find_weed, seaweedfs_s3  # noqa: E
 SECTIONS = ("ceiling", "s3", "incremental", "local", "sparse")
 PER_SIZE_SECTIONS = {"ceiling", "s3", "incremental", "local"}
 CHANGE_FRACTION = 0.01
+# The same change at every size: what an incremental's time does when only the volume grows.
+FIXED_CHANGE_BYTES = 10 * 1024 * 1024
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -433,6 +435,7 @@ class SizeRun:
             repeat=False,
         )
         self.scan_incrementals()
+        self.fixed_and_served_incrementals()
 
     def scan_incrementals(self) -> None:
         """The same kind of change again, backed up without changed ranges (a scan), by
@@ -484,6 +487,94 @@ class SizeRun:
             "restore scan incremental from S3",
             "lamina",
             lamina_restore_scan,
+            repeat=False,
+        )
+
+    def fixed_and_served_incrementals(self) -> None:
+        """Two more changed-ranges incrementals: one of the same 10 MiB at every size (the
+        time when only the volume grows), and one of 1% sent to a ``lamina serve`` that
+        stays, as scheduled and scripted backups are (no interpreter start-up per job)."""
+        fixed = volume.apply_changes(self.image, FIXED_CHANGE_BYTES / self.size, self.seed + 3000)
+        fixed_ranges = self.folder / "fixed-ranges.json"
+        volume.write_ranges_json(fixed_ranges, fixed.ranges)
+        self.results.facts.update({"fixed_change_bytes": fixed.bytes_changed})
+
+        def lamina_fixed(row: Row) -> None:
+            self._need_point("scan")
+            backup = self.lamina.backup(self.lamina_url, self.image, changed_ranges=fixed_ranges)
+            self.fill(row, backup.measured)
+            if backup.point.get("kind") != "incremental":
+                raise measure.StepFailed(
+                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
+                )
+            self.lamina_points["fixed"] = str(backup.point["id"])
+            self._note_point(row, backup.point)
+            row.extra["note"] = (
+                f"{row.extra['note']}, with --changed-ranges, "
+                f"{format_size(fixed.bytes_changed)} changed"
+            )
+
+        self.step(
+            "s3.incremental-fixed.lamina",
+            "incremental 10 MiB to S3",
+            "lamina",
+            lamina_fixed,
+            repeat=False,
+        )
+
+        change = volume.apply_changes(self.image, CHANGE_FRACTION, self.seed + 4000)
+        ranges = self.folder / "served-ranges.json"
+        volume.write_ranges_json(ranges, change.ranges)
+        changed_digest = volume.file_digest(self.image)
+        server: LaminaServer | None = None
+
+        def lamina_served(row: Row) -> None:
+            nonlocal server
+            self._need_point("fixed")
+            server = LaminaServer(
+                self.lamina, self.lamina_url, self.folder, self.folder / "serve.log"
+            )
+            backup = self.lamina.backup("", self.image, changed_ranges=ranges, server=server)
+            self.fill(row, backup.measured)
+            if backup.point.get("kind") != "incremental":
+                raise measure.StepFailed(
+                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
+                )
+            self.lamina_points["served"] = str(backup.point["id"])
+            job = backup.point.get("job", {}).get("id")
+            if job:
+                row.extra["job_seconds"] = round(server.job_seconds(str(job)), 3)
+            self._note_point(row, backup.point)
+            row.extra["note"] = (
+                f"lamina backup --server: the client's time; the server's job "
+                f"{row.extra.get('job_seconds', '?')} s"
+            )
+
+        def lamina_restore_served(row: Row) -> None:
+            point = self._need_point("served")
+            target = self.restore_dir / "lamina-served.img"
+            self.restore_timed(
+                row, lambda: self.lamina.restore(self.lamina_url, point, target), target
+            )
+            self.check_restored(target, changed_digest)
+            row.extra["note"] = "correctness check of the chain"
+
+        try:
+            self.step(
+                "s3.served.lamina",
+                "incremental 1% via lamina serve",
+                "lamina",
+                lamina_served,
+                repeat=False,
+            )
+        finally:
+            if server is not None:
+                server.stop()
+        self.step(
+            "s3.restore-served.lamina",
+            "restore served incremental from S3",
+            "lamina",
+            lamina_restore_served,
             repeat=False,
         )
 
