@@ -77,10 +77,12 @@ def test_corrupt_piece_fails_only_its_range(tmp_path: Path) -> None:
     job = service.start_backup(str(vol), "v")
     job.wait()
     point_id = job.result.id
-    (pack,) = [p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()]
-    data = bytearray(pack.read_bytes())
-    data[10] ^= 0xFF  # inside the first piece: volume bytes 0 .. 1 MiB
-    pack.write_bytes(bytes(data))
+    # The first piece of every pack (volume bytes 0 .. 1 MiB in the first one; an 8 MiB
+    # backup writes 4 MiB packs) gets a flipped byte; the third piece stays whole.
+    for pack in (p for p in (tmp_path / "repo" / "packs").rglob("*") if p.is_file()):
+        data = bytearray(pack.read_bytes())
+        data[10] ^= 0xFF
+        pack.write_bytes(bytes(data))
     expected = vol.read_bytes()
     with Service(str(tmp_path / "repo")).open_image(point_id, readahead_bytes=0) as image:
         with pytest.raises(ImageReadError) as err:
