@@ -705,6 +705,7 @@ def machine_facts(args: argparse.Namespace) -> dict[str, Any]:
         "lamina_cache": not args.no_lamina_cache,
         "drop_caches": args.drop_caches,
         "change_fraction": CHANGE_FRACTION,
+        "seaweedfs_volume_mb": args.weed_volume_mb,
     }
 
 
@@ -744,6 +745,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="data the sparse volume holds (default 2GiB)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the generated volume (default 1)")
+    p.add_argument(
+        "--weed-volume-mb",
+        type=int,
+        default=1024,
+        help="SeaweedFS's volume size limit in MiB (default 1024; the tests' 64 makes a write "
+        "wait about 1 s for a new volume every 64 MiB, for every tool)",
+    )
     p.add_argument(
         "--no-lamina-cache",
         action="store_true",
@@ -814,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes if args.only & PER_SIZE_SECTIONS else []:
             folder = work_root / f"size-{size // volume.MiB}MiB"
             folder.mkdir(parents=True, exist_ok=True)
-            with seaweedfs_s3(folder / "s3") as server:
+            with seaweedfs_s3(folder / "s3", volume_size_limit_mb=args.weed_volume_mb) as server:
                 results = SizeRun(size, args.only, folder, server, args).run()
             all_results.append(results)
             if not args.keep:
@@ -822,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         if "sparse" in args.only:
             folder = work_root / "sparse"
             folder.mkdir(parents=True, exist_ok=True)
-            with seaweedfs_s3(folder / "s3") as server:
+            with seaweedfs_s3(folder / "s3", volume_size_limit_mb=args.weed_volume_mb) as server:
                 sparse = SparseRun(folder, server, args).run()
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)

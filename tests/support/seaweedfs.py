@@ -158,8 +158,16 @@ def _stop_when_parent_dies() -> None:
 class SeaweedFS:
     """One ``weed mini`` process; use :func:`seaweedfs_s3` rather than this class directly."""
 
-    def __init__(self, workdir: Path, *, access_key: str, secret_key: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        access_key: str,
+        secret_key: str,
+        volume_size_limit_mb: int = 64,
+    ) -> None:
         self.workdir = workdir
+        self.volume_size_limit_mb = volume_size_limit_mb
         self.access_key = access_key
         self.secret_key = secret_key
         self.log_path = workdir / "weed.log"
@@ -223,7 +231,9 @@ class SeaweedFS:
             # Every bucket is a collection with volumes of its own, and `mini` sizes its volume
             # budget from free disk space: about 54 written buckets here, fewer than the suite
             # makes. Volume files are sparse, so small volumes and a high count cost no disk.
-            "-master.volumeSizeLimitMB=64",
+            # A write that fills a volume waits about 1 s (sometimes 2.6 s) for the next one
+            # to be made, every 64 MiB; benchmarks choose larger volumes.
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             "-volume.max=4000",
             # Keep the unix sockets in our folder instead of /tmp.
             f"-s3.localSocket={self.workdir / 's3.sock'}",
@@ -321,7 +331,9 @@ class SeaweedFS:
 
 
 @contextmanager
-def seaweedfs_s3(workdir: Path | None = None) -> Iterator[S3Server]:
+def seaweedfs_s3(
+    workdir: Path | None = None, *, volume_size_limit_mb: int = 64
+) -> Iterator[S3Server]:
     """Run SeaweedFS for the duration of the ``with`` block and yield how to reach its S3.
 
     Without ``workdir`` a temporary folder holds its data and is removed afterwards.
@@ -329,7 +341,12 @@ def seaweedfs_s3(workdir: Path | None = None) -> Iterator[S3Server]:
     own_dir = workdir is None
     folder = Path(tempfile.mkdtemp(prefix="lamina-s3-")) if workdir is None else workdir
     folder.mkdir(parents=True, exist_ok=True)
-    weed = SeaweedFS(folder, access_key="lamina-test-key", secret_key=uuid.uuid4().hex)
+    weed = SeaweedFS(
+        folder,
+        access_key="lamina-test-key",
+        secret_key=uuid.uuid4().hex,
+        volume_size_limit_mb=volume_size_limit_mb,
+    )
     try:
         yield weed.start()
     finally:
