@@ -77,6 +77,11 @@ def parse_sections(text: str) -> set[str]:
     return chosen
 
 
+def _expect_incremental(point: dict[str, Any]) -> None:
+    if point.get("kind") != "incremental":
+        raise measure.StepFailed(f"lamina made a {point.get('kind')} point, not an incremental")
+
+
 class SizeRun:
     """Every measurement at one volume size, on one image and one fresh S3 server."""
 
@@ -389,10 +394,7 @@ class SizeRun:
             backup = self.lamina.backup(self.lamina_url, self.image, changed_ranges=ranges_file)
             self.fill(row, backup.measured)
             row.stored_bytes = ceiling.bucket_bytes(self.client, self.lamina_bucket) - before
-            if backup.point.get("kind") != "incremental":
-                raise measure.StepFailed(
-                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
-                )
+            _expect_incremental(backup.point)
             self.lamina_points["incremental"] = str(backup.point["id"])
             self._note_point(row, backup.point)
             row.extra["note"] = f"{row.extra['note']}, with --changed-ranges"
@@ -452,10 +454,7 @@ class SizeRun:
             backup = self.lamina.backup(self.lamina_url, self.image)
             self.fill(row, backup.measured)
             row.stored_bytes = ceiling.bucket_bytes(self.client, self.lamina_bucket) - before
-            if backup.point.get("kind") != "incremental":
-                raise measure.StepFailed(
-                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
-                )
+            _expect_incremental(backup.point)
             self.lamina_points["scan"] = str(backup.point["id"])
             self._note_point(row, backup.point)
             row.extra["note"] = f"{row.extra['note']}, no changed ranges (scan)"
@@ -503,10 +502,7 @@ class SizeRun:
             self._need_point("scan")
             backup = self.lamina.backup(self.lamina_url, self.image, changed_ranges=fixed_ranges)
             self.fill(row, backup.measured)
-            if backup.point.get("kind") != "incremental":
-                raise measure.StepFailed(
-                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
-                )
+            _expect_incremental(backup.point)
             self.lamina_points["fixed"] = str(backup.point["id"])
             self._note_point(row, backup.point)
             row.extra["note"] = (
@@ -536,10 +532,7 @@ class SizeRun:
             )
             backup = self.lamina.backup("", self.image, changed_ranges=ranges, server=server)
             self.fill(row, backup.measured)
-            if backup.point.get("kind") != "incremental":
-                raise measure.StepFailed(
-                    f"lamina made a {backup.point.get('kind')} point, not an incremental"
-                )
+            _expect_incremental(backup.point)
             self.lamina_points["served"] = str(backup.point["id"])
             job = backup.point.get("job", {}).get("id")
             if job:
