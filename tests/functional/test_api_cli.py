@@ -25,7 +25,14 @@ from cryptography.x509.oid import NameOID
 from lamina.backend.api.server import ApiServer, ServerOptions
 from lamina.backend.service import JobState, Service, init_repository
 from lamina.backend.service.remote import ApiClient
-from tests.support.api_server import TOKEN, MiB, running_server, slow_image, slow_repository
+from tests.support.api_server import (
+    TOKEN,
+    MiB,
+    lamina_serve,
+    running_server,
+    slow_image,
+    slow_repository,
+)
 from tests.support.ext4_trees import describe_tree, make_source_tree, mkfs_ext4
 from tests.support.signals import default_sigint, signal_state
 from tests.support.volumes import make_volume, sha256_file
@@ -447,65 +454,36 @@ def test_interrupting_a_client_cancels_its_task_on_the_server(tmp_path: Path) ->
         assert api.list_points() == []
 
 
-def _serve_until_listening(*args: str) -> tuple[subprocess.Popen[str], _Lines, str]:
-    proc = subprocess.Popen(
-        [*LAMINA, "serve", "--listen", "127.0.0.1:0", "--insecure-no-auth", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log = _Lines(proc)
-    try:
-        address = log.wait_for(r"listening on (\S+) ").group(1)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, log, address
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_serve_opens_its_catalog_at_start_and_a_broken_one_only_warns(tmp_path: Path) -> None:
     """The server opens the job history when it starts (so the first client does not wait
     for the database layer); one that cannot be opened is one warning, and jobs still run."""
-    init_repository(str(tmp_path / "repo"))
+    repo = str(tmp_path / "repo")
+    init_repository(repo)
     image = make_volume(tmp_path / "vol.img", 4 * MiB, seed=5)
+    token_file = tmp_path / "token"
+    allowed = ("--allow-path", str(tmp_path))
 
     catalog = tmp_path / "history" / "catalog.sqlite"
-    proc, log, address = _serve_until_listening(
-        "--repo", str(tmp_path / "repo"), "--catalog", str(catalog), "--allow-path", str(tmp_path)
-    )
-    try:
+    with lamina_serve(repo, token_file, "--catalog", str(catalog), *allowed) as server:
         assert catalog.exists(), "the catalog was not opened at start"
-        assert "job history cannot be opened" not in "".join(log.lines)
-    finally:
-        _stop(proc)
+        assert "job history cannot be opened" not in "".join(server.log.lines)
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    proc, log, address = _serve_until_listening(
-        "--repo",
-        str(tmp_path / "repo"),
-        "--catalog",
-        str(blocker / "catalog.sqlite"),
-        "--allow-path",
-        str(tmp_path),
-    )
-    try:
-        warning = log.wait_for(r"the job history cannot be opened now \((.*)\); jobs run").group(1)
-        assert str(blocker) in warning
-        done = lamina("backup", "--server", address, "--volume", "v", str(image), "--json")
+    broken = str(blocker / "catalog.sqlite")
+    with lamina_serve(repo, token_file, "--catalog", broken, *allowed) as server:
+        pattern = r"the job history cannot be opened now \((.*)\); jobs run"
+        assert str(blocker) in server.log.wait_for(pattern).group(1)
+        done = lamina(
+            "backup",
+            "--server",
+            server.address,
+            "--token-file",
+            str(token_file),
+            "--volume",
+            "v",
+            str(image),
+            "--json",
+        )
         assert json.loads(done.stdout)["kind"] == "full"
-    finally:
-        _stop(proc)
-    assert "Traceback" not in "".join(log.lines)
+    assert "Traceback" not in "".join(server.log.lines)
